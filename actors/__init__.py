@@ -1,0 +1,1 @@
+"""Staybook's actors: apartments and reservations (entities), and the event handlers."""

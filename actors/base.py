@@ -1,0 +1,319 @@
+"""Actor foundations: crash reporting for supervisors, and the entity actor.
+
+pykka reports failures in three different ways (an exception in a ``tell`` handler
+stops the actor and calls ``on_failure``; one in an ``ask`` handler only fails the
+caller's future; one in ``on_start`` skips ``on_failure``). :class:`SupervisedActor`
+funnels all three into one report to its supervisor and always stops the actor, so
+a supervisor sees every crash exactly once. ``BaseException`` never escapes a
+handler: pykka would stop every actor in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, ClassVar, Generic, TypeVar
+
+import pykka
+
+from broker.base import Delivery
+from messages.base import Envelope, Message
+from messages.events import CommandRejected, ReservationRejected
+from messages.replies import CommandResult, Status
+from store import Commit, EventStore, InboxEntry, StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+class ActorCrashed(Exception):
+    """Raised out of a handler after the crash was reported (wraps the cause)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a supervisor learns about a crash.
+
+    Attributes:
+        name: the child's id (e.g. ``apartment:a1``).
+        phase: ``start`` (in ``on_start``) or ``receive`` (in a tell or ask handler).
+        error_type: the exception class name.
+        message: ``str()`` of the exception.
+        traceback: the formatted traceback, trimmed.
+        at: ``time.time()`` of the crash.
+        actor_urn: which incarnation crashed.
+    """
+
+    name: str
+    phase: str
+    error_type: str
+    message: str
+    traceback: str
+    at: float
+    actor_urn: str
+
+
+ReportFailure = Callable[[Failure], None]
+
+
+@dataclass(frozen=True)
+class Handle:
+    """Tell an actor to handle one validated message from a delivery."""
+
+    envelope: Envelope
+    delivery: Delivery
+
+
+@dataclass(frozen=True)
+class CommitFailed:
+    """Tell an entity that one of its commits failed: its memory is now wrong."""
+
+    error: BaseException
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """A pykka actor that reports every crash to its supervisor, once.
+
+    Subclasses implement :meth:`started` and :meth:`receive` instead of pykka's
+    ``on_start`` and ``on_receive``.
+
+    Args:
+        name: the child id the supervisor knows it by.
+        report: called (on the actor's thread) with the :class:`Failure`.
+    """
+
+    def __init__(self, name: str, report: ReportFailure) -> None:
+        super().__init__()
+        self.name = name
+        self._report = report
+        self._reported = False
+        self.handled = 0
+
+    def started(self) -> None:
+        """Hook: initialise state (runs on the actor's thread)."""
+
+    def receive(self, message: Any) -> Any:
+        """Hook: handle one message."""
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        """Run :meth:`started`, reporting any failure."""
+        try:
+            self.started()
+        except BaseException as exc:
+            self._crash("start", exc)
+            raise ActorCrashed(f"{self.name} failed to start: {exc!r}") from exc
+
+    def on_receive(self, message: Any) -> Any:
+        """Run :meth:`receive`, reporting any failure and stopping the actor."""
+        if message == "ping":
+            return "pong"
+        try:
+            result = self.receive(message)
+        except BaseException as exc:
+            self._crash("receive", exc)
+            # For an ask, pykka would only fail the future: stop here as well.
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise ActorCrashed(f"{self.name} crashed: {exc!r}") from exc
+        self.handled += 1
+        return result
+
+    def _crash(self, phase: str, exc: BaseException) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        tb = "".join(traceback.format_exception(exc))[-4000:]
+        failure = Failure(
+            name=self.name,
+            phase=phase,
+            error_type=type(exc).__name__,
+            message=str(exc)[:500],
+            traceback=tb,
+            at=time.time(),
+            actor_urn=self.actor_urn,
+        )
+        try:
+            self._on_crash(failure)
+        finally:
+            try:
+                self._report(failure)
+            except Exception:
+                log.exception("reporting the crash of %s failed", self.name)
+
+    def _on_crash(self, failure: Failure) -> None:
+        """Hook: release what the dead actor holds (called before the report)."""
+
+
+@dataclass
+class EntityContext:
+    """What every entity actor shares on a node.
+
+    Attributes:
+        store: reads (rehydration, inbox).
+        writer: the group-committing writer.
+        max_stay_nights: a rule parameter.
+        today: the clock the rules use (injectable for tests).
+    """
+
+    store: EventStore
+    writer: StoreWriter
+    max_stay_nights: int = 30
+    today: Callable[[], date] = date.today
+
+
+S = TypeVar("S")
+
+
+class EntityActor(SupervisedActor, Generic[S]):
+    """An entity (one event stream) as an actor: rehydrate, decide, commit, reply.
+
+    For each message: a message id already in the inbox gets its stored reply and
+    changes nothing; otherwise ``decide`` yields events, ``evolve`` folds them into
+    the state at once (so the next message sees them), and the events, the inbox row
+    and the reply go to the writer as one commit. The delivery is acked and the reply
+    sent only after that commit is durable. A failed commit means memory ran ahead of
+    the store: the actor crashes and its supervisor restarts it from the store.
+
+    A process entity (``records_input``) records a private copy of the fact it
+    reacts to as its first event, so it can be rehydrated; only what it decides is
+    published.
+
+    Subclasses set ``kind`` and implement :meth:`initial`, :meth:`decide_payloads`
+    and :meth:`apply`.
+    """
+
+    kind: ClassVar[str] = "entity"
+    consumer: ClassVar[str] = "entity"
+    replies: ClassVar[bool] = True
+    records_input: ClassVar[bool] = False
+
+    def __init__(self, entity_id: str, key: str, ctx: EntityContext, report: ReportFailure) -> None:
+        super().__init__(entity_id, report)
+        self.entity_id = entity_id
+        self.key = key
+        self.ctx = ctx
+        self.state: S = self.initial()
+        self.version = 0
+        self._lock = threading.Lock()
+        self._inflight: dict[str, list[Delivery]] = {}
+        self.last_active = time.monotonic()
+
+    # --- to implement -------------------------------------------------------
+    def initial(self) -> S:
+        """The state of a stream with no events."""
+        raise NotImplementedError
+
+    def decide_payloads(self, envelope: Envelope) -> list[Message]:
+        """Run the pure ``decide`` for this entity."""
+        raise NotImplementedError
+
+    def apply(self, state: S, event: Message) -> S:
+        """Run the pure ``evolve`` for this entity."""
+        raise NotImplementedError
+
+    # --- life ---------------------------------------------------------------
+    def started(self) -> None:
+        """Rehydrate from the store once every earlier commit is durable."""
+        self.ctx.writer.barrier()
+        events = self.ctx.store.load(self.entity_id)
+        state = self.initial()
+        for env in events:
+            state = self.apply(state, env.payload)
+        self.state = state
+        self.version = len(events)
+
+    def receive(self, message: Any) -> Any:
+        """Handle :class:`Handle` and :class:`CommitFailed`; answer introspection."""
+        if isinstance(message, Handle):
+            self.last_active = time.monotonic()
+            self._handle(message.envelope, message.delivery)
+            return None
+        if isinstance(message, CommitFailed):
+            raise message.error
+        if message == "state":
+            return self.state
+        if message == "version":
+            return self.version
+        raise ValueError(f"{self.name}: unexpected message {message!r}")
+
+    def _handle(self, env: Envelope, delivery: Delivery) -> None:
+        mid = env.message_id
+        with self._lock:
+            if mid in self._inflight:  # a duplicate of a message not yet committed
+                delivery.submitted = True
+                self._inflight[mid].append(delivery)
+                return
+        seen, stored = self.ctx.store.seen(self.consumer, mid)
+        if seen:
+            delivery.ack(stored)
+            return
+        payloads = self.decide_payloads(env)
+        events = [env.follow(p, apartment_id=self.key_apartment(env)) for p in payloads]
+        state = self.state
+        for e in events:
+            state = self.apply(state, e.payload)
+        reply = self.reply_for(env, events) if self.replies else None
+        commit = Commit(
+            stream_id=self.entity_id,
+            expected_version=self.version,
+            events=events,
+            inbox=InboxEntry(self.consumer, mid, reply),
+            on_done=lambda exc: self._committed(mid, reply, exc),
+            keep_private=1 if self.records_input else 0,
+        )
+        with self._lock:
+            self._inflight[mid] = [delivery]
+        delivery.submitted = True
+        self.state = state
+        self.version += len(events)
+        self.ctx.writer.submit(commit)
+
+    def key_apartment(self, env: Envelope) -> str | None:
+        """The partition key of the events (the command's apartment)."""
+        return env.apartment_id
+
+    def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> bytes:
+        """The CommandResult for a command and the events it produced."""
+        return env.follow(command_result(events)).to_json()
+
+    def _committed(self, mid: str, reply: bytes | None, exc: BaseException | None) -> None:
+        """Writer thread: settle the deliveries of a commit."""
+        with self._lock:
+            deliveries = self._inflight.pop(mid, [])
+        if exc is None:
+            for d in deliveries:
+                d.ack(reply)
+        else:
+            log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
+            for d in deliveries:
+                d.requeue()
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(CommitFailed(exc))
+
+
+def mailbox_size(ref: pykka.ActorRef[Any]) -> int:
+    """Messages waiting in an actor's mailbox (pykka's threading inbox is a Queue)."""
+    qsize = getattr(ref.actor_inbox, "qsize", None)
+    return int(qsize()) if callable(qsize) else 0
+
+
+def command_result(events: Sequence[Envelope]) -> CommandResult:
+    """Summarise a command's events as its reply.
+
+    The first event is the command's own outcome: a rejection there makes the reply
+    ``rejected`` with its reason. Later rejections (other requests an acceptance
+    displaced) are consequences, not the outcome.
+    """
+    summary = [{"type": e.type, "message_id": e.message_id, **e.payload.model_dump(mode="json")}
+               for e in events]
+    first = events[0].payload if events else None
+    if isinstance(first, ReservationRejected | CommandRejected):
+        return CommandResult(status=Status.REJECTED, reason=first.reason.value,
+                             detail=first.detail or None, events=summary)
+    return CommandResult(status=Status.OK, events=summary)

@@ -1,0 +1,119 @@
+"""The reservation: its lifecycle as pure functions, then the actor that runs it.
+
+A reservation's stream (``reservation:<id>``) follows one request from the moment
+the apartment records it to its end. The apartment decides everything that touches
+its calendar; the reservation runs the process that follows acceptance:
+accepted -> charged -> confirmed (or payment failed). It reacts to events from the
+apartment and from the payment actor, so it works whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import ClassVar
+
+from actors.base import EntityActor, EntityContext, ReportFailure
+from messages import (
+    Envelope,
+    Message,
+    PaymentFailed,
+    PaymentSucceeded,
+    ReservationAccepted,
+    ReservationConfirmed,
+    ReservationRejected,
+    ReservationRequested,
+)
+
+
+class Status(StrEnum):
+    """Where the reservation stands."""
+
+    NEW = "new"
+    REQUESTED = "requested"
+    REJECTED = "rejected"
+    ACCEPTED = "accepted"
+    CONFIRMED = "confirmed"
+    PAYMENT_FAILED = "payment_failed"
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reservation's process state."""
+
+    reservation_id: str
+    status: Status = Status.NEW
+    guest_id: str = ""
+    amount: int = 0
+    card_last4: str = ""
+    accepted: bool = False
+    charge_id: str | None = None
+    payment_failed: str | None = None
+
+
+def decide(state: Reservation, event: Message) -> list[Message]:
+    """What the process does next after ``event``. Pure.
+
+    It confirms once it has seen both the acceptance and the successful charge,
+    whichever came first, and only once.
+    """
+    after = evolve(state, event)
+    if (after.accepted and after.charge_id is not None
+            and state.status is not Status.CONFIRMED):
+        return [ReservationConfirmed(reservation_id=after.reservation_id,
+                                     guest_id=after.guest_id, amount=after.amount,
+                                     charge_id=after.charge_id, card_last4=after.card_last4)]
+    return []
+
+
+def evolve(state: Reservation, event: Message) -> Reservation:
+    """The state after an event. Pure; never fails."""
+    match event:
+        case ReservationRequested():
+            if state.status is Status.NEW:
+                return replace(state, status=Status.REQUESTED, guest_id=event.guest_id,
+                               amount=event.total_price, card_last4=event.card_last4)
+            return state
+        case ReservationRejected():
+            if state.status in (Status.NEW, Status.REQUESTED):
+                return replace(state, status=Status.REJECTED, guest_id=event.guest_id)
+            return state
+        case ReservationAccepted():
+            status = state.status
+            if status in (Status.NEW, Status.REQUESTED):
+                status = Status.ACCEPTED
+            return replace(state, status=status, accepted=True, guest_id=event.guest_id,
+                           amount=event.total_price, card_last4=event.card_last4)
+        case PaymentSucceeded():
+            return replace(state, charge_id=event.charge_id, card_last4=event.card_last4,
+                           amount=event.amount, guest_id=event.guest_id)
+        case PaymentFailed():
+            return replace(state, status=Status.PAYMENT_FAILED, payment_failed=event.reason)
+        case ReservationConfirmed():
+            return replace(state, status=Status.CONFIRMED)
+    return state
+
+
+class ReservationActor(EntityActor[Reservation]):
+    """One reservation's actor: consumes its events from the ``reservations`` queue."""
+
+    kind: ClassVar[str] = "reservation"
+    consumer: ClassVar[str] = "reservations"
+    replies: ClassVar[bool] = False
+    records_input: ClassVar[bool] = True
+
+    def __init__(self, entity_id: str, key: str, ctx: EntityContext,
+                 report: ReportFailure) -> None:
+        super().__init__(entity_id, key, ctx, report)
+
+    def initial(self) -> Reservation:
+        """A reservation nothing has happened to."""
+        return Reservation(reservation_id=self.key)
+
+    def decide_payloads(self, envelope: Envelope) -> list[Message]:
+        """Record the incoming event itself, then what the process does about it."""
+        return [envelope.payload, *decide(self.state, envelope.payload)]
+
+    def apply(self, state: Reservation, event: Message) -> Reservation:
+        """Fold one event."""
+        return evolve(state, event)

@@ -1,0 +1,92 @@
+"""Event handlers as actors: react to an event once, in one commit with the inbox row."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from actors.base import Handle, ReportFailure, SupervisedActor
+from broker.base import Delivery
+from messages import Envelope, Kind, Message
+from store import Commit, ConcurrencyError, DuplicateMessage, EventStore, InboxEntry, StoreWriter
+from store.writer import Effect
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """What a handler does about one event: events to record and rows to write."""
+
+    stream_id: str | None = None
+    expected_version: int = 0
+    events: Sequence[Message] = ()
+    effects: Sequence[Effect] = field(default_factory=tuple)
+
+
+class HandlerActor(SupervisedActor):
+    """Base of the notifier, payment and search actors.
+
+    A handled event's id goes in the inbox in the same transaction as the effect, so
+    a redelivered event changes nothing. The delivery is acked only after the commit.
+
+    Args:
+        name: the supervisor's id for it.
+        store: reads.
+        writer: the group-committing writer.
+        report: the supervisor's crash callback.
+    """
+
+    consumer: ClassVar[str] = "handler"
+
+    def __init__(self, name: str, store: EventStore, writer: StoreWriter,
+                 report: ReportFailure) -> None:
+        super().__init__(name, report)
+        self.store = store
+        self.writer = writer
+
+    def react(self, envelope: Envelope) -> Reaction:
+        """Hook: the reaction to one event (may call outside systems; must be idempotent)."""
+        raise NotImplementedError
+
+    def answer(self, envelope: Envelope) -> Message:
+        """Hook: the reply to a query."""
+        raise TypeError(f"{self.name} answers no queries")
+
+    def receive(self, message: Any) -> Any:
+        """Handle one delivery."""
+        if not isinstance(message, Handle):
+            raise ValueError(f"{self.name}: unexpected message {message!r}")
+        env, delivery = message.envelope, message.delivery
+        if env.kind is Kind.QUERY:
+            delivery.ack(env.follow(self.answer(env)).to_json())
+            return None
+        seen, _ = self.store.seen(self.consumer, env.message_id)
+        if seen:
+            delivery.ack()
+            return None
+        reaction = self.react(env)
+        events = [env.follow(p) for p in reaction.events]
+        delivery.submitted = True
+        self.writer.submit(Commit(
+            stream_id=reaction.stream_id,
+            expected_version=reaction.expected_version,
+            events=events,
+            inbox=InboxEntry(self.consumer, env.message_id),
+            effects=reaction.effects,
+            on_done=lambda exc: _settle(delivery, exc),
+        ))
+        return None
+
+
+def _settle(delivery: Delivery, exc: BaseException | None) -> None:
+    if exc is None or isinstance(exc, DuplicateMessage):
+        delivery.ack()  # done now, or done before
+    elif isinstance(exc, ConcurrencyError):
+        log.info("handler commit conflicted (%s); requeueing", exc)
+        delivery.requeue()
+    else:
+        log.warning("handler commit failed (%r); requeueing", exc)
+        delivery.requeue()

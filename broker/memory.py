@@ -1,0 +1,259 @@
+"""An in-process broker with RabbitMQ's semantics that Staybook relies on.
+
+Exchanges (topic '#', fanout, default), bounded queues with reject-publish, manual
+acks, prefetch, requeue with a delivery limit, dead-lettering, and reply queues. It
+serves the unit and actor tests, which need no RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
+from broker.topology import Topology
+
+
+class QueueFull(Exception):
+    """A bounded queue refused a publish (RabbitMQ's reject-publish)."""
+
+
+@dataclass
+class _Message:
+    out: Outgoing
+    deliveries: int = 0
+    redelivered: bool = False
+
+
+@dataclass
+class _Queue:
+    name: str
+    max_length: int | None
+    delivery_limit: int | None
+    dead_letter_exchange: str | None
+    ready: deque[_Message] = field(default_factory=deque)
+    unacked: int = 0
+
+
+class MemoryBroker(Broker):
+    """The in-memory twin of :class:`broker.rabbitmq.RabbitBroker`."""
+
+    def __init__(self, topology: Topology | None = None) -> None:
+        super().__init__(topology or Topology())
+        self._lock = threading.Condition()
+        self._exchanges: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._reply_ids = itertools.count(1)
+
+    def declare(self) -> None:
+        """Create the topology (idempotent)."""
+        with self._lock:
+            for ex in self.topology.exchanges():
+                self._exchanges.setdefault(ex.name, (ex.type, []))
+            for q in self.topology.queues():
+                args = q.arguments
+                self._queues.setdefault(
+                    q.name,
+                    _Queue(
+                        q.name,
+                        args.get("x-max-length"),
+                        args.get("x-delivery-limit"),
+                        args.get("x-dead-letter-exchange"),
+                    ),
+                )
+            for b in self.topology.bindings():
+                binds = self._exchanges[b.exchange][1]
+                if (b.queue, b.routing_key) not in binds:
+                    binds.append((b.queue, b.routing_key))
+
+    def reply_queue(self) -> str:
+        """Create an exclusive reply queue and return its name."""
+        with self._lock:
+            name = f"amq.gen-reply-{next(self._reply_ids)}"
+            self._queues[name] = _Queue(name, None, None, None)
+            return name
+
+    def publish(self, out: Outgoing) -> bool:
+        """Route a message; False when nothing was bound to take it.
+
+        Raises:
+            QueueFull: when a bounded target queue is full.
+        """
+        with self._lock:
+            targets = self._route(out.exchange, out.routing_key)
+            for q in targets:
+                if q.max_length is not None and len(q.ready) + q.unacked >= q.max_length:
+                    raise QueueFull(q.name)
+            for q in targets:
+                q.ready.append(_Message(out))
+            self._lock.notify_all()
+            return bool(targets)
+
+    def _route(self, exchange: str, routing_key: str) -> list[_Queue]:
+        if exchange == "":
+            q = self._queues.get(routing_key)
+            return [q] if q else []
+        _type, binds = self._exchanges[exchange]
+        return [self._queues[name] for name, _key in binds]
+
+    def get(self, queue: str, timeout: float = 5.0) -> Outgoing | None:
+        """Take one message off a queue (auto-ack), waiting up to ``timeout``."""
+        with self._lock:
+            q = self._queues[queue]
+            if not self._lock.wait_for(lambda: bool(q.ready), timeout):
+                return None
+            return q.ready.popleft().out
+
+    def depth(self, queue: str) -> int:
+        """Messages ready plus unacked in a queue."""
+        with self._lock:
+            q = self._queues[queue]
+            return len(q.ready) + q.unacked
+
+    def drain(self, queue: str) -> list[Outgoing]:
+        """Remove and return every ready message of a queue."""
+        with self._lock:
+            q = self._queues[queue]
+            out = [m.out for m in q.ready]
+            q.ready.clear()
+            return out
+
+    def consumer(
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str
+    ) -> _MemoryConsumer:
+        """A consumer thread for ``queue``."""
+        return _MemoryConsumer(self, queue, on_delivery, prefetch, name)
+
+    def publisher(self) -> Publisher:
+        """A publisher whose confirms are immediate."""
+        return _MemoryPublisher(self)
+
+    # Called by deliveries, under no lock.
+    def _settle(self, queue: str, msg: _Message, *, requeue: bool) -> None:
+        with self._lock:
+            q = self._queues[queue]
+            q.unacked -= 1
+            if requeue:
+                msg.redelivered = True
+                if q.delivery_limit is not None and msg.deliveries > q.delivery_limit:
+                    self._dead_letter_locked(q, msg, "delivery_limit")
+                else:
+                    q.ready.appendleft(msg)
+            self._lock.notify_all()
+
+    def _dead_letter_locked(self, q: _Queue, msg: _Message, reason: str) -> None:
+        if not q.dead_letter_exchange:
+            return
+        headers = dict(msg.out.headers)
+        headers["x-death"] = [{"reason": reason, "queue": q.name, "count": msg.deliveries}]
+        out = Outgoing(
+            exchange=q.dead_letter_exchange,
+            routing_key=msg.out.routing_key,
+            body=msg.out.body,
+            message_id=msg.out.message_id,
+            correlation_id=msg.out.correlation_id,
+            type=msg.out.type,
+            reply_to=msg.out.reply_to,
+            headers=headers,
+        )
+        for target in self._route(out.exchange, out.routing_key):
+            target.ready.append(_Message(out))
+
+
+class _MemoryDelivery(Delivery):
+    def __init__(self, broker: MemoryBroker, queue: str, msg: _Message) -> None:
+        out = msg.out
+        super().__init__(
+            out.body,
+            queue=queue,
+            reply_to=out.reply_to,
+            correlation_id=out.correlation_id,
+            message_id=out.message_id,
+            redelivered=msg.redelivered,
+            headers=dict(out.headers),
+            exchange=out.exchange,
+            routing_key=out.routing_key,
+        )
+        self._broker = broker
+        self._msg = msg
+
+    def _ack(self, reply: bytes | None) -> None:
+        if reply is not None:
+            self._broker.publish(self.reply_outgoing(reply))
+        self._broker._settle(self.queue, self._msg, requeue=False)
+
+    def _requeue(self) -> None:
+        self._broker._settle(self.queue, self._msg, requeue=True)
+
+    def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
+        dlx = self._broker.topology.dead_letter_exchange
+        self._broker.publish(
+            Outgoing(
+                exchange=dlx,
+                routing_key=self.routing_key,
+                body=self.body,
+                message_id=self.message_id,
+                correlation_id=self.correlation_id,
+                reply_to=self.reply_to,
+                headers=headers,
+            )
+        )
+        self._ack(reply)
+
+
+class _MemoryConsumer:
+    def __init__(
+        self, broker: MemoryBroker, queue: str, on_delivery: OnDelivery, prefetch: int, name: str
+    ) -> None:
+        self.name = name
+        self._broker = broker
+        self._queue = queue
+        self._on_delivery = on_delivery
+        self._prefetch = prefetch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._broker._lock:
+            self._broker._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        b = self._broker
+        while not self._stop.is_set():
+            with b._lock:
+                q = b._queues[self._queue]
+
+                def ready(q: _Queue = q) -> bool:
+                    return self._stop.is_set() or (bool(q.ready) and q.unacked < self._prefetch)
+
+                b._lock.wait_for(ready, 0.5)
+                if self._stop.is_set() or not q.ready or q.unacked >= self._prefetch:
+                    continue
+                msg = q.ready.popleft()
+                msg.deliveries += 1
+                q.unacked += 1
+            self._on_delivery(_MemoryDelivery(b, self._queue, msg))
+
+
+class _MemoryPublisher(Publisher):
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+
+    def publish_confirmed(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> None:
+        for m in messages:
+            self._broker.publish(m)

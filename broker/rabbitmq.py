@@ -1,0 +1,510 @@
+"""RabbitMQ through pika: topology, consumers on their own threads, confirmed publishing.
+
+pika connections are not thread-safe, so every consumer owns a connection on its own
+thread; actors settle deliveries from other threads through
+``add_callback_threadsafe``, batched so one wake-up sends many replies and acks. The
+relay's publisher runs pika's asynchronous ``SelectConnection`` on its own thread so
+publisher confirms are pipelined rather than awaited one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
+from pika.spec import Basic, BasicProperties
+
+from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
+from broker.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def connection_parameters(url: str, *, heartbeat: int = 30) -> pika.URLParameters:
+    """Parameters for ``url`` with Staybook's heartbeat and timeouts."""
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    params.blocked_connection_timeout = 60
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    return params
+
+
+def properties_of(out: Outgoing) -> BasicProperties:
+    """AMQP properties for an outgoing message."""
+    return BasicProperties(
+        content_type="application/json",
+        delivery_mode=2 if out.persistent else 1,
+        message_id=out.message_id,
+        correlation_id=out.correlation_id,
+        type=out.type,
+        reply_to=out.reply_to,
+        headers=out.headers or None,
+    )
+
+
+class RabbitBroker(Broker):
+    """Staybook's topology on a real RabbitMQ.
+
+    Args:
+        url: the AMQP URL.
+        topology: names and bounds.
+        heartbeat: seconds between heartbeats.
+        reconnect_max_delay: the cap on the consumers' reconnect backoff.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        heartbeat: int = 30,
+        reconnect_max_delay: float = 10.0,
+    ) -> None:
+        super().__init__(topology)
+        self.url = url
+        self.heartbeat = heartbeat
+        self.reconnect_max_delay = reconnect_max_delay
+
+    def params(self) -> pika.URLParameters:
+        """Fresh connection parameters."""
+        return connection_parameters(self.url, heartbeat=self.heartbeat)
+
+    def declare(self) -> None:
+        """Declare every exchange, queue and binding (durable; idempotent)."""
+        conn = pika.BlockingConnection(self.params())
+        try:
+            ch = conn.channel()
+            for ex in self.topology.exchanges():
+                ch.exchange_declare(ex.name, exchange_type=ex.type, durable=True)
+            for q in self.topology.queues():
+                ch.queue_declare(q.name, durable=True, arguments=q.arguments)
+            for b in self.topology.bindings():
+                ch.queue_bind(b.queue, b.exchange, routing_key=b.routing_key)
+        finally:
+            conn.close()
+
+    def consumer(
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str
+    ) -> RabbitConsumer:
+        """A consumer service for ``queue`` with its own connection and thread."""
+        return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name)
+
+    def publisher(self) -> Publisher:
+        """An asynchronous-confirm publisher (connects on first use)."""
+        return AsyncConfirmPublisher(self.params())
+
+
+class RabbitConsumer:
+    """Consumes one queue on its own thread; reconnects with bounded backoff.
+
+    Deliveries are settled from any thread: the work goes on a queue and the
+    consumer's connection is woken with ``add_callback_threadsafe``. Settlements for
+    a connection that has since died are dropped: the broker redelivers those
+    messages, and the inbox makes the redelivery harmless.
+    """
+
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        queue: str,
+        on_delivery: OnDelivery,
+        *,
+        prefetch: int,
+        name: str,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self._broker = broker
+        self._on_delivery = on_delivery
+        self._prefetch = prefetch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._dl_channel: BlockingChannel | None = None
+        self._generation = 0
+        self._pending: deque[tuple[int, Callable[[], None]]] = deque()
+        self._wake_lock = threading.Lock()
+        self._wake_scheduled = False
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    def start(self) -> None:
+        """Start the consumer thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop consuming and close the connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the consumer thread runs (connected or reconnecting)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self._consume()
+                delay = 0.1
+            except (AMQPError, OSError) as exc:
+                self.connected.clear()
+                self.reconnects += 1
+                log.warning("%s: connection lost (%r); reconnecting in %.1fs",
+                            self.name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._broker.reconnect_max_delay)
+        self.connected.clear()
+
+    def _consume(self) -> None:
+        conn = pika.BlockingConnection(self._broker.params())
+        try:
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=self._prefetch)
+            dl = conn.channel()
+            dl.confirm_delivery()
+            with self._wake_lock:
+                self._generation += 1
+                self._conn, self._channel, self._dl_channel = conn, ch, dl
+                self._pending.clear()
+                self._wake_scheduled = False
+            ch.basic_consume(self.queue, on_message_callback=self._on_message)
+            self.connected.set()
+            while not self._stop.is_set():
+                conn.process_data_events(time_limit=0.2)
+                self._drain()
+            with contextlib.suppress(AMQPError, OSError):
+                ch.stop_consuming()
+                self._drain()
+        finally:
+            with self._wake_lock:
+                self._conn = None
+                self._channel = None
+            if conn.is_open:
+                with contextlib.suppress(AMQPError, OSError):
+                    conn.close()
+
+    def _on_message(
+        self,
+        channel: BlockingChannel,
+        method: Basic.Deliver,
+        props: BasicProperties,
+        body: bytes,
+    ) -> None:
+        delivery = RabbitDelivery(self, self._generation, method, props, body)
+        try:
+            self._on_delivery(delivery)
+        except Exception:
+            log.exception("%s: handler raised; requeueing the delivery", self.name)
+            delivery.requeue()
+
+    def _submit(self, generation: int, work: Callable[[], None]) -> None:
+        """Run ``work`` on the consumer thread if ``generation`` is still connected."""
+        if threading.current_thread() is self._thread:
+            if generation == self._generation and self._channel is not None:
+                work()
+            return
+        with self._wake_lock:
+            if generation != self._generation or self._conn is None:
+                return  # that connection is gone; the broker redelivers
+            self._pending.append((generation, work))
+            if self._wake_scheduled:
+                return
+            self._wake_scheduled = True
+            conn = self._conn
+        try:
+            conn.add_callback_threadsafe(self._drain)
+        except (AMQPError, OSError, RuntimeError):
+            log.debug("%s: connection closed before settling", self.name)
+
+    def _drain(self) -> None:
+        with self._wake_lock:
+            self._wake_scheduled = False
+            items = list(self._pending)
+            self._pending.clear()
+        for generation, work in items:
+            if generation == self._generation:
+                work()
+
+    # Called on the consumer thread only.
+    def _publish(self, out: Outgoing) -> None:
+        assert self._channel is not None
+        self._channel.basic_publish(
+            out.exchange, out.routing_key, out.body, properties_of(out)
+        )
+
+    def _ack(self, tag: int) -> None:
+        assert self._channel is not None
+        self._channel.basic_ack(tag)
+
+    def _nack(self, tag: int) -> None:
+        assert self._channel is not None
+        self._channel.basic_nack(tag, requeue=True)
+
+    def _publish_confirmed(self, out: Outgoing) -> None:
+        assert self._dl_channel is not None
+        self._dl_channel.basic_publish(
+            out.exchange, out.routing_key, out.body, properties_of(out), mandatory=True
+        )
+
+
+class RabbitDelivery(Delivery):
+    """A delivery from :class:`RabbitConsumer`; settled on the consumer's thread."""
+
+    def __init__(
+        self,
+        consumer: RabbitConsumer,
+        generation: int,
+        method: Basic.Deliver,
+        props: BasicProperties,
+        body: bytes,
+    ) -> None:
+        super().__init__(
+            body,
+            queue=consumer.queue,
+            reply_to=props.reply_to,
+            correlation_id=props.correlation_id,
+            message_id=props.message_id,
+            redelivered=bool(method.redelivered),
+            headers=dict(props.headers or {}),
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+        )
+        self._consumer = consumer
+        self._generation = generation
+        self._tag = method.delivery_tag
+
+    def _ack(self, reply: bytes | None) -> None:
+        c = self._consumer
+
+        def work() -> None:
+            if reply is not None:
+                try:
+                    c._publish(self.reply_outgoing(reply))
+                except (AMQPError, OSError):
+                    log.warning("could not send a reply to %s", self.reply_to)
+            c._ack(self._tag)
+
+        c._submit(self._generation, work)
+
+    def _requeue(self) -> None:
+        c = self._consumer
+        c._submit(self._generation, lambda: c._nack(self._tag))
+
+    def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
+        c = self._consumer
+
+        def work() -> None:
+            out = Outgoing(
+                exchange=c._broker.topology.dead_letter_exchange,
+                routing_key=self.routing_key,
+                body=self.body,
+                message_id=self.message_id,
+                correlation_id=self.correlation_id,
+                reply_to=self.reply_to,
+                headers=headers,
+            )
+            try:
+                c._publish_confirmed(out)
+            except (AMQPError, OSError) as exc:
+                # Not dead-lettered: give it back rather than lose it.
+                log.error("dead-lettering failed (%r); requeueing", exc)
+                c._nack(self._tag)
+                return
+            if reply is not None:
+                with contextlib.suppress(AMQPError, OSError):
+                    c._publish(self.reply_outgoing(reply))
+            c._ack(self._tag)
+
+        c._submit(self._generation, work)
+
+
+class PublishFailed(Exception):
+    """The broker nacked, returned or never confirmed a message."""
+
+
+class _Batch:
+    def __init__(self, size: int) -> None:
+        self.outstanding = size
+        self.error: str | None = None
+        self.done = threading.Event()
+        if size == 0:
+            self.done.set()
+
+    def settle(self, error: str | None) -> None:
+        if error and not self.error:
+            self.error = error
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self.done.set()
+
+    def fail(self, error: str) -> None:
+        self.error = self.error or error
+        self.done.set()
+
+
+class AsyncConfirmPublisher(Publisher):
+    """Publishes with pipelined publisher confirms on a ``SelectConnection`` thread.
+
+    ``publish_confirmed`` hands a batch to the I/O loop and waits until the broker
+    has acked every message of it (one ``multiple`` ack often covers many). Messages
+    are published ``mandatory``: an unroutable one fails its batch.
+
+    Args:
+        params: connection parameters.
+    """
+
+    def __init__(self, params: pika.ConnectionParameters) -> None:
+        self._params = params
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+        self._error: str | None = None
+        self._conn: pika.SelectConnection | None = None
+        self._channel: Any = None
+        self._seq = 0
+        self._pending: dict[int, _Batch] = {}
+        self._thread = threading.Thread(target=self._run, name="relay-publisher", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15) or self._error:
+            self.close()
+            raise PublishFailed(f"could not open the publisher: {self._error or 'timeout'}")
+
+    def _run(self) -> None:
+        try:
+            self._conn = pika.SelectConnection(
+                self._params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_close,
+            )
+            self._conn.ioloop.start()
+        except Exception as exc:  # noqa: BLE001 - reported through _error
+            self._error = repr(exc)
+        finally:
+            self._fail_all("connection closed")
+            self._closed.set()
+            self._ready.set()
+
+    def _on_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
+        self._error = repr(exc)
+        conn.ioloop.stop()
+
+    def _on_close(self, conn: pika.SelectConnection, exc: BaseException) -> None:
+        self._error = self._error or repr(exc)
+        self._fail_all(f"connection closed: {exc!r}")
+        conn.ioloop.stop()
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_close)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _f: self._ready.set())
+
+    def _on_channel_close(self, channel: Any, exc: BaseException) -> None:
+        self._error = repr(exc)
+        self._fail_all(f"channel closed: {exc!r}")
+        if self._conn is not None and self._conn.is_open:
+            self._conn.close()
+
+    def _on_return(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        # A return precedes the ack of the same message; remember it for that ack.
+        self._returned = f"unroutable: {method.reply_text} ({method.exchange})"
+
+    _returned: str | None = None
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nack = isinstance(method, pika.spec.Basic.Nack)
+        tag = method.delivery_tag
+        tags = [t for t in self._pending if t <= tag] if method.multiple else [tag]
+        err = "nacked by the broker" if nack else self._returned
+        self._returned = None
+        for t in tags:
+            batch = self._pending.pop(t, None)
+            if batch is not None:
+                batch.settle(err)
+
+    def _fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for batch in set(pending.values()):
+            batch.fail(reason)
+
+    def _publish_batch(self, batch: _Batch, messages: Sequence[Outgoing]) -> None:
+        if self._channel is None or not self._channel.is_open:
+            batch.fail("channel not open")
+            return
+        for out in messages:
+            self._seq += 1
+            self._pending[self._seq] = batch
+            self._channel.basic_publish(
+                out.exchange, out.routing_key, out.body, properties_of(out), mandatory=True
+            )
+
+    def publish_confirmed(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> None:
+        """Publish ``messages`` and wait for all their confirms.
+
+        Raises:
+            PublishFailed: on a nack, a return, a closed connection or a timeout.
+        """
+        if self._closed.is_set() or self._conn is None:
+            raise PublishFailed(f"publisher closed: {self._error}")
+        batch = _Batch(len(messages))
+        try:
+            self._conn.ioloop.add_callback_threadsafe(
+                lambda: self._publish_batch(batch, messages)
+            )
+        except Exception as exc:
+            raise PublishFailed(repr(exc)) from exc
+        if not batch.done.wait(timeout):
+            raise PublishFailed("timed out waiting for confirms")
+        if batch.error:
+            raise PublishFailed(batch.error)
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection has closed."""
+        return not self._closed.is_set()
+
+    def close(self) -> None:
+        """Close the connection and stop the I/O loop."""
+        conn = self._conn
+        if conn is not None and not self._closed.is_set():
+            with contextlib.suppress(Exception):
+                conn.ioloop.add_callback_threadsafe(
+                    lambda: conn.close() if conn.is_open else conn.ioloop.stop()
+                )
+        self._thread.join(5)
+
+
+def wait_for_broker(url: str, timeout: float = 60.0) -> None:
+    """Block until a connection to ``url`` opens.
+
+    Raises:
+        TimeoutError: when none opened in time.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            pika.BlockingConnection(connection_parameters(url)).close()
+            return
+        except (AMQPError, OSError) as exc:
+            last = exc
+            time.sleep(0.5)
+    raise TimeoutError(f"RabbitMQ at {url} did not answer in {timeout}s: {last!r}")

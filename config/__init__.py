@@ -1,0 +1,119 @@
+"""Staybook settings: one pydantic-settings model.
+
+Precedence (lowest first): field defaults < ``config/default.toml`` < a TOML file named
+by ``STAYBOOK_CONFIG`` < environment variables ``STAYBOOK_*`` (nested with ``__``,
+e.g. ``STAYBOOK_BROKER__PREFETCH=64``) < keyword arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parent
+DEFAULT_TOML = CONFIG_DIR / "default.toml"
+
+
+class BrokerSettings(BaseModel):
+    """How to reach RabbitMQ and how hard to push it."""
+
+    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    prefix: str = "staybook"
+    prefetch: int = Field(512, ge=1, le=10_000)
+    handler_prefetch: int = Field(256, ge=1, le=10_000)
+    heartbeat: int = Field(30, ge=0, le=600)
+    max_message_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
+    queue_max_length: int = Field(1_000_000, ge=1)
+    dead_letter_max_length: int = Field(100_000, ge=1)
+    delivery_limit: int = Field(5, ge=1, le=100)
+    relay_batch: int = Field(500, ge=1, le=10_000)
+    reconnect_max_delay: float = Field(10.0, gt=0)
+
+
+class StoreSettings(BaseModel):
+    """Durability and batching of the event store."""
+
+    batch_max: int = Field(256, ge=1, le=10_000)
+    queue_max: int = Field(10_000, ge=1)
+    synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+
+
+class ActorSettings(BaseModel):
+    """Bounds on live entity actors and on how long anyone waits for one."""
+
+    max_live: int = Field(10_000, ge=1)
+    idle_seconds: float = Field(300.0, gt=0)
+    ask_timeout: float = Field(5.0, gt=0)
+    max_stay_nights: int = Field(30, ge=1)
+
+
+class SupervisionSettings(BaseModel):
+    """Restart intensity of the entity supervisor (OTP's MaxR within MaxT)."""
+
+    max_restarts: int = Field(10, ge=0)
+    period_seconds: float = Field(5.0, gt=0)
+
+
+class PaymentSettings(BaseModel):
+    """The simulated gateway: declines are deterministic per reservation id."""
+
+    decline_rate: float = Field(0.0, ge=0.0, le=1.0)
+    decline_token_prefix: str = "tok_decline"
+
+
+class Settings(BaseSettings):
+    """Everything a node needs; see the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STAYBOOK_",
+        env_nested_delimiter="__",
+        toml_file=[DEFAULT_TOML],
+        extra="ignore",
+    )
+
+    database_url: str = "sqlite:///staybook.db"
+    node_name: str = "node-1"
+    log_level: str = "INFO"
+    broker: BrokerSettings = BrokerSettings()
+    store: StoreSettings = StoreSettings()
+    actors: ActorSettings = ActorSettings()
+    supervision: SupervisionSettings = SupervisionSettings()
+    payment: PaymentSettings = PaymentSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Put the TOML files under the environment, as the docstring promises."""
+        files = [DEFAULT_TOML]
+        extra = os.environ.get("STAYBOOK_CONFIG")
+        if extra:
+            files.append(Path(extra))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=files),
+        )
+
+
+__all__ = [
+    "ActorSettings",
+    "BrokerSettings",
+    "PaymentSettings",
+    "Settings",
+    "StoreSettings",
+    "SupervisionSettings",
+]

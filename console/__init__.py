@@ -1,0 +1,1 @@
+"""Operator and producer tools: the ``staybook`` CLI, the demo, a local broker."""

@@ -1,0 +1,216 @@
+"""The ``staybook`` command: run a node, send commands, search, run the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from config import Settings
+
+app = typer.Typer(help="Staybook: an actor-based apartment booking backend.",
+                  no_args_is_help=True, add_completion=False)
+broker_app = typer.Typer(help="The local development RabbitMQ node.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
+
+STATE_DIR = Path(".staybook")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _broker_url(settings: Settings, local: bool) -> str:
+    """The configured broker, or a local one started (and installed) on demand."""
+    if "STAYBOOK_BROKER__URL" in os.environ or not local:
+        return settings.broker.url
+    from console.localbroker import BrokerUnavailable, start_local_broker
+    try:
+        return start_local_broker(STATE_DIR / "rabbitmq")
+    except BrokerUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+LocalOpt = Annotated[bool, typer.Option(
+    "--local-broker/--no-local-broker",
+    help="Start (and if needed install) a local RabbitMQ when STAYBOOK_BROKER__URL is unset.")]
+
+
+@app.command()
+def serve(local_broker: LocalOpt = True) -> None:
+    """Run a node until SIGINT/SIGTERM; exit 1 if its supervision tree gives up."""
+    from broker.rabbitmq import wait_for_broker
+    from node import Node
+
+    settings = _settings()
+    _logging(settings.log_level)
+    url = _broker_url(settings, local_broker)
+    settings.broker.url = url
+    wait_for_broker(url)
+    node = Node(settings)
+    node.start()
+    typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)} "
+               f"(store {settings.database_url})")
+    stop = {"sig": False}
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop["sig"] = True
+        node.app.failed.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    node.wait()
+    failed = not stop["sig"]
+    if failed and node.app.failure is not None:
+        f = node.app.failure
+        typer.echo(f"the supervision tree gave up: {f.error_type}: {f.message}", err=True)
+    node.stop()
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def send(
+    command_type: Annotated[str, typer.Argument(help="e.g. AddApartment")],
+    apartment_id: Annotated[str, typer.Argument(help="the partition key")],
+    payload: Annotated[str, typer.Argument(help="the payload as JSON")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+) -> None:
+    """Post any command and print its reply (exit 1 unless the reply is ok)."""
+    from broker.client import Client
+    from messages import Envelope, InvalidMessage, new_id, spec_for
+
+    settings = _settings()
+    spec = spec_for(command_type)
+    if spec is None:
+        typer.echo(f"unknown message type {command_type}", err=True)
+        raise typer.Exit(2)
+    mid = new_id()
+    body = json.dumps({"message_id": mid, "correlation_id": mid, "type": command_type,
+                       "version": spec.version, "apartment_id": apartment_id,
+                       "payload": json.loads(payload)}).encode()
+    try:
+        env = Envelope.from_json(body)
+    except InvalidMessage as exc:
+        typer.echo(f"invalid {command_type}: {exc.detail}", err=True)
+        raise typer.Exit(2) from exc
+    with Client(settings.broker.url, _topology(settings)) as client:
+        reply = client.request(env, timeout=timeout)
+    data = reply.payload.model_dump(mode="json")
+    typer.echo(json.dumps(data, indent=2))
+    raise typer.Exit(0 if data.get("status") == "ok" else 1)
+
+
+@app.command()
+def search(
+    city: Annotated[str | None, typer.Option()] = None,
+    start: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    end: Annotated[str | None, typer.Option(help="YYYY-MM-DD")] = None,
+    guests: Annotated[int, typer.Option()] = 1,
+    min_price: Annotated[int | None, typer.Option(help="cents per night")] = None,
+    max_price: Annotated[int | None, typer.Option(help="cents per night")] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+) -> None:
+    """Search apartments by request/reply over RabbitMQ."""
+    from broker.client import Client
+    from messages import Envelope, SearchApartments
+
+    settings = _settings()
+    q = SearchApartments(city=city, guests=guests, min_price=min_price, max_price=max_price,
+                         start=date.fromisoformat(start) if start else None,
+                         end=date.fromisoformat(end) if end else None, limit=limit)
+    with Client(settings.broker.url, _topology(settings)) as client:
+        reply = client.request(Envelope.new(q))
+    typer.echo(json.dumps(reply.payload.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def demo(local_broker: LocalOpt = True,
+         database: Annotated[str, typer.Option(help="the demo node's store")] =
+         f"sqlite:///{STATE_DIR}/demo.db") -> None:
+    """Start a node (and a local RabbitMQ if none is configured) and tell the story."""
+    from broker.rabbitmq import wait_for_broker
+    from console.demo import run_demo
+    from node import Node
+
+    settings = _settings()
+    _logging("WARNING")
+    STATE_DIR.mkdir(exist_ok=True)
+    url = _broker_url(settings, local_broker)
+    settings.broker.url = url
+    if "STAYBOOK_DATABASE_URL" not in os.environ:
+        settings.database_url = database
+    wait_for_broker(url)
+    node = Node(settings)
+    node.start()
+    typer.echo(f"node {settings.node_name} up on {_redact(url)}, store {settings.database_url}")
+    try:
+        run_demo(url, node.topology)
+    except AssertionError as exc:
+        typer.echo(f"the demo went wrong: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        node.stop()
+
+
+@app.command()
+def catalog(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Print every message: kind, exchange, consumers, fields."""
+    from messages.registry import catalog as rows
+
+    data = rows()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    for r in data:
+        props = r["schema"].get("properties", {})
+        typer.echo(f"{r['type']} v{r['version']} ({r['kind']}) -> {r['exchange']} "
+                   f"[{', '.join(r['consumers']) or '-'}]\n    {r['doc']}\n    fields: "
+                   f"{', '.join(props)}")
+
+
+@broker_app.command("start")
+def broker_start() -> None:
+    """Start the local development RabbitMQ (installing it if missing and permitted)."""
+    from console.localbroker import start_local_broker
+    typer.echo(start_local_broker(STATE_DIR / "rabbitmq"))
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the local development RabbitMQ."""
+    from console.localbroker import stop_local_broker
+    stop_local_broker(STATE_DIR / "rabbitmq")
+
+
+def _topology(settings: Settings) -> Any:
+    from node import topology_of
+    return topology_of(settings)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "//" in url:
+        scheme, rest = url.split("//", 1)
+        return f"{scheme}//***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="staybook")
+
+
+if __name__ == "__main__":
+    main()

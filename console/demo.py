@@ -1,0 +1,181 @@
+"""The talk's scenario, told through real messages on RabbitMQ.
+
+An owner adds an apartment; guest A asks for next week and the owner accepts; guest
+B asks for next Friday and hears "already taken"; A's card is charged; A is notified;
+search no longer offers those dates. Every command, reply and event is printed; the
+events are read from a tap queue bound to every event exchange.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import pika
+
+from broker.client import Client
+from broker.rabbitmq import connection_parameters
+from broker.topology import Topology
+from messages import (
+    AcceptReservation,
+    AddApartment,
+    Envelope,
+    Message,
+    RequestReservation,
+    SearchApartments,
+    new_id,
+)
+from messages.registry import event_exchanges
+
+
+@dataclass
+class DemoResult:
+    """What the demo saw, for its end-to-end test."""
+
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    search_before: int = 0
+    search_after: int = 0
+
+
+class EventTap:
+    """An exclusive queue bound to every event exchange, read on its own thread."""
+
+    def __init__(self, url: str, topology: Topology,
+                 on_event: Callable[[dict[str, Any]], None]) -> None:
+        self._conn = pika.BlockingConnection(connection_parameters(url))
+        ch = self._conn.channel()
+        q = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        for ex in event_exchanges():
+            ch.queue_bind(q, topology.exchange(ex))
+        ch.basic_consume(q, lambda _c, _m, _p, body: on_event(json.loads(body)), auto_ack=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="event-tap")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._conn.process_data_events(time_limit=0.1)
+        self._conn.close()
+
+    def close(self) -> None:
+        """Stop reading and close."""
+        self._stop.set()
+        self._thread.join(5)
+
+
+def next_week(today: date) -> tuple[date, date, date]:
+    """Next Monday, the Monday after, and the Friday in between."""
+    monday = today + timedelta(days=7 - today.weekday())
+    return monday, monday + timedelta(days=7), monday + timedelta(days=4)
+
+
+def run_demo(url: str, topology: Topology | None = None, *,
+             out: Callable[[str], None] = print, today: date | None = None,
+             settle_timeout: float = 20.0) -> DemoResult:
+    """Run the scenario against the node(s) behind ``url``.
+
+    Raises:
+        AssertionError: when the story does not end as it must.
+    """
+    topo = topology or Topology()
+    result = DemoResult()
+    lock = threading.Lock()
+    suffix = new_id()[:6]
+    apt, owner, guest_a, guest_b = f"apt-{suffix}", f"olivia-{suffix}", f"ana-{suffix}", \
+        f"ben-{suffix}"
+    mine: set[str] = set()
+
+    def on_event(ev: dict[str, Any]) -> None:
+        with lock:
+            if ev.get("correlation_id") in mine:
+                result.events.append(ev)
+                out(f"    event  {ev['type']:<22} {_brief(ev['payload'])}")
+
+    tap = EventTap(url, topo, on_event)
+    client = Client(url, topo)
+    try:
+        def send(label: str, payload: Message, apartment: str | None = apt) -> dict[str, Any]:
+            env = Envelope.new(payload, apartment_id=apartment)
+            with lock:
+                mine.add(env.correlation_id)
+            sent = _brief(payload.model_dump(mode="json"))
+            out(f"\n>>> {label}\n    send   {env.type:<22} {sent}")
+            reply = client.request(env, timeout=10).payload.model_dump(mode="json")
+            out(f"    reply  {_brief(reply)}")
+            time.sleep(0.3)
+            client._conn.process_data_events(time_limit=0)
+            return reply
+
+        monday, next_monday, friday = next_week(today or date.today())
+        result.replies["add"] = send("An owner adds an apartment", AddApartment(
+            owner_id=owner, city="Lisbon", title="Sunny flat in Alfama",
+            price_per_night=9500, capacity=3))
+        _wait(lambda: _count(client, topo, monday, next_monday, apt) == 1, settle_timeout)
+        result.search_before = _count(client, topo, monday, next_monday, apt)
+        out(f"\n    search for {monday}..{next_monday} in Lisbon offers {apt}: "
+            f"{result.search_before == 1}")
+        result.replies["request_a"] = send(
+            f"Guest A asks for next week ({monday} to {next_monday})",
+            RequestReservation(reservation_id=f"res-a-{suffix}", guest_id=guest_a,
+                               start=monday, end=next_monday, guests=2))
+        result.replies["accept_a"] = send("The owner accepts", AcceptReservation(
+            reservation_id=f"res-a-{suffix}", owner_id=owner))
+        result.replies["request_b"] = send(
+            f"Guest B asks for next Friday ({friday})",
+            RequestReservation(reservation_id=f"res-b-{suffix}", guest_id=guest_b,
+                               start=friday, end=friday + timedelta(days=1)))
+
+        def settled() -> bool:
+            with lock:
+                types = [e["type"] for e in result.events]
+            return "ReservationConfirmed" in types and types.count("NotificationSent") >= 4
+        _wait(settled, settle_timeout)
+        _wait(lambda: _count(client, topo, monday, next_monday, apt) == 0, settle_timeout)
+        result.search_after = _count(client, topo, monday, next_monday, apt)
+        out(f"\n    search for {monday}..{next_monday} in Lisbon offers {apt}: "
+            f"{result.search_after == 1}")
+    finally:
+        client.close()
+        time.sleep(0.2)
+        tap.close()
+    _check(result)
+    out("\nThe story holds: A booked and charged once, B told 'already taken', "
+        "A notified, the dates gone from search.")
+    return result
+
+
+def _count(client: Client, topo: Topology, start: date, end: date, apt: str) -> int:
+    env = Envelope.new(SearchApartments(city="Lisbon", start=start, end=end, limit=100))
+    reply = client.request(env, timeout=10).payload.model_dump(mode="json")
+    return sum(1 for a in reply["apartments"] if a["apartment_id"] == apt)
+
+
+def _wait(pred: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not pred():
+        time.sleep(0.1)
+
+
+def _check(r: DemoResult) -> None:
+    types = [e["type"] for e in r.events]
+    assert r.replies["add"]["status"] == "ok", r.replies["add"]
+    assert r.replies["request_a"]["status"] == "ok", r.replies["request_a"]
+    assert r.replies["accept_a"]["status"] == "ok", r.replies["accept_a"]
+    assert r.replies["request_b"]["status"] == "rejected", r.replies["request_b"]
+    assert r.replies["request_b"]["reason"] == "already_taken", r.replies["request_b"]
+    assert types.count("PaymentSucceeded") == 1, types
+    assert types.count("ReservationConfirmed") == 1, types
+    assert r.search_before == 1 and r.search_after == 0, (r.search_before, r.search_after)
+
+
+def _brief(data: dict[str, Any]) -> str:
+    keep = {k: v for k, v in data.items() if k not in ("events", "card_token", "description")
+            and v not in (None, "")}
+    text = json.dumps(keep, default=str)
+    return text if len(text) < 160 else text[:157] + "..."

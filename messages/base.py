@@ -1,0 +1,217 @@
+"""The envelope every Staybook message travels in, and its validation.
+
+The envelope carries identity and causality (``message_id``, ``correlation_id``,
+``causation_id``), the schema ``type`` and ``version``, ``occurred_at`` and the
+partition key ``apartment_id``; the typed ``payload`` is validated against the model
+the registry names for ``type``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from messages.registry import Kind, spec_for, spec_of
+
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,100}$"
+
+
+def new_id() -> str:
+    """A fresh message or entity id."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (UTC)."""
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Base of every payload: frozen, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    VERSION: ClassVar[int] = 1
+
+
+class BadInput(StrEnum):
+    """Why a body was refused before reaching any actor (the dead-letter reason)."""
+
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    BAD_ENVELOPE = "bad_envelope"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    SCHEMA_ERROR = "schema_error"
+    WRONG_KIND = "wrong_kind"
+
+
+class InvalidMessage(Exception):
+    """A body that cannot become an Envelope.
+
+    Args:
+        reason: the machine-readable reason (dead-letter header ``x-staybook-reason``).
+        detail: a human-readable explanation, safe to send back to the producer.
+        partial: the envelope fields that could be read, to address an error reply.
+    """
+
+    def __init__(
+        self, reason: BadInput, detail: str, partial: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.partial = partial or {}
+
+
+class Envelope(BaseModel):
+    """A message on the wire: identity, causality, partition key and typed payload."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str = Field(default_factory=new_id, pattern=ID_PATTERN)
+    correlation_id: str = Field(pattern=ID_PATTERN)
+    causation_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    type: str = Field(min_length=1, max_length=100)
+    version: int = Field(ge=1)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    apartment_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    payload: SerializeAsAny[Message]
+
+    @classmethod
+    def new(
+        cls,
+        payload: Message,
+        *,
+        apartment_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Envelope:
+        """Start a new conversation (a producer's first message)."""
+        spec = spec_of(payload)
+        mid = new_id()
+        return cls(
+            message_id=mid,
+            correlation_id=correlation_id or mid,
+            type=spec.type,
+            version=spec.version,
+            apartment_id=apartment_id,
+            payload=payload,
+        )
+
+    def follow(self, payload: Message, *, apartment_id: str | None = None) -> Envelope:
+        """A message caused by this one: same correlation, causation = this id."""
+        spec = spec_of(payload)
+        return Envelope(
+            correlation_id=self.correlation_id,
+            causation_id=self.message_id,
+            type=spec.type,
+            version=spec.version,
+            apartment_id=apartment_id or self.apartment_id,
+            payload=payload,
+        )
+
+    @property
+    def kind(self) -> Kind:
+        """The registry kind of the payload."""
+        return spec_of(self.payload).kind
+
+    def to_json(self) -> bytes:
+        """The wire form: compact UTF-8 JSON."""
+        return self.model_dump_json().encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form as plain JSON data."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+    @classmethod
+    def from_json(
+        cls,
+        body: bytes,
+        *,
+        max_bytes: int = 64 * 1024,
+        kinds: frozenset[Kind] | None = None,
+    ) -> Envelope:
+        """Validate a wire body into an Envelope.
+
+        Args:
+            body: the raw message body.
+            max_bytes: bodies larger than this are refused unread.
+            kinds: the kinds this reader accepts (e.g. only commands at the intake).
+
+        Raises:
+            InvalidMessage: with the reason and a readable detail.
+        """
+        if len(body) > max_bytes:
+            raise InvalidMessage(
+                BadInput.TOO_LARGE, f"body is {len(body)} bytes, the limit is {max_bytes}"
+            )
+        try:
+            raw = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidMessage(BadInput.NOT_JSON, f"body is not UTF-8 JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise InvalidMessage(BadInput.NOT_OBJECT, "body must be a JSON object")
+        partial = {
+            k: raw[k]
+            for k in ("message_id", "correlation_id", "type")
+            if isinstance(raw.get(k), str) and len(raw[k]) <= 100
+        }
+        if not isinstance(raw.get("message_id"), str):
+            raise InvalidMessage(
+                BadInput.BAD_ENVELOPE,
+                "message_id: required (a string; re-sends must reuse it)",
+                partial,
+            )
+        type_name = raw.get("type")
+        spec = spec_for(type_name) if isinstance(type_name, str) else None
+        if spec is None:
+            raise InvalidMessage(
+                BadInput.UNKNOWN_TYPE, f"unknown message type {type_name!r}", partial
+            )
+        if kinds is not None and spec.kind not in kinds:
+            raise InvalidMessage(
+                BadInput.WRONG_KIND,
+                f"{spec.type} is a {spec.kind.value}; this queue takes "
+                + ", ".join(sorted(k.value for k in kinds)),
+                partial,
+            )
+        if raw.get("version") != spec.version:
+            raise InvalidMessage(
+                BadInput.UNSUPPORTED_VERSION,
+                f"{spec.type} version {raw.get('version')!r} is not supported "
+                f"(this node speaks version {spec.version})",
+                partial,
+            )
+        try:
+            payload = spec.cls.model_validate(raw.get("payload"))
+        except ValidationError as exc:
+            raise InvalidMessage(BadInput.SCHEMA_ERROR, _summarize(exc), partial) from None
+        try:
+            env = cls.model_validate({**raw, "payload": payload})
+        except ValidationError as exc:
+            raise InvalidMessage(BadInput.BAD_ENVELOPE, _summarize(exc), partial) from None
+        if env.apartment_id is None and spec.kind in (Kind.COMMAND, Kind.EVENT):
+            raise InvalidMessage(
+                BadInput.BAD_ENVELOPE,
+                f"apartment_id: required for a {spec.kind.value} (it is the partition key)",
+                partial,
+            )
+        return env
+
+
+def _summarize(exc: ValidationError, limit: int = 5) -> str:
+    """A short, readable list of the first validation errors."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)

@@ -1,0 +1,169 @@
+"""Events: facts that happened. Immutable, any number of handlers, never rejected."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+
+from pydantic import Field
+
+from messages.base import Message
+from messages.registry import Consumer, Kind, register
+
+APARTMENT_EVENTS = "events.apartment"
+RESERVATION_EVENTS = "events.reservation"
+PAYMENT_EVENTS = "events.payment"
+NOTIFICATION_EVENTS = "events.notification"
+
+
+class Reason(StrEnum):
+    """Why a request or a command was turned down."""
+
+    ALREADY_TAKEN = "already_taken"
+    REJECTED_BY_OWNER = "rejected_by_owner"
+    INVALID_DATES = "invalid_dates"
+    STAY_TOO_LONG = "stay_too_long"
+    TOO_MANY_GUESTS = "too_many_guests"
+    UNKNOWN_APARTMENT = "unknown_apartment"
+    UNKNOWN_RESERVATION = "unknown_reservation"
+    DUPLICATE_RESERVATION = "duplicate_reservation"
+    APARTMENT_EXISTS = "apartment_exists"
+    INVALID_PRICE = "invalid_price"
+    INVALID_CAPACITY = "invalid_capacity"
+    NOT_OWNER = "not_owner"
+    NOT_PENDING = "not_pending"
+
+
+@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+class ApartmentAdded(Message):
+    """An apartment was listed."""
+
+    owner_id: str
+    city: str
+    title: str
+    description: str = ""
+    price_per_night: int
+    capacity: int
+
+
+@register(
+    Kind.EVENT,
+    exchange=RESERVATION_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+)
+class ReservationRequested(Message):
+    """A guest's request is pending the owner's answer, at the price quoted now."""
+
+    reservation_id: str
+    guest_id: str
+    owner_id: str
+    start: date
+    end: date
+    guests: int
+    total_price: int
+    card_token: str
+    card_last4: str
+
+
+@register(
+    Kind.EVENT,
+    exchange=RESERVATION_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+)
+class ReservationRejected(Message):
+    """A request was turned down (by the rules or by the owner); the reason says why."""
+
+    reservation_id: str
+    guest_id: str
+    reason: Reason
+    detail: str = ""
+
+
+@register(
+    Kind.EVENT,
+    exchange=RESERVATION_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.PAYMENT, Consumer.RESERVATIONS),
+)
+class ReservationAccepted(Message):
+    """The owner accepted; the card is to be charged ``total_price``."""
+
+    reservation_id: str
+    guest_id: str
+    owner_id: str
+    start: date
+    end: date
+    total_price: int
+    card_token: str
+    card_last4: str
+
+
+@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.SEARCH,))
+class DatesBooked(Message):
+    """The nights [start, end) of an apartment are taken by a reservation."""
+
+    reservation_id: str
+    start: date
+    end: date
+
+
+@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.NOTIFIER,))
+class CommandRejected(Message):
+    """A command changed nothing (wrong caller, wrong state); recorded for audit."""
+
+    command_type: str
+    reason: Reason
+    detail: str = ""
+    reservation_id: str | None = None
+    actor_id: str | None = None
+
+
+@register(
+    Kind.EVENT,
+    exchange=PAYMENT_EVENTS,
+    consumers=(Consumer.RESERVATIONS,),
+)
+class PaymentSucceeded(Message):
+    """The guest's card was charged once for the reservation."""
+
+    reservation_id: str
+    guest_id: str
+    amount: int
+    charge_id: str
+    card_last4: str
+
+
+@register(
+    Kind.EVENT,
+    exchange=PAYMENT_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+)
+class PaymentFailed(Message):
+    """The charge was declined or failed; nothing was taken from the card."""
+
+    reservation_id: str
+    guest_id: str
+    amount: int
+    reason: str
+
+
+@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.NOTIFIER,))
+class ReservationConfirmed(Message):
+    """Accepted and paid: the reservation process finished successfully."""
+
+    reservation_id: str
+    guest_id: str
+    amount: int
+    charge_id: str
+    card_last4: str
+
+
+@register(Kind.EVENT, exchange=NOTIFICATION_EVENTS)
+class NotificationSent(Message):
+    """A person was told about an event, once, on one channel."""
+
+    notification_id: str
+    recipient: str
+    channel: str
+    subject: str
+    event_type: str
+    event_id: str = Field(max_length=100)

@@ -1,0 +1,142 @@
+"""One registry of every message: its kind, exchange, routing and consumers.
+
+Routing (which exchange a message goes to, which queues bind where), validation
+(which types the intake accepts) and the message catalog all read this table, so a
+new message is declared exactly once, next to its schema.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from messages.base import Message
+
+
+class Kind(StrEnum):
+    """What a message is: a request, a fact, a question, or an answer."""
+
+    COMMAND = "command"
+    QUERY = "query"
+    EVENT = "event"
+    REPLY = "reply"
+
+
+class Consumer(StrEnum):
+    """The durable queues Staybook consumes from; each has one consumer role."""
+
+    INTAKE = "intake"
+    SEARCH = "search"
+    PAYMENT = "payment"
+    NOTIFIER = "notifier"
+    RESERVATIONS = "reservations"
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """Where a message travels and who handles it.
+
+    Attributes:
+        type: the wire name, also the class name.
+        version: the schema version this node writes and accepts.
+        kind: command, query, event or reply.
+        cls: the pydantic payload model.
+        exchange: logical exchange name (prefixed at declaration), "" for replies.
+        consumers: queues that receive it.
+        doc: first line of the class docstring, for the catalog.
+    """
+
+    type: str
+    version: int
+    kind: Kind
+    cls: builtins.type[Message]
+    exchange: str
+    consumers: tuple[Consumer, ...]
+    doc: str
+
+
+_REGISTRY: dict[str, MessageSpec] = {}
+
+M = TypeVar("M", bound="type[Message]")
+
+COMMANDS_EXCHANGE = "commands"
+QUERIES_EXCHANGE = "queries"
+DEAD_LETTER_EXCHANGE = "dlx"
+
+
+def register(
+    kind: Kind, *, exchange: str = "", consumers: tuple[Consumer, ...] = ()
+) -> Callable[[M], M]:
+    """Class decorator that records a payload model in the registry.
+
+    Raises:
+        ValueError: if the type name is registered twice.
+    """
+
+    def wrap(cls: M) -> M:
+        name = cls.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"message type {name} registered twice")
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        _REGISTRY[name] = MessageSpec(
+            type=name,
+            version=cls.VERSION,
+            kind=kind,
+            cls=cls,
+            exchange=exchange,
+            consumers=consumers,
+            doc=doc,
+        )
+        return cls
+
+    return wrap
+
+
+def spec_for(type_name: str) -> MessageSpec | None:
+    """The spec of a wire type name, or None when unknown."""
+    return _REGISTRY.get(type_name)
+
+
+def spec_of(message: Message | type[Message]) -> MessageSpec:
+    """The spec of a payload instance or class (always registered)."""
+    cls = message if isinstance(message, type) else type(message)
+    return _REGISTRY[cls.__name__]
+
+
+def all_specs() -> Iterator[MessageSpec]:
+    """Every registered message, in declaration order."""
+    return iter(_REGISTRY.values())
+
+
+def event_exchanges() -> list[str]:
+    """Logical names of the fanout exchanges that carry events."""
+    return sorted({s.exchange for s in _REGISTRY.values() if s.kind is Kind.EVENT})
+
+
+def bindings() -> dict[Consumer, set[str]]:
+    """Which logical exchanges each consumer queue binds to, derived from consumers."""
+    out: dict[Consumer, set[str]] = {}
+    for s in _REGISTRY.values():
+        for c in s.consumers:
+            out.setdefault(c, set()).add(s.exchange)
+    return out
+
+
+def catalog() -> list[dict[str, Any]]:
+    """The message catalog as data: one row per message with its JSON schema."""
+    return [
+        {
+            "type": s.type,
+            "version": s.version,
+            "kind": s.kind.value,
+            "exchange": s.exchange or "(reply_to)",
+            "consumers": [c.value for c in s.consumers],
+            "doc": s.doc,
+            "schema": s.cls.model_json_schema(),
+        }
+        for s in _REGISTRY.values()
+    ]

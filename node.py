@@ -1,0 +1,319 @@
+"""A Staybook node: the store, the broker, the actors, under one supervision tree.
+
+Root (one_for_one) children, started in this order and stopped in reverse:
+
+* ``infrastructure`` (rest_for_one): ``store`` (the group-committing writer) ->
+  ``relay`` (outbox -> event exchanges).
+* ``entities``: the directory, a dynamic supervisor of apartment and reservation
+  actors.
+* ``handlers`` (one_for_one): ``payment``, ``notifier``, ``search`` actors.
+* ``intake`` (one_for_one): one consumer per queue. It starts last and stops first, so
+  no message arrives before the actor that handles it exists, or after it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import pykka
+
+from actors.base import EntityContext, Failure, Handle, ReportFailure
+from actors.directory import Directory
+from actors.notifier import NotifierActor
+from actors.payment import PaymentActor, PaymentGateway, SimulatedGateway
+from actors.search import SearchActor
+from broker.base import Broker, Delivery
+from broker.rabbitmq import RabbitBroker
+from broker.relay import Relay
+from broker.topology import Topology
+from config import Settings
+from messages import (
+    CommandResult,
+    Consumer,
+    Envelope,
+    InvalidMessage,
+    Kind,
+    Status,
+    new_id,
+    spec_for,
+)
+from messages.base import ID_PATTERN
+from store import EventStore, StoreWriter, make_engine
+from supervisor import (
+    ActorChild,
+    Application,
+    Child,
+    ChildSpec,
+    Intensity,
+    Restart,
+    Strategy,
+    service_child,
+    supervisor_child,
+)
+
+log = logging.getLogger(__name__)
+_ID = re.compile(ID_PATTERN)
+
+COMMAND_KINDS = frozenset({Kind.COMMAND})
+HANDLER_KINDS = frozenset({Kind.EVENT})
+SEARCH_KINDS = frozenset({Kind.EVENT, Kind.QUERY})
+
+
+@dataclass
+class _Route:
+    """The current actor of a handler and the deliveries told to it, unsettled."""
+
+    ref: pykka.ActorRef[Any] | None = None
+    pending: set[Delivery] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Counters:
+    """What the node has seen, for the CLI, tests and benchmarks."""
+
+    commands: int = 0
+    refused: int = 0
+    events_handled: int = 0
+
+
+def topology_of(settings: Settings) -> Topology:
+    """The broker topology a node with these settings uses."""
+    b = settings.broker
+    return Topology(prefix=b.prefix, queue_max_length=b.queue_max_length,
+                    dead_letter_max_length=b.dead_letter_max_length,
+                    delivery_limit=b.delivery_limit)
+
+
+class Node:
+    """One Staybook node.
+
+    Args:
+        settings: configuration.
+        broker: the broker (RabbitMQ from ``settings`` when None).
+        gateway: the payment gateway (the simulated one when None).
+        today: the rules' clock.
+    """
+
+    def __init__(self, settings: Settings, *, broker: Broker | None = None,
+                 gateway: PaymentGateway | None = None,
+                 today: Callable[[], date] = date.today) -> None:
+        self.settings = settings
+        self.topology = topology_of(settings)
+        self.broker = broker or RabbitBroker(
+            settings.broker.url, self.topology, heartbeat=settings.broker.heartbeat,
+            reconnect_max_delay=settings.broker.reconnect_max_delay)
+        self.engine = make_engine(settings.database_url, synchronous=settings.store.synchronous)
+        self.store = EventStore(self.engine)
+        self.writer = StoreWriter(self.engine, batch_max=settings.store.batch_max,
+                                  queue_max=settings.store.queue_max)
+        self.relay = Relay(self.engine, self.writer, self.broker,
+                           batch=settings.broker.relay_batch,
+                           max_delay=settings.broker.reconnect_max_delay)
+        self.writer.set_on_committed(self.relay.wake)
+        self.gateway = gateway or SimulatedGateway(
+            self.engine, decline_rate=settings.payment.decline_rate,
+            decline_token_prefix=settings.payment.decline_token_prefix)
+        a = settings.actors
+        self.directory = Directory(
+            EntityContext(self.store, self.writer, max_stay_nights=a.max_stay_nights,
+                          today=today),
+            max_live=a.max_live, idle_seconds=a.idle_seconds,
+            max_restarts=settings.supervision.max_restarts,
+            period=settings.supervision.period_seconds)
+        self._routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
+                                                                  "search")}
+        self.counters = Counters()
+        self.consumers: dict[str, Any] = {}
+        self.app = Application(self._tree(), intensity=Intensity(3, 30))
+
+    # --- the tree -------------------------------------------------------------------
+    def _tree(self) -> list[ChildSpec]:
+        sup = self.settings.supervision
+
+        def intensity() -> Intensity:
+            return Intensity(sup.max_restarts, sup.period_seconds)
+
+        return [
+            supervisor_child("infrastructure", [
+                service_child("store", lambda: self.writer),
+                service_child("relay", lambda: self.relay),
+            ], strategy=Strategy.REST_FOR_ONE, intensity=intensity),
+            service_child("entities", lambda: self.directory, shutdown=30),
+            supervisor_child("handlers", [
+                self._handler_spec("payment", lambda r: PaymentActor.start(
+                    "payment", self.store, self.writer, r, self.gateway)),
+                self._handler_spec("notifier", lambda r: NotifierActor.start(
+                    "notifier", self.store, self.writer, r)),
+                self._handler_spec("search", lambda r: SearchActor.start(
+                    "search", self.store, self.writer, r)),
+            ], intensity=intensity),
+            supervisor_child("intake", [
+                self._consumer_spec(Consumer.INTAKE, self._on_command,
+                                    self.settings.broker.prefetch),
+                self._consumer_spec(Consumer.SEARCH, self._handler_delivery("search",
+                                                                            SEARCH_KINDS)),
+                self._consumer_spec(Consumer.PAYMENT, self._handler_delivery("payment")),
+                self._consumer_spec(Consumer.NOTIFIER, self._handler_delivery("notifier")),
+                self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
+            ], intensity=intensity),
+        ]
+
+    def _handler_spec(self, name: str,
+                      start: Callable[[ReportFailure], pykka.ActorRef[Any]]
+                      ) -> ChildSpec:
+        route = self._routes[name]
+
+        def start_child(report: ReportFailure) -> Child:
+            def on_crash(failure: Failure) -> None:
+                with route.lock:
+                    pending = list(route.pending)
+                for d in pending:
+                    if not d.submitted:
+                        d.requeue()
+                report(failure)
+
+            ref = start(on_crash)
+            child = ActorChild(ref)
+            with route.lock:
+                route.ref = ref
+            return child
+
+        return ChildSpec(id=name, start=start_child, restart=Restart.PERMANENT)
+
+    def _consumer_spec(self, consumer: Consumer, on_delivery: Callable[[Delivery], None],
+                       prefetch: int | None = None) -> ChildSpec:
+        def make() -> Any:
+            c = self.broker.consumer(self.topology.queue(consumer), on_delivery,
+                                     prefetch=prefetch or self.settings.broker.handler_prefetch,
+                                     name=f"consumer-{consumer}")
+            self.consumers[consumer.value] = c
+            return c
+        return service_child(f"consumer:{consumer}", make)
+
+    # --- delivery routing (on consumer threads) -----------------------------------
+    def _on_command(self, delivery: Delivery) -> None:
+        try:
+            env = Envelope.from_json(delivery.body,
+                                     max_bytes=self.settings.broker.max_message_bytes,
+                                     kinds=COMMAND_KINDS)
+        except InvalidMessage as exc:
+            self.refuse(delivery, exc)
+            return
+        self.counters.commands += 1
+        assert env.apartment_id is not None
+        try:
+            self.directory.dispatch("apartment", env.apartment_id, env, delivery)
+        except RuntimeError:
+            delivery.requeue()
+
+    def _on_reservation_event(self, delivery: Delivery) -> None:
+        env = self._parse_event(delivery, HANDLER_KINDS)
+        if env is None:
+            return
+        rid = getattr(env.payload, "reservation_id", None)
+        spec = spec_for(env.type)
+        if rid is None or spec is None or Consumer.RESERVATIONS not in spec.consumers:
+            delivery.ack()
+            return
+        try:
+            self.directory.dispatch("reservation", rid, env, delivery)
+        except RuntimeError:
+            delivery.requeue()
+
+    def _handler_delivery(self, name: str, kinds: frozenset[Kind] = HANDLER_KINDS
+                          ) -> Callable[[Delivery], None]:
+        route = self._routes[name]
+        consumer = Consumer(name)
+
+        def on_delivery(delivery: Delivery) -> None:
+            env = self._parse_event(delivery, kinds)
+            if env is None:
+                return
+            spec = spec_for(env.type)
+            if spec is None or consumer not in spec.consumers:
+                delivery.ack()  # an event of a family this handler ignores
+                return
+            with route.lock:
+                ref = route.ref
+                route.pending.add(delivery)
+            delivery.on_settled(lambda d: _discard(route, d))
+            self.counters.events_handled += 1
+            try:
+                if ref is None:
+                    raise pykka.ActorDeadError(name)
+                ref.tell(Handle(env, delivery))
+            except pykka.ActorDeadError:
+                delivery.requeue()
+
+        return on_delivery
+
+    def _parse_event(self, delivery: Delivery, kinds: frozenset[Kind]) -> Envelope | None:
+        try:
+            return Envelope.from_json(delivery.body,
+                                      max_bytes=self.settings.broker.max_message_bytes,
+                                      kinds=kinds)
+        except InvalidMessage as exc:
+            self.refuse(delivery, exc)
+            return None
+
+    def refuse(self, delivery: Delivery, exc: InvalidMessage) -> None:
+        """Dead-letter a body that cannot be handled, answering the producer if it asked."""
+        self.counters.refused += 1
+        log.info("refused a message on %s: %s", delivery.queue, exc)
+        reply = None
+        if delivery.reply_to:
+            mid = _safe_id(exc.partial.get("message_id"))
+            corr = _safe_id(exc.partial.get("correlation_id")) or mid or new_id()
+            reply = Envelope(correlation_id=corr, causation_id=mid, type="CommandResult",
+                             version=1, payload=CommandResult(
+                                 status=Status.ERROR, reason=exc.reason.value,
+                                 detail=exc.detail)).to_json()
+        delivery.dead_letter(exc.reason.value, exc.detail, reply)
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Declare the topology and start the supervision tree."""
+        self.broker.declare()
+        self.app.start()
+
+    def stop(self) -> None:
+        """Stop the tree (intake first, store last) and release the store."""
+        self.app.stop()
+        self.broker.close()
+        self.engine.dispose()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the tree gives up (True) or ``timeout`` passes (False)."""
+        return self.app.failed.wait(timeout)
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the operator: tree, live actors, counters, backlogs."""
+        return {
+            "node": self.settings.node_name,
+            "tree": self.app.tree(),
+            "live_actors": self.directory.live,
+            "activations": self.directory.activations,
+            "passivations": self.directory.passivations,
+            "restarts": self.directory.restarts,
+            "commands": self.counters.commands,
+            "refused": self.counters.refused,
+            "commits": self.writer.commits,
+            "batches": self.writer.batches,
+            "published": self.relay.published,
+        }
+
+
+def _discard(route: _Route, d: Delivery) -> None:
+    with route.lock:
+        route.pending.discard(d)
+
+
+def _safe_id(value: object) -> str | None:
+    return value if isinstance(value, str) and _ID.match(value) else None

@@ -1,0 +1,23 @@
+"""Staybook's store: SQLModel tables, the group-committing writer, and reads."""
+
+from store.db import make_engine
+from store.eventstore import EventStore
+from store.writer import (
+    Commit,
+    ConcurrencyError,
+    DuplicateMessage,
+    InboxEntry,
+    StoreWriter,
+    WriterStopped,
+)
+
+__all__ = [
+    "Commit",
+    "ConcurrencyError",
+    "DuplicateMessage",
+    "EventStore",
+    "InboxEntry",
+    "StoreWriter",
+    "WriterStopped",
+    "make_engine",
+]

@@ -1,0 +1,122 @@
+"""SQLModel tables: event store, outbox, inbox, and the handlers' own tables.
+
+The event store's unique ``(stream_id, version)`` is the last guard against two
+writers; the inbox's primary key ``(consumer, message_id)`` makes every consumer
+idempotent; the outbox holds what the relay still has to publish.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+
+class EventRow(SQLModel, table=True):
+    """One recorded event; ``position`` orders the whole store."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),)
+
+    position: int | None = Field(default=None, primary_key=True)
+    stream_id: str = Field(max_length=200)
+    version: int
+    event_id: str = Field(max_length=100, unique=True)
+    type: str = Field(max_length=100)
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    recorded_at: datetime
+
+
+class OutboxRow(SQLModel, table=True):
+    """An event waiting for the relay; ``published_at`` is set only after the confirm."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_unpublished",
+            "id",
+            sqlite_where=text("published_at IS NULL"),
+            postgresql_where=text("published_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=100)
+    type: str = Field(max_length=100)
+    exchange: str = Field(max_length=200)
+    routing_key: str = Field(max_length=200)
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    published_at: datetime | None = None
+
+
+class InboxRow(SQLModel, table=True):
+    """A message a consumer has handled, with the reply it gave (for re-sends)."""
+
+    __tablename__ = "inbox"
+
+    consumer: str = Field(primary_key=True, max_length=50)
+    message_id: str = Field(primary_key=True, max_length=100)
+    reply: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    recorded_at: datetime
+
+
+class NotificationRow(SQLModel, table=True):
+    """A message to a person; one per (event, recipient) by construction."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("event_id", "recipient", name="uq_notification_once"),)
+
+    id: str = Field(primary_key=True, max_length=100)
+    event_id: str = Field(max_length=100)
+    event_type: str = Field(max_length=100)
+    recipient: str = Field(max_length=100, index=True)
+    channel: str = Field(max_length=20)
+    subject: str = Field(max_length=200)
+    text: str = Field(max_length=2000)
+    created_at: datetime
+
+
+class SearchApartmentRow(SQLModel, table=True):
+    """The search actor's own copy of an apartment."""
+
+    __tablename__ = "search_apartments"
+
+    apartment_id: str = Field(primary_key=True, max_length=100)
+    city: str = Field(max_length=100, index=True)
+    title: str = Field(max_length=200)
+    price_per_night: int = Field(index=True)
+    capacity: int
+
+
+class SearchBookedRow(SQLModel, table=True):
+    """Nights [start, end) an apartment is not offered for."""
+
+    __tablename__ = "search_booked"
+
+    apartment_id: str = Field(primary_key=True, max_length=100)
+    reservation_id: str = Field(primary_key=True, max_length=100)
+    start: date
+    end: date
+
+
+class GatewayChargeRow(SQLModel, table=True):
+    """The simulated payment gateway's ledger: one charge per idempotency key."""
+
+    __tablename__ = "sim_gateway_charges"
+
+    idempotency_key: str = Field(primary_key=True, max_length=100)
+    charge_id: str = Field(max_length=100)
+    amount: int
+    card_token: str = Field(max_length=100)
+    status: str = Field(max_length=20)
+    created_at: datetime
+
+
+events_table = EventRow.__table__  # type: ignore[attr-defined]
+outbox_table = OutboxRow.__table__  # type: ignore[attr-defined]
+inbox_table = InboxRow.__table__  # type: ignore[attr-defined]
+notifications_table = NotificationRow.__table__  # type: ignore[attr-defined]
+search_apartments_table = SearchApartmentRow.__table__  # type: ignore[attr-defined]
+search_booked_table = SearchBookedRow.__table__  # type: ignore[attr-defined]
+gateway_charges_table = GatewayChargeRow.__table__  # type: ignore[attr-defined]

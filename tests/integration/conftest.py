@@ -1,0 +1,82 @@
+"""Integration fixtures: a private RabbitMQ node (pytest-rabbitmq) and nodes on it.
+
+Each test gets its own exchange/queue prefix and its own SQLite file, so tests share
+one broker process without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from broker.client import Client
+from broker.rabbitmq import wait_for_broker
+from messages import new_id
+from node import Node
+from tests.conftest import TODAY, make_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def amqp_url(rabbitmq_proc: Any) -> str:
+    """The URL of the session's private RabbitMQ node."""
+    url = f"amqp://guest:guest@{rabbitmq_proc.host}:{rabbitmq_proc.port}/%2F"
+    wait_for_broker(url, timeout=60)
+    return url
+
+
+@pytest.fixture
+def node_factory(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start nodes on the private broker with a per-test prefix; stop and clean up after."""
+    prefix = f"t{new_id()[:8]}"
+    nodes: list[Node] = []
+
+    def make(**overrides: Any) -> Node:
+        settings = make_settings(tmp_path, **overrides)
+        settings.broker.url = amqp_url
+        settings.broker.prefix = prefix
+        node = Node(settings, today=lambda: TODAY)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield make
+    for n in nodes:
+        with contextlib.suppress(Exception):
+            n.stop()
+    _delete_prefix(amqp_url, nodes)
+
+
+def _delete_prefix(url: str, nodes: list[Node]) -> None:
+    if not nodes:
+        return
+    topo = nodes[0].topology
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        for q in topo.queues():
+            ch.queue_delete(q.name)
+        for ex in topo.exchanges():
+            ch.exchange_delete(ex.name)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., Node]) -> Node:
+    """One started node on the private broker."""
+    return node_factory()
+
+
+@pytest.fixture
+def client(node: Node, amqp_url: str) -> Iterator[Client]:
+    """A producer client for ``node``."""
+    c = Client(amqp_url, node.topology)
+    yield c
+    c.close()
