@@ -32,7 +32,7 @@ from broker.base import Broker, Delivery
 from broker.rabbitmq import RabbitBroker
 from broker.relay import Relay
 from broker.topology import Topology
-from config import Settings
+from config import Settings, SupervisorSettings
 from messages import (
     CommandResult,
     Consumer,
@@ -48,6 +48,7 @@ from store import EventStore, StoreWriter, make_engine
 from supervisor import (
     ActorChild,
     Application,
+    Backoff,
     Child,
     ChildSpec,
     Intensity,
@@ -83,6 +84,18 @@ class Counters:
     events_handled: int = 0
 
 
+def intensity_of(s: SupervisorSettings) -> Intensity:
+    """The restart intensity a supervisor's settings ask for."""
+    return Intensity(s.max_restarts, s.period_seconds)
+
+
+def backoff_of(s: SupervisorSettings) -> Backoff | None:
+    """The restart backoff a supervisor's settings ask for (None: restart at once)."""
+    if s.backoff_min is None:
+        return None
+    return Backoff(min=s.backoff_min, max=s.backoff_max, jitter=s.backoff_jitter)
+
+
 def topology_of(settings: Settings) -> Topology:
     """The broker topology a node with these settings uses."""
     b = settings.broker
@@ -99,11 +112,13 @@ class Node:
         broker: the broker (RabbitMQ from ``settings`` when None).
         gateway: the payment gateway (the simulated one when None).
         today: the rules' clock.
+        inject: a fault-injection hook for entity actors (drills and tests only).
     """
 
     def __init__(self, settings: Settings, *, broker: Broker | None = None,
                  gateway: PaymentGateway | None = None,
-                 today: Callable[[], date] = date.today) -> None:
+                 today: Callable[[], date] = date.today,
+                 inject: Callable[[str, Envelope], None] | None = None) -> None:
         self.settings = settings
         self.topology = topology_of(settings)
         self.broker = broker or RabbitBroker(
@@ -121,40 +136,48 @@ class Node:
             self.engine, decline_rate=settings.payment.decline_rate,
             decline_token_prefix=settings.payment.decline_token_prefix)
         a = settings.actors
+        sup = settings.supervision
         self.directory = Directory(
             EntityContext(self.store, self.writer, max_stay_nights=a.max_stay_nights,
-                          today=today),
+                          today=today, inject=inject),
             max_live=a.max_live, idle_seconds=a.idle_seconds,
-            max_restarts=settings.supervision.max_restarts,
-            period=settings.supervision.period_seconds)
+            intensity=intensity_of(sup.entities), backoff=backoff_of(sup.entities),
+            poison_retries=sup.poison_retries, handler_timeout=sup.handler_timeout_seconds)
         self._routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
                                                                   "search")}
         self.counters = Counters()
         self.consumers: dict[str, Any] = {}
-        self.app = Application(self._tree(), intensity=Intensity(3, 30))
+        self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
+                               intensity=intensity_of(sup.root),
+                               handler_timeout=sup.handler_timeout_seconds)
 
     # --- the tree -------------------------------------------------------------------
     def _tree(self) -> list[ChildSpec]:
         sup = self.settings.supervision
 
-        def intensity() -> Intensity:
-            return Intensity(sup.max_restarts, sup.period_seconds)
+        def nested(name: str, specs: list[ChildSpec]) -> ChildSpec:
+            s: SupervisorSettings = getattr(sup, name)
+            return supervisor_child(name, specs, strategy=Strategy(s.strategy),
+                                    intensity=lambda: intensity_of(s),
+                                    handler_timeout=sup.handler_timeout_seconds)
 
+        infra = sup.infrastructure
         return [
-            supervisor_child("infrastructure", [
-                service_child("store", lambda: self.writer),
-                service_child("relay", lambda: self.relay),
-            ], strategy=Strategy.REST_FOR_ONE, intensity=intensity),
-            service_child("entities", lambda: self.directory, shutdown=30),
-            supervisor_child("handlers", [
+            nested("infrastructure", [
+                service_child("store", lambda: self.writer, backoff=backoff_of(infra)),
+                service_child("relay", lambda: self.relay, backoff=backoff_of(infra)),
+            ]),
+            service_child("entities", lambda: self.directory, shutdown=30,
+                          backoff=backoff_of(sup.root)),
+            nested("handlers", [
                 self._handler_spec("payment", lambda r: PaymentActor.start(
                     "payment", self.store, self.writer, r, self.gateway)),
                 self._handler_spec("notifier", lambda r: NotifierActor.start(
                     "notifier", self.store, self.writer, r)),
                 self._handler_spec("search", lambda r: SearchActor.start(
                     "search", self.store, self.writer, r)),
-            ], intensity=intensity),
-            supervisor_child("intake", [
+            ]),
+            nested("intake", [
                 self._consumer_spec(Consumer.INTAKE, self._on_command,
                                     self.settings.broker.prefetch),
                 self._consumer_spec(Consumer.SEARCH, self._handler_delivery("search",
@@ -162,7 +185,7 @@ class Node:
                 self._consumer_spec(Consumer.PAYMENT, self._handler_delivery("payment")),
                 self._consumer_spec(Consumer.NOTIFIER, self._handler_delivery("notifier")),
                 self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
-            ], intensity=intensity),
+            ]),
         ]
 
     def _handler_spec(self, name: str,
@@ -185,7 +208,8 @@ class Node:
                 route.ref = ref
             return child
 
-        return ChildSpec(id=name, start=start_child, restart=Restart.PERMANENT)
+        return ChildSpec(id=name, start=start_child, restart=Restart.PERMANENT,
+                         backoff=backoff_of(self.settings.supervision.handlers))
 
     def _consumer_spec(self, consumer: Consumer, on_delivery: Callable[[Delivery], None],
                        prefetch: int | None = None) -> ChildSpec:
@@ -195,7 +219,8 @@ class Node:
                                      name=f"consumer-{consumer}")
             self.consumers[consumer.value] = c
             return c
-        return service_child(f"consumer:{consumer}", make)
+        return service_child(f"consumer:{consumer}", make,
+                             backoff=backoff_of(self.settings.supervision.intake))
 
     # --- delivery routing (on consumer threads) -----------------------------------
     def _on_command(self, delivery: Delivery) -> None:

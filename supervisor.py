@@ -1,35 +1,46 @@
-"""OTP-style supervisors for pykka actors and threads, and Staybook's tree.
+"""OTP-style supervisors for pykka actors and threads, and the application root.
 
 A :class:`Supervisor` is itself a pykka actor. It starts its children in order (each
 start must succeed before the next), restarts them by its strategy when they crash,
-and gives up when more than ``max_restarts`` happen within ``period`` seconds: it
-stops its children in reverse order and fails, so its own parent decides (escalation).
-When the root gives up, :class:`Application` logs why and the node exits non-zero,
-so the service manager restarts it.
+and gives up when more than ``max_restarts`` restarts happen within ``period``
+seconds: it stops its children in reverse order and fails, so its own parent decides
+(escalation). When the root gives up, :class:`Application` records why; the node
+logs it and exits non-zero so the service manager restarts it.
 
-Children are pykka actors (crashes arrive as reports from
-:class:`actors.base.SupervisedActor`) or services (threads with start/stop/is_alive,
-watched by a periodic liveness check).
+Children are pykka actors (crashes arrive through a :class:`actors.base.Link`) or
+services (threads with start/stop/is_alive, watched by a periodic liveness check).
+The same check notices actors stuck in one handler longer than ``handler_timeout``:
+they are abandoned (marked dead, never sent to again) and restarted.
+
+OTP semantics kept: strategies one_for_one / one_for_all / rest_for_one (the dynamic
+``simple_one_for_one`` lives in :mod:`actors.directory`, built from the same
+:class:`Intensity` and :class:`Backoff`); restart types permanent / transient /
+temporary; shutdown as a timeout (then the child is abandoned) or ``brutal``; start
+in order, stop in reverse; optional restart backoff with jitter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import pykka
 
-from actors.base import Failure, ReportFailure, SupervisedActor, mailbox_size
+from actors.base import Failure, Link, ReportFailure, SupervisedActor, mailbox_size
 from broker.base import Service
 
 log = logging.getLogger(__name__)
+
+BRUTAL: Literal["brutal"] = "brutal"
+Shutdown = float | Literal["brutal"]
 
 
 class Strategy(StrEnum):
@@ -48,13 +59,79 @@ class Restart(StrEnum):
     TEMPORARY = "temporary"
 
 
+class Scheduler(Protocol):
+    """Runs a function later (a real timer in production, a fake clock in tests)."""
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after ``delay`` seconds, on any thread."""
+
+
+class ThreadScheduler:
+    """A :class:`Scheduler` on daemon ``threading.Timer`` threads."""
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after ``delay`` seconds."""
+        if delay <= 0:
+            fn()
+            return
+        t = threading.Timer(delay, fn)
+        t.daemon = True
+        t.start()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential restart delay: ``min * 2**(n-1)`` capped at ``max``, +/- ``jitter``.
+
+    Attributes:
+        min: the first delay, seconds.
+        max: the cap, seconds.
+        jitter: relative spread, 0..1 (0.1 means +/-10 %), so restarts do not align.
+    """
+
+    min: float = 0.05
+    max: float = 5.0
+    jitter: float = 0.1
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The delay before restart number ``attempt`` (1-based) in the current window."""
+        base = min(self.max, self.min * 2 ** max(0, attempt - 1))
+        return float(max(0.0, base * (1 + rng.uniform(-self.jitter, self.jitter))))
+
+
+@dataclass
+class Intensity:
+    """At most ``max_restarts`` restarts within ``period`` seconds (OTP's MaxR/MaxT)."""
+
+    max_restarts: int = 3
+    period: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    _times: deque[float] = field(default_factory=deque)
+
+    def allow(self) -> bool:
+        """Record a restart; False when the limit is exceeded."""
+        now = self.clock()
+        self._times.append(now)
+        while self._times and now - self._times[0] > self.period:
+            self._times.popleft()
+        return len(self._times) <= self.max_restarts
+
+    @property
+    def recent(self) -> int:
+        """Restarts inside the current window (the backoff attempt number)."""
+        return len(self._times)
+
+
 class Child(Protocol):
     """A running child as its supervisor sees it."""
 
     urn: str
 
-    def stop(self, timeout: float) -> None:
-        """Stop it, waiting up to ``timeout``."""
+    def stop(self, shutdown: Shutdown) -> bool:
+        """Stop it; False if it had to be abandoned."""
+
+    def abandon(self) -> None:
+        """Mark it dead without waiting; it is never sent to again."""
 
     def is_alive(self) -> bool:
         """True while it runs."""
@@ -64,30 +141,50 @@ class Child(Protocol):
 
 
 class ActorChild:
-    """A pykka actor child; ``ping`` is asked once to prove it started."""
+    """A pykka actor child; ``ping`` is asked once to prove it started.
 
-    def __init__(self, ref: pykka.ActorRef[Any], *, start_timeout: float = 10.0) -> None:
+    Raises:
+        RuntimeError: if the actor did not answer ``ping`` in ``start_timeout``.
+    """
+
+    def __init__(self, ref: pykka.ActorRef[Any], *, start_timeout: float = 10.0,
+                 kind: str = "worker") -> None:
         self.ref = ref
         self.urn = ref.actor_urn
+        self.kind = kind
         try:
             ref.ask("ping", timeout=start_timeout)
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                ref.stop(block=False)
+            self.abandon()
             raise RuntimeError(f"child {self.urn} did not start: {exc!r}") from exc
 
-    def stop(self, timeout: float) -> None:
-        """Ask it to stop; abandon it after ``timeout``."""
-        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            self.ref.stop(block=True, timeout=timeout)
+    def stop(self, shutdown: Shutdown) -> bool:
+        """Stop after its current message; abandon it after ``shutdown`` seconds."""
+        if shutdown == BRUTAL:
+            self.abandon()
+            return True
+        try:
+            self.ref.stop(block=True, timeout=shutdown)
+        except pykka.ActorDeadError:
+            return True
+        except pykka.Timeout:
+            log.warning("%s did not stop within %ss; abandoned", self.urn, shutdown)
+            self.abandon()
+            return False
+        return True
+
+    def abandon(self) -> None:
+        """Mark the actor stopped so every later tell fails; its thread is left to end."""
+        pykka.ActorRegistry.unregister(self.ref)
+        self.ref.actor_stopped.set()
 
     def is_alive(self) -> bool:
         """True while the actor runs."""
         return self.ref.is_alive()
 
     def describe(self) -> dict[str, Any]:
-        """Mailbox size, for introspection."""
-        return {"kind": "actor", "mailbox": mailbox_size(self.ref)}
+        """Kind and mailbox size."""
+        return {"kind": self.kind, "mailbox": mailbox_size(self.ref)}
 
 
 class ServiceChild:
@@ -101,9 +198,14 @@ class ServiceChild:
         self.urn = f"service:{service.name}:{ServiceChild._seq}"
         service.start()
 
-    def stop(self, timeout: float) -> None:
-        """Stop the service."""
-        self.service.stop(timeout)
+    def stop(self, shutdown: Shutdown) -> bool:
+        """Stop the service; False if its thread outlived the timeout."""
+        self.service.stop(0.0 if shutdown == BRUTAL else shutdown)
+        return not self.service.is_alive()
+
+    def abandon(self) -> None:
+        """Ask it to stop without waiting."""
+        self.service.stop(0.0)
 
     def is_alive(self) -> bool:
         """True while its thread runs."""
@@ -123,21 +225,24 @@ class ChildSpec:
 
     Attributes:
         id: unique among its siblings.
-        start: starts the child, given the callback it must report crashes to.
+        start: starts the child, given the callback (a :class:`Link`) for its crashes.
         restart: permanent, transient or temporary.
-        shutdown: seconds to wait for a clean stop before abandoning the child.
+        shutdown: seconds to wait for a clean stop before abandoning, or ``"brutal"``.
+        backoff: delay restarts (None: restart at once).
     """
 
     id: str
     start: StartFn
     restart: Restart = Restart.PERMANENT
-    shutdown: float = 10.0
+    shutdown: Shutdown = 10.0
+    backoff: Backoff | None = None
 
 
 @dataclass
 class _State:
     spec: ChildSpec
     child: Child | None = None
+    link: Link | None = None
     restarts: int = 0
     last_failure: Failure | None = None
     started_at: float = 0.0
@@ -154,22 +259,10 @@ class _Tick:
     pass
 
 
-@dataclass
-class Intensity:
-    """At most ``max_restarts`` restarts within ``period`` seconds."""
-
-    max_restarts: int = 3
-    period: float = 5.0
-    clock: Callable[[], float] = time.monotonic
-    _times: deque[float] = field(default_factory=deque)
-
-    def allow(self) -> bool:
-        """Record a restart; False when the limit is exceeded."""
-        now = self.clock()
-        self._times.append(now)
-        while self._times and now - self._times[0] > self.period:
-            self._times.popleft()
-        return len(self._times) <= self.max_restarts
+@dataclass(frozen=True)
+class _Restart:
+    indices: tuple[int, ...]
+    generation: int
 
 
 class SupervisorGaveUp(Exception):
@@ -177,7 +270,7 @@ class SupervisorGaveUp(Exception):
 
 
 class Supervisor(SupervisedActor):
-    """An OTP-style supervisor (one_for_one, one_for_all, rest_for_one).
+    """An OTP-style supervisor.
 
     Args:
         name: its id in its parent.
@@ -185,7 +278,11 @@ class Supervisor(SupervisedActor):
         report: its parent's crash callback.
         strategy: what restarts with a crashed child.
         intensity: the restart limit before giving up.
-        check_interval: seconds between liveness checks of service children.
+        check_interval: seconds between liveness checks.
+        handler_timeout: an actor child busy longer than this in one message is
+            abandoned and restarted (None: never).
+        scheduler: runs delayed restarts (backoff).
+        rng: jitter source.
     """
 
     def __init__(
@@ -197,13 +294,19 @@ class Supervisor(SupervisedActor):
         strategy: Strategy = Strategy.ONE_FOR_ONE,
         intensity: Intensity | None = None,
         check_interval: float = 0.5,
+        handler_timeout: float | None = None,
+        scheduler: Scheduler | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__(name, report)
         self.strategy = strategy
         self.intensity = intensity or Intensity()
         self._children = [_State(s) for s in specs]
         self._check_interval = check_interval
-        self._ticker: threading.Thread | None = None
+        self._handler_timeout = handler_timeout
+        self._scheduler = scheduler or ThreadScheduler()
+        self._rng = rng or random.Random()
+        self._generation = 0
         self._stopping = threading.Event()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -215,9 +318,7 @@ class Supervisor(SupervisedActor):
             except Exception:
                 self._stop_range(0, i)
                 raise
-        self._ticker = threading.Thread(target=self._tick, name=f"{self.name}-ticker",
-                                        daemon=True)
-        self._ticker.start()
+        threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
 
     def on_stop(self) -> None:
         """Stop children in reverse start order."""
@@ -241,7 +342,8 @@ class Supervisor(SupervisedActor):
             self.actor_ref.tell(_ChildExited(failure))
 
     def _start(self, st: _State) -> None:
-        st.child = st.spec.start(self._report_to_me)
+        st.link = Link(self._report_to_me)
+        st.child = st.spec.start(st.link)
         st.started_at = time.time()
         st.status = "running"
 
@@ -249,60 +351,120 @@ class Supervisor(SupervisedActor):
         for st in reversed(self._children[lo:hi]):
             if st.child is not None:
                 try:
-                    st.child.stop(st.spec.shutdown)
+                    clean = st.child.stop(st.spec.shutdown)
                 except Exception:
                     log.exception("%s: stopping %s failed", self.name, st.spec.id)
+                    clean = False
                 st.child = None
-                st.status = "stopped"
+                st.status = "stopped" if clean else "abandoned"
 
     # --- messages -------------------------------------------------------------------
     def receive(self, message: Any) -> Any:
-        """Crash reports, liveness ticks, and introspection."""
-        if message == "ping":
-            return "pong"
+        """Crash reports, liveness ticks, delayed restarts, introspection."""
         if isinstance(message, _ChildExited):
-            self._on_exit(message.failure)
+            st = self._find(message.failure.actor_urn)
+            if st is not None:
+                self._on_exit(st, message.failure)
             return None
         if isinstance(message, _Tick):
-            for st in self._children:
-                if st.child is not None and st.status == "running" and not st.child.is_alive():
-                    self._on_exit(Failure(st.spec.id, "receive", "Exited", "child exited",
-                                          "", time.time(), st.child.urn))
+            self._check()
+            return None
+        if isinstance(message, _Restart):
+            if message.generation == self._generation:
+                self._restart_now(message.indices)
             return None
         if message == "which_children":
             return self.which_children()
+        if message == "count_children":
+            return self.count_children()
         if isinstance(message, tuple) and message and message[0] == "ref_of":
             return self.ref_of(message[1])
         raise ValueError(f"{self.name}: unexpected message {message!r}")
 
-    def _on_exit(self, failure: Failure) -> None:
-        idx = next((i for i, st in enumerate(self._children)
-                    if st.child is not None and st.child.urn == failure.actor_urn), None)
-        if idx is None:
-            return  # a report from an incarnation already replaced
-        st = self._children[idx]
-        st.last_failure = failure
-        st.status = "crashed"
-        log.warning("%s: child %s crashed: %s: %s", self.name, st.spec.id,
-                    failure.error_type, failure.message)
-        if st.spec.restart is Restart.TEMPORARY:
-            st.child = None
+    def _find(self, urn: str) -> _State | None:
+        return next((st for st in self._children
+                     if st.child is not None and st.child.urn == urn), None)
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        for st in self._children:
+            if st.child is None or st.status != "running" or st.link is None:
+                continue
+            if not st.child.is_alive():
+                # A crash is recorded on the Link before the child is marked stopped.
+                self._on_exit(st, st.link.failure)
+            elif (self._handler_timeout is not None
+                  and st.link.busy_for(now) > self._handler_timeout):
+                busy = st.link.busy_for(now)
+                st.child.abandon()
+                self._on_exit(st, Failure(
+                    st.spec.id, "receive", "Stuck",
+                    f"busy {busy:.1f}s in one message (limit {self._handler_timeout}s)",
+                    "", time.time(), st.child.urn))
+
+    def _on_exit(self, st: _State, failure: Failure | None) -> None:
+        if st.child is None:
             return
+        st.child = None
+        if failure is None:
+            log.info("%s: child %s exited", self.name, st.spec.id)
+            st.status = "exited"
+            if st.spec.restart is not Restart.PERMANENT:
+                return
+        else:
+            st.last_failure = failure
+            st.status = "crashed"
+            log.warning("%s: child %s crashed: %s: %s", self.name, st.spec.id,
+                        failure.error_type, failure.message)
+            if st.spec.restart is Restart.TEMPORARY:
+                return
         if not self.intensity.allow():
             self._stopping.set()
             self._stop_range(0, len(self._children))
+            last = f"{failure.error_type}: {failure.message}" if failure else "exited"
             raise SupervisorGaveUp(
                 f"{self.name}: more than {self.intensity.max_restarts} restarts in "
-                f"{self.intensity.period}s; last: {st.spec.id}: {failure.error_type}: "
-                f"{failure.message}")
+                f"{self.intensity.period}s; last: {st.spec.id}: {last}")
+        idx = self._children.index(st)
         lo, hi = {Strategy.ONE_FOR_ONE: (idx, idx + 1),
                   Strategy.ONE_FOR_ALL: (0, len(self._children)),
                   Strategy.REST_FOR_ONE: (idx, len(self._children))}[self.strategy]
-        st.child = None  # already dead
         self._stop_range(lo, hi)
-        for other in self._children[lo:hi]:
-            other.restarts += 1 if other is st else 0
-            self._start(other)
+        st.restarts += 1
+        indices = tuple(i for i in range(lo, hi)
+                        if i == idx or self._children[i].spec.restart is not Restart.TEMPORARY)
+        backoff = st.spec.backoff
+        if backoff is None:
+            self._restart_now(indices)
+            return
+        self._generation += 1
+        for i in indices:
+            self._children[i].status = "restarting"
+        delay = backoff.delay(self.intensity.recent, self._rng)
+        gen = self._generation
+        self._scheduler.call_later(delay, lambda: self._tell_restart(indices, gen))
+
+    def _tell_restart(self, indices: tuple[int, ...], generation: int) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(_Restart(indices, generation))
+
+    def _restart_now(self, indices: tuple[int, ...]) -> None:
+        for i in indices:
+            st = self._children[i]
+            if st.child is not None:
+                continue
+            try:
+                self._start(st)
+            except Exception as exc:  # noqa: BLE001 - counted as a crash below
+                failure = Failure(st.spec.id, "start", type(exc).__name__, str(exc)[:500],
+                                  "", time.time(), "")
+                st.last_failure = failure
+                st.status = "crashed"
+                log.warning("%s: restarting %s failed: %r", self.name, st.spec.id, exc)
+                # Count it like a crash; keep trying until the intensity says stop.
+                st.child = _DeadChild()
+                self._on_exit(st, failure)
+                return
 
     # --- introspection --------------------------------------------------------------
     def ref_of(self, child_id: str) -> Any:
@@ -329,12 +491,39 @@ class Supervisor(SupervisedActor):
                     "type": st.last_failure.error_type,
                     "message": st.last_failure.message,
                     "traceback": st.last_failure.traceback,
+                    "at": st.last_failure.at,
                 },
             }
             if st.child is not None:
                 info.update(st.child.describe())
             out.append(info)
         return out
+
+    def count_children(self) -> dict[str, int]:
+        """OTP's count_children: specs, active, supervisors, workers."""
+        active = [st for st in self._children if st.child is not None and st.child.is_alive()]
+        sups = sum(1 for st in self._children if isinstance(st.child, ActorChild)
+                   and st.child.kind == "supervisor")
+        return {"specs": len(self._children), "active": len(active), "supervisors": sups,
+                "workers": len(self._children) - sups}
+
+
+class _DeadChild:
+    """Placeholder for a child whose restart failed (so _on_exit can count it)."""
+
+    urn = ""
+
+    def stop(self, shutdown: Shutdown) -> bool:
+        return True
+
+    def abandon(self) -> None:
+        return None
+
+    def is_alive(self) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "none"}
 
 
 def supervisor_child(
@@ -343,19 +532,24 @@ def supervisor_child(
     *,
     strategy: Strategy = Strategy.ONE_FOR_ONE,
     intensity: Callable[[], Intensity] = Intensity,
+    handler_timeout: float | None = None,
+    backoff: Backoff | None = None,
 ) -> ChildSpec:
     """A child spec for a nested supervisor."""
     def start(report: ReportFailure) -> Child:
-        ref = Supervisor.start(name, specs, report, strategy=strategy, intensity=intensity())
-        return ActorChild(ref, start_timeout=60)
-    return ChildSpec(id=name, start=start, restart=Restart.PERMANENT, shutdown=30)
+        ref = Supervisor.start(name, specs, report, strategy=strategy, intensity=intensity(),
+                               handler_timeout=handler_timeout)
+        return ActorChild(ref, start_timeout=60, kind="supervisor")
+    return ChildSpec(id=name, start=start, restart=Restart.PERMANENT, shutdown=60,
+                     backoff=backoff)
 
 
 def service_child(id_: str, make: Callable[[], Service], *,
-                  restart: Restart = Restart.PERMANENT, shutdown: float = 10.0) -> ChildSpec:
+                  restart: Restart = Restart.PERMANENT, shutdown: Shutdown = 10.0,
+                  backoff: Backoff | None = None) -> ChildSpec:
     """A child spec for a thread-based service."""
     return ChildSpec(id=id_, start=lambda _report: ServiceChild(make()), restart=restart,
-                     shutdown=shutdown)
+                     shutdown=shutdown, backoff=backoff)
 
 
 class Application:
@@ -365,25 +559,29 @@ class Application:
         specs: the root's children.
         strategy: the root's strategy.
         intensity: the root's restart limit.
+        handler_timeout: passed to the root supervisor.
     """
 
     def __init__(self, specs: list[ChildSpec], *, strategy: Strategy = Strategy.ONE_FOR_ONE,
-                 intensity: Intensity | None = None) -> None:
+                 intensity: Intensity | None = None,
+                 handler_timeout: float | None = None) -> None:
         self._specs = specs
         self._strategy = strategy
         self._intensity = intensity or Intensity(max_restarts=3, period=30)
+        self._handler_timeout = handler_timeout
         self.root: pykka.ActorRef[Supervisor] | None = None
         self.failed = threading.Event()
         self.failure: Failure | None = None
 
     def start(self) -> None:
-        """Start the tree, children first to last.
+        """Start the tree, first child to last.
 
         Raises:
             RuntimeError: when a child could not start.
         """
         self.root = Supervisor.start("root", self._specs, self._on_root_failure,
-                                     strategy=self._strategy, intensity=self._intensity)
+                                     strategy=self._strategy, intensity=self._intensity,
+                                     handler_timeout=self._handler_timeout)
         try:
             self.root.ask("ping", timeout=120)
         except Exception as exc:
@@ -410,8 +608,10 @@ class Application:
 def _expand(ref: pykka.ActorRef[Any]) -> list[dict[str, Any]]:
     children: list[dict[str, Any]] = ref.ask("which_children", timeout=5)  # type: ignore[assignment]
     for c in children:
+        if c.get("kind") != "supervisor":
+            continue
         sub = ref.ask(("ref_of", c["id"]), timeout=5)
-        if isinstance(sub, pykka.ActorRef) and issubclass(sub.actor_class, Supervisor):
+        if isinstance(sub, pykka.ActorRef):
             with contextlib.suppress(Exception):
                 c["children"] = _expand(sub)
     return children

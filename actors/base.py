@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -56,9 +56,50 @@ class Failure:
     traceback: str
     at: float
     actor_urn: str
+    cause: Any = field(default=None, compare=False, repr=False)
 
 
 ReportFailure = Callable[[Failure], None]
+
+
+class Link:
+    """What ties a child to its supervisor: the crash callback plus a heartbeat.
+
+    The failure is recorded here synchronously, on the child's thread, before the
+    child is marked stopped, so a supervisor that finds a dead child can always tell
+    a crash from a normal exit. ``busy_since`` (monotonic seconds, or None when idle)
+    lets it notice a child stuck in one handler.
+
+    Args:
+        forward: where the failure goes next (usually the supervisor's mailbox).
+    """
+
+    def __init__(self, forward: ReportFailure) -> None:
+        self._forward = forward
+        self.failure: Failure | None = None
+        self.busy_since: float | None = None
+        self.current: Any = None
+
+    def __call__(self, failure: Failure) -> None:
+        """Record and forward a crash."""
+        self.failure = failure
+        self._forward(failure)
+
+    def busy_for(self, now: float | None = None) -> float:
+        """Seconds the child has spent in its current handler (0 when idle)."""
+        since = self.busy_since
+        return 0.0 if since is None else (now or time.monotonic()) - since
+
+
+class InjectedCrash(Exception):
+    """A crash asked for on purpose (operator drill or test)."""
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Tell any supervised actor to crash (a drill: ``staybook ctl crash``)."""
+
+    reason: str = "drill"
 
 
 @dataclass(frozen=True)
@@ -91,7 +132,9 @@ class SupervisedActor(pykka.ThreadingActor):
         super().__init__()
         self.name = name
         self._report = report
+        self._link = report if isinstance(report, Link) else None
         self._reported = False
+        self._current: Any = None
         self.handled = 0
 
     def started(self) -> None:
@@ -113,7 +156,13 @@ class SupervisedActor(pykka.ThreadingActor):
         """Run :meth:`receive`, reporting any failure and stopping the actor."""
         if message == "ping":
             return "pong"
+        self._current = message
+        if self._link is not None:
+            self._link.current = message
+            self._link.busy_since = time.monotonic()
         try:
+            if isinstance(message, Crash):
+                raise InjectedCrash(f"{self.name}: crash requested ({message.reason})")
             result = self.receive(message)
         except BaseException as exc:
             self._crash("receive", exc)
@@ -121,6 +170,11 @@ class SupervisedActor(pykka.ThreadingActor):
             pykka.ActorRegistry.unregister(self.actor_ref)
             self.actor_stopped.set()
             raise ActorCrashed(f"{self.name} crashed: {exc!r}") from exc
+        finally:
+            self._current = None
+            if self._link is not None:
+                self._link.busy_since = None
+                self._link.current = None
         self.handled += 1
         return result
 
@@ -137,6 +191,7 @@ class SupervisedActor(pykka.ThreadingActor):
             traceback=tb,
             at=time.time(),
             actor_urn=self.actor_urn,
+            cause=self._current,
         )
         try:
             self._on_crash(failure)
@@ -159,12 +214,15 @@ class EntityContext:
         writer: the group-committing writer.
         max_stay_nights: a rule parameter.
         today: the clock the rules use (injectable for tests).
+        inject: a fault-injection hook called before ``decide`` (drills and tests
+            make it raise to crash the actor on chosen messages); None in production.
     """
 
     store: EventStore
     writer: StoreWriter
     max_stay_nights: int = 30
     today: Callable[[], date] = date.today
+    inject: Callable[[str, Envelope], None] | None = None
 
 
 S = TypeVar("S")
@@ -253,6 +311,8 @@ class EntityActor(SupervisedActor, Generic[S]):
         if seen:
             delivery.ack(stored)
             return
+        if self.ctx.inject is not None:
+            self.ctx.inject(self.entity_id, env)
         payloads = self.decide_payloads(env)
         events = [env.follow(p, apartment_id=self.key_apartment(env)) for p in payloads]
         state = self.state
@@ -280,7 +340,7 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> bytes:
         """The CommandResult for a command and the events it produced."""
-        return env.follow(command_result(events)).to_json()
+        return env.follow(command_result(env.payload, events)).to_json()
 
     def _committed(self, mid: str, reply: bytes | None, exc: BaseException | None) -> None:
         """Writer thread: settle the deliveries of a commit."""
@@ -303,17 +363,20 @@ def mailbox_size(ref: pykka.ActorRef[Any]) -> int:
     return int(qsize()) if callable(qsize) else 0
 
 
-def command_result(events: Sequence[Envelope]) -> CommandResult:
+def command_result(command: Message, events: Sequence[Envelope]) -> CommandResult:
     """Summarise a command's events as its reply.
 
-    The first event is the command's own outcome: a rejection there makes the reply
-    ``rejected`` with its reason. Later rejections (other requests an acceptance
-    displaced) are consequences, not the outcome.
+    The first event is the command's own outcome: a ``CommandRejected``, or a
+    ``ReservationRejected`` for any command but the owner's ``RejectReservation``
+    (where it is the success), makes the reply ``rejected`` with its reason. Later
+    rejections (other requests an acceptance displaced) are consequences.
     """
     summary = [{"type": e.type, "message_id": e.message_id, **e.payload.model_dump(mode="json")}
                for e in events]
     first = events[0].payload if events else None
-    if isinstance(first, ReservationRejected | CommandRejected):
+    refused = isinstance(first, CommandRejected) or (
+        isinstance(first, ReservationRejected) and type(command).__name__ != "RejectReservation")
+    if isinstance(first, ReservationRejected | CommandRejected) and refused:
         return CommandResult(status=Status.REJECTED, reason=first.reason.value,
                              detail=first.detail or None, events=summary)
     return CommandResult(status=Status.OK, events=summary)

@@ -1,22 +1,32 @@
 """The entity directory: id -> actor, activation on demand, passivation, a cap.
 
 It is also the dynamic supervisor of the entity actors (OTP's ``simple_one_for_one``):
-children are added at run time, restarted as ``transient`` (only after a crash) with
-their state rehydrated from the store, and counted against a restart intensity; when
-that is exceeded the directory stops every entity and reports itself dead, so its
-parent decides.
+children are added at run time and restarted as ``transient`` (only after a crash)
+with their state rehydrated from the store, subject to a restart intensity and an
+optional backoff. Around a crash:
 
-A dict keyed by entity id (pykka's registry is a linear list) with LRU order: when
-more than ``max_live`` actors are live, the least recently used idle ones are
-passivated; idle actors are passivated after ``idle_seconds`` too. An actor with
-unsettled deliveries is never passivated, so a re-activation can never read the
-store behind its predecessor.
+* the deliveries that were queued for the dead actor are told to its successor, in
+  their original order (they stay unacked with the broker meanwhile, so nothing is
+  lost and no redelivery count is spent on them);
+* the message that crashed it is retried up to ``poison_retries`` times, then
+  dead-lettered as poison with a traceback summary, and its producer gets an error
+  reply;
+* an actor busy longer than ``handler_timeout`` in one message is abandoned (marked
+  dead, never sent to again) and treated as crashed on that message;
+* past the intensity, the directory stops every entity, hands their deliveries back to
+  the broker and reports itself dead, so its parent decides.
+
+A dict keyed by entity id (pykka's registry is a linear list) in LRU order: beyond
+``max_live`` actors, the least recently used idle ones are passivated, and idle ones
+are passivated after ``idle_seconds``. An actor with unsettled deliveries is never
+passivated, so a re-activation can never read the store behind its predecessor.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -27,10 +37,11 @@ from typing import Any
 import pykka
 
 from actors.apartment import ApartmentActor
-from actors.base import EntityActor, EntityContext, Failure, Handle, mailbox_size
+from actors.base import EntityActor, EntityContext, Failure, Handle, Link, mailbox_size
 from actors.booking import ReservationActor
 from broker.base import Delivery
-from messages import Envelope
+from messages import CommandResult, Envelope, Status
+from supervisor import Backoff, Intensity, Scheduler, ThreadScheduler
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +49,18 @@ KINDS: dict[str, type[EntityActor[Any]]] = {
     "apartment": ApartmentActor,
     "reservation": ReservationActor,
 }
+POISON = "poison"
 
 
 @dataclass
 class _Entry:
-    ref: pykka.ActorRef[Any]
     kind: str
-    deliveries: set[Delivery] = field(default_factory=set)
+    key: str
+    ref: pykka.ActorRef[Any] | None = None
+    link: Link | None = None
+    unsettled: dict[Delivery, Envelope] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)
     restarts: int = 0
     handled: int = 0
     last_failure: Failure | None = None
@@ -58,42 +73,52 @@ class Directory:
         ctx: what entity actors share.
         max_live: the cap on live entity actors.
         idle_seconds: passivate actors idle this long.
-        max_restarts: restart intensity: at most this many ...
-        period: ... within this many seconds.
+        intensity: restart limit before the directory gives up.
+        backoff: delay before an entity restarts (None: at once).
+        poison_retries: how often a message that crashed its actor is retried.
+        handler_timeout: abandon an actor stuck this long in one message (None: never).
+        scheduler: runs delayed restarts.
+        rng: jitter source for the backoff.
     """
 
     name = "entities"
 
     def __init__(self, ctx: EntityContext, *, max_live: int = 10_000,
-                 idle_seconds: float = 300.0, max_restarts: int = 10,
-                 period: float = 5.0) -> None:
+                 idle_seconds: float = 300.0, intensity: Intensity | None = None,
+                 backoff: Backoff | None = None, poison_retries: int = 3,
+                 handler_timeout: float | None = 30.0, scheduler: Scheduler | None = None,
+                 rng: random.Random | None = None) -> None:
         self.ctx = ctx
         self.max_live = max_live
         self.idle_seconds = idle_seconds
-        self.max_restarts = max_restarts
-        self.period = period
+        self.intensity = intensity or Intensity(max_restarts=100, period=5.0)
+        self.backoff = backoff
+        self.poison_retries = poison_retries
+        self.handler_timeout = handler_timeout
+        self._scheduler = scheduler or ThreadScheduler()
+        self._rng = rng or random.Random()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.RLock()
-        self._restart_times: list[float] = []
-        self._history: dict[str, tuple[int, Failure | None]] = {}
+        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._history: OrderedDict[str, tuple[int, Failure | None]] = OrderedDict()
         self._alive = False
         self._stop = threading.Event()
-        self._sweeper: threading.Thread | None = None
         self.activations = 0
         self.passivations = 0
         self.restarts = 0
+        self.poisoned = 0
+        self.gave_up: str | None = None
 
     # --- service ------------------------------------------------------------------
     def start(self) -> None:
-        """Start the idle sweeper; entities start on demand."""
+        """Start the sweeper; entities start on demand."""
         self._alive = True
+        self.gave_up = None
         self._stop.clear()
-        self._sweeper = threading.Thread(target=self._sweep, name="directory-sweeper",
-                                         daemon=True)
-        self._sweeper.start()
+        threading.Thread(target=self._sweep, name="directory-sweeper", daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every entity actor (their unsettled deliveries are redelivered)."""
+        """Stop every entity; deliveries they had not handled go back to the broker."""
         self._alive = False
         self._stop.set()
         with self._lock:
@@ -101,8 +126,12 @@ class Directory:
             self._entries.clear()
         deadline = time.monotonic() + timeout
         for e in entries:
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                e.ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+            if e.ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    e.ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+            for d in list(e.unsettled):
+                if not d.submitted:
+                    d.requeue()
 
     def is_alive(self) -> bool:
         """False after ``stop`` or after giving up."""
@@ -116,47 +145,44 @@ class Directory:
             RuntimeError: when the directory is not running (the caller requeues).
         """
         eid = f"{kind}:{key}"
-        for _attempt in range(3):
-            with self._lock:
-                if not self._alive:
-                    raise RuntimeError("the entity directory is not running")
-                entry = self._entries.get(eid)
-                if entry is None:
-                    entry = self._activate(kind, key, eid)
-                else:
-                    self._entries.move_to_end(eid)
-                entry.deliveries.add(delivery)
-                delivery.on_settled(self._settler(eid))
-                entry.last_used = time.monotonic()
-                entry.handled += 1
-                ref = entry.ref
-            try:
-                ref.tell(Handle(envelope, delivery))
-                return
-            except pykka.ActorDeadError:
-                with self._lock:
-                    if self._entries.get(eid) is entry:
-                        del self._entries[eid]
-                    entry.deliveries.discard(delivery)
-        raise RuntimeError(f"could not reach {eid}")
+        with self._lock:
+            if not self._alive:
+                raise RuntimeError("the entity directory is not running")
+            entry = self._entries.get(eid)
+            if entry is None:
+                entry = _Entry(kind=kind, key=key)
+                restarts, last = self._history.get(eid, (0, None))
+                entry.restarts, entry.last_failure = restarts, last
+                self._entries[eid] = entry
+                self._start_actor(eid, entry)
+                if len(self._entries) > self.max_live:
+                    self._evict(len(self._entries) - self.max_live)
+            else:
+                self._entries.move_to_end(eid)
+            entry.unsettled[delivery] = envelope
+            entry.last_used = time.monotonic()
+            entry.handled += 1
+            ref = entry.ref
+        delivery.on_settled(self._settler(entry))
+        if ref is None:
+            return  # restarting: told when the successor starts
+        # A dead actor here has crashed: its report re-tells what it left unsettled.
+        with contextlib.suppress(pykka.ActorDeadError):
+            ref.tell(Handle(envelope, delivery))
 
-    def _activate(self, kind: str, key: str, eid: str) -> _Entry:
-        cls = KINDS[kind]
-        ref = cls.start(eid, key, self.ctx, self._report)
-        restarts, last = self._history.get(eid, (0, None))
-        entry = _Entry(ref=ref, kind=kind, restarts=restarts, last_failure=last)
-        self._entries[eid] = entry
+    def _start_actor(self, eid: str, entry: _Entry) -> None:
+        cls = KINDS[entry.kind]
+        entry.link = Link(self._report)
+        entry.ref = cls.start(eid, entry.key, self.ctx, entry.link)
+        entry.started_at = time.time()
         self.activations += 1
-        if len(self._entries) > self.max_live:
-            self._evict(len(self._entries) - self.max_live)
-        return entry
 
     def _evict(self, n: int, *, idle_before: float | None = None) -> None:
         victims: list[str] = []
         for eid, e in self._entries.items():
             if len(victims) >= n:
                 break
-            if e.deliveries:
+            if e.unsettled or e.ref is None:
                 continue
             if idle_before is not None and e.last_used > idle_before:
                 break  # LRU order: the rest were used later
@@ -164,56 +190,106 @@ class Directory:
         for eid in victims:
             e = self._entries.pop(eid)
             self.passivations += 1
-            with contextlib.suppress(pykka.ActorDeadError):
-                e.ref.tell(pykka.messages._ActorStop())
+            if e.ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    e.ref.stop(block=False)
         if len(self._entries) > self.max_live:
             log.debug("directory over its cap (%d live, all busy)", len(self._entries))
 
     def _sweep(self) -> None:
-        interval = max(0.05, min(self.idle_seconds / 4, 5.0))
+        interval = max(0.05, min(self.idle_seconds / 4, 1.0))
         while not self._stop.wait(interval):
+            now = time.monotonic()
+            stuck: list[tuple[_Entry, Link, float]] = []
             with self._lock:
-                self._evict(len(self._entries),
-                            idle_before=time.monotonic() - self.idle_seconds)
+                self._evict(len(self._entries), idle_before=now - self.idle_seconds)
+                if self.handler_timeout is not None:
+                    for e in self._entries.values():
+                        if e.link is not None and e.link.busy_for(now) > self.handler_timeout:
+                            stuck.append((e, e.link, e.link.busy_for(now)))
+            for e, link, busy in stuck:
+                ref = e.ref
+                if ref is None:
+                    continue
+                pykka.ActorRegistry.unregister(ref)
+                ref.actor_stopped.set()  # abandoned: never sent to again
+                link(Failure(f"{e.kind}:{e.key}", "receive", "Stuck",
+                             f"busy {busy:.1f}s in one message (limit {self.handler_timeout}s)",
+                             "", time.time(), ref.actor_urn, cause=link.current))
 
-    def _settler(self, eid: str) -> Callable[[Delivery], None]:
-        return lambda d: self._settled(eid, d)
-
-    def _settled(self, eid: str, delivery: Delivery) -> None:
-        with self._lock:
-            entry = self._entries.get(eid)
-            if entry is not None:
-                entry.deliveries.discard(delivery)
+    def _settler(self, entry: _Entry) -> Callable[[Delivery], None]:
+        def settled(d: Delivery) -> None:
+            with self._lock:
+                entry.unsettled.pop(d, None)
+        return settled
 
     # --- supervision --------------------------------------------------------------
     def _report(self, failure: Failure) -> None:
-        """An entity crashed (called on its thread): requeue, restart or give up."""
+        """An entity crashed (called on its thread): poison check, then restart or give up."""
         with self._lock:
             entry = self._entries.get(failure.name)
-            if entry is None or entry.ref.actor_urn != failure.actor_urn:
+            if entry is None or entry.ref is None or entry.ref.actor_urn != failure.actor_urn:
                 return
-            del self._entries[failure.name]
             log.warning("entity %s crashed in %s: %s: %s", failure.name, failure.phase,
                         failure.error_type, failure.message)
-            for d in list(entry.deliveries):
-                if not d.submitted:
-                    d.requeue()
+            entry.ref = None
+            entry.link = None
+            entry.last_failure = failure
+            entry.restarts += 1
             self.restarts += 1
-            self._history[failure.name] = (entry.restarts + 1, failure)
-            if len(self._history) > 1000:
-                self._history.pop(next(iter(self._history)))
-            now = time.monotonic()
-            self._restart_times = [t for t in self._restart_times if now - t <= self.period]
-            self._restart_times.append(now)
-            if len(self._restart_times) > self.max_restarts:
-                log.error("entities: more than %d restarts in %.1fs; giving up",
-                          self.max_restarts, self.period)
-                threading.Thread(target=self.stop, name="directory-give-up", daemon=True).start()
-                self._alive = False
+            self._remember(failure.name, entry)
+            cause = failure.cause
+            if isinstance(cause, Handle) and not cause.delivery.submitted:
+                self._count_attempt(cause, failure)
+            if not self.intensity.allow():
+                self._give_up(failure)
                 return
-            if self._alive:
-                kind, key = failure.name.split(":", 1)
-                self._activate(kind, key, failure.name)
+            delay = 0.0 if self.backoff is None else self.backoff.delay(
+                self.intensity.recent, self._rng)
+        self._scheduler.call_later(delay, lambda: self._restart(failure.name, entry))
+
+    def _count_attempt(self, cause: Handle, failure: Failure) -> None:
+        mid = cause.envelope.message_id
+        n = self._attempts.get(mid, 0) + 1
+        self._attempts[mid] = n
+        self._attempts.move_to_end(mid)
+        while len(self._attempts) > 10_000:
+            self._attempts.popitem(last=False)
+        if n <= self.poison_retries:
+            return
+        self.poisoned += 1
+        detail = (f"crashed {failure.name} {n} times: {failure.error_type}: {failure.message}"
+                  f"\n{_summary(failure.traceback)}")
+        reply = cause.envelope.follow(CommandResult(
+            status=Status.ERROR, reason=POISON,
+            detail=f"{failure.error_type}: {failure.message}")).to_json()
+        log.error("dead-lettering poison message %s (%s)", mid, cause.envelope.type)
+        cause.delivery.dead_letter(POISON, detail, reply)
+
+    def _restart(self, eid: str, entry: _Entry) -> None:
+        with self._lock:
+            if not self._alive or self._entries.get(eid) is not entry or entry.ref is not None:
+                return
+            self._start_actor(eid, entry)
+            ref = entry.ref
+            assert ref is not None
+            for d, env in list(entry.unsettled.items()):
+                if not d.submitted and not d.settled:
+                    with contextlib.suppress(pykka.ActorDeadError):
+                        ref.tell(Handle(env, d))
+
+    def _give_up(self, failure: Failure) -> None:
+        self.gave_up = (f"more than {self.intensity.max_restarts} entity restarts in "
+                        f"{self.intensity.period}s; last {failure.name}: {failure.error_type}")
+        log.error("entities: %s; giving up", self.gave_up)
+        self._alive = False
+        threading.Thread(target=self.stop, name="directory-give-up", daemon=True).start()
+
+    def _remember(self, eid: str, entry: _Entry) -> None:
+        self._history[eid] = (entry.restarts, entry.last_failure)
+        self._history.move_to_end(eid)
+        while len(self._history) > 10_000:
+            self._history.popitem(last=False)
 
     # --- introspection ------------------------------------------------------------
     @property
@@ -228,12 +304,32 @@ class Directory:
             e = self._entries.get(eid)
             return e.ref if e else None
 
-    def actors(self) -> list[dict[str, Any]]:
-        """Every live entity: id, kind, mailbox, unsettled deliveries, handled, restarts."""
+    def which_children(self) -> list[dict[str, Any]]:
+        """Every live entity: status, mailbox, unsettled, handled, restarts, last failure."""
+        now = time.time()
         with self._lock:
             items = list(self._entries.items())
-        return [{"id": eid, "kind": e.kind, "mailbox": mailbox_size(e.ref),
-                 "pending": len(e.deliveries), "handled": e.handled, "restarts": e.restarts,
-                 "last_failure": None if e.last_failure is None else
-                 f"{e.last_failure.error_type}: {e.last_failure.message}"}
-                for eid, e in items]
+        out = []
+        for eid, e in items:
+            lf = e.last_failure
+            out.append({
+                "id": eid, "kind": e.kind, "restart": "transient",
+                "status": "running" if e.ref is not None else "restarting",
+                "mailbox": mailbox_size(e.ref) if e.ref is not None else 0,
+                "pending": len(e.unsettled), "handled": e.handled, "restarts": e.restarts,
+                "uptime": round(now - e.started_at, 1),
+                "last_failure": None if lf is None else {
+                    "type": lf.error_type, "message": lf.message, "traceback": lf.traceback,
+                    "at": lf.at},
+            })
+        return out
+
+    def count_children(self) -> dict[str, int]:
+        """OTP's count_children for the dynamic supervisor."""
+        n = self.live
+        return {"specs": n, "active": n, "supervisors": 0, "workers": n}
+
+
+def _summary(tb: str, lines: int = 6) -> str:
+    """The last lines of a traceback: where it broke and why."""
+    return "\n".join(tb.strip().splitlines()[-lines:])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -55,11 +56,31 @@ class ActorSettings(BaseModel):
     max_stay_nights: int = Field(30, ge=1)
 
 
-class SupervisionSettings(BaseModel):
-    """Restart intensity of the entity supervisor (OTP's MaxR within MaxT)."""
+class SupervisorSettings(BaseModel):
+    """One supervisor: strategy, intensity (OTP's MaxR within MaxT), restart backoff."""
 
+    strategy: Literal["one_for_one", "one_for_all", "rest_for_one"] = "one_for_one"
     max_restarts: int = Field(10, ge=0)
     period_seconds: float = Field(5.0, gt=0)
+    backoff_min: float | None = Field(None, ge=0, description="None: restart at once")
+    backoff_max: float = Field(5.0, gt=0)
+    backoff_jitter: float = Field(0.1, ge=0, le=1)
+
+
+class SupervisionSettings(BaseModel):
+    """The supervision tree's knobs (see README: Supervision)."""
+
+    root: SupervisorSettings = SupervisorSettings(max_restarts=3, period_seconds=30)
+    infrastructure: SupervisorSettings = SupervisorSettings(
+        strategy="rest_for_one", max_restarts=5, period_seconds=10, backoff_min=0.1)
+    entities: SupervisorSettings = SupervisorSettings(
+        max_restarts=100, period_seconds=5, backoff_min=0.0)
+    handlers: SupervisorSettings = SupervisorSettings(
+        max_restarts=10, period_seconds=5, backoff_min=0.05)
+    intake: SupervisorSettings = SupervisorSettings(
+        max_restarts=10, period_seconds=5, backoff_min=0.1)
+    handler_timeout_seconds: float = Field(30.0, gt=0)
+    poison_retries: int = Field(3, ge=0, le=100)
 
 
 class PaymentSettings(BaseModel):
@@ -116,4 +137,5 @@ __all__ = [
     "Settings",
     "StoreSettings",
     "SupervisionSettings",
+    "SupervisorSettings",
 ]
