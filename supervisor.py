@@ -174,9 +174,8 @@ class ActorChild:
         return True
 
     def abandon(self) -> None:
-        """Mark the actor stopped so every later tell fails; its thread is left to end."""
-        pykka.ActorRegistry.unregister(self.ref)
-        self.ref.actor_stopped.set()
+        """Mark the actor stopped so every later tell fails; its thread ends when free."""
+        abandon_actor(self.ref)
 
     def is_alive(self) -> bool:
         """True while the actor runs."""
@@ -185,6 +184,18 @@ class ActorChild:
     def describe(self) -> dict[str, Any]:
         """Kind and mailbox size."""
         return {"kind": self.kind, "mailbox": mailbox_size(self.ref)}
+
+
+def abandon_actor(ref: pykka.ActorRef[Any]) -> None:
+    """Mark an actor dead at once; its thread exits after its current message.
+
+    A stop message is queued first (it wakes an idle thread blocked on its inbox),
+    then the actor is marked stopped, so every later ``tell`` raises ActorDeadError.
+    """
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.stop(block=False)
+    pykka.ActorRegistry.unregister(ref)
+    ref.actor_stopped.set()
 
 
 class ServiceChild:

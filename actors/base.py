@@ -128,6 +128,8 @@ class SupervisedActor(pykka.ThreadingActor):
         report: called (on the actor's thread) with the :class:`Failure`.
     """
 
+    use_daemon_thread = True  # an abandoned actor must never keep the process alive
+
     def __init__(self, name: str, report: ReportFailure) -> None:
         super().__init__()
         self.name = name

@@ -41,7 +41,7 @@ from actors.base import EntityActor, EntityContext, Failure, Handle, Link, mailb
 from actors.booking import ReservationActor
 from broker.base import Delivery
 from messages import CommandResult, Envelope, Status
-from supervisor import Backoff, Intensity, Scheduler, ThreadScheduler
+from supervisor import Backoff, Intensity, Scheduler, ThreadScheduler, abandon_actor
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +211,7 @@ class Directory:
                 ref = e.ref
                 if ref is None:
                     continue
-                pykka.ActorRegistry.unregister(ref)
-                ref.actor_stopped.set()  # abandoned: never sent to again
+                abandon_actor(ref)  # never sent to again
                 link(Failure(f"{e.kind}:{e.key}", "receive", "Stuck",
                              f"busy {busy:.1f}s in one message (limit {self.handler_timeout}s)",
                              "", time.time(), ref.actor_urn, cause=link.current))
