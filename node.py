@@ -23,7 +23,7 @@ from typing import Any
 
 import pykka
 
-from actors.base import EntityContext, Failure, Handle, ReportFailure
+from actors.base import EntityContext, Handle, ReportFailure
 from actors.directory import Directory
 from actors.notifier import NotifierActor
 from actors.payment import PaymentActor, PaymentGateway, SimulatedGateway
@@ -193,16 +193,18 @@ class Node:
                       ) -> ChildSpec:
         route = self._routes[name]
 
-        def start_child(report: ReportFailure) -> Child:
-            def on_crash(failure: Failure) -> None:
-                with route.lock:
-                    pending = list(route.pending)
-                for d in pending:
-                    if not d.submitted:
-                        d.requeue()
-                report(failure)
+        def give_back() -> None:
+            with route.lock:
+                pending = list(route.pending)
+            for d in pending:
+                if not d.submitted:
+                    d.requeue()
 
-            ref = start(on_crash)
+        def start_child(report: ReportFailure) -> Child:
+            # What the previous incarnation left unhandled (it crashed, or skipped its
+            # mailbox while being stopped) goes back to the broker.
+            give_back()
+            ref = start(report)
             child = ActorChild(ref)
             with route.lock:
                 route.ref = ref

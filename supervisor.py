@@ -361,6 +361,8 @@ class Supervisor(SupervisedActor):
     def _stop_range(self, lo: int, hi: int) -> None:
         for st in reversed(self._children[lo:hi]):
             if st.child is not None:
+                if st.link is not None:
+                    st.link.closing = True
                 try:
                     clean = st.child.stop(st.spec.shutdown)
                 except Exception:

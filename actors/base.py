@@ -68,7 +68,9 @@ class Link:
     The failure is recorded here synchronously, on the child's thread, before the
     child is marked stopped, so a supervisor that finds a dead child can always tell
     a crash from a normal exit. ``busy_since`` (monotonic seconds, or None when idle)
-    lets it notice a child stuck in one handler.
+    lets it notice a child stuck in one handler. ``closing`` tells the child to skip
+    what is left in its mailbox: on shutdown the consumers have already closed their
+    connections, so the broker redelivers those messages anyway.
 
     Args:
         forward: where the failure goes next (usually the supervisor's mailbox).
@@ -79,6 +81,7 @@ class Link:
         self.failure: Failure | None = None
         self.busy_since: float | None = None
         self.current: Any = None
+        self.closing = False
 
     def __call__(self, failure: Failure) -> None:
         """Record and forward a crash."""
@@ -158,6 +161,8 @@ class SupervisedActor(pykka.ThreadingActor):
         """Run :meth:`receive`, reporting any failure and stopping the actor."""
         if message == "ping":
             return "pong"
+        if self._link is not None and self._link.closing:
+            return None  # shutting down: the broker redelivers what is skipped
         self._current = message
         if self._link is not None:
             self._link.current = message

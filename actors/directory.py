@@ -125,10 +125,15 @@ class Directory:
             entries = list(self._entries.values())
             self._entries.clear()
         deadline = time.monotonic() + timeout
+        for e in entries:  # all at once: each skips its mailbox and ends
+            if e.link is not None:
+                e.link.closing = True
+            if e.ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    e.ref.stop(block=False)
         for e in entries:
             if e.ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    e.ref.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+                e.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
             for d in list(e.unsettled):
                 if not d.submitted:
                     d.requeue()
