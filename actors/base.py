@@ -26,7 +26,7 @@ from broker.base import Delivery
 from messages.base import Envelope, Message
 from messages.events import CommandRejected, ReservationRejected
 from messages.replies import CommandResult, Status
-from store import Commit, EventStore, InboxEntry, StoreWriter
+from store import Commit, DuplicateMessage, EventStore, InboxEntry, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class Link:
     a crash from a normal exit. ``busy_since`` (monotonic seconds, or None when idle)
     lets it notice a child stuck in one handler. ``closing`` tells the child to skip
     what is left in its mailbox: on shutdown the consumers have already closed their
-    connections, so the broker redelivers those messages anyway.
+    connections, so the broker redelivers those messages anyway. ``after_crash``
+    tells a restarted child that its predecessor may have left work in flight.
 
     Args:
         forward: where the failure goes next (usually the supervisor's mailbox).
@@ -82,6 +83,7 @@ class Link:
         self.busy_since: float | None = None
         self.current: Any = None
         self.closing = False
+        self.after_crash = False
 
     def __call__(self, failure: Failure) -> None:
         """Record and forward a crash."""
@@ -239,7 +241,9 @@ class EntityActor(SupervisedActor, Generic[S]):
     """An entity (one event stream) as an actor: rehydrate, decide, commit, reply.
 
     For each message: a message id already in the inbox gets its stored reply and
-    changes nothing; otherwise ``decide`` yields events, ``evolve`` folds them into
+    changes nothing (the inbox is read first for redeliveries; for anything else the
+    inbox row's primary key catches the duplicate at commit, and the actor reloads);
+    otherwise ``decide`` yields events, ``evolve`` folds them into
     the state at once (so the next message sees them), and the events, the inbox row
     and the reply go to the writer as one commit. The delivery is acked and the reply
     sent only after that commit is durable. A failed commit means memory ran ahead of
@@ -258,7 +262,8 @@ class EntityActor(SupervisedActor, Generic[S]):
     replies: ClassVar[bool] = True
     records_input: ClassVar[bool] = False
 
-    def __init__(self, entity_id: str, key: str, ctx: EntityContext, report: ReportFailure) -> None:
+    def __init__(self, entity_id: str, key: str, ctx: EntityContext,
+                 report: ReportFailure) -> None:
         super().__init__(entity_id, report)
         self.entity_id = entity_id
         self.key = key
@@ -284,8 +289,15 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     # --- life ---------------------------------------------------------------
     def started(self) -> None:
-        """Rehydrate from the store once every earlier commit is durable."""
-        self.ctx.writer.barrier()
+        """Rehydrate from the store.
+
+        After a crash, commits of the dead incarnation may still be queued in the
+        writer: wait for them first (a barrier), so the store is not read behind them.
+        A first activation (or one after passivation, which only happens with nothing
+        in flight) reads at once.
+        """
+        if self._link is None or self._link.after_crash:
+            self.ctx.writer.barrier()
         events = self.ctx.store.load(self.entity_id)
         state = self.initial()
         for env in events:
@@ -314,10 +326,11 @@ class EntityActor(SupervisedActor, Generic[S]):
                 delivery.submitted = True
                 self._inflight[mid].append(delivery)
                 return
-        seen, stored = self.ctx.store.seen(self.consumer, mid)
-        if seen:
-            delivery.ack(stored)
-            return
+        if delivery.redelivered:  # most likely handled before: ask the inbox first
+            seen, stored = self.ctx.store.seen(self.consumer, mid)
+            if seen:
+                delivery.ack(stored)
+                return
         if self.ctx.inject is not None:
             self.ctx.inject(self.entity_id, env)
         payloads = self.decide_payloads(env)
@@ -356,6 +369,14 @@ class EntityActor(SupervisedActor, Generic[S]):
         if exc is None:
             for d in deliveries:
                 d.ack(reply)
+        elif isinstance(exc, DuplicateMessage):
+            # A re-send that was not flagged redelivered: the inbox answers it, and
+            # this actor, whose memory applied it a second time, reloads.
+            _seen, stored = self.ctx.store.seen(self.consumer, mid)
+            for d in deliveries:
+                d.ack(stored)
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(CommitFailed(exc))
         else:
             log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
             for d in deliveries:

@@ -159,7 +159,7 @@ class Directory:
                 restarts, last = self._history.get(eid, (0, None))
                 entry.restarts, entry.last_failure = restarts, last
                 self._entries[eid] = entry
-                self._start_actor(eid, entry)
+                self._start_actor(eid, entry, after_crash=False)
                 if len(self._entries) > self.max_live:
                     self._evict(len(self._entries) - self.max_live)
             else:
@@ -175,9 +175,10 @@ class Directory:
         with contextlib.suppress(pykka.ActorDeadError):
             ref.tell(Handle(envelope, delivery))
 
-    def _start_actor(self, eid: str, entry: _Entry) -> None:
+    def _start_actor(self, eid: str, entry: _Entry, *, after_crash: bool) -> None:
         cls = KINDS[entry.kind]
         entry.link = Link(self._report)
+        entry.link.after_crash = after_crash
         entry.ref = cls.start(eid, entry.key, self.ctx, entry.link)
         entry.started_at = time.time()
         self.activations += 1
@@ -274,7 +275,7 @@ class Directory:
         with self._lock:
             if not self._alive or self._entries.get(eid) is not entry or entry.ref is not None:
                 return
-            self._start_actor(eid, entry)
+            self._start_actor(eid, entry, after_crash=True)
             ref = entry.ref
             assert ref is not None
             for d, env in list(entry.unsettled.items()):

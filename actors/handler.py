@@ -63,10 +63,11 @@ class HandlerActor(SupervisedActor):
         if env.kind is Kind.QUERY:
             delivery.ack(env.follow(self.answer(env)).to_json())
             return None
-        seen, _ = self.store.seen(self.consumer, env.message_id)
-        if seen:
-            delivery.ack()
-            return None
+        if delivery.redelivered:  # otherwise the inbox row's key catches a duplicate
+            seen, _ = self.store.seen(self.consumer, env.message_id)
+            if seen:
+                delivery.ack()
+                return None
         reaction = self.react(env)
         events = [env.follow(p) for p in reaction.events]
         delivery.submitted = True

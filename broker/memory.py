@@ -46,6 +46,7 @@ class MemoryBroker(Broker):
         super().__init__(topology or Topology())
         self._lock = threading.Condition()
         self._exchanges: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+        self._alternates: dict[str, str] = {}
         self._queues: dict[str, _Queue] = {}
         self._reply_ids = itertools.count(1)
 
@@ -54,6 +55,8 @@ class MemoryBroker(Broker):
         with self._lock:
             for ex in self.topology.exchanges():
                 self._exchanges.setdefault(ex.name, (ex.type, []))
+                if "alternate-exchange" in ex.arguments:
+                    self._alternates[ex.name] = ex.arguments["alternate-exchange"]
             for q in self.topology.queues():
                 args = q.arguments
                 self._queues.setdefault(
@@ -85,8 +88,8 @@ class MemoryBroker(Broker):
         """
         with self._lock:
             targets = self._route(out.exchange, out.routing_key)
-            for q in targets:
-                if q.max_length is not None and len(q.ready) + q.unacked >= q.max_length:
+            for q in targets:  # like RabbitMQ, only ready messages count toward the limit
+                if q.max_length is not None and len(q.ready) >= q.max_length:
                     raise QueueFull(q.name)
             for q in targets:
                 q.ready.append(_Message(out))
@@ -98,7 +101,10 @@ class MemoryBroker(Broker):
             q = self._queues.get(routing_key)
             return [q] if q else []
         _type, binds = self._exchanges[exchange]
-        return [self._queues[name] for name, _key in binds]
+        targets = [self._queues[name] for name, _key in binds]
+        if not targets and exchange in self._alternates:
+            return self._route(self._alternates[exchange], routing_key)
+        return targets
 
     def get(self, queue: str, timeout: float = 5.0) -> Outgoing | None:
         """Take one message off a queue (auto-ack), waiting up to ``timeout``."""
@@ -191,18 +197,23 @@ class _MemoryDelivery(Delivery):
 
     def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
         dlx = self._broker.topology.dead_letter_exchange
-        self._broker.publish(
-            Outgoing(
-                exchange=dlx,
-                routing_key=self.routing_key,
-                body=self.body,
-                message_id=self.message_id,
-                correlation_id=self.correlation_id,
-                reply_to=self.reply_to,
-                headers=headers,
-            )
-        )
+        try:
+            self._broker.publish(self._dead_copy(dlx, headers))
+        except QueueFull:
+            self._requeue()  # not dead-lettered: give it back rather than lose it
+            return
         self._ack(reply)
+
+    def _dead_copy(self, dlx: str, headers: dict[str, Any]) -> Outgoing:
+        return Outgoing(
+            exchange=dlx,
+            routing_key=self.routing_key,
+            body=self.body,
+            message_id=self.message_id,
+            correlation_id=self.correlation_id,
+            reply_to=self.reply_to,
+            headers=headers,
+        )
 
 
 class _MemoryConsumer:

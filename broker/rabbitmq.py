@@ -84,7 +84,8 @@ class RabbitBroker(Broker):
         try:
             ch = conn.channel()
             for ex in self.topology.exchanges():
-                ch.exchange_declare(ex.name, exchange_type=ex.type, durable=True)
+                ch.exchange_declare(ex.name, exchange_type=ex.type, durable=True,
+                                    arguments=ex.arguments or None)
             for q in self.topology.queues():
                 ch.queue_declare(q.name, durable=True, arguments=q.arguments)
             for b in self.topology.bindings():
@@ -217,25 +218,26 @@ class RabbitConsumer:
             if generation == self._generation and self._channel is not None:
                 work()
             return
-        with self._wake_lock:
-            if generation != self._generation or self._conn is None:
-                return  # that connection is gone; the broker redelivers
-            self._pending.append((generation, work))
-            if self._wake_scheduled:
-                return
-            self._wake_scheduled = True
-            conn = self._conn
+        conn = self._conn
+        if generation != self._generation or conn is None:
+            return  # that connection is gone; the broker redelivers
+        # Lock-free: deque appends are atomic; one wake-up serves a whole burst.
+        self._pending.append((generation, work))
+        if self._wake_scheduled:
+            return
+        self._wake_scheduled = True
         try:
             conn.add_callback_threadsafe(self._drain)
         except (AMQPError, OSError, RuntimeError):
             log.debug("%s: connection closed before settling", self.name)
 
     def _drain(self) -> None:
-        with self._wake_lock:
-            self._wake_scheduled = False
-            items = list(self._pending)
-            self._pending.clear()
-        for generation, work in items:
+        # Clear the flag first: anything appended after this point schedules a new
+        # wake-up, anything before it is drained below.
+        self._wake_scheduled = False
+        pending = self._pending
+        while pending:
+            generation, work = pending.popleft()
             if generation == self._generation:
                 work()
 

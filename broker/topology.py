@@ -3,8 +3,11 @@
 Commands: a topic exchange routed by ``apartment_id`` into a quorum queue (delivery
 limit, at-least-once dead-lettering, bounded length with reject-publish so a full
 queue pushes back on producers instead of dropping). Events: one fanout exchange per
-family; one durable quorum queue per consumer role, bound to the families its
-messages come from. Bad input and poison: a fanout dead-letter exchange and queue.
+type; one durable quorum queue per consumer role, bound to the events it handles.
+Every event exchange has an alternate exchange (``unrouted``) so an event nobody
+consumes yet is kept (bounded, oldest dropped: the store keeps them all) instead of
+being returned to the relay. Bad input and poison: a fanout dead-letter exchange and
+queue.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from messages.registry import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
     QUERIES_EXCHANGE,
+    UNROUTED_EXCHANGE,
     Consumer,
     bindings,
     event_exchanges,
@@ -28,6 +32,7 @@ class ExchangeDecl:
 
     name: str
     type: str
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,16 @@ class Topology:
         return self.exchange(DEAD_LETTER_EXCHANGE)
 
     @property
+    def unrouted_exchange(self) -> str:
+        """The alternate exchange of every event exchange."""
+        return self.exchange(UNROUTED_EXCHANGE)
+
+    @property
+    def unrouted_queue(self) -> str:
+        """Where events no consumer is bound to end up (bounded)."""
+        return f"{self.prefix}.unrouted"
+
+    @property
     def dead_letter_queue(self) -> str:
         """The queue an operator reads dead letters from."""
         return f"{self.prefix}.dead-letters"
@@ -108,8 +123,10 @@ class Topology:
             ExchangeDecl(self.commands_exchange, "topic"),
             ExchangeDecl(self.queries_exchange, "fanout"),
             ExchangeDecl(self.dead_letter_exchange, "fanout"),
+            ExchangeDecl(self.unrouted_exchange, "fanout"),
         ]
-        out += [ExchangeDecl(self.exchange(e), "fanout") for e in event_exchanges()]
+        alt = {"alternate-exchange": self.unrouted_exchange}
+        out += [ExchangeDecl(self.exchange(e), "fanout", alt) for e in event_exchanges()]
         return out
 
     def queues(self) -> list[QueueDecl]:
@@ -125,11 +142,14 @@ class Topology:
                 },
             )
         )
+        out.append(QueueDecl(self.unrouted_queue, {
+            "x-queue-type": "quorum", "x-max-length": self.dead_letter_max_length}))
         return out
 
     def bindings(self) -> list[BindingDecl]:
         """Every queue's bindings, from the registry's consumers."""
-        out = [BindingDecl(self.dead_letter_queue, self.dead_letter_exchange, "")]
+        out = [BindingDecl(self.dead_letter_queue, self.dead_letter_exchange, ""),
+               BindingDecl(self.unrouted_queue, self.unrouted_exchange, "")]
         for consumer, exchanges in sorted(bindings().items()):
             for ex in sorted(exchanges):
                 key = "#" if ex == COMMANDS_EXCHANGE else ""

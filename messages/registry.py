@@ -3,6 +3,10 @@
 Routing (which exchange a message goes to, which queues bind where), validation
 (which types the intake accepts) and the message catalog all read this table, so a
 new message is declared exactly once, next to its schema.
+
+Every event type has a fanout exchange of its own (``events.<Type>``): a consumer
+queue is bound to exactly the events it handles, so no queue receives an event only
+to drop it, and adding a consumer to an event is one word in its registration.
 """
 
 from __future__ import annotations
@@ -66,12 +70,20 @@ M = TypeVar("M", bound="type[Message]")
 COMMANDS_EXCHANGE = "commands"
 QUERIES_EXCHANGE = "queries"
 DEAD_LETTER_EXCHANGE = "dlx"
+UNROUTED_EXCHANGE = "unrouted"
+EVENTS_PREFIX = "events."
 
 
 def register(
     kind: Kind, *, exchange: str = "", consumers: tuple[Consumer, ...] = ()
 ) -> Callable[[M], M]:
     """Class decorator that records a payload model in the registry.
+
+    Args:
+        kind: command, query, event or reply.
+        exchange: the logical exchange of a command or query (events always get
+            their own, ``events.<Type>``; the argument is ignored for them).
+        consumers: the queues that receive it.
 
     Raises:
         ValueError: if the type name is registered twice.
@@ -87,7 +99,7 @@ def register(
             version=cls.VERSION,
             kind=kind,
             cls=cls,
-            exchange=exchange,
+            exchange=f"{EVENTS_PREFIX}{name}" if kind is Kind.EVENT else exchange,
             consumers=consumers,
             doc=doc,
         )

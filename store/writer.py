@@ -11,9 +11,10 @@ one transaction, commits (one fsync for the whole batch), then calls each commit
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,7 +64,8 @@ class Commit:
         inbox: the message this commit handles, for idempotency.
         effects: extra statements run in the same transaction (a handler's rows).
         on_done: called once on the writer thread, with None or the failure.
-        publish: put the events in the outbox for the relay.
+        publish: put the events in the outbox for the relay (only those some
+            consumer is registered for: the others stay in the store).
         keep_private: how many leading events are recorded but never published
             (a process's copy of the facts it reacted to).
     """
@@ -98,12 +100,13 @@ class Commit:
                         "recorded_at": now,
                     }
                 )
-                if self.publish and i > self.keep_private:
+                spec = spec_of(env.payload)
+                if self.publish and i > self.keep_private and spec.consumers:
                     out.append(
                         {
                             "event_id": env.message_id,
                             "type": env.type,
-                            "exchange": spec_of(env.payload).exchange,
+                            "exchange": spec.exchange,
                             "routing_key": env.apartment_id or "",
                             "body": body,
                             "published_at": None,
@@ -138,8 +141,13 @@ class StoreWriter:
     ) -> None:
         self._engine = engine
         self._batch_max = batch_max
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_max)
+        self._items: deque[Any] = deque()
+        self._queue_max = queue_max
+        self._wake = threading.Event()
+        self._sleeping = False
         self._on_committed = on_committed
+        self._versions: OrderedDict[str, int] = OrderedDict()  # stream -> version (LRU)
+        self._versions_max = 100_000
         self._thread: threading.Thread | None = None
         self._running = False
         self.batches = 0
@@ -155,8 +163,10 @@ class StoreWriter:
         """Write what is queued, then stop."""
         if self._thread is None:
             return
-        self._running = False
-        self._queue.put(_STOP)
+        if self._running:  # one stop sentinel only: a restarted writer must not find one
+            self._running = False
+            self._items.append(_STOP)
+            self._wake.set()
         self._thread.join(timeout)
 
     def is_alive(self) -> bool:
@@ -170,12 +180,21 @@ class StoreWriter:
     def submit(self, commit: Commit) -> None:
         """Queue a commit; ``commit.on_done`` is called after it is durable or failed.
 
+        Lock-free on the hot path: a deque append (atomic in CPython) and a wake-up
+        only when the writer sleeps. With hundreds of actor threads submitting, a
+        ``queue.Queue`` mutex became the bottleneck (a lock convoy under the GIL).
+        When ``queue_max`` commits wait, the caller is slowed down (backpressure).
+
         Raises:
             WriterStopped: when the writer is not running.
         """
         if not self._running:
             raise WriterStopped("the store writer is not running")
-        self._queue.put(commit)
+        while len(self._items) >= self._queue_max and self._running:
+            time.sleep(0.001)
+        self._items.append(commit)
+        if self._sleeping:
+            self._wake.set()
 
     def barrier(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted before this call is committed.
@@ -191,41 +210,42 @@ class StoreWriter:
     @property
     def backlog(self) -> int:
         """Commits waiting for the writer."""
-        return self._queue.qsize()
+        return len(self._items)
 
     def _run(self) -> None:
+        items = self._items
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch: list[Commit] = [first]
-            stop_after = False
-            while len(batch) < self._batch_max:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            if not items:
+                self._sleeping = True
+                if not items:  # re-check: a submit may have missed the flag
+                    self._wake.wait(0.5)
+                self._sleeping = False
+                self._wake.clear()
+                continue
+            batch: list[Commit] = []
+            stop = False
+            while items and len(batch) < self._batch_max:
+                nxt = items.popleft()
                 if nxt is _STOP:
-                    stop_after = True
+                    stop = True
                     break
                 batch.append(nxt)
-            self._write(batch)
-            if stop_after:
+            if batch:
+                self._write(batch)
+            if stop:
                 break
         # Fail whatever is left so no caller waits forever.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
+        while items:
+            item = items.popleft()
             if isinstance(item, Commit):
                 _call(item, WriterStopped("store writer stopped"))
 
     def _write(self, batch: list[Commit]) -> None:
         try:
             with self._engine.begin() as conn:
-                refused = _apply(conn, batch)
+                refused, versions = _apply(conn, batch, self._versions)
         except Exception as exc:  # noqa: BLE001 - retried one by one below
+            self._versions.clear()  # what the store holds is unknown again
             if len(batch) == 1:
                 _call(batch[0], _classify(exc))
                 return
@@ -233,18 +253,29 @@ class StoreWriter:
             for commit in batch:
                 try:
                     with self._engine.begin() as conn:
-                        one = _apply(conn, [commit])
+                        one, versions = _apply(conn, [commit], self._versions)
                 except Exception as failure:  # noqa: BLE001 - reported to its owner
+                    self._versions.clear()
                     _call(commit, _classify(failure))
                 else:
+                    self._remember(versions)
                     if one:
                         _call(commit, one[commit])
                     else:
                         self._after([commit])
             return
+        self._remember(versions)
         self._after([c for c in batch if c not in refused])
         for commit, err in refused.items():
             _call(commit, err)
+
+    def _remember(self, versions: dict[str, int]) -> None:
+        cache = self._versions
+        for sid, v in versions.items():
+            cache[sid] = v
+            cache.move_to_end(sid)
+        while len(cache) > self._versions_max:
+            cache.popitem(last=False)
 
     def _after(self, batch: list[Commit]) -> None:
         self.batches += 1
@@ -255,11 +286,14 @@ class StoreWriter:
             self._on_committed()
 
 
-def _apply(conn: Connection, batch: list[Commit]) -> dict[Commit, BaseException]:
+def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int]
+           ) -> tuple[dict[Commit, BaseException], dict[str, int]]:
     """Write a batch; commits whose expected version is stale are left out and returned.
 
-    The version check is the optimistic-concurrency rule; the unique
-    ``(stream_id, version)`` index stays as the last guard against another process.
+    The version check is the optimistic-concurrency rule, against the versions this
+    writer knows (read from the store on first use); the unique
+    ``(stream_id, version)`` index stays the last guard against another process.
+    Returns the refused commits and the streams' versions after the batch.
     """
     events: list[dict[str, Any]] = []
     outbox: list[dict[str, Any]] = []
@@ -273,7 +307,10 @@ def _apply(conn: Connection, batch: list[Commit]) -> dict[Commit, BaseException]
             sid = commit.stream_id
             current = versions.get(sid)
             if current is None:
-                current = _stream_version(conn, sid)
+                current = known.get(sid)
+                if current != commit.expected_version:
+                    # Unknown, or the cache disagrees: another writer may have appended.
+                    current = _stream_version(conn, sid)
             if current != commit.expected_version:
                 refused[commit] = ConcurrencyError(
                     f"{sid}: expected version {commit.expected_version}, store has {current}")
@@ -301,7 +338,7 @@ def _apply(conn: Connection, batch: list[Commit]) -> dict[Commit, BaseException]
         if commit not in refused:
             for effect in commit.effects:
                 effect(conn)
-    return refused
+    return refused, versions
 
 
 def _stream_version(conn: Connection, stream_id: str) -> int:

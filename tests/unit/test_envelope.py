@@ -91,7 +91,11 @@ def test_topology_binds_each_consumer_to_what_it_handles() -> None:
     topo = Topology(prefix="t")
     binds = {(b.queue, b.exchange) for b in topo.bindings()}
     assert ("t.intake", "t.commands") in binds
-    assert ("t.payment", "t.events.reservation") in binds
+    assert ("t.payment", "t.events.ReservationAccepted") in binds
+    assert ("t.search", "t.events.DatesBooked") in binds
+    assert ("t.payment", "t.events.DatesBooked") not in binds  # only what it handles
+    alt = {e.name: e.arguments.get("alternate-exchange") for e in topo.exchanges()}
+    assert alt["t.events.NotificationSent"] == "t.unrouted"
     assert ("t.search", "t.queries") in binds
     assert ("t.dead-letters", "t.dlx") in binds
     names = {q.name for q in topo.queues()}

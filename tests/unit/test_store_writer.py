@@ -1,0 +1,557 @@
+"""The group-committing store writer and the event store, on a real SQLite file.
+
+Every test uses a real engine on ``tmp_path`` and a running :class:`StoreWriter`. To
+make batching deterministic without sleeping, a *gate* commit parks the writer thread
+inside its transaction until the test opens it: everything submitted meanwhile is
+queued, and the writer takes it in as few transactions as ``batch_max`` allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, insert, select
+
+from messages import ApartmentAdded, DatesBooked, Envelope, Message, ReservationAccepted, spec_of
+from store import (
+    Commit,
+    ConcurrencyError,
+    DuplicateMessage,
+    EventStore,
+    InboxEntry,
+    StoreWriter,
+    WriterStopped,
+    make_engine,
+)
+from store.tables import events_table, inbox_table, outbox_table, search_apartments_table
+from store.writer import Done
+from tests.conftest import day
+
+DEADLINE = 20.0
+
+
+# --- helpers -------------------------------------------------------------------------
+class Gate:
+    """An effect that holds the writer thread inside its transaction until opened."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def effect(self, _conn: Connection) -> None:
+        self.entered.set()
+        if not self.opened.wait(DEADLINE):
+            raise RuntimeError("gate never opened")
+
+    def close_on(self, writer: StoreWriter) -> None:
+        """Submit the gate and wait until the writer thread is parked on it."""
+        writer.submit(Commit(stream_id=None, expected_version=0, effects=[self.effect]))
+        assert self.entered.wait(DEADLINE), "writer never reached the gate"
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+class Outcomes:
+    """Collects each commit's ``on_done`` result by key, counting calls."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.results: dict[str, BaseException | None] = {}
+        self.calls: dict[str, int] = {}
+
+    def done(self, key: str) -> Done:
+        def on_done(exc: BaseException | None) -> None:
+            with self._cond:
+                self.results[key] = exc
+                self.calls[key] = self.calls.get(key, 0) + 1
+                self._cond.notify_all()
+        return on_done
+
+    def wait_for(self, keys: list[str] | set[str], timeout: float = DEADLINE) -> None:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: all(k in self.results for k in keys), timeout)
+        missing = [k for k in keys if k not in self.results]
+        assert ok, f"on_done never called for {missing[:5]} ({len(missing)} in all)"
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self.results)
+
+
+def apartment_added(n: int = 1) -> ApartmentAdded:
+    return ApartmentAdded(owner_id="o1", city="Porto", title=f"Flat {n}", price_per_night=100 * n,
+                          capacity=2)
+
+
+def env_of(payload: Message, apartment_id: str | None = "a1") -> Envelope:
+    return Envelope.new(payload, apartment_id=apartment_id)
+
+
+def stream_rows(engine: Engine, stream_id: str) -> list[tuple[int, str]]:
+    """(version, event_id) of a stream, by position (insertion order)."""
+    q = (select(events_table.c.version, events_table.c.event_id)
+         .where(events_table.c.stream_id == stream_id).order_by(events_table.c.position))
+    with engine.connect() as c:
+        return [(int(r.version), str(r.event_id)) for r in c.execute(q)]
+
+
+def all_event_ids(engine: Engine) -> set[str]:
+    with engine.connect() as c:
+        return {str(x) for x in c.execute(select(events_table.c.event_id)).scalars()}
+
+
+def outbox_rows(engine: Engine) -> list[dict[str, object]]:
+    with engine.connect() as c:
+        return [dict(r._mapping) for r in c.execute(
+            select(outbox_table).order_by(outbox_table.c.id))]
+
+
+def inbox_keys(engine: Engine) -> set[tuple[str, str]]:
+    with engine.connect() as c:
+        return {(str(r.consumer), str(r.message_id)) for r in c.execute(select(inbox_table))}
+
+
+def search_rows(engine: Engine) -> set[str]:
+    with engine.connect() as c:
+        return {str(x) for x in c.execute(
+            select(search_apartments_table.c.apartment_id)).scalars()}
+
+
+def insert_search_row(apartment_id: str) -> Callable[[Connection], None]:
+    """An effect writing one row of a handler's own table."""
+    def effect(conn: Connection) -> None:
+        conn.execute(insert(search_apartments_table).values(
+            apartment_id=apartment_id, city="Porto", title="t", price_per_night=1, capacity=1))
+    return effect
+
+
+def commit_and_wait(writer: StoreWriter, commit: Commit) -> BaseException | None:
+    """Submit one commit and return what its on_done got."""
+    outcomes = Outcomes()
+    writer.submit(dataclasses.replace(commit, on_done=outcomes.done("k")))
+    outcomes.wait_for(["k"])
+    return outcomes.results["k"]
+
+
+# --- fixtures ------------------------------------------------------------------------
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(f"sqlite:///{tmp_path / 't.db'}")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def writer(engine: Engine) -> Iterator[StoreWriter]:
+    w = StoreWriter(engine, batch_max=256)
+    w.start()
+    yield w
+    if w.is_alive():
+        w.stop()
+
+
+# --- group commit --------------------------------------------------------------------
+def test_commits_submitted_concurrently_are_grouped_into_few_transactions(
+        engine: Engine, writer: StoreWriter) -> None:
+    gate = Gate()
+    gate.close_on(writer)
+    outcomes = Outcomes()
+    n_threads, per_thread = 6, 15
+    submitted: dict[str, list[str]] = {}  # stream -> event ids in submission order
+
+    def produce(t: int) -> None:
+        stream = f"apartment:s{t}"
+        version = 0
+        ids: list[str] = []
+        for i in range(per_thread):
+            # one or two events per commit, so versions must continue across commits
+            envs = [env_of(apartment_added(i)) for _ in range(1 + i % 2)]
+            writer.submit(Commit(stream_id=stream, expected_version=version, events=envs,
+                                 on_done=outcomes.done(f"{t}:{i}")))
+            version += len(envs)
+            ids += [e.message_id for e in envs]
+        submitted[stream] = ids
+
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gate.open()
+    keys = [f"{t}:{i}" for t in range(n_threads) for i in range(per_thread)]
+    outcomes.wait_for(keys)
+
+    assert all(outcomes.results[k] is None for k in keys), {
+        k: v for k, v in outcomes.results.items() if v is not None}
+    assert writer.commits == n_threads * per_thread + 1  # + the gate
+    assert writer.batches < writer.commits
+    # all 90 were queued behind the gate: one transaction for the gate, one for the rest
+    assert writer.batches == 2
+    store = EventStore(engine)
+    for stream, ids in submitted.items():
+        rows = stream_rows(engine, stream)
+        assert [v for v, _ in rows] == list(range(1, len(ids) + 1))  # contiguous
+        assert [e for _, e in rows] == ids  # in submission order
+        assert [e.message_id for e in store.load(stream)] == ids
+    assert all_event_ids(engine) == {e for ids in submitted.values() for e in ids}
+
+
+def test_batch_max_bounds_one_transaction(engine: Engine) -> None:
+    w = StoreWriter(engine, batch_max=4)
+    w.start()
+    try:
+        gate = Gate()
+        gate.close_on(w)
+        outcomes = Outcomes()
+        for i in range(10):
+            w.submit(Commit(stream_id=None, expected_version=0,
+                            inbox=InboxEntry("t", f"m{i}"), on_done=outcomes.done(f"m{i}")))
+        gate.open()
+        outcomes.wait_for([f"m{i}" for i in range(10)])
+        assert w.commits == 11
+        assert w.batches == 1 + 3  # 10 commits, at most 4 per transaction
+        assert inbox_keys(engine) == {("t", f"m{i}") for i in range(10)}
+    finally:
+        w.stop()
+
+
+# --- optimistic concurrency ----------------------------------------------------------
+def test_a_stale_commit_in_a_batch_fails_alone_and_writes_nothing(
+        engine: Engine, writer: StoreWriter) -> None:
+    gate = Gate()
+    gate.close_on(writer)
+    outcomes = Outcomes()
+    first, stale, other = env_of(apartment_added(1)), env_of(apartment_added(2)), env_of(
+        apartment_added(3), "a2")
+    writer.submit(Commit(stream_id="apartment:a1", expected_version=0, events=[first],
+                         inbox=InboxEntry("intake", "cmd-1"), on_done=outcomes.done("first")))
+    writer.submit(Commit(stream_id="apartment:a1", expected_version=0, events=[stale],
+                         inbox=InboxEntry("intake", "cmd-2"),
+                         effects=[insert_search_row("from-stale")],
+                         on_done=outcomes.done("stale")))
+    writer.submit(Commit(stream_id="apartment:a2", expected_version=0, events=[other],
+                         inbox=InboxEntry("intake", "cmd-3"),
+                         effects=[insert_search_row("from-other")],
+                         on_done=outcomes.done("other")))
+    gate.open()
+    outcomes.wait_for(["first", "stale", "other"])
+
+    assert outcomes.results["first"] is None
+    assert outcomes.results["other"] is None
+    assert isinstance(outcomes.results["stale"], ConcurrencyError)
+    assert writer.batches == 2  # first and other went in one transaction with the refusal
+    assert stream_rows(engine, "apartment:a1") == [(1, first.message_id)]
+    assert stream_rows(engine, "apartment:a2") == [(1, other.message_id)]
+    assert stale.message_id not in all_event_ids(engine)
+    assert stale.message_id not in {r["event_id"] for r in outbox_rows(engine)}
+    assert ("intake", "cmd-2") not in inbox_keys(engine)
+    assert search_rows(engine) == {"from-other"}  # the stale commit's effect never ran
+    assert all(n == 1 for n in outcomes.calls.values())
+
+
+@pytest.mark.parametrize("expected", [0, 1, 3])
+def test_a_commit_must_name_the_stored_version(
+        engine: Engine, writer: StoreWriter, expected: int) -> None:
+    two = [env_of(apartment_added(1)), env_of(apartment_added(2))]
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=0,
+                                          events=two)) is None
+    late = env_of(apartment_added(3))
+    exc = commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=expected,
+                                         events=[late]))
+    assert isinstance(exc, ConcurrencyError)  # behind (0, 1) or ahead (3) of the store's 2
+    assert [v for v, _ in stream_rows(engine, "apartment:a1")] == [1, 2]
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=2,
+                                          events=[late])) is None
+    assert stream_rows(engine, "apartment:a1")[-1] == (3, late.message_id)
+
+
+@pytest.fixture
+def second_writer(engine: Engine) -> Iterator[StoreWriter]:
+    """Another writer on the same database file (another node's, say)."""
+    other = make_engine(str(engine.url))
+    w = StoreWriter(other)
+    w.start()
+    yield w
+    w.stop()
+    other.dispose()
+
+
+def test_a_stale_commit_after_another_writer_appended_is_refused(
+        engine: Engine, writer: StoreWriter, second_writer: StoreWriter) -> None:
+    mine, theirs, stale = (env_of(apartment_added(i)) for i in range(3))
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=0,
+                                          events=[mine])) is None
+    assert commit_and_wait(second_writer, Commit(stream_id="apartment:a1", expected_version=1,
+                                                 events=[theirs])) is None
+    exc = commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=1,
+                                         events=[stale], inbox=InboxEntry("intake", "m")))
+    assert isinstance(exc, ConcurrencyError)
+    assert stream_rows(engine, "apartment:a1") == [(1, mine.message_id), (2, theirs.message_id)]
+    assert inbox_keys(engine) == set()
+
+
+def test_a_current_commit_after_another_writer_appended_is_accepted(
+        engine: Engine, writer: StoreWriter, second_writer: StoreWriter) -> None:
+    mine, theirs, next_ = (env_of(apartment_added(i)) for i in range(3))
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=0,
+                                          events=[mine])) is None
+    assert commit_and_wait(second_writer, Commit(stream_id="apartment:a1", expected_version=1,
+                                                 events=[theirs])) is None
+    assert [v for v, _ in stream_rows(engine, "apartment:a1")] == [1, 2]
+    exc = commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=2,
+                                         events=[next_]))
+    assert exc is None
+    assert stream_rows(engine, "apartment:a1")[-1] == (3, next_.message_id)
+
+
+# --- the inbox -----------------------------------------------------------------------
+def test_a_duplicate_inbox_entry_is_refused_and_writes_nothing(
+        engine: Engine, writer: StoreWriter) -> None:
+    first = env_of(apartment_added(1))
+    assert commit_and_wait(writer, Commit(
+        stream_id="apartment:a1", expected_version=0, events=[first],
+        inbox=InboxEntry("intake", "m-1", b"first reply"))) is None
+
+    again = env_of(apartment_added(2), "a2")
+    exc = commit_and_wait(writer, Commit(
+        stream_id="apartment:a2", expected_version=0, events=[again],
+        inbox=InboxEntry("intake", "m-1", b"second reply"),
+        effects=[insert_search_row("dup")]))
+    assert isinstance(exc, DuplicateMessage)
+    assert stream_rows(engine, "apartment:a2") == []
+    assert [r["event_id"] for r in outbox_rows(engine)] == [first.message_id]
+    assert search_rows(engine) == set()
+    assert EventStore(engine).seen("intake", "m-1") == (True, b"first reply")
+
+    # the same message id for another consumer is a different message
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0,
+                                          inbox=InboxEntry("payment", "m-1"))) is None
+
+
+def test_a_duplicate_in_the_same_batch_fails_alone(engine: Engine, writer: StoreWriter) -> None:
+    gate = Gate()
+    gate.close_on(writer)
+    outcomes = Outcomes()
+    a, b, c = (env_of(apartment_added(i), f"a{i}") for i in range(3))
+    writer.submit(Commit(stream_id="apartment:a0", expected_version=0, events=[a],
+                         inbox=InboxEntry("search", "m-1"), on_done=outcomes.done("a")))
+    writer.submit(Commit(stream_id="apartment:a1", expected_version=0, events=[b],
+                         inbox=InboxEntry("search", "m-1"), effects=[insert_search_row("b")],
+                         on_done=outcomes.done("b")))
+    writer.submit(Commit(stream_id="apartment:a2", expected_version=0, events=[c],
+                         inbox=InboxEntry("search", "m-2"), effects=[insert_search_row("c")],
+                         on_done=outcomes.done("c")))
+    gate.open()
+    outcomes.wait_for(["a", "b", "c"])
+
+    assert outcomes.results["a"] is None
+    assert isinstance(outcomes.results["b"], DuplicateMessage)
+    assert outcomes.results["c"] is None
+    assert all_event_ids(engine) == {a.message_id, c.message_id}
+    assert {r["event_id"] for r in outbox_rows(engine)} == {a.message_id, c.message_id}
+    assert inbox_keys(engine) == {("search", "m-1"), ("search", "m-2")}
+    assert search_rows(engine) == {"c"}
+    assert all(n == 1 for n in outcomes.calls.values())
+
+
+# --- the outbox ----------------------------------------------------------------------
+def test_outbox_rows_are_written_for_published_events_only(
+        engine: Engine, writer: StoreWriter) -> None:
+    accepted = ReservationAccepted(reservation_id="r1", guest_id="g1", owner_id="o1",
+                                   start=day(7), end=day(9), total_price=10000,
+                                   card_token="tok_visa", card_last4="4242")
+    booked = DatesBooked(reservation_id="r1", start=day(7), end=day(9))
+    private, public1, public2 = env_of(apartment_added()), env_of(accepted), env_of(booked)
+    assert commit_and_wait(writer, Commit(
+        stream_id="reservation:r1", expected_version=0,
+        events=[private, public1, public2], keep_private=1)) is None
+
+    rows = outbox_rows(engine)
+    assert [r["event_id"] for r in rows] == [public1.message_id, public2.message_id]
+    for row, env in zip(rows, [public1, public2], strict=True):
+        assert row["type"] == env.type
+        assert row["exchange"] == spec_of(env.payload).exchange
+        assert row["routing_key"] == "a1"
+        assert row["body"] == env.to_json()
+        assert row["published_at"] is None
+    # every event is recorded, the private one too
+    assert [e for _, e in stream_rows(engine, "reservation:r1")] == [
+        private.message_id, public1.message_id, public2.message_id]
+
+    unpublished = env_of(apartment_added(), apartment_id=None)
+    assert commit_and_wait(writer, Commit(
+        stream_id="apartment:x", expected_version=0, events=[unpublished],
+        publish=False)) is None
+    assert unpublished.message_id in all_event_ids(engine)
+    assert len(outbox_rows(engine)) == 2
+
+    no_key = env_of(apartment_added(), apartment_id=None)
+    assert commit_and_wait(writer, Commit(stream_id="apartment:y", expected_version=0,
+                                          events=[no_key])) is None
+    assert outbox_rows(engine)[-1]["routing_key"] == ""
+
+
+# --- barrier -------------------------------------------------------------------------
+def test_barrier_returns_only_after_earlier_commits(engine: Engine, writer: StoreWriter) -> None:
+    gate = Gate()
+    gate.close_on(writer)
+    outcomes = Outcomes()
+    n = 25
+    for i in range(n):
+        writer.submit(Commit(stream_id=None, expected_version=0,
+                             inbox=InboxEntry("t", f"m{i}"), on_done=outcomes.done(f"m{i}")))
+    seen_at_return: list[int] = []
+    rows_at_return: list[int] = []
+    returned = threading.Event()
+
+    def wait_barrier() -> None:
+        writer.barrier(timeout=DEADLINE)
+        seen_at_return.append(outcomes.count())
+        rows_at_return.append(len(inbox_keys(engine)))
+        returned.set()
+
+    t = threading.Thread(target=wait_barrier)
+    t.start()
+    assert not returned.is_set()  # the writer is parked on the gate: nothing is durable
+    gate.open()
+    t.join(DEADLINE)
+    assert returned.is_set()
+    assert seen_at_return == [n]
+    assert rows_at_return == [n]
+
+
+# --- stopping ------------------------------------------------------------------------
+def test_a_stopped_writer_refuses_new_commits(engine: Engine) -> None:
+    w = StoreWriter(engine)
+    with pytest.raises(WriterStopped):  # never started
+        w.submit(Commit(stream_id=None, expected_version=0))
+    w.start()
+    assert commit_and_wait(w, Commit(stream_id=None, expected_version=0,
+                                     inbox=InboxEntry("t", "before"))) is None
+    w.stop()
+    assert not w.is_alive()
+    called: list[BaseException | None] = []
+    with pytest.raises(WriterStopped):
+        w.submit(Commit(stream_id=None, expected_version=0, inbox=InboxEntry("t", "after"),
+                        on_done=called.append))
+    with pytest.raises(WriterStopped):
+        w.barrier(timeout=1)
+    assert called == []
+    assert inbox_keys(engine) == {("t", "before")}
+
+
+def test_stopping_under_load_settles_every_accepted_commit(engine: Engine) -> None:
+    """Submitters race stop(): each accepted commit is written or failed, none hangs."""
+    w = StoreWriter(engine, batch_max=1024, queue_max=10_000_000)
+    w.start()
+    gate = Gate()
+    gate.close_on(w)
+    outcomes = Outcomes()
+    accepted: list[list[str]] = [[] for _ in range(4)]
+    refused: list[str] = []
+    first_submit = [threading.Event() for _ in range(4)]
+
+    def submit_until_refused(t: int) -> None:
+        i = 0
+        while True:  # submit() must refuse once stop() began
+            key = f"{t}-{i}"
+            i += 1
+            try:
+                w.submit(Commit(stream_id=None, expected_version=0,
+                                inbox=InboxEntry("t", key), on_done=outcomes.done(key)))
+            except WriterStopped:
+                refused.append(key)
+                return
+            accepted[t].append(key)
+            first_submit[t].set()
+
+    submitters = [threading.Thread(target=submit_until_refused, args=(t,)) for t in range(4)]
+    for s in submitters:
+        s.start()
+    for ev in first_submit:
+        assert ev.wait(DEADLINE)
+    stopper = threading.Thread(target=w.stop, kwargs={"timeout": 60.0})
+    stopper.start()
+    for s in submitters:
+        s.join(DEADLINE)
+        assert not s.is_alive()
+    gate.open()  # only now may the writer reach the stop sentinel
+    stopper.join(60.0)
+    assert not w.is_alive()
+
+    keys = [k for ks in accepted for k in ks]
+    outcomes.wait_for(keys)
+    assert len(refused) == 4
+    assert not any(k in outcomes.results for k in refused)
+    assert all(n == 1 for n in outcomes.calls.values())
+    written = {m for _, m in inbox_keys(engine)}
+    for k in keys:
+        exc = outcomes.results[k]
+        assert exc is None or isinstance(exc, WriterStopped), exc
+        assert (k in written) == (exc is None), k
+
+
+def test_a_writer_stopped_twice_can_be_started_again(engine: Engine) -> None:
+    w = StoreWriter(engine)
+    w.start()
+    w.stop()
+    w.stop()
+    w.start()
+    try:
+        outcomes = Outcomes()
+        w.submit(Commit(stream_id=None, expected_version=0, inbox=InboxEntry("t", "m"),
+                        on_done=outcomes.done("m")))
+        deadline = time.monotonic() + DEADLINE
+        # wait for the outcome, or for the writer thread to die (then it never comes)
+        while "m" not in outcomes.results and w.is_alive():
+            assert time.monotonic() < deadline, "on_done never called"
+            time.sleep(0.01)
+        assert outcomes.results.get("m", "never called") is None
+        assert w.is_alive()
+    finally:
+        w.stop()
+
+
+# --- reads ---------------------------------------------------------------------------
+def test_load_returns_a_stream_in_version_order(engine: Engine, writer: StoreWriter) -> None:
+    envs = {v: env_of(apartment_added(v)) for v in (1, 2, 3)}
+    other = env_of(apartment_added(9), "a9")
+    now = datetime.now(UTC)
+    with engine.begin() as c:  # stored out of order: positions 1..4 hold versions 3, 1, -, 2
+        for v, sid, env in ((3, "apartment:a1", envs[3]), (1, "apartment:a1", envs[1]),
+                            (1, "apartment:a9", other), (2, "apartment:a1", envs[2])):
+            c.execute(insert(events_table).values(
+                stream_id=sid, version=v, event_id=env.message_id, type=env.type,
+                body=env.to_json(), recorded_at=now))
+    store = EventStore(engine)
+    loaded = store.load("apartment:a1")
+    assert [e.message_id for e in loaded] == [envs[1].message_id, envs[2].message_id,
+                                              envs[3].message_id]
+    assert loaded == [envs[1], envs[2], envs[3]]  # the envelopes round-trip
+    assert store.load("apartment:none") == []
+
+    # and through the writer, appended after those
+    more = [env_of(apartment_added(4)), env_of(apartment_added(5))]
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=3,
+                                          events=more)) is None
+    assert [e.message_id for e in store.load("apartment:a1")][3:] == [
+        m.message_id for m in more]
+
+
+def test_seen_returns_the_stored_reply(writer: StoreWriter, engine: Engine) -> None:
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0,
+                                          inbox=InboxEntry("intake", "m-1", b'{"ok": 1}'))) is None
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0,
+                                          inbox=InboxEntry("payment", "m-2"))) is None
+    store = EventStore(engine)
+    assert store.seen("intake", "m-1") == (True, b'{"ok": 1}')
+    assert store.seen("payment", "m-2") == (True, None)
+    assert store.seen("payment", "m-1") == (False, None)
+    assert store.seen("intake", "m-3") == (False, None)
