@@ -18,16 +18,19 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pykka
 
 from actors.base import EntityContext, Handle, ReportFailure
+from actors.channels import SmtpChannel
 from actors.directory import Directory
 from actors.notifier import NotifierActor
 from actors.payment import PaymentActor, PaymentGateway, SimulatedGateway
+from actors.policy import CancellationPolicy, Lifecycle
 from actors.search import SearchActor
+from actors.timers import TimerService
 from broker.base import Broker, Delivery
 from broker.rabbitmq import RabbitBroker
 from broker.relay import Relay
@@ -136,15 +139,31 @@ class Node:
             self.engine, decline_rate=settings.payment.decline_rate,
             decline_token_prefix=settings.payment.decline_token_prefix)
         a = settings.actors
+        lc = settings.lifecycle
+        lifecycle = Lifecycle(
+            request_ttl=timedelta(seconds=lc.request_ttl_seconds),
+            policy=CancellationPolicy(
+                full_refund_days=lc.full_refund_days,
+                early_refund_percent=lc.early_refund_percent,
+                late_refund_percent=lc.late_refund_percent,
+                owner_refund_percent=lc.owner_refund_percent))
         sup = settings.supervision
         self.directory = Directory(
             EntityContext(self.store, self.writer, max_stay_nights=a.max_stay_nights,
-                          today=today, inject=inject),
+                          today=today, inject=inject, lifecycle=lifecycle),
             max_live=a.max_live, idle_seconds=a.idle_seconds,
             intensity=intensity_of(sup.entities), backoff=backoff_of(sup.entities),
             poison_retries=sup.poison_retries, handler_timeout=sup.handler_timeout_seconds)
         self._routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
                                                                   "search")}
+        self.timers = TimerService(self.engine, self.writer,
+                                   poll_interval=lc.timer_poll_seconds,
+                                   refire_after=lc.timer_refire_seconds)
+        n = settings.notify
+        domain = n.email_domain
+        self.smtp: SmtpChannel | None = None if n.smtp_host is None else SmtpChannel(
+            self.engine, self.writer, host=n.smtp_host, port=n.smtp_port, sender=n.sender,
+            address_of=lambda who: f"{who}@{domain}", poll_interval=n.poll_seconds)
         self.counters = Counters()
         self.consumers: dict[str, Any] = {}
         self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
@@ -166,12 +185,16 @@ class Node:
             nested("infrastructure", [
                 service_child("store", lambda: self.writer, backoff=backoff_of(infra)),
                 service_child("relay", lambda: self.relay, backoff=backoff_of(infra)),
+                service_child("timers", lambda: self.timers, backoff=backoff_of(infra)),
+                *self._smtp_spec(backoff_of(infra)),
             ]),
             service_child("entities", lambda: self.directory, shutdown=30,
                           backoff=backoff_of(sup.root)),
             nested("handlers", [
                 self._handler_spec("payment", lambda r: PaymentActor.start(
-                    "payment", self.store, self.writer, r, self.gateway)),
+                    "payment", self.store, self.writer, r, self.gateway,
+                    max_attempts=self.settings.payment.max_attempts,
+                    retry_delay=self.settings.payment.retry_delay)),
                 self._handler_spec("notifier", lambda r: NotifierActor.start(
                     "notifier", self.store, self.writer, r)),
                 self._handler_spec("search", lambda r: SearchActor.start(
@@ -187,6 +210,13 @@ class Node:
                 self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
             ]),
         ]
+
+    def _smtp_spec(self, backoff: Backoff | None) -> list[ChildSpec]:
+        """The e-mail channel's child, when one is configured."""
+        smtp = self.smtp
+        if smtp is None:
+            return []
+        return [service_child("smtp", lambda: smtp, backoff=backoff)]
 
     def _handler_spec(self, name: str,
                       start: Callable[[ReportFailure], pykka.ActorRef[Any]]
@@ -334,6 +364,8 @@ class Node:
             "commits": self.writer.commits,
             "batches": self.writer.batches,
             "published": self.relay.published,
+            "timers_fired": self.timers.fired,
+            "emails_sent": 0 if self.smtp is None else self.smtp.sent,
         }
 
 

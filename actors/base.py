@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import pykka
 
+from actors.policy import Lifecycle
 from broker.base import Delivery
 from messages.base import Envelope, Message
 from messages.events import CommandRejected, ReservationRejected
@@ -231,6 +232,7 @@ class EntityContext:
     writer: StoreWriter
     max_stay_nights: int = 30
     today: Callable[[], date] = date.today
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
     inject: Callable[[str, Envelope], None] | None = None
 
 

@@ -3,7 +3,12 @@
 Each notification is a row unique on ``(event_id, recipient)`` written in the same
 transaction as the inbox row and a ``NotificationSent`` event, so a redelivered event
 never notifies anyone twice. The channel here is the stored log (a person's inbox in
-the database); other channels deliver from the ``NotificationSent`` events.
+the database); other channels (:mod:`actors.channels`, e.g. SMTP) deliver from the
+stored rows, each row once.
+
+Who hears what: the owner hears of a new request, a withdrawal and a cancellation;
+the guest hears of acceptance, refusal (including "already taken"), confirmation,
+payment failure, an owner's cancellation, a refund and expiry.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ from messages import (
     Envelope,
     Message,
     NotificationSent,
+    Party,
     PaymentFailed,
+    RefundIssued,
+    RequestWithdrawn,
     ReservationAccepted,
+    ReservationCancelled,
     ReservationConfirmed,
+    ReservationExpired,
     ReservationRejected,
     ReservationRequested,
 )
@@ -55,8 +65,10 @@ def notes_for(event: Message) -> list[Note]:
                          f"{event.total_price / 100:.2f}.")]
         case ReservationRejected():
             why = {"already_taken": "those dates are already taken",
-                   "rejected_by_owner": "the owner declined"}.get(event.reason.value,
-                                                                  event.reason.value)
+                   "rejected_by_owner": "the owner declined",
+                   "dates_blocked": "the owner is not renting those dates",
+                   "apartment_delisted": "the apartment is no longer offered",
+                   }.get(event.reason.value, event.reason.value)
             return [Note(event.guest_id, "Your request was not accepted",
                          f"Reservation {event.reservation_id}: {why}.")]
         case ReservationConfirmed():
@@ -67,10 +79,41 @@ def notes_for(event: Message) -> list[Note]:
         case PaymentFailed():
             return [Note(event.guest_id, "Payment failed",
                          f"Reservation {event.reservation_id}: the charge of "
-                         f"{event.amount / 100:.2f} failed ({event.reason}).")]
+                         f"{event.amount / 100:.2f} failed ({event.reason}); the booking "
+                         f"is cancelled and the dates released.")]
+        case RequestWithdrawn():
+            return [Note(event.owner_id, "Request withdrawn",
+                         f"{event.guest_id} withdrew request {event.reservation_id}.")]
+        case ReservationExpired():
+            return [Note(event.guest_id, "Your request expired",
+                         f"Reservation {event.reservation_id} ({event.start} to {event.end}) "
+                         f"was not answered in time; nothing will be charged.")]
+        case ReservationCancelled():
+            return _cancellation_notes(event)
+        case RefundIssued():
+            return [Note(event.guest_id, "Refund issued",
+                         f"Reservation {event.reservation_id}: {event.amount / 100:.2f} "
+                         f"refunded to the card ending {event.card_last4} "
+                         f"({event.refund_id}).")]
         case CommandRejected():
             return []
     return []
+
+
+def _cancellation_notes(e: ReservationCancelled) -> list[Note]:
+    what = f"Reservation {e.reservation_id} ({e.start} to {e.end})"
+    if e.cancelled_by is Party.SYSTEM:
+        # the guest already heard "payment failed"; the owner learns the dates are free
+        return [Note(e.owner_id, "Reservation cancelled",
+                     f"{what} was cancelled: the payment failed. The dates are free again.")]
+    notes = [Note(e.owner_id, "Reservation cancelled",
+                  f"{what} was cancelled by the {e.cancelled_by.value}. "
+                  f"The dates are free again.")]
+    if e.cancelled_by is Party.OWNER:
+        notes.append(Note(e.guest_id, "Your reservation was cancelled",
+                          f"{what} was cancelled by the owner; "
+                          f"{e.refund_amount / 100:.2f} will be refunded."))
+    return notes
 
 
 class NotifierActor(HandlerActor):

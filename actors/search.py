@@ -1,7 +1,10 @@
-"""Search: its own copy of the apartments and booked nights, and the queries on it.
+"""Search: its own copy of the apartments and taken nights, and the queries on it.
 
-Search knows only what the events told it (``ApartmentAdded``, ``DatesBooked``); it
-answers ``SearchApartments`` by request/reply and never asks another actor.
+Search knows only what the events told it: apartments (added, updated, delisted,
+relisted) and nights not offered (booked by a reservation or blocked by the owner,
+until released or unblocked). It answers ``SearchApartments`` by request/reply and
+never asks another actor. Blocks share the taken-nights table under the key
+``block:<id>``, so one ``NOT EXISTS`` excludes both.
 """
 
 from __future__ import annotations
@@ -9,13 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from sqlalchemy import Connection, and_, exists, func, insert, not_, select
+from sqlalchemy import Connection, Executable, and_, delete, exists, func, insert, not_, select
+from sqlalchemy import update as sql_update
 
 from actors.handler import HandlerActor, Reaction
 from messages import (
     ApartmentAdded,
+    ApartmentDelisted,
     ApartmentHit,
+    ApartmentRelisted,
+    ApartmentUpdated,
+    DatesBlocked,
     DatesBooked,
+    DatesReleased,
+    DatesUnblocked,
     Envelope,
     Message,
     SearchApartments,
@@ -23,6 +33,7 @@ from messages import (
 )
 from store.tables import search_apartments_table as apts
 from store.tables import search_booked_table as booked
+from store.tables import search_delisted_table as delisted
 
 
 class SearchActor(HandlerActor):
@@ -45,6 +56,26 @@ class SearchActor(HandlerActor):
                     "apartment_id": aid, "reservation_id": event.reservation_id,
                     "start": event.start, "end": event.end}
                 return Reaction(effects=[_insert(booked, booked_row)])
+            case ApartmentUpdated():
+                return Reaction(effects=[_run(sql_update(apts).where(
+                    apts.c.apartment_id == aid).values(
+                    price_per_night=event.price_per_night, capacity=event.capacity))])
+            case ApartmentDelisted():
+                return Reaction(effects=[
+                    _run(delete(delisted).where(delisted.c.apartment_id == aid)),
+                    _run(insert(delisted).values(apartment_id=aid))])
+            case ApartmentRelisted():
+                return Reaction(effects=[
+                    _run(delete(delisted).where(delisted.c.apartment_id == aid))])
+            case DatesBlocked():
+                block_row: dict[str, object] = {
+                    "apartment_id": aid, "reservation_id": f"block:{event.block_id}",
+                    "start": event.start, "end": event.end}
+                return Reaction(effects=[_insert(booked, block_row)])
+            case DatesUnblocked():
+                return Reaction(effects=[_release(aid, f"block:{event.block_id}")])
+            case DatesReleased():
+                return Reaction(effects=[_release(aid, event.reservation_id)])
         return Reaction()
 
     def answer(self, envelope: Envelope) -> Message:
@@ -61,9 +92,21 @@ def _insert(table: object, row: Mapping[str, object]) -> Callable[[Connection], 
     return effect
 
 
+def _run(statement: Executable) -> Callable[[Connection], None]:
+    def effect(conn: Connection) -> None:
+        conn.execute(statement)
+    return effect
+
+
+def _release(apartment_id: str | None, key: str) -> Callable[[Connection], None]:
+    return _run(delete(booked).where(booked.c.apartment_id == apartment_id,
+                                     booked.c.reservation_id == key))
+
+
 def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResults:
-    """Apartments matching ``q``, cheapest first, paginated."""
-    cond = [apts.c.capacity >= q.guests]
+    """Apartments matching ``q``, by price (cheapest first unless asked), paginated."""
+    cond = [apts.c.capacity >= q.guests,
+            not_(exists().where(delisted.c.apartment_id == apts.c.apartment_id))]
     if q.city:
         cond.append(func.lower(apts.c.city) == q.city.lower())
     if q.min_price is not None:
@@ -75,10 +118,12 @@ def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResu
                                     booked.c.start < q.end, q.start < booked.c.end))
         cond.append(not_(taken))
     where = and_(*cond)
+    price = (apts.c.price_per_night.desc() if q.sort == "price_desc"
+             else apts.c.price_per_night.asc())
     with connect() as conn:
         total = conn.execute(select(func.count()).select_from(apts).where(where)).scalar_one()
         rows = conn.execute(select(apts).where(where)
-                            .order_by(apts.c.price_per_night, apts.c.apartment_id)
+                            .order_by(price, apts.c.apartment_id)
                             .limit(q.limit).offset(q.offset)).all()
     hits = [ApartmentHit(apartment_id=r.apartment_id, city=r.city, title=r.title,
                          price_per_night=r.price_per_night, capacity=r.capacity) for r in rows]

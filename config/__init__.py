@@ -88,6 +88,30 @@ class PaymentSettings(BaseModel):
 
     decline_rate: float = Field(0.0, ge=0.0, le=1.0)
     decline_token_prefix: str = "tok_decline"
+    max_attempts: int = Field(3, ge=1, le=20)      # gateway calls per charge / refund
+    retry_delay: float = Field(0.2, ge=0.0)        # first pause between them, doubled
+
+
+class LifecycleSettings(BaseModel):
+    """How long a request waits for the owner, and what a cancellation refunds."""
+
+    request_ttl_seconds: float = Field(86_400.0, gt=0)
+    full_refund_days: int = Field(7, ge=0)
+    early_refund_percent: int = Field(100, ge=0, le=100)
+    late_refund_percent: int = Field(50, ge=0, le=100)
+    owner_refund_percent: int = Field(100, ge=0, le=100)
+    timer_poll_seconds: float = Field(1.0, gt=0)
+    timer_refire_seconds: float = Field(60.0, gt=0)
+
+
+class NotifySettings(BaseModel):
+    """Channels: the stored log always; e-mail too when ``smtp_host`` is set."""
+
+    smtp_host: str | None = None
+    smtp_port: int = Field(25, ge=1, le=65535)
+    sender: str = "staybook@localhost"
+    email_domain: str = "localhost"   # a person's address is <id>@<email_domain>
+    poll_seconds: float = Field(1.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -108,6 +132,8 @@ class Settings(BaseSettings):
     actors: ActorSettings = ActorSettings()
     supervision: SupervisionSettings = SupervisionSettings()
     payment: PaymentSettings = PaymentSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    notify: NotifySettings = NotifySettings()
 
     @classmethod
     def settings_customise_sources(
@@ -133,6 +159,8 @@ class Settings(BaseSettings):
 __all__ = [
     "ActorSettings",
     "BrokerSettings",
+    "LifecycleSettings",
+    "NotifySettings",
     "PaymentSettings",
     "Settings",
     "StoreSettings",

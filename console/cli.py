@@ -139,12 +139,17 @@ def search(
 @app.command()
 def demo(local_broker: LocalOpt = True,
          database: Annotated[str, typer.Option(help="the demo node's store")] =
-         f"sqlite:///{STATE_DIR}/demo.db") -> None:
+         f"sqlite:///{STATE_DIR}/demo.db",
+         scenario: Annotated[str, typer.Option(
+             help="booking (the talk's story) or lifecycle (cancellation, refund, "
+                  "payment failure)")] = "booking") -> None:
     """Start a node (and a local RabbitMQ if none is configured) and tell the story."""
     from broker.rabbitmq import wait_for_broker
-    from console.demo import run_demo
+    from console.demo import run_demo, run_lifecycle_demo
     from node import Node
 
+    if scenario not in ("booking", "lifecycle"):
+        raise typer.BadParameter("scenario is booking or lifecycle")
     settings = _settings()
     _logging("WARNING")
     STATE_DIR.mkdir(exist_ok=True)
@@ -157,7 +162,7 @@ def demo(local_broker: LocalOpt = True,
     node.start()
     typer.echo(f"node {settings.node_name} up on {_redact(url)}, store {settings.database_url}")
     try:
-        run_demo(url, node.topology)
+        (run_lifecycle_demo if scenario == "lifecycle" else run_demo)(url, node.topology)
     except AssertionError as exc:
         typer.echo(f"the demo went wrong: {exc}", err=True)
         raise typer.Exit(1) from exc

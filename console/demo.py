@@ -1,9 +1,11 @@
-"""The talk's scenario, told through real messages on RabbitMQ.
+"""The demo's scenarios, told through real messages on RabbitMQ.
 
-An owner adds an apartment; guest A asks for next week and the owner accepts; guest
-B asks for next Friday and hears "already taken"; A's card is charged; A is notified;
-search no longer offers those dates. Every command, reply and event is printed; the
-events are read from a tap queue bound to every event exchange.
+``run_demo``, the talk's scenario: an owner adds an apartment; guest A asks for next
+week and the owner accepts; guest B asks for next Friday and hears "already taken";
+A's card is charged; A is notified; search no longer offers those dates.
+``run_lifecycle_demo``: a cancellation with its refund, then a declined card and its
+compensation. Every command, reply and event is printed; the events are read from a
+tap queue bound to every event exchange.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from broker.topology import Topology
 from messages import (
     AcceptReservation,
     AddApartment,
+    CancelReservation,
     Envelope,
     Message,
     RequestReservation,
@@ -179,3 +182,112 @@ def _brief(data: dict[str, Any]) -> str:
             and v not in (None, "")}
     text = json.dumps(keep, default=str)
     return text if len(text) < 160 else text[:157] + "..."
+
+
+@dataclass
+class LifecycleResult:
+    """What the second scenario saw, for its end-to-end test."""
+
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    search_booked: int = 0
+    search_after: int = 0
+
+
+def run_lifecycle_demo(url: str, topology: Topology | None = None, *,
+                       out: Callable[[str], None] = print, today: date | None = None,
+                       settle_timeout: float = 20.0) -> LifecycleResult:
+    """The second scenario: a cancellation with its refund, then a payment that fails.
+
+    Guest A books the week after next and cancels (more than 7 days ahead: the full
+    price comes back). Guest B asks for the same week with a card that is declined:
+    the owner accepts, the charge fails, the reservation process cancels it and the
+    week is free again.
+
+    Raises:
+        AssertionError: when the story does not end as it must.
+    """
+    topo = topology or Topology()
+    result = LifecycleResult()
+    lock = threading.Lock()
+    suffix = new_id()[:6]
+    apt, owner, guest_a, guest_b = (f"apt-{suffix}", f"olivia-{suffix}", f"ana-{suffix}",
+                                    f"ben-{suffix}")
+    rid_a, rid_b = f"res-a-{suffix}", f"res-b-{suffix}"
+    mine: set[str] = set()
+
+    def on_event(ev: dict[str, Any]) -> None:
+        with lock:
+            if ev.get("correlation_id") in mine:
+                result.events.append(ev)
+                out(f"    event  {ev['type']:<22} {_brief(ev['payload'])}")
+
+    def seen(kind: str, n: int = 1) -> Callable[[], bool]:
+        def check() -> bool:
+            with lock:
+                return [e["type"] for e in result.events].count(kind) >= n
+        return check
+
+    tap = EventTap(url, topo, on_event)
+    client = Client(url, topo)
+    try:
+        def send(label: str, payload: Message) -> dict[str, Any]:
+            env = Envelope.new(payload, apartment_id=apt)
+            with lock:
+                mine.add(env.correlation_id)
+            out(f"\n>>> {label}\n    send   {env.type:<22} "
+                f"{_brief(payload.model_dump(mode='json'))}")
+            reply = client.request(env, timeout=10).payload.model_dump(mode="json")
+            out(f"    reply  {_brief(reply)}")
+            return reply
+
+        monday, _next, _friday = next_week(today or date.today())
+        start, end = monday + timedelta(days=7), monday + timedelta(days=14)
+        result.replies["add"] = send("An owner adds an apartment", AddApartment(
+            owner_id=owner, city="Lisbon", title="Quiet flat in Graça",
+            price_per_night=8000, capacity=2))
+        result.replies["request_a"] = send(
+            f"Guest A asks for the week after next ({start} to {end})",
+            RequestReservation(reservation_id=rid_a, guest_id=guest_a, start=start, end=end))
+        result.replies["accept_a"] = send("The owner accepts", AcceptReservation(
+            reservation_id=rid_a, owner_id=owner))
+        _wait(seen("ReservationConfirmed"), settle_timeout)
+        _wait(lambda: _count(client, topo, start, end, apt) == 0, settle_timeout)
+        result.search_booked = _count(client, topo, start, end, apt)
+        result.replies["cancel_a"] = send(
+            "Guest A cancels, more than 7 days ahead: a full refund",
+            CancelReservation(reservation_id=rid_a, by=guest_a))
+        _wait(seen("RefundIssued"), settle_timeout)
+        result.replies["request_b"] = send(
+            "Guest B asks for the same week, with a card that will be declined",
+            RequestReservation(reservation_id=rid_b, guest_id=guest_b, start=start, end=end,
+                               card_token="tok_decline_demo", card_last4="0002"))
+        result.replies["accept_b"] = send("The owner accepts", AcceptReservation(
+            reservation_id=rid_b, owner_id=owner))
+        _wait(seen("ReservationCancelled", 2), settle_timeout)
+        _wait(lambda: _count(client, topo, start, end, apt) == 1, settle_timeout)
+        result.search_after = _count(client, topo, start, end, apt)
+        out(f"\n    search for {start}..{end} in Lisbon offers {apt} again: "
+            f"{result.search_after == 1}")
+    finally:
+        client.close()
+        time.sleep(0.2)
+        tap.close()
+    _check_lifecycle(result)
+    out("\nThe story holds: A cancelled and got the full price back, B's card was declined, "
+        "B's booking was cancelled and the week is free again.")
+    return result
+
+
+def _check_lifecycle(r: LifecycleResult) -> None:
+    types = [e["type"] for e in r.events]
+    for step in ("add", "request_a", "accept_a", "cancel_a", "request_b", "accept_b"):
+        assert r.replies[step]["status"] == "ok", (step, r.replies[step])
+    cancelled = [e["payload"] for e in r.events if e["type"] == "ReservationCancelled"]
+    assert [(c["cancelled_by"], c["reason"]) for c in cancelled] == [
+        ("guest", "cancelled_by_guest"), ("system", "payment_failed")], cancelled
+    refunds = [e["payload"]["amount"] for e in r.events if e["type"] == "RefundIssued"]
+    assert refunds == [cancelled[0]["total_price"]], refunds
+    assert types.count("PaymentFailed") == 1, types
+    assert types.count("PaymentSucceeded") == 1, types
+    assert r.search_booked == 0 and r.search_after == 1, (r.search_booked, r.search_after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Literal
 
 from pydantic import Field
 
@@ -54,6 +55,79 @@ class RejectReservation(Message):
     owner_id: str = _ID
 
 
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class UpdateApartment(Message):
+    """The owner changes price, description or capacity; pending requests keep their price."""
+
+    owner_id: str = _ID
+    price_per_night: int | None = Field(None, le=100_000_000)
+    description: str | None = Field(None, max_length=2000)
+    capacity: int | None = Field(None, le=100)
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class DelistApartment(Message):
+    """The owner stops taking requests; pending ones are turned down."""
+
+    owner_id: str = _ID
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class RelistApartment(Message):
+    """The owner takes requests again."""
+
+    owner_id: str = _ID
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class BlockDates(Message):
+    """The owner takes the nights [start, end) off the market (``block_id`` names them)."""
+
+    owner_id: str = _ID
+    block_id: str = _ID
+    start: date
+    end: date
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class UnblockDates(Message):
+    """The owner offers the nights of a block again."""
+
+    owner_id: str = _ID
+    block_id: str = _ID
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class WithdrawRequest(Message):
+    """The guest takes back a request the owner has not answered yet."""
+
+    reservation_id: str = _ID
+    guest_id: str = _ID
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class CancelReservation(Message):
+    """The guest or the owner cancels an accepted reservation (``by`` says who asks)."""
+
+    reservation_id: str = _ID
+    by: str = _ID
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class ExpireReservation(Message):
+    """The expiry timer: a request unanswered past its deadline expires."""
+
+    reservation_id: str = _ID
+
+
+@register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
+class CancelUnpaidReservation(Message):
+    """The reservation process: the charge failed, so give the dates back."""
+
+    reservation_id: str = _ID
+    reason: str = Field(max_length=100)
+
+
 @register(Kind.QUERY, exchange=QUERIES_EXCHANGE, consumers=(Consumer.SEARCH,))
 class SearchApartments(Message):
     """Which apartments match: city, price per night range, guests, free dates."""
@@ -64,5 +138,6 @@ class SearchApartments(Message):
     guests: int = Field(1, ge=1, le=100)
     start: date | None = None
     end: date | None = None
+    sort: Literal["price_asc", "price_desc"] = "price_asc"
     limit: int = Field(20, ge=1, le=100)
     offset: int = Field(0, ge=0, le=10_000)

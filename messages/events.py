@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 
 from pydantic import Field
@@ -32,6 +32,26 @@ class Reason(StrEnum):
     INVALID_CAPACITY = "invalid_capacity"
     NOT_OWNER = "not_owner"
     NOT_PENDING = "not_pending"
+    NOT_GUEST = "not_guest"
+    NOT_ACCEPTED = "not_accepted"
+    APARTMENT_DELISTED = "apartment_delisted"
+    ALREADY_DELISTED = "already_delisted"
+    NOT_DELISTED = "not_delisted"
+    DATES_BLOCKED = "dates_blocked"
+    BLOCK_EXISTS = "block_exists"
+    UNKNOWN_BLOCK = "unknown_block"
+    TOO_LATE = "too_late"
+    NOT_DUE = "not_due"
+    NOTHING_TO_CHANGE = "nothing_to_change"
+    PAYMENT_NOT_FAILED = "payment_not_failed"
+
+
+class Party(StrEnum):
+    """Who ended a reservation."""
+
+    GUEST = "guest"
+    OWNER = "owner"
+    SYSTEM = "system"
 
 
 @register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
@@ -63,6 +83,7 @@ class ReservationRequested(Message):
     total_price: int
     card_token: str
     card_last4: str
+    expires_at: datetime | None = None
 
 
 @register(
@@ -155,6 +176,130 @@ class ReservationConfirmed(Message):
     amount: int
     charge_id: str
     card_last4: str
+
+
+@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+class ApartmentUpdated(Message):
+    """The owner changed the apartment; these are its values now."""
+
+    owner_id: str
+    price_per_night: int
+    description: str
+    capacity: int
+
+
+@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+class ApartmentDelisted(Message):
+    """The apartment takes no requests and is not offered."""
+
+    owner_id: str
+
+
+@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+class ApartmentRelisted(Message):
+    """The apartment takes requests and is offered again."""
+
+    owner_id: str
+
+
+@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+class DatesBlocked(Message):
+    """The owner took the nights [start, end) off the market."""
+
+    block_id: str
+    start: date
+    end: date
+
+
+@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+class DatesUnblocked(Message):
+    """The nights of a block are offered again."""
+
+    block_id: str
+    start: date
+    end: date
+
+
+@register(
+    Kind.EVENT,
+    exchange=RESERVATION_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+)
+class RequestWithdrawn(Message):
+    """The guest took back a pending request."""
+
+    reservation_id: str
+    guest_id: str
+    owner_id: str
+
+
+@register(
+    Kind.EVENT,
+    exchange=RESERVATION_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+)
+class ReservationExpired(Message):
+    """The owner did not answer in time; the request lapsed."""
+
+    reservation_id: str
+    guest_id: str
+    owner_id: str
+    start: date
+    end: date
+
+
+@register(
+    Kind.EVENT,
+    exchange=RESERVATION_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.PAYMENT, Consumer.RESERVATIONS),
+)
+class ReservationCancelled(Message):
+    """An accepted reservation ended early; ``refund_amount`` is owed back (at most)."""
+
+    reservation_id: str
+    guest_id: str
+    owner_id: str
+    cancelled_by: Party
+    reason: str
+    start: date
+    end: date
+    total_price: int
+    refund_amount: int
+    card_last4: str = ""
+
+
+@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.SEARCH,))
+class DatesReleased(Message):
+    """The nights [start, end) a reservation held are free again."""
+
+    reservation_id: str
+    start: date
+    end: date
+
+
+@register(
+    Kind.EVENT,
+    exchange=PAYMENT_EVENTS,
+    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+)
+class RefundIssued(Message):
+    """Money went back to the guest's card, once per reservation."""
+
+    reservation_id: str
+    guest_id: str
+    amount: int
+    refund_id: str
+    card_last4: str
+
+
+@register(Kind.EVENT, exchange=PAYMENT_EVENTS, consumers=(Consumer.RESERVATIONS,))
+class RefundFailed(Message):
+    """The refund did not go through after bounded retries; an operator must act."""
+
+    reservation_id: str
+    guest_id: str
+    amount: int
+    reason: str
 
 
 @register(Kind.EVENT, exchange=NOTIFICATION_EVENTS)

@@ -42,7 +42,7 @@ class ApartmentHit(Message):
 
 @register(Kind.REPLY)
 class SearchResults(Message):
-    """Apartments matching a SearchApartments query, cheapest first."""
+    """Apartments matching a SearchApartments query, in its price order, one page."""
 
     apartments: list[ApartmentHit]
     total: int

@@ -113,6 +113,54 @@ class GatewayChargeRow(SQLModel, table=True):
     created_at: datetime
 
 
+class GatewayRefundRow(SQLModel, table=True):
+    """The simulated gateway's refunds: one per idempotency key."""
+
+    __tablename__ = "sim_gateway_refunds"
+
+    idempotency_key: str = Field(primary_key=True, max_length=100)
+    charge_key: str = Field(max_length=100, index=True)
+    refund_id: str = Field(max_length=100)
+    amount: int
+    created_at: datetime
+
+
+class SearchDelistedRow(SQLModel, table=True):
+    """Apartments search does not offer while their owner has them delisted."""
+
+    __tablename__ = "search_delisted"
+
+    apartment_id: str = Field(primary_key=True, max_length=100)
+
+
+class TimerRow(SQLModel, table=True):
+    """A durable timer: fire ``command`` for an apartment at ``due_at``.
+
+    Written in the same commit as the event that starts it and deleted in the commit
+    that makes it moot, so it exists exactly while it matters, across restarts.
+    """
+
+    __tablename__ = "timers"
+
+    timer_id: str = Field(primary_key=True, max_length=150)
+    apartment_id: str = Field(max_length=100)
+    reservation_id: str = Field(max_length=100)
+    command: str = Field(max_length=100)
+    due_at: datetime = Field(index=True)
+    attempts: int = 0
+    fired_at: datetime | None = None
+
+
+class EmailDeliveryRow(SQLModel, table=True):
+    """A stored notification that the SMTP channel handed to the mail server."""
+
+    __tablename__ = "email_deliveries"
+
+    notification_id: str = Field(primary_key=True, max_length=100)
+    address: str = Field(max_length=200)
+    delivered_at: datetime
+
+
 events_table = EventRow.__table__  # type: ignore[attr-defined]
 outbox_table = OutboxRow.__table__  # type: ignore[attr-defined]
 inbox_table = InboxRow.__table__  # type: ignore[attr-defined]
@@ -120,3 +168,7 @@ notifications_table = NotificationRow.__table__  # type: ignore[attr-defined]
 search_apartments_table = SearchApartmentRow.__table__  # type: ignore[attr-defined]
 search_booked_table = SearchBookedRow.__table__  # type: ignore[attr-defined]
 gateway_charges_table = GatewayChargeRow.__table__  # type: ignore[attr-defined]
+gateway_refunds_table = GatewayRefundRow.__table__  # type: ignore[attr-defined]
+search_delisted_table = SearchDelistedRow.__table__  # type: ignore[attr-defined]
+timers_table = TimerRow.__table__  # type: ignore[attr-defined]
+email_deliveries_table = EmailDeliveryRow.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,226 @@
+"""Durable timers: a pending request expires even if every node restarted meanwhile.
+
+A timer is a row in ``timers``. It is written in the *same commit* as the
+``ReservationRequested`` that starts it, and deleted in the commit that makes it
+moot (the request was accepted, rejected, withdrawn, cancelled or expired), so it
+exists exactly while its request is pending: no scan of the event store, nothing to
+lose between a commit and a timer.
+
+The :class:`TimerService` fires due timers by putting an ``ExpireReservation``
+command in the outbox (the relay publishes it to the commands exchange, routed by
+apartment like any producer's command). Its ``message_id`` is deterministic
+(``expire:<reservation>:<attempt>``), so a crash between the outbox write and the
+attempt count only re-sends the same message, which the apartment's inbox answers
+once. A timer still present ``refire_after`` seconds later (its command was lost or
+refused as early because of clock skew) fires again as a new attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
+
+from actors.base import EntityContext
+from messages import (
+    Envelope,
+    ExpireReservation,
+    Message,
+    RequestWithdrawn,
+    ReservationAccepted,
+    ReservationCancelled,
+    ReservationExpired,
+    ReservationRejected,
+    ReservationRequested,
+    spec_of,
+)
+from store import Commit, StoreWriter
+from store.tables import outbox_table, timers_table
+from store.writer import Effect
+
+log = logging.getLogger(__name__)
+
+EXPIRE = "expire"
+
+_ENDS_PENDING = (ReservationAccepted, ReservationRejected, RequestWithdrawn,
+                 ReservationExpired, ReservationCancelled)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """The same instant in UTC (naive times are taken as UTC already)."""
+    if moment.utcoffset() is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def expiry_timer_id(reservation_id: str) -> str:
+    """The id of a request's expiry timer."""
+    return f"{EXPIRE}:{reservation_id}"
+
+
+def timer_effects(events: Sequence[Envelope]) -> list[Effect]:
+    """The timer rows a commit of ``events`` starts or clears. Pure (returns statements)."""
+    effects: list[Effect] = []
+    for env in events:
+        p: Message = env.payload
+        if isinstance(p, ReservationRequested) and p.expires_at is not None:
+            effects.append(_start(expiry_timer_id(p.reservation_id), env.apartment_id or "",
+                                  p.reservation_id, as_utc(p.expires_at)))
+        elif isinstance(p, _ENDS_PENDING):
+            effects.append(_clear(expiry_timer_id(p.reservation_id)))
+    return effects
+
+
+def _start(timer_id: str, apartment_id: str, rid: str, due: datetime) -> Effect:
+    def effect(conn: Connection) -> None:
+        conn.execute(insert(timers_table).values(
+            timer_id=timer_id, apartment_id=apartment_id, reservation_id=rid,
+            command=ExpireReservation.__name__, due_at=due, attempts=0, fired_at=None))
+    return effect
+
+
+def _clear(timer_id: str) -> Effect:
+    def effect(conn: Connection) -> None:
+        conn.execute(delete(timers_table).where(timers_table.c.timer_id == timer_id))
+    return effect
+
+
+class _TimerWriter:
+    """Adds each commit's timer statements to it, then hands it to the real writer.
+
+    The entity base builds commits itself; wrapping its writer is how the apartment
+    enlists the timer rows in the same transaction without changing that base.
+    """
+
+    def __init__(self, inner: StoreWriter) -> None:
+        self._inner = inner
+
+    def submit(self, commit: Commit) -> None:
+        """Queue ``commit`` with its timer statements."""
+        extra = timer_effects(commit.events)
+        if extra:
+            commit = replace(commit, effects=[*commit.effects, *extra])
+        self._inner.submit(commit)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def with_timers(ctx: EntityContext) -> EntityContext:
+    """A context whose writer also writes the timers of what is committed."""
+    if isinstance(ctx.writer, _TimerWriter):
+        return ctx
+    return replace(ctx, writer=cast(StoreWriter, _TimerWriter(ctx.writer)))
+
+
+def pending_timers(engine: Engine) -> list[dict[str, Any]]:
+    """Every timer not yet moot, soonest first (for the operator and tests)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(timers_table).order_by(timers_table.c.due_at)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+class TimerService:
+    """Fires due timers as commands through the outbox; a supervised service.
+
+    Args:
+        engine: the store (reads the timers).
+        writer: the store's writer (outbox rows and attempt counts, in one commit).
+        poll_interval: seconds between looks at the timers table.
+        refire_after: seconds before a fired timer that is still there fires again.
+        batch: most timers fired per look.
+        clock: the current time (UTC); injectable for tests.
+    """
+
+    name = "timers"
+
+    def __init__(self, engine: Engine, writer: StoreWriter, *, poll_interval: float = 0.5,
+                 refire_after: float = 30.0, batch: int = 100,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._poll = poll_interval
+        self._refire = timedelta(seconds=refire_after)
+        self._batch = batch
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.fired = 0
+
+    def start(self) -> None:
+        """Start the polling thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="timers", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current look."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the polling thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.fire_due()
+            except Exception as exc:  # noqa: BLE001 - the timers stay; next look retries
+                log.warning("timers: firing failed (%r); retrying", exc)
+            self._stop.wait(self._poll)
+
+    def fire_due(self) -> int:
+        """Fire every due timer once, durably; returns how many fired."""
+        now = as_utc(self._clock())
+        q = (select(timers_table)
+             .where(timers_table.c.due_at <= now,
+                    or_(timers_table.c.fired_at.is_(None),
+                        timers_table.c.fired_at <= now - self._refire))
+             .order_by(timers_table.c.due_at).limit(self._batch))
+        with self._engine.connect() as conn:
+            rows = conn.execute(q).all()
+        if not rows:
+            return 0
+        effects: list[Effect] = []
+        for r in rows:
+            attempt = r.attempts + 1
+            mid = f"{r.timer_id}:{attempt}"
+            env = Envelope(message_id=mid, correlation_id=mid, type=r.command, version=1,
+                           apartment_id=r.apartment_id,
+                           payload=ExpireReservation(reservation_id=r.reservation_id))
+            effects.append(_fire(r.timer_id, env, attempt, now))
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def on_done(exc: BaseException | None) -> None:
+            if exc is not None:
+                failure.append(exc)
+            done.set()
+
+        self._writer.submit(Commit(stream_id=None, expected_version=0, effects=effects,
+                                   on_done=on_done))
+        if not done.wait(30):
+            raise TimeoutError("timers: the store did not commit in time")
+        if failure:
+            raise failure[0]
+        self.fired += len(rows)
+        return len(rows)
+
+
+def _fire(timer_id: str, env: Envelope, attempt: int, now: datetime) -> Effect:
+    spec = spec_of(env.payload)
+
+    def effect(conn: Connection) -> None:
+        conn.execute(insert(outbox_table).values(
+            event_id=env.message_id, type=env.type, exchange=spec.exchange,
+            routing_key=env.apartment_id or "", body=env.to_json(), published_at=None))
+        conn.execute(update(timers_table).where(timers_table.c.timer_id == timer_id)
+                     .values(attempts=attempt, fired_at=now))
+    return effect
