@@ -1,8 +1,10 @@
 """The reservation: its lifecycle as pure functions, then the actor that runs it.
 
-A reservation's stream (``reservation:<id>``) follows one request from the moment
-the apartment records it to its end. The apartment decides everything that touches
-its calendar; the reservation runs the process that follows acceptance:
+A reservation's stream (``reservation:<id>``) follows one reservation from its
+acceptance to its end. The apartment decides everything that touches its calendar
+(requests, rejections, withdrawals and expiry never reach this process: its queue is
+bound only to what it acts on, so the many requests that are never accepted cost no
+actor); the reservation runs the process that follows acceptance:
 accepted -> charged -> confirmed, or accepted -> payment failed -> compensated. It
 reacts to events from the apartment and from the payment actor, so it works
 whatever order they arrive in.

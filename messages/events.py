@@ -10,11 +10,6 @@ from pydantic import Field
 from messages.base import Message
 from messages.registry import Consumer, Kind, register
 
-APARTMENT_EVENTS = "events.apartment"
-RESERVATION_EVENTS = "events.reservation"
-PAYMENT_EVENTS = "events.payment"
-NOTIFICATION_EVENTS = "events.notification"
-
 
 class Reason(StrEnum):
     """Why a request or a command was turned down."""
@@ -54,7 +49,7 @@ class Party(StrEnum):
     SYSTEM = "system"
 
 
-@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class ApartmentAdded(Message):
     """An apartment was listed."""
 
@@ -68,8 +63,7 @@ class ApartmentAdded(Message):
 
 @register(
     Kind.EVENT,
-    exchange=RESERVATION_EVENTS,
-    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+    consumers=(Consumer.NOTIFIER,),
 )
 class ReservationRequested(Message):
     """A guest's request is pending the owner's answer, at the price quoted now."""
@@ -88,8 +82,7 @@ class ReservationRequested(Message):
 
 @register(
     Kind.EVENT,
-    exchange=RESERVATION_EVENTS,
-    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+    consumers=(Consumer.NOTIFIER,),
 )
 class ReservationRejected(Message):
     """A request was turned down (by the rules or by the owner); the reason says why."""
@@ -102,7 +95,6 @@ class ReservationRejected(Message):
 
 @register(
     Kind.EVENT,
-    exchange=RESERVATION_EVENTS,
     consumers=(Consumer.NOTIFIER, Consumer.PAYMENT, Consumer.RESERVATIONS),
 )
 class ReservationAccepted(Message):
@@ -118,7 +110,7 @@ class ReservationAccepted(Message):
     card_last4: str
 
 
-@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class DatesBooked(Message):
     """The nights [start, end) of an apartment are taken by a reservation."""
 
@@ -127,7 +119,7 @@ class DatesBooked(Message):
     end: date
 
 
-@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.NOTIFIER,))
+@register(Kind.EVENT)
 class CommandRejected(Message):
     """A command changed nothing (wrong caller, wrong state); recorded for audit."""
 
@@ -140,7 +132,6 @@ class CommandRejected(Message):
 
 @register(
     Kind.EVENT,
-    exchange=PAYMENT_EVENTS,
     consumers=(Consumer.RESERVATIONS,),
 )
 class PaymentSucceeded(Message):
@@ -155,7 +146,6 @@ class PaymentSucceeded(Message):
 
 @register(
     Kind.EVENT,
-    exchange=PAYMENT_EVENTS,
     consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
 )
 class PaymentFailed(Message):
@@ -167,7 +157,7 @@ class PaymentFailed(Message):
     reason: str
 
 
-@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.NOTIFIER,))
+@register(Kind.EVENT, consumers=(Consumer.NOTIFIER,))
 class ReservationConfirmed(Message):
     """Accepted and paid: the reservation process finished successfully."""
 
@@ -178,7 +168,7 @@ class ReservationConfirmed(Message):
     card_last4: str
 
 
-@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class ApartmentUpdated(Message):
     """The owner changed the apartment; these are its values now."""
 
@@ -188,21 +178,21 @@ class ApartmentUpdated(Message):
     capacity: int
 
 
-@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class ApartmentDelisted(Message):
     """The apartment takes no requests and is not offered."""
 
     owner_id: str
 
 
-@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class ApartmentRelisted(Message):
     """The apartment takes requests and is offered again."""
 
     owner_id: str
 
 
-@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class DatesBlocked(Message):
     """The owner took the nights [start, end) off the market."""
 
@@ -211,7 +201,7 @@ class DatesBlocked(Message):
     end: date
 
 
-@register(Kind.EVENT, exchange=APARTMENT_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class DatesUnblocked(Message):
     """The nights of a block are offered again."""
 
@@ -222,8 +212,7 @@ class DatesUnblocked(Message):
 
 @register(
     Kind.EVENT,
-    exchange=RESERVATION_EVENTS,
-    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+    consumers=(Consumer.NOTIFIER,),
 )
 class RequestWithdrawn(Message):
     """The guest took back a pending request."""
@@ -235,8 +224,7 @@ class RequestWithdrawn(Message):
 
 @register(
     Kind.EVENT,
-    exchange=RESERVATION_EVENTS,
-    consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
+    consumers=(Consumer.NOTIFIER,),
 )
 class ReservationExpired(Message):
     """The owner did not answer in time; the request lapsed."""
@@ -250,7 +238,6 @@ class ReservationExpired(Message):
 
 @register(
     Kind.EVENT,
-    exchange=RESERVATION_EVENTS,
     consumers=(Consumer.NOTIFIER, Consumer.PAYMENT, Consumer.RESERVATIONS),
 )
 class ReservationCancelled(Message):
@@ -268,7 +255,7 @@ class ReservationCancelled(Message):
     card_last4: str = ""
 
 
-@register(Kind.EVENT, exchange=RESERVATION_EVENTS, consumers=(Consumer.SEARCH,))
+@register(Kind.EVENT, consumers=(Consumer.SEARCH,))
 class DatesReleased(Message):
     """The nights [start, end) a reservation held are free again."""
 
@@ -279,7 +266,6 @@ class DatesReleased(Message):
 
 @register(
     Kind.EVENT,
-    exchange=PAYMENT_EVENTS,
     consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
 )
 class RefundIssued(Message):
@@ -292,7 +278,7 @@ class RefundIssued(Message):
     card_last4: str
 
 
-@register(Kind.EVENT, exchange=PAYMENT_EVENTS, consumers=(Consumer.RESERVATIONS,))
+@register(Kind.EVENT, consumers=(Consumer.RESERVATIONS,))
 class RefundFailed(Message):
     """The refund did not go through after bounded retries; an operator must act."""
 
@@ -302,7 +288,7 @@ class RefundFailed(Message):
     reason: str
 
 
-@register(Kind.EVENT, exchange=NOTIFICATION_EVENTS)
+@register(Kind.EVENT)
 class NotificationSent(Message):
     """A person was told about an event, once, on one channel."""
 

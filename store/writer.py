@@ -308,7 +308,12 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int]
             current = versions.get(sid)
             if current is None:
                 current = known.get(sid)
-                if current != commit.expected_version:
+                if current is None and commit.expected_version == 0:
+                    # A stream believed new (a notification, a payment, a process):
+                    # skip the read; if it exists after all, the unique index refuses
+                    # the insert and the commit is retried alone and refused.
+                    current = 0
+                elif current != commit.expected_version:
                     # Unknown, or the cache disagrees: another writer may have appended.
                     current = _stream_version(conn, sid)
             if current != commit.expected_version:
