@@ -227,6 +227,70 @@ class ServiceChild:
         return {"kind": "service"}
 
 
+class PollingService:
+    """A supervised thread that calls :meth:`poll` until stopped.
+
+    ``poll`` returns True when there may be more to do at once; otherwise the thread
+    sleeps ``interval`` seconds or until :meth:`wake`. A failing poll is logged and
+    retried with exponential backoff up to ``max_delay``: what it was working on stays
+    where it was (in the store), so the next poll picks it up.
+
+    Args:
+        name: the child id and thread name.
+        interval: seconds between polls when idle.
+        max_delay: the cap on the retry backoff.
+    """
+
+    def __init__(self, name: str, interval: float, *, max_delay: float = 30.0) -> None:
+        self.name = name
+        self._interval = interval
+        self._max_delay = max_delay
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0
+
+    def poll(self) -> bool:
+        """Hook: do one round of work; True if another round should follow at once."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current round."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wake(self) -> None:
+        """There is work now: poll without waiting for the interval."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        delay = self._interval
+        while not self._stop.is_set():
+            try:
+                more = self.poll()
+                delay = self._interval
+            except Exception as exc:  # noqa: BLE001 - the work stays; the next poll retries
+                self.failures += 1
+                log.warning("%s: round failed (%r); retrying in %.1fs", self.name, exc, delay)
+                more = False
+                delay = min(delay * 2, self._max_delay)
+            if not more:
+                self._wake.wait(delay)
+                self._wake.clear()
+
+
 StartFn = Callable[[ReportFailure], Child]
 
 

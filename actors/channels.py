@@ -24,11 +24,12 @@ from sqlalchemy import Connection, Engine, exists, insert, not_, select
 from store import Commit, StoreWriter
 from store.tables import email_deliveries_table as deliveries
 from store.tables import notifications_table as notes
+from supervisor import PollingService
 
 log = logging.getLogger(__name__)
 
 
-class SmtpChannel:
+class SmtpChannel(PollingService):
     """Sends stored notifications by e-mail through an SMTP server; a supervised service.
 
     Args:
@@ -43,53 +44,24 @@ class SmtpChannel:
         batch: most e-mails per look.
     """
 
-    name = "smtp"
-
     def __init__(self, engine: Engine, writer: StoreWriter, *, host: str, port: int,
                  sender: str = "staybook@localhost",
                  address_of: Callable[[str], str | None] = lambda who: f"{who}@localhost",
                  poll_interval: float = 0.5, timeout: float = 10.0, batch: int = 100) -> None:
+        super().__init__("smtp", poll_interval)
         self._engine = engine
         self._writer = writer
         self.host = host
         self.port = port
         self.sender = sender
         self.address_of = address_of
-        self._poll = poll_interval
         self._timeout = timeout
         self._batch = batch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.sent = 0
-        self.failures = 0
 
-    def start(self) -> None:
-        """Start the sending thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="smtp", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current batch."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the sending thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        delay = self._poll
-        while not self._stop.is_set():
-            try:
-                self.send_pending()
-                delay = self._poll
-            except Exception as exc:  # noqa: BLE001 - rows stay unsent; retry with backoff
-                self.failures += 1
-                log.warning("smtp: sending failed (%r); retrying in %.1fs", exc, delay)
-                delay = min(delay * 2, 30.0)
-            self._stop.wait(delay)
+    def poll(self) -> bool:
+        """Send what is unsent; look again at once when a full batch went out."""
+        return self.send_pending() >= self._batch
 
     def send_pending(self) -> int:
         """Send every stored notification not yet e-mailed; returns how many were sent."""

@@ -42,6 +42,7 @@ from messages import (
 from store import Commit, StoreWriter
 from store.tables import outbox_table, timers_table
 from store.writer import Effect
+from supervisor import PollingService
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def pending_timers(engine: Engine) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in rows]
 
 
-class TimerService:
+class TimerService(PollingService):
     """Fires due timers as commands through the outbox; a supervised service.
 
     Args:
@@ -137,44 +138,20 @@ class TimerService:
         clock: the current time (UTC); injectable for tests.
     """
 
-    name = "timers"
-
     def __init__(self, engine: Engine, writer: StoreWriter, *, poll_interval: float = 0.5,
                  refire_after: float = 30.0, batch: int = 100,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__("timers", poll_interval)
         self._engine = engine
         self._writer = writer
-        self._poll = poll_interval
         self._refire = timedelta(seconds=refire_after)
         self._batch = batch
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.fired = 0
 
-    def start(self) -> None:
-        """Start the polling thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="timers", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current look."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the polling thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.fire_due()
-            except Exception as exc:  # noqa: BLE001 - the timers stay; next look retries
-                log.warning("timers: firing failed (%r); retrying", exc)
-            self._stop.wait(self._poll)
+    def poll(self) -> bool:
+        """Fire what is due; look again at once when a full batch fired."""
+        return self.fire_due() >= self._batch
 
     def fire_due(self) -> int:
         """Fire every due timer once, durably; returns how many fired."""
