@@ -105,10 +105,13 @@ def _release(apartment_id: str | None, key: str) -> Callable[[Connection], None]
 
 def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResults:
     """Apartments matching ``q``, by price (cheapest first unless asked), paginated."""
+    conn = connect()
     cond = [apts.c.capacity >= q.guests,
             not_(exists().where(delisted.c.apartment_id == apts.c.apartment_id))]
     if q.city:
-        cond.append(func.lower(apts.c.city) == q.city.lower())
+        # Unicode-aware case folding: SQLite gets casefold() from store.db.
+        fold = func.casefold if conn.dialect.name == "sqlite" else func.lower
+        cond.append(fold(apts.c.city) == q.city.casefold())
     if q.min_price is not None:
         cond.append(apts.c.price_per_night >= q.min_price)
     if q.max_price is not None:
@@ -120,7 +123,7 @@ def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResu
     where = and_(*cond)
     price = (apts.c.price_per_night.desc() if q.sort == "price_desc"
              else apts.c.price_per_night.asc())
-    with connect() as conn:
+    with conn:
         total = conn.execute(select(func.count()).select_from(apts).where(where)).scalar_one()
         rows = conn.execute(select(apts).where(where)
                             .order_by(price, apts.c.apartment_id)

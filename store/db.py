@@ -10,6 +10,10 @@ from sqlmodel import SQLModel
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
+def _casefold(value: object) -> object:
+    return value.casefold() if isinstance(value, str) else value
+
+
 def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     """Create an engine and the tables.
 
@@ -33,6 +37,8 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
             cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            # SQLite's lower() folds ASCII only; searches compare casefold() keys.
+            dbapi_conn.create_function("casefold", 1, _casefold, deterministic=True)
 
     SQLModel.metadata.create_all(engine)
     return engine

@@ -333,9 +333,6 @@ def test_search_orders_equal_prices_by_id(memory_node: Node) -> None:
     assert ids(first) + ids(second) == ["b1", "b2", "b3"]
 
 
-@pytest.mark.xfail(strict=True, reason="the city filter compares SQLite lower(city), which "
-                   "folds ASCII only, with Python's str.lower(): a city with a non-ASCII "
-                   "capital (Évora) is never found, not even by its exact name")
 def test_search_finds_a_city_with_a_non_ascii_capital(memory_node: Node) -> None:
     envs = listed(memory_node, {"e1": ("Évora", 4000, 2)})
     eventually(handled(memory_node, Consumer.SEARCH, *envs))
