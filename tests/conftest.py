@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,14 @@ TODAY = date(2030, 1, 7)  # a Monday; the rules' clock in tests
 def day(n: int) -> date:
     """``n`` days after the tests' today."""
     return TODAY + timedelta(days=n)
+
+
+def eventually(pred: Callable[[], bool], timeout: float = 20.0, poll: float = 0.02) -> None:
+    """Wait until ``pred()`` holds; fail after ``timeout`` seconds (never a timing assert)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(poll)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

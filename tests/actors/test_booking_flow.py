@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
-from collections.abc import Callable
 
 import pykka
 from sqlalchemy import func, select
@@ -24,14 +22,7 @@ from messages import (
 )
 from node import Node
 from store.tables import events_table, gateway_charges_table
-from tests.conftest import MemoryProducer, day
-
-
-def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+from tests.conftest import MemoryProducer, day, eventually
 
 
 def add(p: MemoryProducer, apt: str = "a1", owner: str = "o1") -> None:

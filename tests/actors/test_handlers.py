@@ -7,7 +7,6 @@ after a crash, or RabbitMQ redelivering.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,16 +34,11 @@ from messages import (
 from node import Node
 from store import make_engine
 from store.tables import gateway_charges_table, inbox_table
-from tests.conftest import TODAY, MemoryProducer, day, make_settings
+from tests.conftest import TODAY, MemoryProducer, day, eventually, make_settings
 
 DEADLINE = 15.0
 
 
-def eventually(pred: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 def memory_broker(node: Node) -> MemoryBroker:

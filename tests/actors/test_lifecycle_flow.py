@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,14 +21,7 @@ from messages import (
 )
 from node import Node
 from store import StoreWriter, make_engine
-from tests.conftest import MemoryProducer, day
-
-
-def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+from tests.conftest import MemoryProducer, day, eventually
 
 
 def add(p: MemoryProducer, apt: str, price: int, capacity: int = 2,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterator
 from email.message import Message as EmailMessage
 from typing import Any
@@ -33,14 +32,7 @@ from messages import (
     spec_of,
 )
 from node import Node
-from tests.conftest import TODAY, day
-
-
-def eventually(pred: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+from tests.conftest import TODAY, day, eventually
 
 
 def send(c: Client, payload: Message, apt: str | None = "a1") -> dict[str, Any]:

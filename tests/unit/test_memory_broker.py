@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,15 +17,11 @@ import pytest
 from broker import DETAIL_HEADER, QUEUE_HEADER, REASON_HEADER, Delivery, Outgoing, Topology
 from broker.memory import MemoryBroker, QueueFull
 from messages import Consumer, Kind, all_specs
+from tests.conftest import eventually
 
 DEADLINE = 10.0
 
 
-def eventually(pred: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def make_broker(*, queue_max_length: int = 1_000, dead_letter_max_length: int = 1_000,

@@ -26,6 +26,7 @@ from supervisor import (
     Supervisor,
     supervisor_child,
 )
+from tests.conftest import eventually
 
 Log = list[tuple[str, str]]
 
@@ -87,11 +88,6 @@ class ManualScheduler:
             fn()
 
 
-def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.fixture(autouse=True)
