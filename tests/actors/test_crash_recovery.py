@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import reduce
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
+import immutables
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -205,8 +205,9 @@ def run(tmp: Path, steps: list[tuple[Envelope, str, int, bool]], *, faults: bool
 
 def timeless(state: Apartment) -> Apartment:
     """The state without expiry deadlines, which are dated by the wall clock."""
-    stays = {k: replace(s, expires_at=None) for k, s in state.stays.items()}
-    return replace(state, stays=MappingProxyType(stays))
+    stays = immutables.Map({k: replace(s, expires_at=None) for k, s in state.stays.items()})
+    booked = immutables.Map({k: replace(s, expires_at=None) for k, s in state.booked.items()})
+    return replace(state, stays=stays, booked=booked)
 
 
 @settings(max_examples=25, deadline=None,
