@@ -27,7 +27,14 @@ from broker.base import Delivery
 from messages.base import Envelope, Message
 from messages.events import CommandRejected, ReservationRejected
 from messages.replies import CommandResult, Status
-from store import Commit, DuplicateMessage, EventStore, InboxEntry, StoreWriter
+from store import (
+    Commit,
+    ConcurrencyError,
+    DuplicateMessage,
+    EventStore,
+    InboxEntry,
+    StoreWriter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +121,11 @@ class Handle:
 
     envelope: Envelope
     delivery: Delivery
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Tell an entity to rebuild its memory from the store (it applied a duplicate)."""
 
 
 @dataclass(frozen=True)
@@ -248,8 +260,10 @@ class EntityActor(SupervisedActor, Generic[S]):
     otherwise ``decide`` yields events, ``evolve`` folds them into
     the state at once (so the next message sees them), and the events, the inbox row
     and the reply go to the writer as one commit. The delivery is acked and the reply
-    sent only after that commit is durable. A failed commit means memory ran ahead of
-    the store: the actor crashes and its supervisor restarts it from the store.
+    sent only after that commit is durable. A commit refused for a duplicate or a stale
+    version means memory ran ahead of the store: the actor reloads it (producers
+    retrying are normal and must not spend the restart intensity); any other failed
+    commit crashes the actor and its supervisor restarts it from the store.
 
     A process entity (``records_input``) records a private copy of the fact it
     reacts to as its first event, so it can be rehydrated; only what it decides is
@@ -300,6 +314,9 @@ class EntityActor(SupervisedActor, Generic[S]):
         """
         if self._link is None or self._link.after_crash:
             self.ctx.writer.barrier()
+        self._rehydrate()
+
+    def _rehydrate(self) -> None:
         events = self.ctx.store.load(self.entity_id)
         state = self.initial()
         for env in events:
@@ -315,6 +332,10 @@ class EntityActor(SupervisedActor, Generic[S]):
             return None
         if isinstance(message, CommitFailed):
             raise message.error
+        if isinstance(message, Reload):
+            self.ctx.writer.barrier()  # let commits decided on the stale memory land first
+            self._rehydrate()
+            return None
         if message == "state":
             return self.state
         if message == "version":
@@ -373,12 +394,21 @@ class EntityActor(SupervisedActor, Generic[S]):
                 d.ack(reply)
         elif isinstance(exc, DuplicateMessage):
             # A re-send that was not flagged redelivered: the inbox answers it, and
-            # this actor, whose memory applied it a second time, reloads.
+            # this actor, whose memory applied it a second time, reloads (no crash: a
+            # producer retrying is normal, and must not spend the restart intensity).
             _seen, stored = self.ctx.store.seen(self.consumer, mid)
             for d in deliveries:
                 d.ack(stored)
             with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(CommitFailed(exc))
+                self.actor_ref.tell(Reload())
+        elif isinstance(exc, ConcurrencyError):
+            # Decided on memory the store does not share (a refused duplicate before
+            # it, or another writer): hand the command back and reload; not a crash.
+            log.info("%s: %s; reloading from the store", self.name, exc)
+            for d in deliveries:
+                d.requeue()
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(Reload())
         else:
             log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
             for d in deliveries:

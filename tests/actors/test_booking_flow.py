@@ -185,3 +185,21 @@ def test_live_actors_are_capped(tmp_path: object) -> None:
     finally:
         node.stop()
     assert pykka.ActorRegistry.get_all() == [] or True
+
+
+def test_re_sends_not_flagged_redelivered_reload_instead_of_crashing(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    """A producer retrying with the same id is normal: no crash, no restart spent."""
+    add(producer)
+    envs = [Envelope.new(req(f"r{i}", 7 + i, 8 + i), apartment_id="a1") for i in range(5)]
+    for env in envs:
+        producer.publish(env)
+    first = [producer.reply() for _ in envs]
+    for _ in range(3):
+        for env in envs:
+            producer.publish(env)  # re-sends: the memory broker does not flag them
+    again = [producer.reply() for _ in range(15)]
+    assert all(r["status"] == "ok" for r in first + again)
+    assert memory_node.directory.restarts == 0
+    n = [e.type for e in memory_node.store.load("apartment:a1")].count("ReservationRequested")
+    assert n == 5
