@@ -296,6 +296,49 @@ class Directory:
         while len(self._history) > 10_000:
             self._history.popitem(last=False)
 
+    # --- operator actions -----------------------------------------------------------
+    def passivate(self, eid: str) -> bool:
+        """Stop a live entity now (``ctl stop``); False while it has unsettled work.
+
+        Raises:
+            KeyError: if the entity is not live.
+        """
+        with self._lock:
+            e = self._entries[eid]
+            if e.unsettled or e.ref is None:
+                return False
+            del self._entries[eid]
+            self.passivations += 1
+            ref = e.ref
+        with contextlib.suppress(pykka.ActorDeadError):
+            ref.stop(block=False)
+        return True
+
+    def restart(self, eid: str, timeout: float = 5.0) -> bool:
+        """Restart a live entity from the store (``ctl restart``); not counted as a crash.
+
+        The old actor finishes its current message and skips the rest of its mailbox;
+        the successor rehydrates after the writer flushed what the old one submitted,
+        and is told the deliveries the old one left, in order.
+
+        Raises:
+            KeyError: if the entity is not live.
+        """
+        with self._lock:
+            e = self._entries[eid]
+            old, link = e.ref, e.link
+            if old is None:
+                return False  # already restarting
+            e.ref = None  # new deliveries wait for the successor
+            e.link = None
+            e.restarts += 1
+            if link is not None:
+                link.closing = True
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            old.stop(block=True, timeout=timeout)
+        self._restart(eid, e)
+        return True
+
     # --- introspection ------------------------------------------------------------
     @property
     def live(self) -> int:

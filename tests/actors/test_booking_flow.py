@@ -7,6 +7,7 @@ import json
 import threading
 
 import pykka
+import pytest
 from sqlalchemy import func, select
 
 from actors.notifier import notifications
@@ -203,3 +204,21 @@ def test_re_sends_not_flagged_redelivered_reload_instead_of_crashing(
     assert memory_node.directory.restarts == 0
     n = [e.type for e in memory_node.store.load("apartment:a1")].count("ReservationRequested")
     assert n == 5
+
+
+def test_operator_restart_and_passivate(memory_node: Node, producer: MemoryProducer) -> None:
+    add(producer)
+    producer.send(req("r1", 7, 9), "a1")
+    d = memory_node.directory
+    old = d.ref("apartment:a1")
+    assert old is not None
+    assert d.restart("apartment:a1")
+    new = d.ref("apartment:a1")
+    assert new is not None and new.actor_urn != old.actor_urn and not old.is_alive()
+    assert d.restarts == 0  # an operator restart is not a crash
+    assert producer.send(AcceptReservation(reservation_id="r1", owner_id="o1"),
+                         "a1")["status"] == "ok"  # the successor knows r1
+    eventually(lambda: d.passivate("apartment:a1"))
+    assert d.ref("apartment:a1") is None
+    with pytest.raises(KeyError):
+        d.passivate("apartment:nope")
