@@ -36,6 +36,8 @@ from broker.rabbitmq import RabbitBroker
 from broker.relay import Relay
 from broker.topology import Topology
 from config import Settings, SupervisorSettings
+from console.control import ControlService, safe_tree, tree_restarts  # operator console
+from console.metrics import MetricsServer, NodeGauges, NodeMetrics  # operator console
 from messages import (
     CommandResult,
     Consumer,
@@ -166,6 +168,7 @@ class Node:
             address_of=lambda who: f"{who}@{domain}", poll_interval=n.poll_seconds)
         self.counters = Counters()
         self.consumers: dict[str, Any] = {}
+        self.metrics = NodeMetrics(settings.node_name, self._gauges)  # operator console
         self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
                                intensity=intensity_of(sup.root),
                                handler_timeout=sup.handler_timeout_seconds)
@@ -209,7 +212,31 @@ class Node:
                 self._consumer_spec(Consumer.NOTIFIER, self._handler_delivery("notifier")),
                 self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
             ]),
+            *self._console_specs(),
         ]
+
+    # --- operator console: control channel and metrics (console/) -----------------
+    def _console_specs(self) -> list[ChildSpec]:
+        """The control child (RabbitMQ only) and the metrics endpoint (when a port is set)."""
+        specs: list[ChildSpec] = []
+        m = self.settings.metrics
+        if m.port:
+            specs.append(service_child("metrics", lambda: MetricsServer(
+                self.metrics, m.port or 0, m.address)))
+        if self.settings.control.enabled and isinstance(self.broker, RabbitBroker):
+            specs.append(service_child("control", lambda: ControlService(self),
+                                       backoff=backoff_of(self.settings.supervision.root)))
+        return specs
+
+    def _gauges(self) -> NodeGauges:
+        """The node's own counters, read when Prometheus scrapes."""
+        d = self.directory
+        return NodeGauges(live_actors=d.live, max_live=d.max_live, activations=d.activations,
+                          passivations=d.passivations,
+                          restarts=d.restarts + tree_restarts(safe_tree(self)),
+                          dead_letters=self.counters.refused + d.poisoned,
+                          outbox_backlog=self.relay.backlog(), writer_backlog=self.writer.backlog)
+    # --- end operator console ---------------------------------------------------------
 
     def _smtp_spec(self, backoff: Backoff | None) -> list[ChildSpec]:
         """The e-mail channel's child, when one is configured."""
@@ -264,6 +291,7 @@ class Node:
             self.refuse(delivery, exc)
             return
         self.counters.commands += 1
+        delivery = self.metrics.measure(env.type, delivery)  # operator console: metrics
         assert env.apartment_id is not None
         try:
             self.directory.dispatch("apartment", env.apartment_id, env, delivery)

@@ -114,6 +114,31 @@ class NotifySettings(BaseModel):
     poll_seconds: float = Field(1.0, gt=0)
 
 
+# --- operator console and metrics (console/control.py, console/metrics.py) -----------
+class ControlSettings(BaseModel):
+    """The control channel the operator console talks to (``staybook ctl``/``console``).
+
+    Only users named in ``operators`` may send control requests: a node checks the
+    AMQP ``user_id`` property, which RabbitMQ validates against the connection's user.
+    ``guest`` is listed for local development only (RabbitMQ lets it log in from
+    localhost only); drop it in production.
+    """
+
+    enabled: bool = True
+    operators: list[str] = Field(default_factory=lambda: ["staybook-operator", "guest"])
+    request_ttl_seconds: float = Field(10.0, gt=0, le=300)   # stale requests expire
+    console_refresh_seconds: float = Field(2.0, gt=0, le=3600)
+    broadcast_wait_seconds: float = Field(1.0, gt=0, le=60)  # how long `nodes` listens
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics over HTTP; None or 0: no HTTP server (metrics still counted)."""
+
+    port: int | None = Field(None, ge=0, le=65535)
+    address: str = "127.0.0.1"
+# --- end operator console and metrics -------------------------------------------------
+
+
 class Settings(BaseSettings):
     """Everything a node needs; see the module docstring for precedence."""
 
@@ -134,6 +159,8 @@ class Settings(BaseSettings):
     payment: PaymentSettings = PaymentSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     notify: NotifySettings = NotifySettings()
+    control: ControlSettings = ControlSettings()  # operator console
+    metrics: MetricsSettings = MetricsSettings()  # operator console
 
     @classmethod
     def settings_customise_sources(
@@ -159,7 +186,9 @@ class Settings(BaseSettings):
 __all__ = [
     "ActorSettings",
     "BrokerSettings",
+    "ControlSettings",
     "LifecycleSettings",
+    "MetricsSettings",
     "NotifySettings",
     "PaymentSettings",
     "Settings",

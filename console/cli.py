@@ -19,6 +19,31 @@ app = typer.Typer(help="Staybook: an actor-based apartment booking backend.",
 broker_app = typer.Typer(help="The local development RabbitMQ node.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
 
+# --- operator console (console/ctl.py, console/tui.py) ---------------------------------
+from console.ctl import ctl_app  # noqa: E402 - grouped with the console block
+
+app.add_typer(ctl_app, name="ctl")
+
+
+@app.command()
+def console(
+    url: Annotated[str | None, typer.Option(
+        help="operator AMQP URL (default: $STAYBOOK_CONSOLE_URL, else the node's)")] = None,
+    refresh: Annotated[float | None, typer.Option(
+        help="seconds between refreshes (default: control.console_refresh_seconds)")] = None,
+    top: Annotated[int, typer.Option(help="actors listed")] = 20,
+) -> None:
+    """The live terminal view: tree, top actors, rates, queues, dead letters."""
+    from console.ctl import console_url
+    from console.tui import run_console
+    from node import topology_of
+
+    settings = _settings()
+    run_console(console_url(settings, url), topology_of(settings),
+                refresh=refresh if refresh is not None else
+                settings.control.console_refresh_seconds, top=top)
+# --- end operator console ------------------------------------------------------------
+
 STATE_DIR = Path(".staybook")
 
 
@@ -198,6 +223,48 @@ def broker_stop() -> None:
     """Stop the local development RabbitMQ."""
     from console.localbroker import stop_local_broker
     stop_local_broker(STATE_DIR / "rabbitmq")
+
+
+# --- operator console: broker provisioning (broker/provision.py) ---------------------
+def _password(role: str) -> str:
+    env = f"STAYBOOK_PROVISION_{role.upper()}_PASSWORD"
+    value = os.environ.get(env)
+    return value if value else str(typer.prompt(f"password for the {role} user", hide_input=True))
+
+
+@broker_app.command("provision")
+def broker_provision(
+    vhost: Annotated[str, typer.Option(help="the vhost to create")] = "staybook",
+    node_user: Annotated[str, typer.Option()] = "staybook-node",
+    operator_user: Annotated[str, typer.Option()] = "staybook-operator",
+    producer_user: Annotated[str, typer.Option()] = "staybook-producer",
+    ctl: Annotated[str, typer.Option(help="rabbitmqctl to run (with the broker's env)")] =
+    "/usr/lib/rabbitmq/bin/rabbitmqctl",
+    definitions: Annotated[Path | None, typer.Option(
+        help="write a definitions file instead (load: rabbitmqctl import_definitions FILE)")]
+    = None,
+) -> None:
+    """Create the vhost, the node / operator / producer users and their permissions.
+
+    Passwords come from STAYBOOK_PROVISION_{NODE,OPERATOR,PRODUCER}_PASSWORD or a prompt.
+    """
+    from broker.provision import Account, apply, plan, rabbitmqctl
+    from broker.provision import definitions as make_definitions
+
+    prefix = _settings().broker.prefix
+    accounts = [Account(node_user, _password("node"), "node"),
+                Account(operator_user, _password("operator"), "operator"),
+                Account(producer_user, _password("producer"), "producer")]
+    if definitions is not None:
+        definitions.write_text(json.dumps(make_definitions(prefix, vhost, accounts), indent=2))
+        definitions.chmod(0o600)
+        typer.echo(f"wrote {definitions}; load it with: rabbitmqctl import_definitions "
+                   f"{definitions}")
+        return
+    for line in apply(plan(prefix, vhost, accounts), rabbitmqctl(ctl)):
+        typer.echo(line)
+    typer.echo(f"add {operator_user} to control.operators on every node")
+# --- end broker provisioning ---------------------------------------------------------
 
 
 def _topology(settings: Settings) -> Any:

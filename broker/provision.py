@@ -1,0 +1,109 @@
+"""``staybook broker provision``: the vhost, users and permissions of a deployment.
+
+Three roles, least privilege by RabbitMQ's resource regexes (configure, write, read):
+
+* **node**: everything under ``<prefix>.``, and the default exchange (replies).
+* **operator** (the console): writes control requests and replays dead letters (the
+  default exchange), reads every ``<prefix>.`` queue (depths, dead letters); declares
+  nothing. Nodes also check its name against ``control.operators``.
+* **producer**: writes commands and queries only: it cannot publish to the control
+  exchange nor forge events.
+
+No user is tagged ``impersonator``, so RabbitMQ checks every message's ``user_id``
+against its connection's user, which is what makes the nodes' operator check hold.
+
+It runs ``rabbitmqctl`` (with the broker node's environment), or writes a
+definitions file to load with ``rabbitmqctl import_definitions FILE`` (or the
+``load_definitions`` setting in ``rabbitmq.conf``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ROLES = ("node", "operator", "producer")
+
+
+@dataclass(frozen=True)
+class Account:
+    """A broker user for one role."""
+
+    user: str
+    password: str
+    role: str
+
+
+def permissions(prefix: str, role: str) -> tuple[str, str, str]:
+    """The (configure, write, read) regexes of a role."""
+    p = re.escape(prefix)
+    if role == "node":
+        return rf"^{p}\.", rf"^({p}\..*|amq\.default)$", rf"^{p}\."
+    if role == "operator":
+        return "^$", rf"^({p}\.control|amq\.default)$", rf"^{p}\."
+    if role == "producer":
+        return "^$", rf"^{p}\.(commands|queries)$", "^$"
+    raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+
+
+def plan(prefix: str, vhost: str, accounts: list[Account], *,
+         create_vhost: bool = True) -> list[list[str]]:
+    """The ``rabbitmqctl`` argument lists that provision a deployment, in order."""
+    steps: list[list[str]] = [["add_vhost", vhost]] if create_vhost else []
+    for a in accounts:
+        steps.append(["add_user", a.user, a.password])
+        steps.append(["set_permissions", "-p", vhost, a.user, *permissions(prefix, a.role)])
+    return steps
+
+
+def apply(steps: list[list[str]], run: Callable[..., str]) -> list[str]:
+    """Run the steps with ``run(*args)``; an existing vhost is kept, an existing user
+    gets the new password. Returns what was done, one line a step (no passwords)."""
+    done: list[str] = []
+    for step in steps:
+        try:
+            run(*step)
+            done.append(" ".join(step[:2]) if step[0] == "add_user" else " ".join(step))
+        except subprocess.CalledProcessError as exc:
+            if step[0] == "add_user":
+                run("change_password", step[1], step[2])
+                done.append(f"change_password {step[1]}")
+            elif step[0] == "add_vhost":
+                done.append(f"add_vhost {step[1]} (exists)")
+            else:
+                raise RuntimeError(f"rabbitmqctl {step[0]} failed: {exc}") from exc
+    return done
+
+
+def rabbitmqctl(path: str) -> Callable[..., str]:
+    """A runner for ``apply`` that calls the ``rabbitmqctl`` at ``path``."""
+    def run(*args: str) -> str:
+        out = subprocess.run([path, *args], check=True, capture_output=True, text=True,
+                             timeout=60)
+        return out.stdout
+    return run
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + pw))."""
+    salt = salt if salt is not None else secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def definitions(prefix: str, vhost: str, accounts: list[Account]) -> dict[str, Any]:
+    """A definitions document with the vhost, users (hashed passwords) and permissions."""
+    return {
+        "vhosts": [{"name": vhost}],
+        "users": [{"name": a.user, "password_hash": password_hash(a.password),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}
+                  for a in accounts],
+        "permissions": [dict(zip(("configure", "write", "read"),
+                                 permissions(prefix, a.role), strict=True),
+                             user=a.user, vhost=vhost) for a in accounts],
+    }

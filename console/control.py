@@ -1,0 +1,373 @@
+"""The node side of the operator console: answers control requests over RabbitMQ.
+
+Every node declares the topic exchange ``<prefix>.control`` and its own exclusive
+queue ``<prefix>.control.<node_name>`` bound with ``node.<node_name>`` and ``all``, so
+one console reaches one node or every node through the broker alone (no extra port).
+A request is a small JSON object ``{"op": ..., "args": {...}}`` with ``reply_to``
+(direct reply-to) and ``correlation_id``; the reply is ``{"node", "ok", "result" |
+"error"}``.
+
+Only operators may ask: the request's AMQP ``user_id`` must be in
+``settings.control.operators``. RabbitMQ refuses a ``user_id`` that differs from the
+connection's user (unless that user is tagged ``impersonator``), so the property
+cannot be forged; a request without one is refused too.
+
+The service runs on its own thread with its own connection (pika is not
+thread-safe) and reconnects with a bounded backoff, so a flapping broker never
+counts against the root supervisor's restart intensity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import pika
+import pykka
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
+from pika.spec import Basic, BasicProperties
+from pydantic import BaseModel
+
+from actors.base import Crash
+from broker.rabbitmq import connection_parameters
+
+if TYPE_CHECKING:
+    from node import Node
+
+log = logging.getLogger(__name__)
+
+BROADCAST_KEY = "all"
+MAX_REPLY_BYTES = 1 << 20
+MAX_TOP = 1000
+ASK_TIMEOUT = 2.0
+MUTATING = frozenset({"restart", "stop", "crash"})
+
+
+def control_exchange(prefix: str) -> str:
+    """The control exchange of a deployment (topic)."""
+    return f"{prefix}.control"
+
+
+def control_queue(prefix: str, node_name: str) -> str:
+    """A node's own control queue."""
+    return f"{prefix}.control.{node_name}"
+
+
+def node_key(node_name: str) -> str:
+    """The routing key that reaches exactly one node."""
+    return f"node.{node_name}"
+
+
+class ControlError(Exception):
+    """A request that cannot be answered (told to the console as ``error``)."""
+
+
+class ControlService:
+    """Answers operator requests for one node (a service child of the root).
+
+    Args:
+        node: the node whose state it reports and steers.
+    """
+
+    name = "control"
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        s = node.settings
+        self._operators = frozenset(s.control.operators)
+        self._exchange = control_exchange(s.broker.prefix)
+        self._queue = control_queue(s.broker.prefix, s.node_name)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.started_at = time.time()
+        self.answered = 0
+        self.refused = 0
+
+    # --- service ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the consumer thread (it connects and reconnects by itself)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop answering and close the connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the thread runs (connected or reconnecting)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self._serve()
+                delay = 0.1
+            except (AMQPError, OSError) as exc:
+                self.connected.clear()
+                log.warning("control: connection lost (%r); reconnecting in %.1fs", exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._node.settings.broker.reconnect_max_delay)
+        self.connected.clear()
+
+    def _serve(self) -> None:
+        b = self._node.settings.broker
+        conn = pika.BlockingConnection(connection_parameters(b.url, heartbeat=b.heartbeat))
+        try:
+            ch = conn.channel()
+            ch.exchange_declare(self._exchange, exchange_type="topic", durable=True)
+            ch.queue_declare(self._queue, exclusive=True, auto_delete=True,
+                             arguments={"x-max-length": 1000, "x-overflow": "drop-head"})
+            for key in (node_key(self._node.settings.node_name), BROADCAST_KEY):
+                ch.queue_bind(self._queue, self._exchange, routing_key=key)
+            ch.basic_qos(prefetch_count=16)
+            ch.basic_consume(self._queue, self._on_request, auto_ack=True)
+            self.connected.set()
+            while not self._stop.is_set():
+                conn.process_data_events(time_limit=0.2)
+        finally:
+            if conn.is_open:
+                with contextlib.suppress(AMQPError, OSError):
+                    conn.close()
+
+    def _on_request(self, ch: BlockingChannel, _method: Basic.Deliver,
+                    props: BasicProperties, body: bytes) -> None:
+        if not props.reply_to:
+            return
+        reply = self.answer(body, props.user_id)
+        data = json.dumps(reply, default=str).encode()
+        if len(data) > MAX_REPLY_BYTES:
+            data = json.dumps({"node": reply["node"], "ok": False,
+                               "error": f"reply too large ({len(data)} bytes)"}).encode()
+        ch.basic_publish("", props.reply_to, data, BasicProperties(
+            correlation_id=props.correlation_id, content_type="application/json"))
+
+    # --- requests -----------------------------------------------------------------
+    def answer(self, body: bytes, user_id: str | None) -> dict[str, Any]:
+        """The reply to one request from ``user_id`` (the broker-validated AMQP user)."""
+        name = self._node.settings.node_name
+        if user_id is None or user_id not in self._operators:
+            self.refused += 1
+            log.warning("control: refused a request from %r (not an operator)", user_id)
+            return {"node": name, "ok": False,
+                    "error": f"forbidden: {user_id or 'anonymous'} is not an operator"}
+        try:
+            req = json.loads(body)
+            op = str(req["op"])
+            args = req.get("args") or {}
+            if not isinstance(args, dict):
+                raise ControlError("args must be an object")
+            handler = self._ops().get(op)
+            if handler is None:
+                raise ControlError(f"unknown op {op!r}")
+            if op in MUTATING:
+                log.warning("control: %s %s requested by %s", op, args.get("id"), user_id)
+            result = handler(args)
+        except ControlError as exc:
+            return {"node": name, "ok": False, "error": str(exc)}
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"node": name, "ok": False, "error": f"bad request: {exc!r}"}
+        except Exception as exc:  # a failed answer must not kill the control channel
+            log.exception("control: %s failed", body[:200])
+            return {"node": name, "ok": False, "error": f"failed: {exc!r}"}
+        self.answered += 1
+        return {"node": name, "ok": True, "result": result}
+
+    def _ops(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {"status": lambda _a: self.status(), "tree": lambda _a: safe_tree(self._node),
+                "actors": self.actors, "inspect": self.inspect, "restart": self.restart,
+                "stop": self.passivate, "crash": self.crash, "overview": self.overview}
+
+    def overview(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Status, tree and top actors in one reply: one round trip per console refresh."""
+        return {"status": self.status(), "tree": safe_tree(self._node),
+                "actors": self.actors(args)}
+
+    def status(self) -> dict[str, Any]:
+        """Counters and gauges the console turns into rates."""
+        n = self._node
+        tree = safe_tree(n)
+        p99 = n.metrics.p99()
+        return {
+            "node": n.settings.node_name, "time": time.time(),
+            "uptime": round(time.time() - self.started_at, 1),
+            "live_actors": n.directory.live, "max_live": n.directory.max_live,
+            "activations": n.directory.activations, "passivations": n.directory.passivations,
+            "restarts": n.directory.restarts + tree_restarts(tree),
+            "commands": n.counters.commands, "handled": n.metrics.handled,
+            "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+            "dead_letters": n.counters.refused + n.directory.poisoned,
+            "outbox_backlog": n.relay.backlog(), "writer_backlog": n.writer.backlog,
+            "tree_status": "failed" if n.app.failed.is_set() else "running",
+        }
+
+    def actors(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The top entity actors by ``sort`` (mailbox, handled, restarts, pending)."""
+        kind = args.get("kind")
+        sort = str(args.get("sort", "mailbox"))
+        top = max(1, min(int(args.get("top", 20)), MAX_TOP))
+        rows = [r for r in self._node.directory.which_children()
+                if kind is None or r["kind"] == kind]
+        if rows and sort not in rows[0]:
+            raise ControlError(f"cannot sort by {sort!r}")
+        rows.sort(key=lambda r: (-r.get(sort, 0), r["id"]))
+        for r in rows:
+            r["node"] = self._node.settings.node_name
+            if r["last_failure"] is not None:
+                r["last_failure"] = {k: v for k, v in r["last_failure"].items()
+                                     if k != "traceback"}
+        return rows[:top]
+
+    def inspect(self, args: dict[str, Any]) -> dict[str, Any]:
+        """One actor: its facts, last failure with traceback, and (entities) its state."""
+        aid = _actor_id(args)
+        entity = self._entity_row(aid)
+        if entity is not None:
+            ref = self._node.directory.ref(aid)
+            state: Any = None
+            if ref is not None:
+                try:
+                    state = jsonable(ref.ask("state", timeout=ASK_TIMEOUT))
+                    entity["version"] = ref.ask("version", timeout=ASK_TIMEOUT)
+                except Exception as exc:  # noqa: BLE001 - dead, stuck or crashed: say so
+                    state = {"unavailable": repr(exc)}
+            entity["state"] = state
+            return entity
+        found = self._tree_child(aid)
+        if found is None:
+            raise ControlError(f"{aid}: no such live actor on this node")
+        info, _child = found
+        return info
+
+    def restart(self, args: dict[str, Any]) -> str:
+        """Restart through the supervisor, so state comes back from the store."""
+        aid = _actor_id(args)
+        if self._node.directory.ref(aid) is not None:
+            # Not a crash: no InjectedCrash in its history, no restart intensity spent.
+            threading.Thread(target=self._node.directory.restart, args=(aid,),
+                             name=f"ctl-restart-{aid}", daemon=True).start()
+            return f"{aid}: restarting (from the store)"
+        found = self._tree_child(aid)
+        if found is None:
+            raise ControlError(f"{aid}: no such live actor on this node")
+        _info, child = found
+        if isinstance(child, pykka.ActorRef):
+            child.tell(Crash("restart requested by an operator"))
+        elif child is not None and hasattr(child, "stop"):
+            # A stopped permanent service is restarted by its supervisor's liveness check.
+            threading.Thread(target=child.stop, name=f"ctl-restart-{aid}", daemon=True).start()
+        else:
+            raise ControlError(f"{aid}: not running")
+        return f"{aid}: restarting"
+
+    def crash(self, args: dict[str, Any]) -> str:
+        """A drill: make an actor crash as if its handler had raised."""
+        aid = _actor_id(args)
+        ref = self._node.directory.ref(aid)
+        if ref is None:
+            found = self._tree_child(aid)
+            child = None if found is None else found[1]
+            if not isinstance(child, pykka.ActorRef):
+                raise ControlError(f"{aid}: no such live actor on this node "
+                                   "(services cannot crash; restart them)")
+            ref = child
+        ref.tell(Crash("drill"))
+        return f"{aid}: crash requested"
+
+    def passivate(self, args: dict[str, Any]) -> str:
+        """Stop an idle entity actor; it activates again on its next message."""
+        aid = _actor_id(args)
+        try:
+            stopped = self._node.directory.passivate(aid)
+        except KeyError:
+            if self._tree_child(aid) is not None:
+                raise ControlError(f"{aid}: a supervised child; its supervisor would "
+                                   "restart it (use restart)") from None
+            raise ControlError(f"{aid}: not live on this node") from None
+        if not stopped:
+            raise ControlError(f"{aid}: busy (unsettled deliveries); try again")
+        return f"{aid}: passivated"
+
+    def _entity_row(self, aid: str) -> dict[str, Any] | None:
+        return next((r for r in self._node.directory.which_children() if r["id"] == aid),
+                    None)
+
+    def _tree_child(self, aid: str) -> tuple[dict[str, Any], Any] | None:
+        """A child of the supervision tree by id (``payment``) or path (``handlers/payment``)."""
+        root = self._node.app.root
+        if root is None or not root.is_alive():
+            return None
+        return _find(root, aid.split("/"), "")
+
+
+def _find(sup: pykka.ActorRef[Any], path: list[str], at: str
+          ) -> tuple[dict[str, Any], Any] | None:
+    children: list[dict[str, Any]] = sup.ask("which_children", timeout=ASK_TIMEOUT)  # type: ignore[assignment]
+    for c in children:
+        here = f"{at}/{c['id']}" if at else c["id"]
+        if c["id"] == path[-1] and (len(path) == 1 or here.endswith("/".join(path))):
+            c["path"] = here
+            return c, sup.ask(("ref_of", c["id"]), timeout=ASK_TIMEOUT)
+        if c.get("kind") == "supervisor":
+            sub = sup.ask(("ref_of", c["id"]), timeout=ASK_TIMEOUT)
+            if isinstance(sub, pykka.ActorRef):
+                found = _find(sub, path, here)
+                if found is not None:
+                    return found
+    return None
+
+
+def _actor_id(args: dict[str, Any]) -> str:
+    aid = args.get("id")
+    if not isinstance(aid, str) or not aid or len(aid) > 300:
+        raise ControlError("an actor id is required, e.g. apartment:apt-1")
+    return aid
+
+
+def safe_tree(node: Node) -> list[dict[str, Any]]:
+    """The node's supervision tree, or [] while it is stopping (asks can time out)."""
+    try:
+        return node.app.tree()
+    except Exception:  # noqa: BLE001 - introspection must never fail its caller
+        return []
+
+
+def tree_restarts(tree: list[dict[str, Any]]) -> int:
+    """Restarts counted by every supervisor of a tree (entities are counted apart)."""
+    return sum(int(c.get("restarts", 0)) + tree_restarts(c.get("children", []))
+               for c in tree)
+
+
+def jsonable(obj: Any, depth: int = 0) -> Any:
+    """Actor state as JSON-ready data (pydantic models, dataclasses, dates, enums)."""
+    if depth > 20:
+        return repr(obj)
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name), depth + 1)
+                for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return jsonable(obj.value, depth + 1)
+    if isinstance(obj, datetime | date):
+        return obj.isoformat()
+    if isinstance(obj, Mapping):  # dicts and immutable maps alike
+        return {str(k): jsonable(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [jsonable(v, depth + 1) for v in obj]
+    return repr(obj)

@@ -1,0 +1,630 @@
+"""``staybook ctl``: the scriptable operator console, and its control client.
+
+Node facts (tree, actors, inspect, restart, stop, crash) come from the nodes over the
+control exchange (see :mod:`console.control`); broker facts (queue depths, dead
+letters) are read directly from RabbitMQ with passive declares and ``basic.get``, so
+neither needs a management plugin nor a node to be up. Every listing has ``--json``.
+
+The console logs in as an operator broker user (``--url`` or
+``STAYBOOK_CONSOLE_URL``) and stamps its requests with that user as AMQP ``user_id``;
+RabbitMQ checks the stamp against the login, and the nodes check it against their
+operator list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+import pika
+import typer
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError, ChannelClosedByBroker, UnroutableError
+from pika.spec import BasicProperties
+
+from broker.base import DETAIL_HEADER, QUEUE_HEADER, REASON_HEADER
+from broker.rabbitmq import connection_parameters
+from broker.topology import Topology
+from config import Settings
+from console.control import BROADCAST_KEY, control_exchange, node_key
+from messages import new_id
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLAYED_HEADER = "x-staybook-replayed"
+MAX_BROWSE = 10_000
+
+
+class ControlFailed(Exception):
+    """No node answered, or the broker refused the request."""
+
+
+class ControlClient:
+    """Sends control requests to the nodes and collects their replies.
+
+    Args:
+        url: the operator's AMQP URL (its user is stamped on every request).
+        topology: the deployment's names.
+        ttl: seconds after which an unread request expires in a node's queue.
+    """
+
+    def __init__(self, url: str, topology: Topology, *, ttl: float = 10.0) -> None:
+        params = connection_parameters(url)
+        self.user: str = params.credentials.username
+        self.topology = topology
+        self._ttl = ttl
+        self._conn = pika.BlockingConnection(params)
+        self._ch = self._conn.channel()
+        self._ch.confirm_delivery()
+        self._replies: dict[str, list[dict[str, Any]]] = {}
+        self._ch.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
+
+    def _on_reply(self, _ch: Any, _method: Any, props: BasicProperties, body: bytes) -> None:
+        box = self._replies.get(props.correlation_id or "")
+        if box is not None:
+            with contextlib.suppress(ValueError):
+                box.append(json.loads(body))
+
+    def request(self, op: str, args: dict[str, Any] | None = None, *,
+                node: str | None = None, wait: float = 1.0,
+                until_ok: bool = False) -> list[dict[str, Any]]:
+        """Ask one node (``node``) or all; the replies that came within ``wait`` seconds.
+
+        A request to one node returns at its first reply; ``until_ok`` returns at the
+        first successful reply from any node (an actor lives on one node only).
+
+        Raises:
+            ControlFailed: when no node is listening or the broker refused it.
+        """
+        corr = new_id()
+        box: list[dict[str, Any]] = []
+        self._replies[corr] = box
+        props = BasicProperties(reply_to=REPLY_TO, correlation_id=corr, user_id=self.user,
+                                content_type="application/json",
+                                expiration=str(int(self._ttl * 1000)))
+        body = json.dumps({"op": op, "args": args or {}}).encode()
+        try:
+            self._ch.basic_publish(control_exchange(self.topology.prefix),
+                                   node_key(node) if node else BROADCAST_KEY, body, props,
+                                   mandatory=True)
+        except UnroutableError as exc:
+            raise ControlFailed(f"no node is listening{' as ' + node if node else ''}") from exc
+        except ChannelClosedByBroker as exc:
+            raise ControlFailed(f"the broker refused the request: {exc.reply_text}") from exc
+        deadline = time.monotonic() + wait
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self._conn.process_data_events(time_limit=min(left, 0.05))
+                if (node and box) or (until_ok and any(r.get("ok") for r in box)):
+                    break
+        finally:
+            self._replies.pop(corr, None)
+        return sorted(box, key=lambda r: str(r.get("node")))
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn.is_open:
+            with contextlib.suppress(AMQPError, OSError):
+                self._conn.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- actor operations ---------------------------------------------------------
+    def act(self, op: str, actor: str, *, node: str | None = None,
+            wait: float = 1.0) -> dict[str, Any]:
+        """Restart, stop or crash one actor, on the one node that has it.
+
+        Without ``node`` the actor is first looked up on every node; a child found on
+        several nodes (``payment`` runs everywhere) needs ``node``.
+
+        Raises:
+            ControlFailed: when it is nowhere, ambiguous, or the node refused.
+        """
+        if node is None:
+            found = [r for r in self.request("inspect", {"id": actor}, wait=wait) if r["ok"]]
+            if not found:
+                raise ControlFailed(f"{actor}: not live on any node")
+            if len(found) > 1:
+                names = ", ".join(str(r["node"]) for r in found)
+                raise ControlFailed(f"{actor} runs on {names}: choose one with --node")
+            node = str(found[0]["node"])
+        replies = self.request(op, {"id": actor, "by": self.user}, node=node, wait=wait)
+        if not replies:
+            raise ControlFailed(f"{node} did not answer")
+        reply = replies[0]
+        if not reply.get("ok"):
+            raise ControlFailed(f"{node}: {reply.get('error')}")
+        return reply
+
+
+# --- broker-side reads (no node needed) -----------------------------------------------
+def queue_names(topology: Topology) -> list[str]:
+    """Every durable Staybook queue."""
+    return [q.name for q in topology.queues()]
+
+
+def queue_stats(conn: pika.BlockingConnection, topology: Topology) -> list[dict[str, Any]]:
+    """Depth and consumers of every Staybook queue, by passive declare (no plugin)."""
+    out: list[dict[str, Any]] = []
+    ch = conn.channel()
+    for name in queue_names(topology):
+        try:
+            ok = ch.queue_declare(name, passive=True).method
+            out.append({"queue": name, "messages": ok.message_count,
+                        "consumers": ok.consumer_count})
+        except ChannelClosedByBroker as exc:
+            out.append({"queue": name, "messages": None, "consumers": None,
+                        "error": exc.reply_text})
+            ch = conn.channel()
+    with contextlib.suppress(AMQPError):
+        ch.close()
+    return out
+
+
+@dataclass
+class DeadLetter:
+    """One message in the dead-letter queue, as an operator sees it."""
+
+    id: str
+    queue: str | None
+    reason: str | None
+    detail: str | None
+    type: str | None
+    message_id: str | None
+    correlation_id: str | None
+    headers: dict[str, Any] = field(default_factory=dict)
+    body: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """The short form (no headers, no body)."""
+        d = asdict(self)
+        d.pop("headers")
+        d.pop("body")
+        return d
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def letter_id(props: BasicProperties, body: bytes) -> str:
+    """A dead letter's id: its message id, or a digest of its body when it has none."""
+    return props.message_id or "sha-" + hashlib.sha256(body).hexdigest()[:16]
+
+
+def original_queue(headers: dict[str, Any]) -> str | None:
+    """Where a dead letter came from: Staybook's header, else the broker's ``x-death``."""
+    q = _text(headers.get(QUEUE_HEADER))
+    if q:
+        return q
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return _text(deaths[0].get("queue"))
+    return None
+
+
+def _letter(props: BasicProperties, body: bytes) -> DeadLetter:
+    headers = dict(props.headers or {})
+    mtype: str | None = None
+    with contextlib.suppress(ValueError, AttributeError):
+        mtype = _text(json.loads(body).get("type"))
+    return DeadLetter(
+        id=letter_id(props, body), queue=original_queue(headers),
+        reason=_text(headers.get(REASON_HEADER)), detail=_text(headers.get(DETAIL_HEADER)),
+        type=mtype, message_id=props.message_id, correlation_id=props.correlation_id,
+        headers=_plain(headers), body=body[:4096].decode(errors="replace"))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, int | float | str | bool) or v is None:
+        return v
+    return str(v)
+
+
+class DeadLetterQueue:
+    """Browse, replay and purge ``<prefix>.dead-letters``.
+
+    Browsing takes messages with ``basic.get`` and gives them back unacked when its
+    channel closes, so it removes nothing. Replay is bounded by the depth seen when it
+    starts, so a message that fails again cannot make it loop.
+    """
+
+    def __init__(self, conn: pika.BlockingConnection, topology: Topology) -> None:
+        self._conn = conn
+        self.queue = topology.dead_letter_queue
+
+    @contextlib.contextmanager
+    def _channel(self) -> Iterator[BlockingChannel]:
+        ch = self._conn.channel()
+        try:
+            yield ch
+        finally:
+            if ch.is_open:
+                with contextlib.suppress(AMQPError):
+                    ch.close()  # unacked messages go back to the queue
+
+    def depth(self) -> int:
+        """Messages in the dead-letter queue."""
+        with self._channel() as ch:
+            return int(ch.queue_declare(self.queue, passive=True).method.message_count)
+
+    def browse(self, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, leaving them in place."""
+        out: list[DeadLetter] = []
+        with self._channel() as ch:
+            for _ in range(max(0, min(limit, MAX_BROWSE))):
+                method, props, body = ch.basic_get(self.queue, auto_ack=False)
+                if method is None:
+                    break
+                out.append(_letter(props, body))
+        return out
+
+    def replay(self, letter: str | None = None) -> list[dict[str, Any]]:
+        """Put one dead letter (by id) or all back on their original queues.
+
+        Each goes back with its body, properties and headers (plus a replay count),
+        persistent and confirmed; only then is it removed from the dead-letter queue.
+        A direct reply-to address is dropped: the producer that asked stopped waiting
+        long ago. Letters with no known origin stay where they are.
+        """
+        results: list[dict[str, Any]] = []
+        with self._channel() as ch:
+            ch.confirm_delivery()
+            depth = ch.queue_declare(self.queue, passive=True).method.message_count
+            for _ in range(min(depth, MAX_BROWSE)):
+                method, props, body = ch.basic_get(self.queue, auto_ack=False)
+                if method is None:
+                    break
+                lid = letter_id(props, body)
+                if letter is not None and lid != letter:
+                    continue
+                headers = dict(props.headers or {})
+                target = original_queue(headers)
+                if target is None:
+                    results.append({"id": lid, "replayed": False, "error": "origin unknown"})
+                else:
+                    results.append(self._put_back(ch, method.delivery_tag, props, body,
+                                                  headers, target, lid))
+                if letter is not None:
+                    break
+        return results
+
+    def _put_back(self, ch: BlockingChannel, tag: int, props: BasicProperties, body: bytes,
+                  headers: dict[str, Any], target: str, lid: str) -> dict[str, Any]:
+        headers[REPLAYED_HEADER] = int(headers.get(REPLAYED_HEADER, 0) or 0) + 1
+        headers.pop("x-delivery-count", None)  # the dead-letter queue's count, not its own
+        reply_to = props.reply_to
+        if reply_to and reply_to.startswith(REPLY_TO):
+            reply_to = None
+        out = BasicProperties(content_type=props.content_type, delivery_mode=2,
+                              message_id=props.message_id,
+                              correlation_id=props.correlation_id, type=props.type,
+                              reply_to=reply_to, headers=headers)
+        try:
+            ch.basic_publish("", target, body, out, mandatory=True)
+        except (UnroutableError, AMQPError) as exc:
+            return {"id": lid, "queue": target, "replayed": False, "error": repr(exc)}
+        ch.basic_ack(tag)
+        return {"id": lid, "queue": target, "replayed": True}
+
+    def purge(self) -> int:
+        """Drop every dead letter; how many there were."""
+        with self._channel() as ch:
+            return int(ch.queue_purge(self.queue).method.message_count)
+
+
+# --- the typer app --------------------------------------------------------------------
+ctl_app = typer.Typer(help="Operate running nodes: tree, actors, queues, dead letters.",
+                      no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter queue: list, show, replay, purge.",
+                      no_args_is_help=True)
+ctl_app.add_typer(dlq_app, name="dlq")
+
+
+@dataclass
+class _Ctx:
+    url: str
+    topology: Topology
+    node: str | None
+    wait: float
+    ttl: float
+
+    def client(self) -> ControlClient:
+        return ControlClient(self.url, self.topology, ttl=self.ttl)
+
+    def connection(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(connection_parameters(self.url))
+
+
+def console_url(settings: Settings, url: str | None = None) -> str:
+    """The operator's broker URL: ``--url``, ``STAYBOOK_CONSOLE_URL``, or the node's."""
+    return url or os.environ.get("STAYBOOK_CONSOLE_URL") or settings.broker.url
+
+
+@ctl_app.callback()
+def _main(ctx: typer.Context,
+          url: Annotated[str | None, typer.Option(
+              help="operator AMQP URL (default: $STAYBOOK_CONSOLE_URL, else the "
+                   "node's broker URL)")] = None,
+          node: Annotated[str | None, typer.Option(help="ask this node only")] = None,
+          wait: Annotated[float | None, typer.Option(
+              help="seconds to collect replies from every node")] = None) -> None:
+    from node import topology_of
+    settings = Settings()
+    ctx.obj = _Ctx(console_url(settings, url), topology_of(settings), node,
+                   wait if wait is not None else settings.control.broadcast_wait_seconds,
+                   settings.control.request_ttl_seconds)
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _obj(ctx: typer.Context) -> _Ctx:
+    obj = ctx.obj
+    assert isinstance(obj, _Ctx)
+    return obj
+
+
+def _ask(ctx: typer.Context, op: str, args: dict[str, Any] | None = None,
+         until_ok: bool = False) -> list[dict[str, Any]]:
+    c = _obj(ctx)
+    try:
+        with c.client() as client:
+            replies = client.request(op, args, node=c.node, wait=c.wait, until_ok=until_ok)
+    except (ControlFailed, AMQPError, OSError) as exc:
+        _fail(str(exc) or repr(exc))
+    if not replies:
+        _fail("no node answered")
+    for r in replies:
+        if not r.get("ok") and str(r.get("error", "")).startswith("forbidden"):
+            _fail(f"{r['node']}: {r['error']}")
+    return replies
+
+
+def _fail(message: str) -> Any:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _dump(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    if not rows:
+        typer.echo("(none)")
+        return
+    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))
+               .rstrip())
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, dict):
+        return f"{v.get('type')}: {v.get('message')}"[:60]
+    return str(v)
+
+
+@ctl_app.command()
+def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every node that answers: live actors against the cap, counters, backlogs."""
+    rows = [r["result"] for r in _ask(ctx, "status") if r.get("ok")]
+    if as_json:
+        _dump(rows)
+        return
+    for r in rows:
+        r["live/cap"] = f"{r['live_actors']}/{r['max_live']}"
+    _table(rows, ["node", "tree_status", "uptime", "live/cap", "commands", "p99_ms",
+                  "restarts", "dead_letters", "outbox_backlog"])
+
+
+def tree_lines(children: list[dict[str, Any]], depth: int = 0) -> Iterator[str]:
+    """The supervision tree as indented lines: id, kind, status, restarts, last failure."""
+    for c in children:
+        lf = c.get("last_failure")
+        fail = f"  last: {lf['type']}: {lf['message']}" if lf else ""
+        yield (f"{'  ' * depth}{'└─ ' if depth else ''}{c['id']} ({c.get('kind', '?')}, "
+               f"{c.get('restart', '?')}) {c['status']} restarts={c['restarts']}{fail}")
+        yield from tree_lines(c.get("children", []), depth + 1)
+
+
+@ctl_app.command()
+def tree(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The supervision tree of each node: status, restarts, last failure."""
+    replies = [r for r in _ask(ctx, "tree") if r.get("ok")]
+    if as_json:
+        _dump({r["node"]: r["result"] for r in replies})
+        return
+    for r in replies:
+        typer.echo(f"{r['node']}: root (supervisor)")
+        for line in tree_lines(r["result"], 1):
+            typer.echo(line)
+
+
+@ctl_app.command()
+def actors(ctx: typer.Context, as_json: JsonOpt = False,
+           top: Annotated[int, typer.Option(help="how many")] = 20,
+           sort: Annotated[str, typer.Option(
+               help="mailbox | handled | restarts | pending")] = "mailbox",
+           kind: Annotated[str | None, typer.Option(help="apartment | reservation")] = None
+           ) -> None:
+    """The busiest entity actors across every node."""
+    if sort not in ("mailbox", "handled", "restarts", "pending"):
+        raise typer.BadParameter("sort by mailbox, handled, restarts or pending")
+    args = {"top": top, "sort": sort, "kind": kind}
+    rows = [a for r in _ask(ctx, "actors", args) if r.get("ok") for a in r["result"]]
+    rows.sort(key=lambda a: (-a[sort], a["id"]))
+    rows = rows[:top]
+    if as_json:
+        _dump(rows)
+        return
+    _table(rows, ["id", "node", "status", "mailbox", "pending", "handled", "restarts",
+                  "uptime", "last_failure"])
+
+
+@ctl_app.command()
+def inspect(ctx: typer.Context, actor: str, as_json: JsonOpt = False) -> None:
+    """One actor: state, mailbox, last error with its traceback."""
+    found = [r for r in _ask(ctx, "inspect", {"id": actor}, until_ok=True) if r.get("ok")]
+    if not found:
+        _fail(f"{actor}: not live on any node")
+    if as_json:
+        _dump(found[0]["result"] if len(found) == 1 else found)
+        return
+    for r in found:
+        info = dict(r["result"])
+        lf = info.pop("last_failure", None)
+        state = info.pop("state", None)
+        typer.echo(f"{actor} on {r['node']}")
+        for k, v in info.items():
+            typer.echo(f"  {k}: {v}")
+        if state is not None:
+            typer.echo("  state: " + json.dumps(state, indent=2, default=str)
+                       .replace("\n", "\n  "))
+        if lf:
+            typer.echo(f"  last failure: {lf['type']}: {lf['message']}")
+            typer.echo("    " + str(lf.get("traceback", "")).rstrip().replace("\n", "\n    "))
+
+
+def _act(ctx: typer.Context, op: str, actor: str) -> None:
+    c = _obj(ctx)
+    try:
+        with c.client() as client:
+            reply = client.act(op, actor, node=c.node, wait=c.wait)
+    except (ControlFailed, AMQPError, OSError) as exc:
+        _fail(str(exc) or repr(exc))
+    typer.echo(f"{reply['node']}: {reply['result']}")
+
+
+@ctl_app.command()
+def restart(ctx: typer.Context, actor: str) -> None:
+    """Restart an actor through its supervisor (entities come back from the store)."""
+    _act(ctx, "restart", actor)
+
+
+@ctl_app.command()
+def stop(ctx: typer.Context, actor: str) -> None:
+    """Passivate an idle entity actor (it activates again on its next message)."""
+    _act(ctx, "stop", actor)
+
+
+@ctl_app.command()
+def crash(ctx: typer.Context, actor: str) -> None:
+    """A drill: make an actor crash, to watch its supervisor bring it back."""
+    _act(ctx, "crash", actor)
+
+
+@ctl_app.command()
+def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Depth and consumers of every Staybook queue (passive declares, no plugin)."""
+    c = _obj(ctx)
+    try:
+        conn = c.connection()
+    except (AMQPError, OSError) as exc:
+        _fail(repr(exc))
+    try:
+        rows = queue_stats(conn, c.topology)
+    finally:
+        conn.close()
+    if as_json:
+        _dump(rows)
+        return
+    _table(rows, ["queue", "messages", "consumers"])
+
+
+@contextlib.contextmanager
+def _dlq(ctx: typer.Context) -> Iterator[DeadLetterQueue]:
+    c = _obj(ctx)
+    try:
+        conn = c.connection()
+    except (AMQPError, OSError) as exc:
+        _fail(repr(exc))
+    try:
+        yield DeadLetterQueue(conn, c.topology)
+    except ChannelClosedByBroker as exc:
+        _fail(exc.reply_text)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+@dlq_app.command("list")
+def dlq_list(ctx: typer.Context, as_json: JsonOpt = False,
+             limit: Annotated[int, typer.Option(help="at most this many")] = 100) -> None:
+    """Dead letters, oldest first: id, origin queue, reason, type."""
+    with _dlq(ctx) as q:
+        letters = q.browse(limit)
+    rows = [x.summary() for x in letters]
+    if as_json:
+        _dump(rows)
+        return
+    _table(rows, ["id", "queue", "reason", "type", "detail"])
+
+
+@dlq_app.command("show")
+def dlq_show(ctx: typer.Context, letter: Annotated[str, typer.Argument(metavar="ID")],
+             as_json: JsonOpt = False) -> None:
+    """One dead letter with its headers and body."""
+    with _dlq(ctx) as q:
+        match = next((x for x in q.browse(MAX_BROWSE) if x.id == letter), None)
+    if match is None:
+        _fail(f"no dead letter {letter}")
+        return
+    if as_json:
+        _dump(asdict(match))
+        return
+    for k, v in asdict(match).items():
+        typer.echo(f"{k}: {json.dumps(v, default=str) if isinstance(v, dict) else v}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(ctx: typer.Context,
+               letter: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
+               replay_all: Annotated[bool, typer.Option("--all")] = False,
+               as_json: JsonOpt = False) -> None:
+    """Put a dead letter (or all) back on its original queue, headers included."""
+    if (letter is None) == (not replay_all):
+        raise typer.BadParameter("give an ID or --all")
+    with _dlq(ctx) as q:
+        results = q.replay(None if replay_all else letter)
+    if as_json:
+        _dump(results)
+    else:
+        for r in results:
+            typer.echo(f"{r['id']}: " + (f"replayed to {r['queue']}" if r["replayed"]
+                                         else f"kept ({r.get('error')})"))
+    if letter is not None and not any(r["replayed"] for r in results):
+        _fail(f"{letter}: not replayed" + ("" if results else " (no such dead letter)"))
+
+
+@dlq_app.command("purge")
+def dlq_purge(ctx: typer.Context,
+              yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
+    """Drop every dead letter."""
+    with _dlq(ctx) as q:
+        if not yes and not typer.confirm(f"drop all {q.depth()} dead letters?"):
+            raise typer.Exit(1)
+        n = q.purge()
+    typer.echo(f"purged {n} dead letters")

@@ -1,0 +1,213 @@
+"""Per-node Prometheus metrics, and the recent-latency window the console shows.
+
+Every node gets its own ``CollectorRegistry``: several nodes run in one test process
+(and in one bench), and the default global registry would make them collide. Counters
+that the node already keeps (activations, restarts, dead letters, backlogs) are read
+at scrape time by a custom collector instead of being counted twice; only what no
+one else counts (each command's type, outcome and latency) is measured here, by
+wrapping the intake's delivery so its settlement is seen.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from broker.base import Delivery
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0)
+WINDOW = 2048  # recent latencies kept for the console's p99
+
+
+@dataclass(frozen=True)
+class NodeGauges:
+    """What the node reports at scrape time (read from its own counters)."""
+
+    live_actors: int
+    max_live: int
+    activations: int
+    passivations: int
+    restarts: int
+    dead_letters: int
+    outbox_backlog: int
+    writer_backlog: int
+
+
+class _NodeCollector(Collector):
+    def __init__(self, read: Callable[[], NodeGauges]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        g = self._read()
+        yield GaugeMetricFamily("staybook_live_actors", "Live entity actors.",
+                                value=g.live_actors)
+        yield GaugeMetricFamily("staybook_max_live_actors", "The cap on live entity actors.",
+                                value=g.max_live)
+        yield CounterMetricFamily("staybook_activations", "Entity actors activated.",
+                                  value=g.activations)
+        yield CounterMetricFamily("staybook_passivations", "Entity actors passivated.",
+                                  value=g.passivations)
+        yield CounterMetricFamily("staybook_restarts",
+                                  "Restarts: entity actors and supervised children.",
+                                  value=g.restarts)
+        yield CounterMetricFamily("staybook_dead_letters",
+                                  "Messages dead-lettered (refused input and poison).",
+                                  value=g.dead_letters)
+        yield GaugeMetricFamily("staybook_outbox_backlog", "Outbox rows not yet published.",
+                                value=g.outbox_backlog)
+        yield GaugeMetricFamily("staybook_writer_backlog", "Commits waiting for the writer.",
+                                value=g.writer_backlog)
+
+
+class NodeMetrics:
+    """One node's metrics.
+
+    Args:
+        node_name: a constant label on every sample, so one Prometheus sees many nodes.
+        gauges: reads the node's own counters at scrape time (None: commands only).
+    """
+
+    def __init__(self, node_name: str,
+                 gauges: Callable[[], NodeGauges] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.node_name = node_name
+        self.commands = Counter("staybook_commands", "Commands handled, by type and outcome.",
+                                ["type", "outcome"], registry=self.registry)
+        self.latency = Histogram("staybook_command_latency_seconds",
+                                 "From the intake's receipt to the settlement of a command.",
+                                 ["type"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        if gauges is not None:
+            self.registry.register(_NodeCollector(gauges))
+        self._recent: deque[float] = deque(maxlen=WINDOW)
+        self._lock = threading.Lock()
+        self.handled = 0
+
+    def measure(self, command_type: str, delivery: Delivery) -> Delivery:
+        """Wrap an intake delivery so its outcome and latency are recorded when settled."""
+        return MeasuredDelivery(delivery, command_type, self)
+
+    def record(self, command_type: str, outcome: str, seconds: float) -> None:
+        """Count one settled command."""
+        self.commands.labels(command_type, outcome).inc()
+        self.latency.labels(command_type).observe(seconds)
+        with self._lock:
+            self._recent.append(seconds)
+            self.handled += 1
+
+    def p99(self) -> float | None:
+        """The 99th percentile of the recent latencies, seconds (None before any)."""
+        with self._lock:
+            xs = sorted(self._recent)
+        if not xs:
+            return None
+        return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
+
+
+class MeasuredDelivery(Delivery):
+    """A delivery that records its command's outcome when it is settled.
+
+    It owns the settlement (so ``on_settled`` callbacks and ``submitted`` work on it
+    as on any delivery) and passes each settlement to the wrapped delivery.
+    """
+
+    def __init__(self, inner: Delivery, command_type: str, metrics: NodeMetrics) -> None:
+        super().__init__(inner.body, queue=inner.queue, reply_to=inner.reply_to,
+                         correlation_id=inner.correlation_id, message_id=inner.message_id,
+                         redelivered=inner.redelivered, headers=inner.headers,
+                         exchange=inner.exchange, routing_key=inner.routing_key)
+        self._inner = inner
+        self._type = command_type
+        self._metrics = metrics
+        self._t0 = time.monotonic()
+
+    def ack(self, reply: bytes | None = None) -> None:
+        """Record the reply's status (ok / rejected / error), then ack."""
+        if not self.settled:
+            self._done(_status(reply))
+        super().ack(reply)
+
+    def requeue(self) -> None:
+        """Record a requeue, then requeue."""
+        if not self.settled:
+            self._done("requeued")
+        super().requeue()
+
+    def dead_letter(self, reason: str, detail: str, reply: bytes | None = None) -> None:
+        """Record a dead letter, then dead-letter."""
+        if not self.settled:
+            self._done("dead_letter")
+        super().dead_letter(reason, detail, reply)
+
+    def _done(self, outcome: str) -> None:
+        self._metrics.record(self._type, outcome, time.monotonic() - self._t0)
+
+    def _ack(self, reply: bytes | None) -> None:
+        self._inner.ack(reply)
+
+    def _requeue(self) -> None:
+        self._inner.requeue()
+
+    def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
+        if self._inner._claim():
+            self._inner._dead_letter(headers, reply)
+
+
+def _status(reply: bytes | None) -> str:
+    """The CommandResult status in a reply ("ok" when there is none to read)."""
+    if not reply:
+        return "ok"
+    try:
+        status = json.loads(reply).get("payload", {}).get("status", "ok")
+    except (ValueError, AttributeError):
+        return "ok"
+    return str(status)
+
+
+class MetricsServer:
+    """The HTTP endpoint Prometheus scrapes, as a supervised service.
+
+    Args:
+        metrics: the node's metrics.
+        port: the TCP port (0 asks the OS for a free one; see ``bound_port``).
+        address: the interface to listen on.
+    """
+
+    name = "metrics"
+
+    def __init__(self, metrics: NodeMetrics, port: int, address: str = "127.0.0.1") -> None:
+        self._metrics = metrics
+        self._port = port
+        self._address = address
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.bound_port: int | None = None
+
+    def start(self) -> None:
+        """Listen and serve on a daemon thread."""
+        server, thread = start_http_server(self._port, addr=self._address,
+                                           registry=self._metrics.registry)
+        self._server, self._thread = server, thread
+        self.bound_port = int(server.server_address[1])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop listening."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the serving thread runs."""
+        return self._thread is not None and self._thread.is_alive()

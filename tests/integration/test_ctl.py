@@ -1,0 +1,348 @@
+"""``staybook ctl`` against running nodes on a real RabbitMQ."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+from pika.exceptions import ChannelClosedByBroker
+from prometheus_client import generate_latest
+from typer.testing import CliRunner
+
+from broker.client import Client
+from console.cli import app
+from console.ctl import ControlClient
+from messages import AddApartment, Envelope, new_id
+from node import Node
+from tests.conftest import TODAY, make_settings
+from tests.integration.conftest import _delete_prefix
+
+
+def ctl(node: Node, *args: str, url: str | None = None, code: int = 0) -> str:
+    """Run ``staybook ctl ARGS`` for ``node``'s deployment; its stdout."""
+    r = CliRunner().invoke(app, ["ctl", "--url", url or node.settings.broker.url,
+                                 "--wait", "0.5", *args],
+                           env={"STAYBOOK_BROKER__PREFIX": node.settings.broker.prefix})
+    assert r.exit_code == code, (r.exit_code, r.output)
+    return r.stdout
+
+
+def ctl_json(node: Node, *args: str) -> Any:
+    return json.loads(ctl(node, *args, "--json"))
+
+
+def eventually_value(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """The first truthy result of ``check`` (bounded; unlike conftest.eventually it returns it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, "condition never held"
+            return result
+        time.sleep(0.1)
+
+
+def add_apartment(client: Client, apt: str) -> dict[str, Any]:
+    env = Envelope.new(AddApartment(owner_id="olga", city="Lisbon", title="Flat",
+                                    price_per_night=9500, capacity=2), apartment_id=apt)
+    data: dict[str, Any] = client.request(env, timeout=20).payload.model_dump(mode="json")
+    return data
+
+
+def wait_control(node: Node) -> None:
+    assert node.app.root is not None
+    control: Any = node.app.root.ask(("ref_of", "control"), timeout=5)
+    assert control.connected.wait(15)
+
+
+def test_ctl_lists_nodes_tree_actors_and_inspects(node: Node, client: Client) -> None:
+    wait_control(node)
+    assert add_apartment(client, "apt-1")["status"] == "ok"
+    nodes = ctl_json(node, "nodes")
+    assert [n["node"] for n in nodes] == [node.settings.node_name]
+    assert nodes[0]["live_actors"] == 1 and nodes[0]["commands"] == 1
+    tree = ctl_json(node, "tree")[node.settings.node_name]
+    assert [c["id"] for c in tree][-1] == "control"
+    assert "└─ payment" in ctl(node, "tree")
+    actors = ctl_json(node, "actors", "--sort", "handled", "--kind", "apartment")
+    assert [(a["id"], a["handled"]) for a in actors] == [("apartment:apt-1", 1)]
+    assert ctl_json(node, "actors", "--kind", "reservation") == []
+    info = ctl_json(node, "inspect", "apartment:apt-1")
+    assert info["state"]["city"] == "Lisbon" and info["version"] == 1
+    assert "apartment:apt-1 on" in ctl(node, "inspect", "apartment:apt-1")
+    ctl(node, "inspect", "apartment:nowhere", code=1)
+
+
+def test_crash_restart_and_stop_through_ctl(node: Node, client: Client) -> None:
+    wait_control(node)
+    assert add_apartment(client, "apt-2")["status"] == "ok"
+    assert "crash requested" in ctl(node, "crash", "apartment:apt-2")
+
+    def restarted() -> dict[str, Any] | None:
+        info = ctl_json(node, "inspect", "apartment:apt-2")
+        return info if info["restarts"] == 1 and info["status"] == "running" else None
+
+    info = eventually_value(restarted)
+
+    def restarted_again(info: dict[str, Any]) -> bool:
+        return bool(info["restarts"] == 2 and info["status"] == "running")
+    assert info["last_failure"]["type"] == "InjectedCrash"
+    assert "InjectedCrash" in info["last_failure"]["traceback"]
+    assert info["state"]["city"] == "Lisbon"  # back from the store
+    ctl(node, "restart", "apartment:apt-2")
+    eventually_value(lambda: restarted_again(ctl_json(node, "inspect", "apartment:apt-2")))
+    assert "passivated" in ctl(node, "stop", "apartment:apt-2")
+    assert ctl_json(node, "actors") == []
+    assert ctl_json(node, "nodes")[0]["passivations"] == 1
+    ctl(node, "stop", "apartment:apt-2", code=1)  # no longer live
+    # A supervised service restarts through its supervisor's liveness check.
+    ctl(node, "restart", "timers")
+    eventually_value(lambda: _child(ctl_json(node, "tree")[node.settings.node_name],
+                              "timers")["restarts"] == 1)
+    # A permanent actor child crashes and comes back too.
+    ctl(node, "crash", "payment")
+    eventually_value(lambda: _child(ctl_json(node, "tree")[node.settings.node_name],
+                              "payment")["restarts"] == 1)
+
+
+def _child(tree: list[dict[str, Any]], cid: str) -> dict[str, Any]:
+    for c in tree:
+        if c["id"] == cid:
+            return c
+        with contextlib.suppress(KeyError):
+            return _child(c.get("children", []), cid)
+    raise KeyError(cid)
+
+
+def test_queues_shows_depth_and_consumers(node: Node) -> None:
+    def rows() -> dict[str, dict[str, Any]]:
+        return {r["queue"]: r for r in ctl_json(node, "queues")}
+
+    intake = node.topology.queue("intake")
+    # The consumers connect on their own threads, just after the node started.
+    eventually_value(lambda: rows()[intake]["consumers"] == 1)
+    now = rows()
+    assert now[intake]["messages"] == 0
+    assert now[node.topology.dead_letter_queue]["consumers"] == 0
+
+
+def test_one_console_sees_every_node(node_factory: Callable[..., Node]) -> None:
+    a = node_factory(node_name="node-a")
+    b = node_factory(node_name="node-b")
+    wait_control(a)
+    wait_control(b)
+    assert [n["node"] for n in ctl_json(a, "nodes")] == ["node-a", "node-b"]
+    only_b = json.loads(ctl(a, "--node", "node-b", "nodes", "--json"))
+    assert [n["node"] for n in only_b] == ["node-b"]
+    # payment runs on both: an action on it must name the node
+    ctl(a, "crash", "payment", code=1)
+
+
+def test_a_non_operator_cannot_restart_an_actor(node: Node, client: Client,
+                                                rabbitmq_proc: Any, amqp_url: str) -> None:
+    wait_control(node)
+    assert add_apartment(client, "apt-3")["status"] == "ok"
+    user = f"intruder-{new_id()[:6]}"
+    rabbitmq_proc.rabbitctl_output("add_user", user, "pw")
+    # Full broker rights: only the node's operator check stands in the way.
+    rabbitmq_proc.rabbitctl_output("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+    try:
+        url = amqp_url.replace("guest:guest", f"{user}:pw")
+        with ControlClient(url, node.topology) as c:
+            replies = c.request("restart", {"id": "apartment:apt-3"}, wait=1.0)
+        assert [(r["ok"], r["error"]) for r in replies] == [
+            (False, f"forbidden: {user} is not an operator")]
+        ctl(node, "restart", "apartment:apt-3", url=url, code=1)
+        # A forged user_id is refused by the broker itself.
+        conn = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            ch = conn.channel()
+            ch.basic_publish(f"{node.settings.broker.prefix}.control", "all", b"{}",
+                             pika.BasicProperties(user_id="guest", reply_to="x"))
+            with pytest.raises(ChannelClosedByBroker):
+                ch.queue_declare("", exclusive=True)  # a round trip surfaces the close
+        finally:
+            if conn.is_open:
+                conn.close()
+    finally:
+        rabbitmq_proc.rabbitctl_output("delete_user", user)
+    assert ctl_json(node, "inspect", "apartment:apt-3")["restarts"] == 0
+
+
+def test_metrics_count_commands_and_gauges(node_factory: Callable[..., Node],
+                                           amqp_url: str) -> None:
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    node = node_factory(metrics={"port": port})
+    with Client(amqp_url, node.topology) as c:
+        assert add_apartment(c, "apt-m")["status"] == "ok"
+        assert add_apartment(c, "apt-m")["status"] == "rejected"
+    text = generate_latest(node.metrics.registry).decode()
+    assert 'staybook_commands_total{outcome="ok",type="AddApartment"} 1.0' in text
+    assert 'staybook_commands_total{outcome="rejected",type="AddApartment"} 1.0' in text
+    assert "staybook_live_actors 1.0" in text
+    assert 'staybook_command_latency_seconds_count{type="AddApartment"} 2.0' in text
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert "staybook_activations_total 1.0" in r.read().decode()
+
+
+@pytest.fixture
+def flaky(amqp_url: str, tmp_path: Path) -> Iterator[tuple[Node, threading.Event]]:
+    """A node whose AddApartment handler is broken until the event is cleared."""
+    broken = threading.Event()
+    broken.set()
+
+    def inject(_eid: str, env: Envelope) -> None:
+        if broken.is_set() and env.type == "AddApartment":
+            raise RuntimeError("a bug, fixed later")
+
+    settings = make_settings(tmp_path, supervision={"poison_retries": 0})
+    settings.broker.url = amqp_url
+    settings.broker.prefix = f"t{new_id()[:8]}"
+    node = Node(settings, today=lambda: TODAY, inject=inject)
+    node.start()
+    try:
+        yield node, broken
+    finally:
+        node.stop()
+        _delete_prefix(amqp_url, [node])
+
+
+def test_dlq_replay_of_a_fixed_message_is_handled(flaky: tuple[Node, threading.Event],
+                                                  amqp_url: str) -> None:
+    node, broken = flaky
+    with Client(amqp_url, node.topology) as c:
+        reply = add_apartment(c, "apt-9")
+    assert (reply["status"], reply["reason"]) == ("error", "poison")
+    letters = eventually_value(lambda: ctl_json(node, "dlq", "list"))
+    assert len(letters) == 1
+    letter = letters[0]
+    assert (letter["queue"], letter["reason"], letter["type"]) == (
+        node.topology.queue("intake"), "poison", "AddApartment")
+    shown = ctl_json(node, "dlq", "show", letter["id"])
+    assert "RuntimeError" in shown["detail"] and '"apt-9"' in shown["body"]
+    assert len(ctl_json(node, "dlq", "list")) == 1  # browsing removes nothing
+    # Replayed while still broken: back in the dead-letter queue once, marked, no loop.
+    assert "replayed to" in ctl(node, "dlq", "replay", "--all")
+    again = eventually_value(lambda: ctl_json(node, "dlq", "show", letter["id"])
+                       if ctl_json(node, "dlq", "list") else None)
+    assert again["headers"]["x-staybook-replayed"] == 1
+    broken.clear()  # the fix is deployed
+    assert "replayed to" in ctl(node, "dlq", "replay", letter["id"])
+    eventually_value(lambda: len(node.store.load("apartment:apt-9")) == 1)
+    assert ctl_json(node, "dlq", "list") == []
+    ctl(node, "dlq", "replay", letter["id"], code=1)  # gone
+
+
+def test_dlq_purge(node: Node, amqp_url: str) -> None:
+    with Client(amqp_url, node.topology) as c:
+        c.publish_raw(node.topology.commands_exchange, "x", b"not json", message_id="bad-1")
+    eventually_value(lambda: ctl_json(node, "dlq", "list"))
+    ctl(node, "dlq", "purge", code=1)  # asks, and the runner answers nothing
+    assert "purged 1" in ctl(node, "dlq", "purge", "--yes")
+    assert ctl_json(node, "dlq", "list") == []
+
+
+def test_provisioned_roles_run_a_node_and_keep_producers_off_control_and_events(
+        rabbitmq_proc: Any, amqp_url: str, tmp_path: Path) -> None:
+    from broker.provision import Account, apply, plan
+    from console.tui import ConsoleApp, LiveSource, screen_text
+
+    tag = new_id()[:6]
+    prefix = f"t{new_id()[:8]}"
+    nd, op, prod = (Account(f"nd-{tag}", "nd-pw", "node"),
+                    Account(f"op-{tag}", "op-pw", "operator"),
+                    Account(f"pr-{tag}", "pr-pw", "producer"))
+    apply(plan(prefix, "/", [nd, op, prod], create_vhost=False),
+          rabbitmq_proc.rabbitctl_output)
+    settings = make_settings(tmp_path, control={"operators": [op.user]})
+    settings.broker.url = amqp_url.replace("guest:guest", f"{nd.user}:nd-pw")
+    settings.broker.prefix = prefix
+    node = Node(settings, today=lambda: TODAY)  # runs as the provisioned node user
+    node.start()
+    wait_control(node)
+    try:
+        prod_url = amqp_url.replace("guest:guest", f"{prod.user}:pr-pw")
+        op_url = amqp_url.replace("guest:guest", f"{op.user}:op-pw")
+        with Client(prod_url, node.topology) as c:  # producers may send commands
+            assert add_apartment(c, "apt-p")["status"] == "ok"
+        for exchange in (f"{prefix}.control", node.topology.exchange("events.apartment")):
+            conn = pika.BlockingConnection(pika.URLParameters(prod_url))
+            try:
+                ch = conn.channel()
+                ch.basic_publish(exchange, "all", b"{}")
+                with pytest.raises(ChannelClosedByBroker) as refused:
+                    ch.queue_declare("", passive=False, exclusive=True)
+                assert refused.value.reply_code in (403, 404)
+            finally:
+                if conn.is_open:
+                    conn.close()
+        # The operator sees the node, the queues and the dead letters...
+        assert [n["node"] for n in json.loads(ctl(node, "nodes", "--json", url=op_url))] == [
+            node.settings.node_name]
+        assert json.loads(ctl(node, "queues", "--json", url=op_url))[0]["consumers"] == 1
+        assert json.loads(ctl(node, "dlq", "list", "--json", url=op_url)) == []
+        # ... and drives the live view: crash the apartment with c, y.
+        source = LiveSource(op_url, node.topology, wait=0.5)
+
+        async def drill() -> str:
+            app = ConsoleApp(source, refresh=0)
+            async with app.run_test(size=(132, 40)) as pilot:
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                await pilot.press("c", "y")
+                await app.workers.wait_for_complete()
+                await pilot.pause()
+                return screen_text(app) + app.status_line
+
+        import asyncio
+        try:
+            text = asyncio.run(drill())
+        finally:
+            source.close()
+        assert "apartment:apt-p: crash requested" in text and node.settings.node_name in text
+        eventually_value(lambda: json.loads(ctl(node, "inspect", "apartment:apt-p", "--json",
+                                          url=op_url))["restarts"] == 1)
+        # The node user's events reached the search handler (events exchange, queue).
+        # The node user published the events (relay) and the handlers consumed them.
+        eventually_value(lambda: node.relay.published >= 1 and node.relay.backlog() == 0)
+        eventually_value(lambda: node.counters.events_handled >= 1)
+    finally:
+        node.stop()
+        _delete_prefix(amqp_url, [node])
+        for a in (nd, op, prod):
+            rabbitmq_proc.rabbitctl_output("delete_user", a.user)
+
+
+def test_a_definitions_file_loads_and_its_passwords_work(rabbitmq_proc: Any, amqp_url: str,
+                                                          tmp_path: Path) -> None:
+    from broker.provision import Account, definitions
+
+    user = f"def-{new_id()[:6]}"
+    prefix = f"t{new_id()[:8]}"
+    path = tmp_path / "definitions.json"
+    path.write_text(json.dumps(definitions(prefix, "/", [Account(user, "s3cret", "producer")])))
+    rabbitmq_proc.rabbitctl_output("import_definitions", str(path))
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(
+            amqp_url.replace("guest:guest", f"{user}:s3cret")))
+        try:
+            ch = conn.channel()
+            with pytest.raises(ChannelClosedByBroker) as refused:
+                ch.exchange_declare(f"{prefix}.control", exchange_type="topic")
+            assert refused.value.reply_code == 403  # a producer configures nothing
+        finally:
+            if conn.is_open:
+                conn.close()
+    finally:
+        rabbitmq_proc.rabbitctl_output("delete_user", user)
