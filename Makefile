@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RABBIT := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: demo serve test unit lint bench rabbitmq clean
+.PHONY: demo serve test unit lint bench drill rabbitmq clean
 
 $(BIN)/staybook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(BIN)/staybook
 
 bench: $(BIN)/staybook rabbitmq
 	$(BIN)/python -m bench.throughput
+
+# The long fault drill (DRILL_SECONDS, default 600): prints lost / duplicated / ... counts.
+DRILL_SECONDS ?= 600
+drill: $(BIN)/staybook rabbitmq
+	$(BIN)/python -m tests.faults.drill --seconds $(DRILL_SECONDS) --broker-kill
 
 clean:
 	rm -rf $(VENV) .staybook *.egg-info

@@ -162,6 +162,8 @@ class RabbitConsumer:
                 self._consume()
                 delay = 0.1
             except (AMQPError, OSError) as exc:
+                if self.connected.is_set():
+                    delay = 0.1  # it was up: start the backoff over, not where it left off
                 self.connected.clear()
                 self.reconnects += 1
                 log.warning("%s: connection lost (%r); reconnecting in %.1fs",
@@ -377,7 +379,8 @@ class AsyncConfirmPublisher(Publisher):
         self._conn: pika.SelectConnection | None = None
         self._channel: Any = None
         self._seq = 0
-        self._pending: dict[int, _Batch] = {}
+        self._pending: dict[int, tuple[_Batch, str | None]] = {}  # seq -> batch, id
+        self._returned_ids: dict[str, str] = {}  # message id -> why it was returned
         self._thread = threading.Thread(target=self._run, name="relay-publisher", daemon=True)
         self._thread.start()
         if not self._ready.wait(15) or self._error:
@@ -425,8 +428,15 @@ class AsyncConfirmPublisher(Publisher):
             self._conn.close()
 
     def _on_return(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
-        # A return precedes the ack of the same message; remember it for that ack.
-        self._returned = f"unroutable: {method.reply_text} ({method.exchange})"
+        # A return precedes the ack of the same message, but acks of other messages
+        # (other queues confirm at their own pace) may come in between: remember the
+        # return by message id, so it fails the batch of the message that bounced.
+        reason = f"unroutable: {method.reply_text} ({method.exchange})"
+        mid = getattr(props, "message_id", None)
+        if mid:
+            self._returned_ids[mid] = reason
+        else:
+            self._returned = reason
 
     _returned: str | None = None
 
@@ -435,16 +445,20 @@ class AsyncConfirmPublisher(Publisher):
         nack = isinstance(method, pika.spec.Basic.Nack)
         tag = method.delivery_tag
         tags = [t for t in self._pending if t <= tag] if method.multiple else [tag]
-        err = "nacked by the broker" if nack else self._returned
+        anonymous = self._returned
         self._returned = None
         for t in tags:
-            batch = self._pending.pop(t, None)
-            if batch is not None:
-                batch.settle(err)
+            entry = self._pending.pop(t, None)
+            if entry is None:
+                continue
+            batch, mid = entry
+            returned = self._returned_ids.pop(mid, None) if mid else None
+            batch.settle("nacked by the broker" if nack else returned or anonymous)
 
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
-        for batch in set(pending.values()):
+        self._returned_ids.clear()
+        for batch in {b for b, _mid in pending.values()}:
             batch.fail(reason)
 
     def _publish_batch(self, batch: _Batch, messages: Sequence[Outgoing]) -> None:
@@ -453,7 +467,7 @@ class AsyncConfirmPublisher(Publisher):
             return
         for out in messages:
             self._seq += 1
-            self._pending[self._seq] = batch
+            self._pending[self._seq] = (batch, out.message_id)
             self._channel.basic_publish(
                 out.exchange, out.routing_key, out.body, properties_of(out), mandatory=True
             )
@@ -473,8 +487,16 @@ class AsyncConfirmPublisher(Publisher):
             )
         except Exception as exc:
             raise PublishFailed(repr(exc)) from exc
-        if not batch.done.wait(timeout):
-            raise PublishFailed("timed out waiting for confirms")
+        # Wait in slices: if the I/O loop stopped before it ran the callback above,
+        # nobody will ever settle this batch (found by the fault drill: a broker
+        # shutdown left the relay waiting out the whole timeout). A closed publisher
+        # fails the wait at once.
+        deadline = time.monotonic() + timeout
+        while not batch.done.wait(0.05):
+            if self._closed.is_set():
+                raise PublishFailed(f"publisher closed: {self._error}")
+            if time.monotonic() > deadline:
+                raise PublishFailed("timed out waiting for confirms")
         if batch.error:
             raise PublishFailed(batch.error)
 

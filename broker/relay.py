@@ -117,8 +117,19 @@ class Relay:
         self._cursor = ids[-1]
         self.published += len(ids)
         self._writer.submit(Commit(stream_id=None, expected_version=0,
-                                   effects=[_mark(ids)], on_done=_log_failure))
+                                   effects=[_mark(ids)], on_done=self._marked))
         return len(rows) == self._batch
+
+    def _marked(self, exc: BaseException | None) -> None:
+        """Writer thread: if the rows could not be marked, publish them again.
+
+        The cursor already moved past them, so without a rewind they would stay
+        unmarked until the node restarts; republishing is safe (consumers dedupe).
+        """
+        if exc is not None:
+            log.warning("relay: marking rows published failed (%r); republishing them", exc)
+            self._cursor = 0
+            self._wake.set()
 
     def _close(self) -> None:
         if self._publisher is not None:
@@ -135,7 +146,3 @@ def _mark(ids: Sequence[int]) -> Any:
                      .values(published_at=now))
     return effect
 
-
-def _log_failure(exc: BaseException | None) -> None:
-    if exc is not None:
-        log.warning("relay: marking rows published failed (%r); they will be republished", exc)

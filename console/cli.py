@@ -111,10 +111,18 @@ def send(
     command_type: Annotated[str, typer.Argument(help="e.g. AddApartment")],
     apartment_id: Annotated[str, typer.Argument(help="the partition key")],
     payload: Annotated[str, typer.Argument(help="the payload as JSON")],
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each reply")] = 10.0,
+    message_id: Annotated[str | None, typer.Option(
+        help="re-send an earlier command with its id (safe: it takes effect once)")] = None,
+    retries: Annotated[int, typer.Option(help="re-sends with the same id on no reply")] = 2,
 ) -> None:
-    """Post any command and print its reply (exit 1 unless the reply is ok)."""
-    from broker.client import Client
+    """Post any command and print its reply.
+
+    Exit 0 when ok, 1 when rejected, 2 when it was never confirmed by the broker, 3 when
+    it was confirmed but no reply came (it will still take effect once: re-send with
+    ``--message-id``).
+    """
+    from broker.client import Client, NoReply, NotConfirmed
     from messages import Envelope, InvalidMessage, new_id, spec_for
 
     settings = _settings()
@@ -122,7 +130,8 @@ def send(
     if spec is None:
         typer.echo(f"unknown message type {command_type}", err=True)
         raise typer.Exit(2)
-    mid = new_id()
+    mid = message_id or new_id()
+    typer.echo(f"message_id {mid}", err=True)
     body = json.dumps({"message_id": mid, "correlation_id": mid, "type": command_type,
                        "version": spec.version, "apartment_id": apartment_id,
                        "payload": json.loads(payload)}).encode()
@@ -131,8 +140,16 @@ def send(
     except InvalidMessage as exc:
         typer.echo(f"invalid {command_type}: {exc.detail}", err=True)
         raise typer.Exit(2) from exc
-    with Client(settings.broker.url, _topology(settings)) as client:
-        reply = client.request(env, timeout=timeout)
+    try:
+        with Client(settings.broker.url, _topology(settings)) as client:
+            reply = client.request(env, timeout=timeout, retries=retries)
+    except NotConfirmed as exc:
+        typer.echo(f"not confirmed by the broker: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except NoReply as exc:
+        typer.echo(f"confirmed, but no reply yet ({exc}); re-send with --message-id {mid}",
+                   err=True)
+        raise typer.Exit(3) from exc
     data = reply.payload.model_dump(mode="json")
     typer.echo(json.dumps(data, indent=2))
     raise typer.Exit(0 if data.get("status") == "ok" else 1)

@@ -112,7 +112,7 @@ def run_demo(url: str, topology: Topology | None = None, *,
             reply = client.request(env, timeout=10).payload.model_dump(mode="json")
             out(f"    reply  {_brief(reply)}")
             time.sleep(0.3)
-            client._conn.process_data_events(time_limit=0)
+            client.pump(0)
             return reply
 
         monday, next_monday, friday = next_week(today or date.today())

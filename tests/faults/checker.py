@@ -1,0 +1,243 @@
+"""Reads a drill's history, its store and its dead letters; counts what went wrong.
+
+Each count is a promise of docs/guarantees.md that the drill tries to break:
+
+* ``lost``: a command the broker confirmed that never took effect.
+* ``duplicated``: a command that took effect more than once (its first event,
+  identified by type and reservation, recorded twice).
+* ``unexpected_replies``: a reply that disagrees with the one stored in the inbox
+  (a re-send must be answered from the inbox, identically).
+* ``double_charges``: more than one charge, or more than one ``PaymentSucceeded``,
+  for one reservation; ``charged_but_failed``: the gateway kept the money of a
+  reservation recorded as ``PaymentFailed``.
+* ``double_notifications``: one person told twice of one event (stored rows or
+  ``NotificationSent`` events).
+* ``overlaps``: two accepted reservations sharing a night on one apartment, at any
+  point of the apartment's history (folded with ``actors.apartment.evolve``).
+* ``events_undelivered``: an event a consumer never acted on (a request without
+  its owner's notification, an acceptance without a payment outcome).
+* ``poison_missing`` / ``poison_wrong_reason``: a confirmed malformed message that is
+  not in the dead-letter queue, or is there without the expected reason header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+from pika.exceptions import AMQPError
+from sqlalchemy import create_engine, select
+
+from actors.apartment import Apartment, StayStatus, evolve
+from broker.base import REASON_HEADER
+from broker.rabbitmq import connection_parameters
+from messages import Envelope
+from store.tables import (
+    events_table,
+    gateway_charges_table,
+    inbox_table,
+    notifications_table,
+    outbox_table,
+)
+from tests.faults.workload import History
+
+MUST_BE_ZERO = ("lost", "duplicated", "unexpected_replies", "double_charges",
+                "charged_but_failed", "double_notifications", "overlaps",
+                "events_undelivered", "outbox_backlog", "poison_missing",
+                "poison_wrong_reason", "valid_dead_lettered")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message read from the dead-letter queue."""
+
+    message_id: str | None
+    reason: str | None
+    death_reason: str | None
+    body: bytes
+
+
+def drain_dead_letters(url: str, queue: str, limit: int = 100_000) -> list[DeadLetter]:
+    """Take every message off the dead-letter queue (bounded by ``limit``)."""
+    out: list[DeadLetter] = []
+    conn = pika.BlockingConnection(connection_parameters(url))
+    try:
+        ch = conn.channel()
+        while len(out) < limit:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            headers = dict(props.headers or {})
+            reason = headers.get(REASON_HEADER)
+            if isinstance(reason, bytes):
+                reason = reason.decode(errors="replace")
+            death = headers.get("x-first-death-reason")
+            if isinstance(death, bytes):
+                death = death.decode(errors="replace")
+            out.append(DeadLetter(props.message_id, reason, death, body))
+    finally:
+        with contextlib.suppress(AMQPError, OSError):
+            conn.close()
+    return out
+
+
+def _stored_events(db_path: Path) -> list[tuple[str, int, Envelope]]:
+    engine = create_engine(f"sqlite:///{db_path}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(events_table.c.stream_id, events_table.c.version,
+                                       events_table.c.body)
+                                .order_by(events_table.c.position)).all()
+    finally:
+        engine.dispose()
+    return [(r.stream_id, r.version, Envelope.from_json(r.body, max_bytes=1 << 24))
+            for r in rows]
+
+
+def check(db_path: Path, history: History, dead: list[DeadLetter]) -> dict[str, Any]:
+    """Every count the drill reports (see the module docstring)."""
+    events = _stored_events(db_path)
+    engine = create_engine(f"sqlite:///{db_path}")
+    try:
+        with engine.connect() as conn:
+            inbox = {r.message_id: r.reply for r in conn.execute(
+                select(inbox_table.c.message_id, inbox_table.c.reply)
+                .where(inbox_table.c.consumer == "intake"))}
+            charges = conn.execute(select(gateway_charges_table.c.idempotency_key,
+                                          gateway_charges_table.c.status)).all()
+            notes = conn.execute(select(notifications_table.c.event_id,
+                                        notifications_table.c.recipient)).all()
+            backlog = len(conn.execute(select(outbox_table.c.id).where(
+                outbox_table.c.published_at.is_(None))).all())
+    finally:
+        engine.dispose()
+
+    by_cause: dict[str, list[Envelope]] = defaultdict(list)
+    for _sid, _v, env in events:
+        if env.causation_id:
+            by_cause[env.causation_id].append(env)
+
+    r: Counter[str] = Counter()
+    first_reply: dict[str, dict[str, Any]] = {}
+    for op in history.ops:
+        r["commands"] += 1
+        r["resends"] += op.resend_of is not None
+        r["confirmed"] += op.confirmed
+        r["answered"] += bool(op.replies)
+        r["confirmed_unanswered"] += op.confirmed and not op.replies
+        r["not_confirmed"] += not op.confirmed
+        caused = by_cause.get(op.message_id, [])
+        if caused:
+            head = caused[0]
+            first_event = (head.type, getattr(head.payload, "reservation_id", None))
+            times = sum(1 for e in caused
+                        if (e.type, getattr(e.payload, "reservation_id", None)) == first_event)
+        else:
+            times = 0
+        if op.resend_of is None:
+            if op.confirmed and (times == 0 or op.message_id not in inbox):
+                r["lost"] += 1
+            if times > 1:
+                r["duplicated"] += 1
+            r["took_effect"] += times == 1
+        stored = inbox.get(op.message_id)
+        stored_outcome = None
+        if stored:
+            p = json.loads(stored)["payload"]
+            stored_outcome = (p.get("status"), p.get("reason"))
+        for reply in op.replies:
+            outcome = (reply.get("status"), reply.get("reason"))
+            if stored_outcome is not None and outcome != stored_outcome:
+                r["unexpected_replies"] += 1
+            first = first_reply.setdefault(op.message_id, reply)
+            if (first.get("status"), first.get("reason")) != outcome:
+                r["unexpected_replies"] += 1
+            if op.resend_of is not None:
+                r["resends_answered_from_inbox"] += stored_outcome == outcome
+
+    # payments
+    per_key = Counter(k for k, _s in charges)
+    charged = {k for k, s in charges if s == "charged"}
+    r["double_charges"] += sum(1 for n in per_key.values() if n > 1)
+    succeeded: Counter[str] = Counter()
+    failed: set[str] = set()
+    accepted: list[Envelope] = []
+    requested: list[Envelope] = []
+    sent: Counter[tuple[str, str]] = Counter()
+    payment_streams: Counter[str] = Counter()
+    for sid, _v, env in events:
+        rid = getattr(env.payload, "reservation_id", None)
+        in_payment = sid.startswith("payment:")  # the process keeps private copies
+        if env.type == "PaymentSucceeded" and rid and in_payment:
+            succeeded[rid] += 1
+        elif env.type == "PaymentFailed" and rid and in_payment:
+            failed.add(rid)
+        elif env.type == "ReservationAccepted":
+            accepted.append(env)
+        elif env.type == "ReservationRequested":
+            requested.append(env)
+        elif env.type == "NotificationSent":
+            p = env.payload
+            sent[(p.event_id, p.recipient)] += 1  # type: ignore[attr-defined]
+        if sid.startswith("payment:") and env.type in ("PaymentSucceeded", "PaymentFailed"):
+            payment_streams[sid] += 1
+    r["charges"] = len(charged)
+    r["payments_failed"] = len(failed)
+    r["double_charges"] += sum(1 for n in succeeded.values() if n > 1)
+    r["charged_but_failed"] = len(charged & failed)
+
+    # notifications
+    r["notifications"] = len(notes)
+    r["double_notifications"] += sum(1 for n in Counter(
+        (e, who) for e, who in notes).values() if n > 1)
+    r["double_notifications"] += sum(1 for n in sent.values() if n > 1)
+
+    # overlaps: fold every apartment stream, checking at every acceptance
+    states: dict[str, Apartment] = {}
+    for sid, _v, env in events:
+        if not sid.startswith("apartment:"):
+            continue
+        apt = sid.split(":", 1)[1]
+        state = evolve(states.get(apt) or Apartment(apartment_id=apt), env.payload)
+        states[apt] = state
+        if env.type == "ReservationAccepted":
+            mine = state.stays[env.payload.reservation_id]  # type: ignore[attr-defined]
+            r["overlaps"] += sum(
+                1 for s in state.stays.values()
+                if s.reservation_id != mine.reservation_id
+                and s.status is StayStatus.ACCEPTED and s.overlaps(mine.start, mine.end))
+    r["accepted"] = len({getattr(e.payload, "reservation_id", "") for e in accepted})
+
+    # events that some consumer must have acted on
+    noted = {e for e, _who in notes}
+    r["events_undelivered"] += sum(1 for e in requested if e.message_id not in noted)
+    for e in accepted:
+        rid = getattr(e.payload, "reservation_id", "")
+        r["events_undelivered"] += payment_streams[f"payment:{rid}"] != 1
+    r["outbox_backlog"] = backlog
+
+    # dead letters
+    by_mid: dict[str, list[DeadLetter]] = defaultdict(list)
+    for d in dead:
+        if d.message_id:
+            by_mid[d.message_id].append(d)
+    r["dead_letters"] = len(dead)
+    for p in history.poison:
+        r["poison_sent"] += 1
+        r["poison_confirmed"] += p.confirmed
+        found = by_mid.get(p.message_id, [])
+        if p.confirmed and not found:
+            r["poison_missing"] += 1
+        if found and any(d.reason != p.reason for d in found):
+            r["poison_wrong_reason"] += 1
+        r["poison_dead_lettered_twice"] += len(found) > 1
+    ops = {op.message_id for op in history.ops}
+    r["valid_dead_lettered"] = sum(1 for d in dead if d.message_id in ops)
+    for name in MUST_BE_ZERO:
+        r[name] += 0  # present in the report even when zero
+    return dict(r)
