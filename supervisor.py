@@ -239,12 +239,15 @@ class PollingService:
         name: the child id and thread name.
         interval: seconds between polls when idle.
         max_delay: the cap on the retry backoff.
+        retry_delay: the first retry delay (default: ``interval``).
     """
 
-    def __init__(self, name: str, interval: float, *, max_delay: float = 30.0) -> None:
+    def __init__(self, name: str, interval: float, *, max_delay: float = 30.0,
+                 retry_delay: float | None = None) -> None:
         self.name = name
         self._interval = interval
         self._max_delay = max_delay
+        self._retry_delay = interval if retry_delay is None else retry_delay
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -253,6 +256,12 @@ class PollingService:
     def poll(self) -> bool:
         """Hook: do one round of work; True if another round should follow at once."""
         raise NotImplementedError
+
+    def failed(self, exc: Exception) -> None:
+        """Hook: a round raised ``exc`` (release what it held); the default does nothing."""
+
+    def finished(self) -> None:
+        """Hook: the thread is about to end; the default does nothing."""
 
     def start(self) -> None:
         """Start the thread."""
@@ -276,19 +285,22 @@ class PollingService:
         self._wake.set()
 
     def _run(self) -> None:
-        delay = self._interval
+        retry = self._retry_delay
         while not self._stop.is_set():
+            wait = self._interval
             try:
                 more = self.poll()
-                delay = self._interval
+                retry = self._retry_delay
             except Exception as exc:  # noqa: BLE001 - the work stays; the next poll retries
                 self.failures += 1
-                log.warning("%s: round failed (%r); retrying in %.1fs", self.name, exc, delay)
-                more = False
-                delay = min(delay * 2, self._max_delay)
+                log.warning("%s: round failed (%r); retrying in %.1fs", self.name, exc, retry)
+                self.failed(exc)
+                more, wait = False, retry
+                retry = min(retry * 2, self._max_delay)
             if not more:
-                self._wake.wait(delay)
+                self._wake.wait(wait)
                 self._wake.clear()
+        self.finished()
 
 
 StartFn = Callable[[ReportFailure], Child]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -21,11 +20,12 @@ from sqlalchemy import Connection, Engine, select, update
 from broker.base import Broker, Outgoing, Publisher
 from store import Commit, StoreWriter
 from store.tables import outbox_table
+from supervisor import PollingService
 
 log = logging.getLogger(__name__)
 
 
-class Relay:
+class Relay(PollingService):
     """Publishes the outbox; woken by the writer after each commit.
 
     Args:
@@ -36,43 +36,16 @@ class Relay:
         max_delay: cap on the reconnect backoff.
     """
 
-    name = "relay"
-
     def __init__(self, engine: Engine, writer: StoreWriter, broker: Broker, *,
                  batch: int = 500, max_delay: float = 10.0) -> None:
+        super().__init__("relay", 0.5, max_delay=max_delay, retry_delay=0.1)
         self._engine = engine
         self._writer = writer
         self._broker = broker
         self._batch = batch
-        self._max_delay = max_delay
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._publisher: Publisher | None = None
         self._cursor = 0
         self.published = 0
-        self.failures = 0
-
-    def start(self) -> None:
-        """Start the relay thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current round."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the relay thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def wake(self) -> None:
-        """Something was committed: look at the outbox now."""
-        self._wake.set()
 
     def backlog(self) -> int:
         """Rows not yet published."""
@@ -80,21 +53,16 @@ class Relay:
         with self._engine.connect() as conn:
             return len(conn.execute(q).all())
 
-    def _run(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            try:
-                while not self._stop.is_set() and self._round():
-                    pass
-                delay = 0.1
-            except Exception as exc:  # noqa: BLE001 - the rows stay; retry later
-                self.failures += 1
-                log.warning("relay: publishing failed (%r); retrying in %.1fs", exc, delay)
-                self._close()
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._max_delay)
+    def poll(self) -> bool:
+        """Publish one batch; True while full batches keep coming."""
+        return self._round()
+
+    def failed(self, exc: Exception) -> None:
+        """The rows stay unpublished; drop the publisher so the retry reconnects."""
+        self._close()
+
+    def finished(self) -> None:
+        """Close the publisher's connection."""
         self._close()
 
     def _round(self) -> bool:
@@ -129,7 +97,7 @@ class Relay:
         if exc is not None:
             log.warning("relay: marking rows published failed (%r); republishing them", exc)
             self._cursor = 0
-            self._wake.set()
+            self.wake()
 
     def _close(self) -> None:
         if self._publisher is not None:
