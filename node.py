@@ -184,34 +184,42 @@ class Node:
                                     handler_timeout=sup.handler_timeout_seconds)
 
         infra = sup.infrastructure
-        return [
-            nested("infrastructure", [
-                service_child("store", lambda: self.writer, backoff=backoff_of(infra)),
-                service_child("relay", lambda: self.relay, backoff=backoff_of(infra)),
-                service_child("timers", lambda: self.timers, backoff=backoff_of(infra)),
-                *self._smtp_spec(backoff_of(infra)),
-            ]),
-            service_child("entities", lambda: self.directory, shutdown=30,
-                          backoff=backoff_of(sup.root)),
-            nested("handlers", [
-                self._handler_spec("payment", lambda r: PaymentActor.start(
-                    "payment", self.store, self.writer, r, self.gateway,
-                    max_attempts=self.settings.payment.max_attempts,
-                    retry_delay=self.settings.payment.retry_delay)),
-                self._handler_spec("notifier", lambda r: NotifierActor.start(
-                    "notifier", self.store, self.writer, r)),
-                self._handler_spec("search", lambda r: SearchActor.start(
-                    "search", self.store, self.writer, r)),
-            ]),
-            nested("intake", [
-                self._consumer_spec(Consumer.INTAKE, self._on_command,
-                                    self.settings.broker.prefetch),
+        commands, events = "commands" in self.settings.roles, "events" in self.settings.roles
+        intake: list[ChildSpec] = []
+        if commands:
+            intake.append(self._consumer_spec(Consumer.INTAKE, self._on_command,
+                                              self.settings.broker.prefetch))
+        if events:
+            intake += [
                 self._consumer_spec(Consumer.SEARCH, self._handler_delivery("search",
                                                                             SEARCH_KINDS)),
                 self._consumer_spec(Consumer.PAYMENT, self._handler_delivery("payment")),
                 self._consumer_spec(Consumer.NOTIFIER, self._handler_delivery("notifier")),
                 self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
+            ]
+        handlers = [
+            self._handler_spec("payment", lambda r: PaymentActor.start(
+                "payment", self.store, self.writer, r, self.gateway,
+                max_attempts=self.settings.payment.max_attempts,
+                retry_delay=self.settings.payment.retry_delay)),
+            self._handler_spec("notifier", lambda r: NotifierActor.start(
+                "notifier", self.store, self.writer, r)),
+            self._handler_spec("search", lambda r: SearchActor.start(
+                "search", self.store, self.writer, r)),
+        ]
+        return [
+            nested("infrastructure", [
+                service_child("store", lambda: self.writer, backoff=backoff_of(infra)),
+                # The relay publishes the whole (shared) outbox, the events role's too.
+                *([service_child("relay", lambda: self.relay, backoff=backoff_of(infra)),
+                   service_child("timers", lambda: self.timers, backoff=backoff_of(infra))]
+                  if commands else []),
+                *(self._smtp_spec(backoff_of(infra)) if events else []),
             ]),
+            service_child("entities", lambda: self.directory, shutdown=30,
+                          backoff=backoff_of(sup.root)),
+            *([nested("handlers", handlers)] if events else []),
+            nested("intake", intake),
             *self._console_specs(),
         ]
 

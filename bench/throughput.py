@@ -472,8 +472,13 @@ class NodeProcess:
         return self.exit_code
 
 
-def start_node(url: str, prefix: str, workdir: Path, deadline: float) -> NodeProcess:
-    """Start a node and wait until every one of its queues has a consumer."""
+def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
+               roles: Sequence[str] = ("commands", "events")) -> NodeProcess:
+    """Start a node and wait until each queue its roles consume has a consumer.
+
+    Args:
+        roles: what the node runs (``--split`` starts one node per role).
+    """
     env = {
         **os.environ,
         "STAYBOOK_BROKER__URL": url,
@@ -481,9 +486,10 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float) -> NodePro
         "STAYBOOK_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
         "STAYBOOK_STORE__SYNCHRONOUS": "FULL",
         "STAYBOOK_LOG_LEVEL": "WARNING",
-        "STAYBOOK_NODE_NAME": "bench",
+        "STAYBOOK_NODE_NAME": "bench-" + "-".join(roles),
+        "STAYBOOK_ROLES": json.dumps(list(roles)),
     }
-    log_path = workdir / "node.log"
+    log_path = workdir / f"node-{'-'.join(roles)}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
                                  "--no-local-broker"], env=env, cwd=REPO, stdout=log,
@@ -491,7 +497,8 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float) -> NodePro
                                 start_new_session=True)
     node = NodeProcess(proc, log_path)
     topology = Topology(prefix=prefix)
-    queues = [topology.queue(c) for c in Consumer]
+    queues = [topology.queue(c) for c in Consumer
+              if ("commands" if c is Consumer.INTAKE else "events") in roles]
     limit = min(deadline, time.monotonic() + 120)
     while True:
         if proc.poll() is not None:
@@ -566,7 +573,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {"apartments": args.apartments, "hot": args.hot, "commands": len(commands),
                    "window": args.window, "seed": args.seed, "timeout_s": args.timeout,
                    "prefix": prefix, "publisher_confirms": False,
-                   "store": "sqlite, synchronous=FULL"},
+                   "store": "sqlite, synchronous=FULL",
+                   "node": "two processes (commands, events)" if args.split
+                   else "one process"},
         "workload": dict(Counter(c.type for c in commands)),
         "end_to_end": None, "raw": None, "ratio": None, "timed_out": False,
         "node_exit_code": None, "setup_error": None, "error": None,
@@ -587,7 +596,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.skip_raw:
                 report["raw"] = run_raw(url, raw_queue, commands, args.window, deadline)
             if time.monotonic() < deadline:
-                node = start_node(url, prefix, work, deadline)
+                nodes = ([start_node(url, prefix, work, deadline, roles=["events"]),
+                          start_node(url, prefix, work, deadline, roles=["commands"])]
+                         if args.split else [start_node(url, prefix, work, deadline)])
                 try:
                     e2e = run_end_to_end(url, topology, commands, args.window, deadline)
                     e2e["backlog_after_last_reply"] = queue_depths(
@@ -595,10 +606,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         + [topology.dead_letter_queue])
                     report["end_to_end"] = e2e
                 finally:
-                    code = node.stop()
+                    codes = [n.stop() for n in reversed(nodes)]
+                    code = next((c for c in codes if c != 0), 0)
                     report["node_exit_code"] = code
                     if code != 0:
-                        report["node_log_tail"] = _tail(node.log_path, 30)
+                        report["node_log_tail"] = "\n".join(_tail(n.log_path, 30)
+                                                             for n in nodes)
         except SetupFailed as exc:
             report["setup_error"] = str(exc)
         except (TimeoutError, AMQPError, OSError) as exc:
@@ -635,7 +648,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "Staybook throughput benchmark",
         f"  broker {cfg.get('broker', '?')}, prefix {cfg['prefix']}, seed {cfg['seed']}, "
-        f"window {cfg['window']}, store {cfg['store']}, publisher confirms: no",
+        f"window {cfg['window']}, store {cfg['store']}, publisher confirms: no, "
+        f"node: {cfg['node']}",
         "  workload: " + ", ".join(f"{n} {t}" for t, n in report["workload"].items()),
         "",
         f"  {'run':<28}{'msgs':>8}{'answered':>10}{'msgs/s':>10}{'p50 ms':>10}"
@@ -708,6 +722,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a running broker (default: $STAYBOOK_BROKER__URL, else a private one)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--skip-raw", action="store_true", help="skip the raw quorum-queue run")
+    p.add_argument("--split", action="store_true",
+                   help="run the node as two processes: the commands role and the events role")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds for the whole run; then report what was measured, exit 1")
     args = p.parse_args(argv)

@@ -23,6 +23,10 @@ CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_TOML = CONFIG_DIR / "default.toml"
 
 
+Role = Literal["commands", "events"]
+ROLES: tuple[Role, ...] = ("commands", "events")
+
+
 class BrokerSettings(BaseModel):
     """How to reach RabbitMQ and how hard to push it."""
 
@@ -151,6 +155,10 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///staybook.db"
     node_name: str = "node-1"
+    # What this process runs: "commands" (intake, apartments, relay, timers) and/or
+    # "events" (payment, notifier, search, reservation processes). Two processes, one
+    # per role, on the same store and broker, each get a core (and a GIL) of their own.
+    roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
     log_level: str = "INFO"
     broker: BrokerSettings = BrokerSettings()
     store: StoreSettings = StoreSettings()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -40,5 +42,14 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
             # SQLite's lower() folds ASCII only; searches compare casefold() keys.
             dbapi_conn.create_function("casefold", 1, _casefold, deterministic=True)
 
-    SQLModel.metadata.create_all(engine)
+    for attempt in range(5):
+        try:
+            SQLModel.metadata.create_all(engine)
+            break
+        except OperationalError:
+            # Another process (the other role of a node) created a table between the
+            # check and the create; look again.
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     return engine

@@ -12,12 +12,13 @@ from bench import throughput
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one-process", "two-roles"])
 def test_the_benchmark_gets_a_reply_for_every_command(
-        amqp_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        amqp_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], split: bool) -> None:
     out = tmp_path / "bench.json"
     rc = throughput.main(["--amqp-url", amqp_url, "--apartments", "10", "--hot", "2",
                           "--commands", "300", "--window", "64", "--timeout", "90",
-                          "--json-out", str(out)])
+                          "--json-out", str(out), *(["--split"] if split else [])])
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["setup_error"] is None and report["error"] is None, report

@@ -145,3 +145,27 @@ def test_events_nobody_consumes_do_not_block_the_relay(node: Node, client: Clien
     assert confirmed, "the payment and confirmation never happened"
     assert node.relay.backlog() == 0
     assert node.relay.failures == 0
+
+
+def test_commands_and_events_roles_in_two_nodes_on_one_store(
+        node_factory: Callable[..., Node], amqp_url: str) -> None:
+    """One node runs the intake and the apartments, the other the event handlers."""
+    commands = node_factory(roles=["commands"], node_name="n-commands")
+    events = node_factory(roles=["events"], node_name="n-events")
+    assert commands.consumers.keys() == {"intake"}
+    assert events.consumers.keys() == {"search", "payment", "notifier", "reservations"}
+    with Client(amqp_url, commands.topology) as c:
+        assert _send(c, AddApartment(owner_id="o", city="Oslo", title="T",
+                                     price_per_night=10, capacity=2), "a1")["status"] == "ok"
+        assert _send(c, RequestReservation(reservation_id="r1", guest_id="g", start=day(3),
+                                           end=day(5)), "a1")["status"] == "ok"
+        assert _send(c, AcceptReservation(reservation_id="r1", owner_id="o"),
+                     "a1")["status"] == "ok"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(e.type == "ReservationConfirmed" for e in events.store.load("reservation:r1")):
+            break
+        time.sleep(0.1)
+    assert any(e.type == "ReservationConfirmed" for e in events.store.load("reservation:r1"))
+    assert events.directory.live >= 1  # the reservation process ran in the events node
+    assert commands.directory.ref("reservation:r1") is None
