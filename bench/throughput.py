@@ -54,7 +54,12 @@ import pika
 from pika.exceptions import AMQPError
 
 from broker.base import Outgoing
-from broker.rabbitmq import connection_parameters, properties_of, wait_for_broker
+from broker.rabbitmq import (
+    all_consumed,
+    connection_parameters,
+    properties_of,
+    wait_for_broker,
+)
 from broker.topology import Topology
 from config import CONFIG_DIR
 from console.localbroker import CTL, SERVER, BrokerUnavailable, ensure_installed, port_open
@@ -506,29 +511,9 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
         if time.monotonic() > limit:
             node.stop()
             raise SetupFailed(f"the node did not come up in time: {_tail(log_path)}")
-        if _all_consumed(url, queues):
+        if all_consumed(url, queues):
             return node
         time.sleep(0.2)
-
-
-def _all_consumed(url: str, queues: Sequence[str]) -> bool:
-    try:
-        conn = pika.BlockingConnection(connection_parameters(url))
-    except (AMQPError, OSError):
-        return False
-    try:
-        for name in queues:
-            ch = conn.channel()  # a passive declare of a missing queue closes the channel
-            ok = ch.queue_declare(name, passive=True)
-            ch.close()
-            if ok.method.consumer_count < 1:
-                return False
-        return True
-    except AMQPError:
-        return False
-    finally:
-        with contextlib.suppress(AMQPError, OSError):
-            conn.close()
 
 
 def delete_prefix(url: str, topology: Topology, extra_queues: Sequence[str] = ()) -> None:

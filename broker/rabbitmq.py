@@ -532,3 +532,24 @@ def wait_for_broker(url: str, timeout: float = 60.0) -> None:
             last = exc
             time.sleep(0.5)
     raise TimeoutError(f"RabbitMQ at {url} did not answer in {timeout}s: {last!r}")
+
+
+def all_consumed(url: str, queues: Sequence[str]) -> bool:
+    """True when every queue exists and has at least one consumer (passive declares)."""
+    try:
+        conn = pika.BlockingConnection(connection_parameters(url))
+    except (AMQPError, OSError):
+        return False
+    try:
+        for name in queues:
+            ch = conn.channel()  # a passive declare of a missing queue closes the channel
+            ok = ch.queue_declare(name, passive=True)
+            ch.close()
+            if ok.method.consumer_count < 1:
+                return False
+        return True
+    except AMQPError:
+        return False
+    finally:
+        with contextlib.suppress(AMQPError, OSError):
+            conn.close()

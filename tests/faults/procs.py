@@ -19,7 +19,7 @@ from pathlib import Path
 import pika
 from pika.exceptions import AMQPError
 
-from broker.rabbitmq import connection_parameters, wait_for_broker
+from broker.rabbitmq import all_consumed, connection_parameters, wait_for_broker
 from broker.topology import Topology
 from config import CONFIG_DIR
 from console.localbroker import CTL, SERVER, port_open
@@ -211,27 +211,6 @@ class NodeProcess:
             return None
         self.proc = None
         return code
-
-
-def all_consumed(url: str, queues: list[str]) -> bool:
-    """True when every queue exists and has at least one consumer."""
-    try:
-        conn = pika.BlockingConnection(connection_parameters(url))
-    except (AMQPError, OSError):
-        return False
-    try:
-        for name in queues:
-            ch = conn.channel()  # a passive declare of a missing queue closes the channel
-            ok = ch.queue_declare(name, passive=True)
-            ch.close()
-            if ok.method.consumer_count < 1:
-                return False
-        return True
-    except AMQPError:
-        return False
-    finally:
-        with contextlib.suppress(AMQPError, OSError):
-            conn.close()
 
 
 def queue_depths(url: str, queues: list[str]) -> dict[str, int] | None:
