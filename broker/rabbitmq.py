@@ -104,7 +104,66 @@ class RabbitBroker(Broker):
         return AsyncConfirmPublisher(self.params())
 
 
-class RabbitConsumer:
+class ReconnectingService:
+    """A supervised thread that holds one broker connection and reconnects on its own.
+
+    :meth:`session` opens a connection and works until stopped or until the
+    connection fails; a failure (``AMQPError``/``OSError``) is retried after a backoff
+    that starts at 0.1 s, doubles to ``max_delay``, and starts over once a session had
+    connected (``connected`` set). Broker flaps thus never reach the supervisor.
+
+    Args:
+        name: the child id and thread name.
+        max_delay: the cap on the reconnect backoff.
+    """
+
+    def __init__(self, name: str, max_delay: float) -> None:
+        self.name = name
+        self._max_delay = max_delay
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    def session(self) -> None:
+        """Hook: connect and work until ``self._stop`` is set (raise when the link fails)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the thread (it connects and reconnects by itself)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and close the connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the thread runs (connected or reconnecting)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                self.session()
+                delay = 0.1
+            except (AMQPError, OSError) as exc:
+                if self.connected.is_set():
+                    delay = 0.1  # it was up: start the backoff over, not where it left off
+                self.connected.clear()
+                self.reconnects += 1
+                log.warning("%s: connection lost (%r); reconnecting in %.1fs",
+                            self.name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._max_delay)
+        self.connected.clear()
+
+
+class RabbitConsumer(ReconnectingService):
     """Consumes one queue on its own thread; reconnects with bounded backoff.
 
     Deliveries are settled from any thread: the work goes on a queue and the
@@ -122,13 +181,11 @@ class RabbitConsumer:
         prefetch: int,
         name: str,
     ) -> None:
-        self.name = name
+        super().__init__(name, broker.reconnect_max_delay)
         self.queue = queue
         self._broker = broker
         self._on_delivery = on_delivery
         self._prefetch = prefetch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._dl_channel: BlockingChannel | None = None
@@ -136,41 +193,10 @@ class RabbitConsumer:
         self._pending: deque[tuple[int, Callable[[], None]]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_scheduled = False
-        self.connected = threading.Event()
-        self.reconnects = 0
 
-    def start(self) -> None:
-        """Start the consumer thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop consuming and close the connection."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the consumer thread runs (connected or reconnecting)."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self._consume()
-                delay = 0.1
-            except (AMQPError, OSError) as exc:
-                if self.connected.is_set():
-                    delay = 0.1  # it was up: start the backoff over, not where it left off
-                self.connected.clear()
-                self.reconnects += 1
-                log.warning("%s: connection lost (%r); reconnecting in %.1fs",
-                            self.name, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._broker.reconnect_max_delay)
-        self.connected.clear()
+    def session(self) -> None:
+        """One connection's life: consume until stopped or the link fails."""
+        self._consume()
 
     def _consume(self) -> None:
         conn = pika.BlockingConnection(self._broker.params())

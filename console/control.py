@@ -38,7 +38,7 @@ from pika.spec import Basic, BasicProperties
 from pydantic import BaseModel
 
 from actors.base import Crash
-from broker.rabbitmq import connection_parameters
+from broker.rabbitmq import ReconnectingService, connection_parameters
 
 if TYPE_CHECKING:
     from node import Node
@@ -71,57 +71,28 @@ class ControlError(Exception):
     """A request that cannot be answered (told to the console as ``error``)."""
 
 
-class ControlService:
+class ControlService(ReconnectingService):
     """Answers operator requests for one node (a service child of the root).
 
     Args:
         node: the node whose state it reports and steers.
     """
 
-    name = "control"
-
     def __init__(self, node: Node) -> None:
+        super().__init__("control", node.settings.broker.reconnect_max_delay)
         self._node = node
         s = node.settings
         self._operators = frozenset(s.control.operators)
         self._exchange = control_exchange(s.broker.prefix)
         self._queue = control_queue(s.broker.prefix, s.node_name)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.connected = threading.Event()
         self.started_at = time.time()
         self.answered = 0
         self.refused = 0
 
     # --- service ------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the consumer thread (it connects and reconnects by itself)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop answering and close the connection."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the thread runs (connected or reconnecting)."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self._serve()
-                delay = 0.1
-            except (AMQPError, OSError) as exc:
-                self.connected.clear()
-                log.warning("control: connection lost (%r); reconnecting in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._node.settings.broker.reconnect_max_delay)
-        self.connected.clear()
+    def session(self) -> None:
+        """One connection's life: answer requests until stopped or the link fails."""
+        self._serve()
 
     def _serve(self) -> None:
         b = self._node.settings.broker
