@@ -11,10 +11,12 @@ handler: pykka would stop every actor in the process.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -125,7 +127,14 @@ class Handle:
 
 @dataclass(frozen=True)
 class Reload:
-    """Tell an entity to rebuild its memory from the store (it applied a duplicate)."""
+    """Tell an entity that a commit of ``lineage`` was refused: rebuild its memory.
+
+    Attributes:
+        lineage: the memory the refused commit was decided from; an actor that has
+            rehydrated since only re-handles the refused commands.
+    """
+
+    lineage: int = 0
 
 
 @dataclass(frozen=True)
@@ -250,6 +259,9 @@ class EntityContext:
 
 S = TypeVar("S")
 
+_LINEAGES = itertools.count(1)  # one per rehydration, unique in the process
+MAX_CONFLICTS = 20  # local re-decisions of one command before it goes back to the broker
+
 
 class EntityActor(SupervisedActor, Generic[S]):
     """An entity (one event stream) as an actor: rehydrate, decide, commit, reply.
@@ -289,6 +301,10 @@ class EntityActor(SupervisedActor, Generic[S]):
         self._lock = threading.Lock()
         self._inflight: dict[str, list[Delivery]] = {}
         self.last_active = time.monotonic()
+        self.lineage = 0  # which memory this actor decides from (see Commit.lineage)
+        self._stale = 0  # a lineage the writer refused a commit of (set on its thread)
+        self._retry: list[tuple[Envelope, Delivery]] = []  # refused, to decide again
+        self._conflicts: OrderedDict[str, int] = OrderedDict()  # message_id -> refusals
 
     # --- to implement -------------------------------------------------------
     def initial(self) -> S:
@@ -323,18 +339,19 @@ class EntityActor(SupervisedActor, Generic[S]):
             state = self.apply(state, env.payload)
         self.state = state
         self.version = len(events)
+        self.lineage = next(_LINEAGES)
 
     def receive(self, message: Any) -> Any:
         """Handle :class:`Handle` and :class:`CommitFailed`; answer introspection."""
         if isinstance(message, Handle):
             self.last_active = time.monotonic()
+            self._catch_up()
             self._handle(message.envelope, message.delivery)
             return None
         if isinstance(message, CommitFailed):
             raise message.error
         if isinstance(message, Reload):
-            self.ctx.writer.barrier()  # let commits decided on the stale memory land first
-            self._rehydrate()
+            self._catch_up()
             return None
         if message == "state":
             return self.state
@@ -362,13 +379,15 @@ class EntityActor(SupervisedActor, Generic[S]):
         for e in events:
             state = self.apply(state, e.payload)
         reply = self.reply_for(env, events) if self.replies else None
+        lineage = self.lineage
         commit = Commit(
             stream_id=self.entity_id,
             expected_version=self.version,
             events=events,
             inbox=InboxEntry(self.consumer, mid, reply),
-            on_done=lambda exc: self._committed(mid, reply, exc),
+            on_done=lambda exc: self._committed(env, lineage, reply, exc),
             keep_private=1 if self.records_input else 0,
+            lineage=lineage,
         )
         with self._lock:
             self._inflight[mid] = [delivery]
@@ -376,6 +395,45 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.state = state
         self.version += len(events)
         self.ctx.writer.submit(commit)
+
+    def _catch_up(self) -> None:
+        """After a refused commit: reload from the store, then decide the refused again.
+
+        The writer refuses every later commit of a refused lineage, so once the memory
+        is rebuilt (after a barrier: everything decided on the old memory has been
+        refused by then, and its deliveries are in ``_retry``) the refused commands are
+        decided afresh, in their original order, before anything newer. A command
+        refused ``MAX_CONFLICTS`` times goes back to the broker instead.
+        """
+        if self._stale and self._stale == self.lineage:
+            self.ctx.writer.barrier()
+            self._rehydrate()
+        with self._lock:
+            retry, self._retry = self._retry, []
+        for env, delivery in retry:
+            if delivery.settled:
+                continue
+            n = self._conflicts.get(env.message_id, 0) + 1
+            self._conflicts[env.message_id] = n
+            self._conflicts.move_to_end(env.message_id)
+            while len(self._conflicts) > 10_000:
+                self._conflicts.popitem(last=False)
+            if n > MAX_CONFLICTS:
+                log.warning("%s: %s refused %d times; back to the broker", self.name,
+                            env.message_id, n - 1)
+                delivery.requeue()
+                continue
+            self._handle(env, delivery)
+
+    def _give_back(self) -> None:
+        """Requeue the refused commands this actor will not decide again."""
+        with self._lock:
+            retry, self._retry = self._retry, []
+        for _env, d in retry:
+            d.requeue()
+
+    def _on_crash(self, failure: Failure) -> None:
+        self._give_back()
 
     def key_apartment(self, env: Envelope) -> str | None:
         """The partition key of the events (the command's apartment)."""
@@ -385,36 +443,45 @@ class EntityActor(SupervisedActor, Generic[S]):
         """The CommandResult for a command and the events it produced."""
         return env.follow(command_result(env.payload, events)).to_json()
 
-    def _committed(self, mid: str, reply: bytes | None, exc: BaseException | None) -> None:
+    def _committed(self, env: Envelope, lineage: int, reply: bytes | None,
+                   exc: BaseException | None) -> None:
         """Writer thread: settle the deliveries of a commit."""
+        mid = env.message_id
         with self._lock:
             deliveries = self._inflight.pop(mid, [])
         if exc is None:
             for d in deliveries:
                 d.ack(reply)
-        elif isinstance(exc, DuplicateMessage):
+            return
+        if isinstance(exc, DuplicateMessage):
             # A re-send that was not flagged redelivered: the inbox answers it, and
             # this actor, whose memory applied it a second time, reloads (no crash: a
             # producer retrying is normal, and must not spend the restart intensity).
             _seen, stored = self.ctx.store.seen(self.consumer, mid)
             for d in deliveries:
                 d.ack(stored)
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(Reload())
+            self._stale = lineage
         elif isinstance(exc, ConcurrencyError):
-            # Decided on memory the store does not share (a refused duplicate before
-            # it, or another writer): hand the command back and reload; not a crash.
-            log.info("%s: %s; reloading from the store", self.name, exc)
-            for d in deliveries:
-                d.requeue()
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(Reload())
+            # Decided on memory the store does not share (another writer appended, or
+            # an earlier commit of this memory was refused): reload and decide again.
+            log.debug("%s: %s; reloading from the store", self.name, exc)
+            with self._lock:
+                for d in deliveries:
+                    d.submitted = False  # a crash before the retry re-tells it
+                    self._retry.append((env, d))
+            self._stale = lineage
+            if self._reported:  # this incarnation crashed: nobody would retry them
+                self._give_back()
+                return
         else:
             log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
             for d in deliveries:
                 d.requeue()
             with contextlib.suppress(pykka.ActorDeadError):
                 self.actor_ref.tell(CommitFailed(exc))
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(Reload(lineage))
 
 
 def mailbox_size(ref: pykka.ActorRef[Any]) -> int:

@@ -154,7 +154,7 @@ class TimerService(PollingService):
         return self.fire_due() >= self._batch
 
     def fire_due(self) -> int:
-        """Fire every due timer once, durably; returns how many fired."""
+        """Fire every due timer once, durably; returns how many this node fired."""
         now = as_utc(self._clock())
         q = (select(timers_table)
              .where(timers_table.c.due_at <= now,
@@ -166,13 +166,14 @@ class TimerService(PollingService):
         if not rows:
             return 0
         effects: list[Effect] = []
+        claimed: set[str] = set()
         for r in rows:
             attempt = r.attempts + 1
             mid = f"{r.timer_id}:{attempt}"
             env = Envelope(message_id=mid, correlation_id=mid, type=r.command, version=1,
                            apartment_id=r.apartment_id,
                            payload=ExpireReservation(reservation_id=r.reservation_id))
-            effects.append(_fire(r.timer_id, env, attempt, now))
+            effects.append(_fire(r.timer_id, env, r.attempts, now, claimed))
         done = threading.Event()
         failure: list[BaseException] = []
 
@@ -187,17 +188,29 @@ class TimerService(PollingService):
             raise TimeoutError("timers: the store did not commit in time")
         if failure:
             raise failure[0]
-        self.fired += len(rows)
-        return len(rows)
+        self.fired += len(claimed)
+        return len(claimed)
 
 
-def _fire(timer_id: str, env: Envelope, attempt: int, now: datetime) -> Effect:
+def _fire(timer_id: str, env: Envelope, seen_attempts: int, now: datetime,
+          claimed: set[str]) -> Effect:
+    """Claim the timer's next attempt, and only if this node won it, send the command.
+
+    Every node's timer service reads the same due rows; the conditional UPDATE is the
+    claim (the database serialises it: a second node finds ``attempts`` moved on and
+    updates nothing), so a timer fires once across all nodes.
+    """
     spec = spec_of(env.payload)
 
     def effect(conn: Connection) -> None:
-        conn.execute(insert(outbox_table).values(
-            event_id=env.message_id, type=env.type, exchange=spec.exchange,
-            routing_key=env.apartment_id or "", body=env.to_json(), published_at=None))
-        conn.execute(update(timers_table).where(timers_table.c.timer_id == timer_id)
-                     .values(attempts=attempt, fired_at=now))
+        won = conn.execute(
+            update(timers_table)
+            .where(timers_table.c.timer_id == timer_id,
+                   timers_table.c.attempts == seen_attempts)
+            .values(attempts=seen_attempts + 1, fired_at=now)).rowcount
+        if won:
+            conn.execute(insert(outbox_table).values(
+                event_id=env.message_id, type=env.type, exchange=spec.exchange,
+                routing_key=env.apartment_id or "", body=env.to_json(), published_at=None))
+            claimed.add(timer_id)
     return effect

@@ -68,6 +68,10 @@ class Commit:
             consumer is registered for: the others stay in the store).
         keep_private: how many leading events are recorded but never published
             (a process's copy of the facts it reacted to).
+        lineage: which memory the events were decided from (an actor's rehydration;
+            0: none). Once one commit of a lineage is refused, every later commit of
+            the same lineage on that stream is refused too: it was decided on memory
+            that included the refused events.
     """
 
     stream_id: str | None
@@ -78,6 +82,7 @@ class Commit:
     on_done: Done = lambda _exc: None
     publish: bool = True
     keep_private: int = 0
+    lineage: int = 0
     _rows: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = field(
         default=None, repr=False
     )
@@ -148,6 +153,7 @@ class StoreWriter:
         self._on_committed = on_committed
         self._versions: OrderedDict[str, int] = OrderedDict()  # stream -> version (LRU)
         self._versions_max = 100_000
+        self._tainted: OrderedDict[str, int] = OrderedDict()  # stream -> refused lineage
         self._thread: threading.Thread | None = None
         self._running = False
         self.batches = 0
@@ -243,31 +249,37 @@ class StoreWriter:
     def _write(self, batch: list[Commit]) -> None:
         try:
             with self._engine.begin() as conn:
-                refused, versions = _apply(conn, batch, self._versions)
+                refused, versions = _apply(conn, batch, self._versions, self._tainted)
         except Exception as exc:  # noqa: BLE001 - retried one by one below
             self._versions.clear()  # what the store holds is unknown again
             if len(batch) == 1:
-                _call(batch[0], _classify(exc))
+                self._refuse(batch[0], _classify(exc))
                 return
             log.debug("batch of %d failed (%s); retrying one by one", len(batch), exc)
             for commit in batch:
                 try:
                     with self._engine.begin() as conn:
-                        one, versions = _apply(conn, [commit], self._versions)
+                        one, versions = _apply(conn, [commit], self._versions, self._tainted)
                 except Exception as failure:  # noqa: BLE001 - reported to its owner
                     self._versions.clear()
-                    _call(commit, _classify(failure))
+                    self._refuse(commit, _classify(failure))
                 else:
                     self._remember(versions)
                     if one:
-                        _call(commit, one[commit])
+                        self._refuse(commit, one[commit])
                     else:
                         self._after([commit])
             return
         self._remember(versions)
         self._after([c for c in batch if c not in refused])
         for commit, err in refused.items():
-            _call(commit, err)
+            self._refuse(commit, err)
+
+    def _refuse(self, commit: Commit, exc: BaseException) -> None:
+        """Fail a commit and fence off the rest of its lineage on that stream."""
+        if commit.stream_id is not None and commit.lineage and commit.events:
+            _taint(self._tainted, commit.stream_id, commit.lineage)
+        _call(commit, exc)
 
     def _remember(self, versions: dict[str, int]) -> None:
         cache = self._versions
@@ -286,13 +298,29 @@ class StoreWriter:
             self._on_committed()
 
 
-def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int]
-           ) -> tuple[dict[Commit, BaseException], dict[str, int]]:
-    """Write a batch; commits whose expected version is stale are left out and returned.
+_TAINTED_MAX = 100_000
 
-    The version check is the optimistic-concurrency rule, against the versions this
-    writer knows (read from the store on first use); the unique
-    ``(stream_id, version)`` index stays the last guard against another process.
+
+def _taint(tainted: OrderedDict[str, int], stream_id: str, lineage: int) -> None:
+    """Remember that ``lineage`` may no longer append to ``stream_id`` (bounded LRU)."""
+    tainted[stream_id] = lineage
+    tainted.move_to_end(stream_id)
+    while len(tainted) > _TAINTED_MAX:
+        tainted.popitem(last=False)
+
+
+def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
+           tainted: OrderedDict[str, int]
+           ) -> tuple[dict[Commit, BaseException], dict[str, int]]:
+    """Write a batch; commits that may not append are left out and returned.
+
+    The fence has two parts. Across processes it is the database's unique
+    ``(stream_id, version)`` index: events are inserted at the versions the actor
+    decided from, so a writer whose stream moved on meets a unique violation, never a
+    silent second append. (The versions this writer remembers only spare a read; a
+    stale one is caught by that index.) Within this writer it is the lineage: a
+    commit decided on memory that included a refused commit's events is refused even
+    when its expected version happens to equal the store's again.
     Returns the refused commits and the streams' versions after the batch.
     """
     events: list[dict[str, Any]] = []
@@ -305,6 +333,10 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int]
         ev, out = commit.rows()
         if ev and commit.stream_id is not None:
             sid = commit.stream_id
+            if commit.lineage and tainted.get(sid) == commit.lineage:
+                refused[commit] = ConcurrencyError(
+                    f"{sid}: decided on memory that a refused commit had changed")
+                continue
             current = versions.get(sid)
             if current is None:
                 current = known.get(sid)
@@ -320,6 +352,8 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int]
                 refused[commit] = ConcurrencyError(
                     f"{sid}: expected version {commit.expected_version}, store has {current}")
                 versions[sid] = current
+                if commit.lineage:
+                    _taint(tainted, sid, commit.lineage)
                 continue
             versions[sid] = current + len(ev)
         events.extend(ev)

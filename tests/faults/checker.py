@@ -86,7 +86,8 @@ def drain_dead_letters(url: str, queue: str, limit: int = 100_000) -> list[DeadL
     return out
 
 
-def _stored_events(db_path: Path) -> list[tuple[str, int, Envelope]]:
+def stored_events(db_path: Path) -> list[tuple[str, int, Envelope]]:
+    """Every event in the store, in store order: (stream, version, envelope)."""
     engine = create_engine(f"sqlite:///{db_path}")
     try:
         with engine.connect() as conn:
@@ -99,9 +100,31 @@ def _stored_events(db_path: Path) -> list[tuple[str, int, Envelope]]:
             for r in rows]
 
 
+def count_overlaps(events: list[tuple[str, int, Envelope]]) -> int:
+    """Pairs of accepted stays sharing a night, checked at every acceptance.
+
+    Every apartment stream is folded with the apartment's own ``evolve``, in store
+    order, so an overlap that a later cancellation hid is still counted.
+    """
+    states: dict[str, Apartment] = {}
+    n = 0
+    for sid, _v, env in events:
+        if not sid.startswith("apartment:"):
+            continue
+        apt = sid.split(":", 1)[1]
+        state = evolve(states.get(apt) or Apartment(apartment_id=apt), env.payload)
+        states[apt] = state
+        if env.type == "ReservationAccepted":
+            mine = state.stays[env.payload.reservation_id]  # type: ignore[attr-defined]
+            n += sum(1 for s in state.stays.values()
+                     if s.reservation_id != mine.reservation_id
+                     and s.status is StayStatus.ACCEPTED and s.overlaps(mine.start, mine.end))
+    return n
+
+
 def check(db_path: Path, history: History, dead: list[DeadLetter]) -> dict[str, Any]:
     """Every count the drill reports (see the module docstring)."""
-    events = _stored_events(db_path)
+    events = stored_events(db_path)
     engine = create_engine(f"sqlite:///{db_path}")
     try:
         with engine.connect() as conn:
@@ -197,20 +220,7 @@ def check(db_path: Path, history: History, dead: list[DeadLetter]) -> dict[str, 
         (e, who) for e, who in notes).values() if n > 1)
     r["double_notifications"] += sum(1 for n in sent.values() if n > 1)
 
-    # overlaps: fold every apartment stream, checking at every acceptance
-    states: dict[str, Apartment] = {}
-    for sid, _v, env in events:
-        if not sid.startswith("apartment:"):
-            continue
-        apt = sid.split(":", 1)[1]
-        state = evolve(states.get(apt) or Apartment(apartment_id=apt), env.payload)
-        states[apt] = state
-        if env.type == "ReservationAccepted":
-            mine = state.stays[env.payload.reservation_id]  # type: ignore[attr-defined]
-            r["overlaps"] += sum(
-                1 for s in state.stays.values()
-                if s.reservation_id != mine.reservation_id
-                and s.status is StayStatus.ACCEPTED and s.overlaps(mine.start, mine.end))
+    r["overlaps"] += count_overlaps(events)
     r["accepted"] = len({getattr(e.payload, "reservation_id", "") for e in accepted})
 
     # events that some consumer must have acted on

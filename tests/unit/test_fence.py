@@ -1,0 +1,176 @@
+"""The fence: two writers (two nodes) on one store can never both append for a stream.
+
+Each test runs two :class:`StoreWriter` objects on one SQLite file, as two node
+processes would: each has its own memory of stream versions, and only the database
+is shared.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, select
+
+from messages import ApartmentAdded, Envelope, Message
+from store import Commit, ConcurrencyError, StoreWriter, make_engine
+from store.tables import events_table
+from tests.conftest import eventually
+
+DEADLINE = 20.0
+STREAM = "apartment:a1"
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = make_engine(url), make_engine(url)
+    yield a, b
+    a.dispose()
+    b.dispose()
+
+
+@pytest.fixture
+def writers(engines: tuple[Engine, Engine]) -> Iterator[tuple[StoreWriter, StoreWriter]]:
+    a, b = StoreWriter(engines[0]), StoreWriter(engines[1])
+    a.start()
+    b.start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def _event(title: str) -> Envelope:
+    payload: Message = ApartmentAdded(owner_id="o1", city="Porto", title=title,
+                                      price_per_night=100, capacity=2)
+    return Envelope.new(payload, apartment_id="a1")
+
+
+def _commit(writer: StoreWriter, expected: int, lineage: int, title: str
+            ) -> tuple[threading.Event, list[BaseException | None]]:
+    done = threading.Event()
+    out: list[BaseException | None] = []
+
+    def on_done(exc: BaseException | None) -> None:
+        out.append(exc)
+        done.set()
+
+    writer.submit(Commit(stream_id=STREAM, expected_version=expected, events=[_event(title)],
+                         on_done=on_done, lineage=lineage))
+    return done, out
+
+
+def _wait(pending: tuple[threading.Event, list[BaseException | None]]) -> BaseException | None:
+    done, out = pending
+    assert done.wait(DEADLINE), "commit never finished"
+    return out[0]
+
+
+def _titles(engine: Engine) -> list[tuple[int, str]]:
+    with engine.connect() as c:
+        rows = c.execute(select(events_table.c.version, events_table.c.body)
+                         .where(events_table.c.stream_id == STREAM)
+                         .order_by(events_table.c.version)).all()
+    out = []
+    for version, body in rows:
+        payload = Envelope.from_json(body).payload
+        assert isinstance(payload, ApartmentAdded)
+        out.append((version, payload.title))
+    return out
+
+
+def test_the_second_writer_at_a_taken_version_is_refused(
+        writers: tuple[StoreWriter, StoreWriter], engines: tuple[Engine, Engine]) -> None:
+    a, b = writers
+    assert _wait(_commit(a, 0, 1, "a-v1")) is None
+    assert _wait(_commit(b, 1, 2, "b-v2")) is None
+    # ``a`` remembers version 1 for the stream; the database has 2.
+    assert isinstance(_wait(_commit(a, 1, 1, "a-v2")), ConcurrencyError)
+    assert _titles(engines[0]) == [(1, "a-v1"), (2, "b-v2")]
+
+
+def test_commits_decided_after_a_refused_one_are_refused_too(
+        writers: tuple[StoreWriter, StoreWriter], engines: tuple[Engine, Engine]) -> None:
+    """The pipelining hole: the second commit's expected version equals the store's.
+
+    Writer ``a`` decided two commands on the same memory (lineage 1) and submitted both
+    before either committed: the first at version 1, the second at version 2. Writer
+    ``b`` took version 2 first. The first is refused; the second expects 2, which is
+    what the store now has, but it was decided on memory that included the refused
+    events, so it must be refused as well.
+    """
+    a, b = writers
+    assert _wait(_commit(a, 0, 1, "a-v1")) is None
+    assert _wait(_commit(b, 1, 2, "b-v2")) is None
+    first = _commit(a, 1, 1, "a-decided-first")
+    second = _commit(a, 2, 1, "a-decided-on-the-first")
+    assert isinstance(_wait(first), ConcurrencyError)
+    assert isinstance(_wait(second), ConcurrencyError)
+    # After reloading (a new lineage at the store's version) the actor may append.
+    assert _wait(_commit(a, 2, 3, "a-after-reload")) is None
+    assert _titles(engines[0]) == [(1, "a-v1"), (2, "b-v2"), (3, "a-after-reload")]
+
+
+def test_racing_writers_leave_one_gapless_history(
+        writers: tuple[StoreWriter, StoreWriter], engines: tuple[Engine, Engine]) -> None:
+    """Many rounds of both writers appending at once: every version is taken once."""
+    a, b = writers
+    lineage = 10
+    for version, i in enumerate(range(60)):
+        lineage += 2
+        pa = _commit(a, version, lineage, f"a{i}")
+        pb = _commit(b, version, lineage + 1, f"b{i}")
+        results = [_wait(pa), _wait(pb)]
+        winners = [r for r in results if r is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, ConcurrencyError) for r in results if r is not None)
+    history = _titles(engines[0])
+    assert [v for v, _ in history] == list(range(1, 61))
+
+
+def test_a_due_timer_fires_once_across_two_nodes(
+        writers: tuple[StoreWriter, StoreWriter], engines: tuple[Engine, Engine]) -> None:
+    """Both nodes' timer services read the same due row; only one claim wins."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from actors.timers import TimerService
+    from store.tables import outbox_table, timers_table
+
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    with engines[0].begin() as conn:
+        conn.execute(insert(timers_table).values(
+            timer_id="expire:r1", apartment_id="a1", reservation_id="r1",
+            command="ExpireReservation", due_at=t0, attempts=0))
+    services = [TimerService(e, w, refire_after=60, clock=lambda: t0 + timedelta(seconds=1))
+                for e, w in zip(engines, writers, strict=True)]
+    # Park both writers' threads inside a transaction, so both services read the due
+    # row before either claim is written: the two claims really race in the database.
+    opened = threading.Event()
+    parked = [threading.Event(), threading.Event()]
+
+    def park(i: int) -> Callable[[Connection], None]:
+        def effect(_conn: Connection) -> None:
+            parked[i].set()
+            opened.wait(DEADLINE)
+        return effect
+
+    for i, w in enumerate(writers):
+        w.submit(Commit(stream_id=None, expected_version=0, effects=[park(i)]))
+        assert parked[i].wait(DEADLINE)
+    fired: list[int] = []
+    threads = [threading.Thread(target=lambda s=s: fired.append(s.fire_due()))
+               for s in services]
+    for t in threads:
+        t.start()
+    eventually(lambda: writers[0].backlog == 1 and writers[1].backlog == 1)
+    opened.set()
+    for t in threads:
+        t.join(DEADLINE)
+    assert sorted(fired) == [0, 1]
+    with engines[0].connect() as conn:
+        rows = conn.execute(select(outbox_table.c.event_id)).scalars().all()
+    assert rows == ["expire:r1:1"]
