@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RABBIT := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: demo serve test unit lint bench drill rabbitmq clean
+.PHONY: demo serve cluster test unit lint bench bench-nodes drill drill-cluster rabbitmq postgresql clean
 
 $(BIN)/staybook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,27 @@ demo: $(BIN)/staybook
 serve: $(BIN)/staybook
 	$(BIN)/staybook serve
 
+# Three nodes on one local RabbitMQ and one store; Ctrl-C stops them all.
+cluster: $(BIN)/staybook
+	$(BIN)/staybook cluster --nodes 3
+
 # Debian's rabbitmq-server: the tests start private nodes with its binaries.
 rabbitmq:
 	@test -x $(RABBIT) || { \
 	  echo "installing rabbitmq-server from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; }
 
-test: $(BIN)/staybook rabbitmq
+# Debian's postgresql: the store's tests start private servers with its pg_ctl
+# (as the postgres user when run as root: console/pg_ctl_as_postgres).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  echo "installing postgresql from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: $(BIN)/staybook rabbitmq postgresql
 	$(BIN)/pytest
 
-unit: $(BIN)/staybook
+unit: $(BIN)/staybook postgresql
 	$(BIN)/pytest tests/unit tests/actors
 
 lint: $(BIN)/staybook
@@ -37,10 +48,20 @@ lint: $(BIN)/staybook
 bench: $(BIN)/staybook rabbitmq
 	$(BIN)/python -m bench.throughput
 
+# Scale-out: 1, 2 and 3 nodes on a private PostgreSQL; commands/s and CPU per command.
+bench-nodes: $(BIN)/staybook rabbitmq postgresql
+	$(BIN)/python -m bench.throughput --nodes 3
+
 # The long fault drill (DRILL_SECONDS, default 600): prints lost / duplicated / ... counts.
 DRILL_SECONDS ?= 600
 drill: $(BIN)/staybook rabbitmq
 	$(BIN)/python -m tests.faults.drill --seconds $(DRILL_SECONDS) --broker-kill
+
+# The long cluster drill (CLUSTER_DRILL_SECONDS, default 600): three nodes on PostgreSQL,
+# SIGKILLed and restarted in rotation, one added and one removed; failover times.
+CLUSTER_DRILL_SECONDS ?= 600
+drill-cluster: $(BIN)/staybook rabbitmq postgresql
+	$(BIN)/python -m tests.faults.cluster_drill --seconds $(CLUSTER_DRILL_SECONDS)
 
 clean:
 	rm -rf $(VENV) .staybook *.egg-info

@@ -12,7 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from sqlalchemy import Connection, Executable, and_, delete, exists, func, insert, not_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Executable,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    not_,
+    select,
+)
 from sqlalchemy import update as sql_update
 
 from actors.handler import HandlerActor, Reaction
@@ -48,7 +59,8 @@ class SearchActor(HandlerActor):
         match event:
             case ApartmentAdded():
                 row: dict[str, object] = {
-                    "apartment_id": aid, "city": event.city, "title": event.title,
+                    "apartment_id": aid, "city": event.city, "city_key": city_key(event.city),
+                    "title": event.title,
                     "price_per_night": event.price_per_night, "capacity": event.capacity}
                 return Reaction(effects=[_insert(apts, row)])
             case DatesBooked():
@@ -86,6 +98,16 @@ class SearchActor(HandlerActor):
         return search(self.store.engine.connect, q)
 
 
+def city_key(city: str) -> str:
+    """What a city is searched by: Unicode case folding ('STRASSE' and 'straße' match).
+
+    Computed in Python, where the row is written and where the query is built: SQLite's
+    ``lower()`` folds ASCII only, PostgreSQL's depends on the collation, and neither
+    maps 'ß' to 'ss'. A plain key column also lets the query use its index.
+    """
+    return city.casefold()
+
+
 def _insert(table: object, row: Mapping[str, object]) -> Callable[[Connection], None]:
     def effect(conn: Connection) -> None:
         conn.execute(insert(table).values(**row))  # type: ignore[arg-type]
@@ -103,15 +125,13 @@ def _release(apartment_id: str | None, key: str) -> Callable[[Connection], None]
                                      booked.c.reservation_id == key))
 
 
-def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResults:
-    """Apartments matching ``q``, by price (cheapest first unless asked), paginated."""
-    conn = connect()
+def matching(q: SearchApartments) -> ColumnElement[bool]:
+    """The condition a row of ``search_apartments`` meets to be a hit for ``q``."""
     cond = [apts.c.capacity >= q.guests,
             not_(exists().where(delisted.c.apartment_id == apts.c.apartment_id))]
     if q.city:
-        # Unicode-aware case folding: SQLite gets casefold() from store.db.
-        fold = func.casefold if conn.dialect.name == "sqlite" else func.lower
-        cond.append(fold(apts.c.city) == q.city.casefold())
+        # Compared on the stored key: the same on every database, and indexed.
+        cond.append(apts.c.city_key == city_key(q.city))
     if q.min_price is not None:
         cond.append(apts.c.price_per_night >= q.min_price)
     if q.max_price is not None:
@@ -120,7 +140,13 @@ def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResu
         taken = exists().where(and_(booked.c.apartment_id == apts.c.apartment_id,
                                     booked.c.start < q.end, q.start < booked.c.end))
         cond.append(not_(taken))
-    where = and_(*cond)
+    return and_(*cond)
+
+
+def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResults:
+    """Apartments matching ``q``, by price (cheapest first unless asked), paginated."""
+    conn = connect()
+    where = matching(q)
     price = (apts.c.price_per_night.desc() if q.sort == "price_desc"
              else apts.c.price_per_night.asc())
     with conn:

@@ -78,12 +78,19 @@ class NotificationRow(SQLModel, table=True):
 
 
 class SearchApartmentRow(SQLModel, table=True):
-    """The search actor's own copy of an apartment."""
+    """The search actor's own copy of an apartment.
+
+    ``city_key`` is ``city.casefold()``, computed in Python when the row is written: SQL
+    has no Unicode case folding that is the same on SQLite and PostgreSQL, and folding in
+    the query would defeat the index. Folding can lengthen a string ('ß' -> 'ss'), hence
+    the wider column.
+    """
 
     __tablename__ = "search_apartments"
 
     apartment_id: str = Field(primary_key=True, max_length=100)
     city: str = Field(max_length=100, index=True)
+    city_key: str = Field(max_length=300, index=True)
     title: str = Field(max_length=200)
     price_per_night: int = Field(index=True)
     capacity: int

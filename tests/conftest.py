@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import port_for
 import pytest
+from pytest_postgresql.executors import PostgreSQLExecutor
+from pytest_postgresql.janitor import DatabaseJanitor
+from pytest_rabbitmq import factories as rabbitmq_factories
+from sqlalchemy import URL
 
 from broker.base import Outgoing
 from broker.memory import MemoryBroker
-from config import Settings
+from config import RABBITMQ_PLUGINS_FILE, Settings
+from console.localdb import PG_CTL_WRAPPER
 from messages import Envelope, Kind, Message
 from node import Node
 
@@ -36,6 +47,89 @@ def eventually(pred: Callable[[], bool], timeout: float = 20.0, poll: float = 0.
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings on a fresh SQLite file."""
     return Settings(database_url=f"sqlite:///{tmp_path / 'staybook.db'}", **overrides)
+
+
+# --- databases -----------------------------------------------------------------------
+# PostgreSQL refuses to run as root, and the tests (CI too) run as root: pg_ctl runs
+# through console/pg_ctl_as_postgres, which hands the data dir to the postgres user and
+# drops to it. The data dir is NOT under pytest's tmp tree: every pytest session resets
+# /tmp/pytest-of-<user> to 0700, which would cut a running server off from its files
+# whenever another session starts (a developer's, in parallel).
+# a throwaway server: durability off for speed; room for a few engines' pools
+PG_OPTIONS = "-c fsync=off -c full_page_writes=off -c max_connections=300"
+
+
+@pytest.fixture(scope="session")
+def postgresql_proc() -> Iterator[PostgreSQLExecutor]:
+    """One PostgreSQL server for the session (pytest-postgresql's executor, our dirs).
+
+    It overrides the plugin's fixture of that name, and makes the template database the
+    plugin's ``postgresql`` fixture clones, so that one works too.
+    """
+    base = Path(tempfile.mkdtemp(prefix="staybook-pg-"))
+    executor = PostgreSQLExecutor(
+        executable=str(PG_CTL_WRAPPER), host="127.0.0.1", port=port_for.select_random(),
+        datadir=str(base / "data"), unixsocketdir=tempfile.gettempdir(),
+        logfile=str(base / "postgresql.log"), startparams="-w", dbname="tests",
+        postgres_options=PG_OPTIONS)
+    try:
+        executor.start()
+        DatabaseJanitor(user=executor.user, host=executor.host, port=executor.port,
+                        dbname=executor.template_dbname, as_template=True).init()
+        yield executor
+    finally:
+        try:
+            if executor.running():
+                executor.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def postgresql_installed() -> bool:
+    """Whether a pg_ctl is there for the wrapper to run (Debian's, or one on PATH)."""
+    return bool(os.environ.get("PG_CTL") or glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")
+                or shutil.which("pg_ctl"))
+
+
+def postgresql_url(proc: PostgreSQLExecutor) -> str:
+    """A fresh, empty database on the tests' server, as a ``postgresql+psycopg`` URL.
+
+    The caller drops it with :func:`drop_postgresql_database`.
+    """
+    name = f"staybook_{uuid.uuid4().hex[:16]}"
+    DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=name,
+                    password=proc.password).init()
+    return URL.create("postgresql+psycopg", username=proc.user, password=proc.password,
+                      host=proc.host, port=int(proc.port), database=name
+                      ).render_as_string(hide_password=False)
+
+
+def drop_postgresql_database(proc: PostgreSQLExecutor, url: str) -> None:
+    """Drop a database made by :func:`postgresql_url` (its sessions are ended first)."""
+    name = url.rsplit("/", 1)[1]
+    DatabaseJanitor(user=proc.user, host=proc.host, port=proc.port, dbname=name,
+                    password=proc.password).drop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh store's URL, once per database: a SQLite file, a PostgreSQL database.
+
+    Without PostgreSQL installed the PostgreSQL cases are skipped, except on CI
+    (``CI`` set), where that is a failure: ``.ci/run`` installs it.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if not postgresql_installed():
+        message = "PostgreSQL is not installed (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    proc: PostgreSQLExecutor = request.getfixturevalue("postgresql_proc")
+    url = postgresql_url(proc)
+    yield url
+    drop_postgresql_database(proc, url)
 
 
 class MemoryProducer:
@@ -86,3 +180,8 @@ def producer(memory_node: Node) -> MemoryProducer:
     """A producer for ``memory_node``."""
     assert isinstance(memory_node.broker, MemoryBroker)
     return MemoryProducer(memory_node.broker)
+
+
+# The session's private RabbitMQ (pytest-rabbitmq), with the plugins every Staybook
+# broker has enabled (the consistent-hash exchange behind the command partitions).
+rabbitmq_proc = rabbitmq_factories.rabbitmq_proc(plugindir=RABBITMQ_PLUGINS_FILE.parent)

@@ -1,6 +1,7 @@
-"""The group-committing store writer and the event store, on a real SQLite file.
+"""The group-committing store writer and the event store, on SQLite and PostgreSQL.
 
-Every test uses a real engine on ``tmp_path`` and a running :class:`StoreWriter`. To
+Every test runs twice (the ``db_url`` fixture): on a real SQLite file in ``tmp_path``
+and on a fresh database of a real PostgreSQL server, with a running :class:`StoreWriter`. To
 make batching deterministic without sleeping, a *gate* commit parks the writer thread
 inside its transaction until the test opens it: everything submitted meanwhile is
 queued, and the writer takes it in as few transactions as ``batch_max`` allows.
@@ -13,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, insert, select
@@ -128,7 +128,8 @@ def insert_search_row(apartment_id: str) -> Callable[[Connection], None]:
     """An effect writing one row of a handler's own table."""
     def effect(conn: Connection) -> None:
         conn.execute(insert(search_apartments_table).values(
-            apartment_id=apartment_id, city="Porto", title="t", price_per_night=1, capacity=1))
+            apartment_id=apartment_id, city="Porto", city_key="porto", title="t",
+            price_per_night=1, capacity=1))
     return effect
 
 
@@ -142,8 +143,8 @@ def commit_and_wait(writer: StoreWriter, commit: Commit) -> BaseException | None
 
 # --- fixtures ------------------------------------------------------------------------
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 't.db'}")
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
     yield eng
     eng.dispose()
 
@@ -274,8 +275,8 @@ def test_a_commit_must_name_the_stored_version(
 
 @pytest.fixture
 def second_writer(engine: Engine) -> Iterator[StoreWriter]:
-    """Another writer on the same database file (another node's, say)."""
-    other = make_engine(str(engine.url))
+    """Another writer on the same database (another node's, say)."""
+    other = make_engine(engine.url)  # the URL object: str() would mask a password
     w = StoreWriter(other)
     w.start()
     yield w

@@ -1,0 +1,90 @@
+"""Search by city folds case the Unicode way, the same on SQLite and PostgreSQL, by index.
+
+The search actor's reactions write the rows (with ``city_key``) and ``search`` answers,
+on a real store of each kind (the ``db_url`` fixture); no broker is involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, select, text
+
+from actors.search import SearchActor, city_key, matching, search
+from messages import ApartmentAdded, Envelope, SearchApartments
+from store import EventStore, StoreWriter, make_engine
+from store.tables import search_apartments_table as apts
+
+CITIES = {"s1": "Straße", "s2": "STRASSE", "s3": "strasse", "i1": "İstanbul",
+          "i2": "İSTANBUL", "e1": "Évora", "e2": "évora", "p1": "Porto"}
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def listed(engine: Engine) -> Engine:
+    """The apartments of CITIES, written by the search actor's own reactions."""
+    actor = SearchActor("search", EventStore(engine), StoreWriter(engine), lambda _f: None)
+    with engine.begin() as conn:
+        for aid, city in CITIES.items():
+            added = ApartmentAdded(owner_id="o1", city=city, title=f"Flat in {city}",
+                                   price_per_night=5000, capacity=2)
+            for effect in actor.react(Envelope.new(added, apartment_id=aid)).effects:
+                effect(conn)
+    return engine
+
+
+def hits(engine: Engine, city: str) -> set[str]:
+    results = search(engine.connect, SearchApartments(city=city, limit=100))
+    found = {a.apartment_id for a in results.apartments}
+    assert results.total == len(found)
+    return found
+
+
+def test_the_key_is_the_casefolded_city(listed: Engine) -> None:
+    with listed.connect() as c:
+        keys = {r.apartment_id: r.city_key for r in c.execute(
+            select(apts.c.apartment_id, apts.c.city_key))}
+    assert keys == {aid: city.casefold() for aid, city in CITIES.items()}
+    assert keys["s1"] == "strasse"
+
+
+@pytest.mark.parametrize("query", ["strasse", "STRASSE", "Straße", "straße", "StraSSe"])
+def test_sharp_s_matches_double_s(listed: Engine, query: str) -> None:
+    assert hits(listed, query) == {"s1", "s2", "s3"}
+
+
+@pytest.mark.parametrize("query", ["İstanbul", "İSTANBUL", "i̇stanbul"])
+def test_a_dotted_capital_i_matches_itself_in_any_case(listed: Engine, query: str) -> None:
+    assert hits(listed, query) == {"i1", "i2"}
+
+
+def test_accents_are_kept_and_their_case_folded(listed: Engine) -> None:
+    assert hits(listed, "ÉVORA") == {"e1", "e2"}
+    assert hits(listed, "evora") == set()  # folding case is not removing accents
+    assert hits(listed, "pORTO") == {"p1"}
+    assert hits(listed, "Lisbon") == set()
+
+
+def test_city_search_uses_the_city_key_index(listed: Engine) -> None:
+    where = matching(SearchApartments(city="Straße"))
+    query = select(apts.c.apartment_id).where(where)
+    with listed.connect() as c:
+        sql = str(query.compile(c, compile_kwargs={"literal_binds": True}))
+        if c.dialect.name == "postgresql":
+            c.execute(text("SET enable_seqscan = off"))  # a tiny table: force the choice
+            plan = "\n".join(c.execute(text(f"EXPLAIN {sql}")).scalars())
+        else:
+            plan = "\n".join(str(r[-1]) for r in c.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+    assert "ix_search_apartments_city_key" in plan, plan
+
+
+def test_city_key_is_python_casefold() -> None:
+    assert city_key("Straße") == "strasse"
+    assert city_key("ΣΊΣΥΦΟΣ") == "σίσυφοσ"

@@ -1,0 +1,218 @@
+"""The store's schema comes from Alembic migrations, applied when an engine is made.
+
+Every test runs on SQLite and on PostgreSQL (the ``db_url`` fixture): a fresh store
+ends at head with exactly the tables SQLModel declares, a second upgrade changes
+nothing, concurrent starts (threads and processes) all succeed, and a store made by
+``create_all`` before migrations existed is adopted, not refused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, insert, inspect, select, text
+from sqlmodel import SQLModel
+
+from store import make_engine
+from store.db import (
+    INITIAL_REVISION,
+    LEGACY_TABLES,
+    current_revision,
+    head_revision,
+    known_revisions,
+    upgrade,
+)
+from store.tables import events_table, search_apartments_table
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAD = "0002_city_key"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+def bare_engine(db_url: str) -> Engine:
+    """An engine on the store that leaves its schema alone."""
+    return make_engine(db_url, migrate=False)
+
+
+def schema_diff(engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(ctx, SQLModel.metadata))
+
+
+def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
+    """The store as ``create_all`` made it before migrations: no city_key, no version."""
+    eng = bare_engine(db_url)
+    try:
+        SQLModel.metadata.create_all(eng)
+        with eng.begin() as c:
+            c.execute(text("DROP INDEX ix_search_apartments_city_key"))
+            c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
+            for name in without:
+                c.execute(text(f"DROP TABLE {name}"))
+            c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
+                           "price_per_night, capacity) VALUES "
+                           "('a1', 'STRASSE', 't', 100, 2), ('a2', 'İstanbul', 't', 100, 2)"))
+            c.execute(insert(events_table).values(
+                stream_id="apartment:a1", version=1, event_id="e1", type="ApartmentAdded",
+                body=b"{}", recorded_at=datetime.now(UTC)))
+        assert current_revision(eng) is None
+    finally:
+        eng.dispose()
+
+
+# --- a fresh store -------------------------------------------------------------------
+def test_the_migrations_know_their_head() -> None:
+    assert head_revision() == HEAD
+    assert known_revisions() == {INITIAL_REVISION, HEAD}
+
+
+def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
+    assert current_revision(engine) == HEAD
+    tables = set(inspect(engine).get_table_names())
+    assert tables == LEGACY_TABLES | {"alembic_version"}
+
+
+def test_the_migrated_schema_is_what_sqlmodel_declares(engine: Engine) -> None:
+    assert schema_diff(engine) == []
+    # the details compare_metadata does not look at: the partial index, the named uniques
+    indexes = {ix["name"]: ix for ix in inspect(engine).get_indexes("outbox")}
+    assert "ix_outbox_unpublished" in indexes
+    uniques = {u["name"] for u in inspect(engine).get_unique_constraints("events")}
+    assert "uq_events_stream_version" in uniques
+    notif = {u["name"] for u in inspect(engine).get_unique_constraints("notifications")}
+    assert "uq_notification_once" in notif
+
+
+def test_bodies_are_binary(engine: Engine) -> None:
+    body = bytes(range(256))
+    with engine.begin() as c:
+        c.execute(insert(events_table).values(
+            stream_id="s", version=1, event_id="e", type="t", body=body,
+            recorded_at=datetime.now(UTC)))
+    with engine.connect() as c:
+        assert c.execute(select(events_table.c.body)).scalar_one() == body
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as c:
+            kind = c.execute(text(
+                "SELECT data_type FROM information_schema.columns "
+                "WHERE table_name = 'events' AND column_name = 'body'")).scalar_one()
+        assert kind == "bytea"
+
+
+def test_a_second_upgrade_is_a_no_op(engine: Engine, db_url: str) -> None:
+    with engine.begin() as c:
+        c.execute(insert(search_apartments_table).values(
+            apartment_id="a1", city="Porto", city_key="porto", title="t",
+            price_per_night=1, capacity=1))
+    assert upgrade(db_url) == HEAD
+    assert upgrade(engine) == HEAD
+    again = make_engine(db_url)
+    try:
+        assert current_revision(again) == HEAD
+    finally:
+        again.dispose()
+    with engine.connect() as c:
+        assert c.execute(select(search_apartments_table.c.apartment_id)).scalars().all() == [
+            "a1"]
+        assert c.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+
+
+def test_an_engine_made_without_migrating_leaves_the_store_alone(db_url: str) -> None:
+    eng = bare_engine(db_url)
+    try:
+        assert current_revision(eng) is None
+        assert inspect(eng).get_table_names() == []
+    finally:
+        eng.dispose()
+
+
+# --- concurrent starts ---------------------------------------------------------------
+def test_threads_upgrading_one_store_at_once_all_succeed(db_url: str) -> None:
+    n = 6
+    start = threading.Barrier(n)
+    errors: list[BaseException] = []
+    revisions: list[str | None] = []
+    lock = threading.Lock()
+
+    def start_node() -> None:
+        start.wait()
+        try:
+            eng = make_engine(db_url)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            with lock:
+                errors.append(exc)
+            return
+        try:
+            with lock:
+                revisions.append(current_revision(eng))
+        finally:
+            eng.dispose()
+
+    threads = [threading.Thread(target=start_node) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert revisions == [HEAD] * n
+
+
+def test_processes_upgrading_one_store_at_once_all_succeed(db_url: str) -> None:
+    """The two roles of a node start as two processes on one store (here, four)."""
+    script = ("import sys; from store import make_engine; from store.db import current_revision;"
+              " e = make_engine(sys.argv[1]); print(current_revision(e)); e.dispose()")
+    procs = [subprocess.Popen([sys.executable, "-c", script, db_url], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    results = [p.communicate(timeout=90) for p in procs]
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err
+        assert out.strip() == HEAD
+    eng = bare_engine(db_url)
+    try:
+        assert schema_diff(eng) == []
+    finally:
+        eng.dispose()
+
+
+# --- stores made before migrations ---------------------------------------------------
+def test_a_create_all_store_is_stamped_and_upgraded(db_url: str) -> None:
+    make_legacy_store(db_url)
+    eng = make_engine(db_url)
+    try:
+        assert current_revision(eng) == HEAD
+        assert schema_diff(eng) == []
+        with eng.connect() as c:
+            keys = {r.apartment_id: r.city_key for r in c.execute(select(
+                search_apartments_table.c.apartment_id, search_apartments_table.c.city_key))}
+            assert keys == {"a1": "strasse", "a2": "i̇stanbul"}  # backfilled by 0002
+            assert c.execute(select(events_table.c.event_id)).scalars().all() == ["e1"]
+    finally:
+        eng.dispose()
+
+
+def test_an_older_create_all_store_gets_its_missing_tables(db_url: str) -> None:
+    make_legacy_store(db_url, without=("email_deliveries", "timers"))
+    eng = make_engine(db_url)
+    try:
+        assert current_revision(eng) == HEAD
+        assert schema_diff(eng) == []
+        with eng.connect() as c:
+            assert c.execute(select(events_table.c.event_id)).scalars().all() == ["e1"]
+    finally:
+        eng.dispose()
