@@ -32,6 +32,7 @@ from actors.policy import CancellationPolicy, Lifecycle
 from actors.search import SearchActor
 from actors.timers import TimerService
 from broker.base import Broker, Delivery
+from broker.membership import Membership, PartitionIntake
 from broker.rabbitmq import RabbitBroker
 from broker.relay import Relay
 from broker.topology import Topology
@@ -106,7 +107,7 @@ def topology_of(settings: Settings) -> Topology:
     b = settings.broker
     return Topology(prefix=b.prefix, queue_max_length=b.queue_max_length,
                     dead_letter_max_length=b.dead_letter_max_length,
-                    delivery_limit=b.delivery_limit)
+                    delivery_limit=b.delivery_limit, partitions=b.partitions)
 
 
 class Node:
@@ -125,10 +126,22 @@ class Node:
                  today: Callable[[], date] = date.today,
                  inject: Callable[[str, Envelope], None] | None = None) -> None:
         self.settings = settings
-        self.topology = topology_of(settings)
         self.broker = broker or RabbitBroker(
-            settings.broker.url, self.topology, heartbeat=settings.broker.heartbeat,
-            reconnect_max_delay=settings.broker.reconnect_max_delay)
+            settings.broker.url, topology_of(settings), heartbeat=settings.broker.heartbeat,
+            reconnect_max_delay=settings.broker.reconnect_max_delay,
+            drain_seconds=settings.cluster.drain_seconds)
+        self.topology = self.broker.topology
+        self.partitions: PartitionIntake | None = None
+        self.membership: Membership | None = None
+        if ("commands" in settings.roles and isinstance(self.broker, RabbitBroker)
+                and self.topology.partitions):
+            c = settings.cluster
+            self.partitions = PartitionIntake(self.broker, self._on_command,
+                                              prefetch=settings.broker.prefetch)
+            self.membership = Membership(
+                self.broker, settings.node_name, self.topology.partitions,
+                held=self.partitions.held, want=self.partitions.want,
+                interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds)
         self.engine = make_engine(settings.database_url, synchronous=settings.store.synchronous)
         self.store = EventStore(self.engine)
         self.writer = StoreWriter(self.engine, batch_max=settings.store.batch_max,
@@ -186,7 +199,15 @@ class Node:
         infra = sup.infrastructure
         commands, events = "commands" in self.settings.roles, "events" in self.settings.roles
         intake: list[ChildSpec] = []
-        if commands:
+        parts, members = self.partitions, self.membership
+        if commands and parts is not None and members is not None:
+            # Partitions start empty; membership (started after, stopped first) says
+            # which to consume, and on the way out hands them all over.
+            drain = self.settings.cluster.drain_seconds
+            intake += [service_child("partitions", lambda: parts, shutdown=drain + 5),
+                       service_child("membership", lambda: members, shutdown=drain + 35,
+                                     backoff=backoff_of(self.settings.supervision.intake))]
+        elif commands:
             intake.append(self._consumer_spec(Consumer.INTAKE, self._on_command,
                                               self.settings.broker.prefetch))
         if events:
@@ -372,8 +393,15 @@ class Node:
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        """Declare the topology and start the supervision tree."""
+        """Declare the topology, take the node's name, and start the supervision tree.
+
+        Raises:
+            broker.membership.NodeNameInUse: when a live node already has this name.
+            broker.rabbitmq.BrokerSetupError: when the broker cannot hold the topology.
+        """
         self.broker.declare()
+        if self.membership is not None:
+            self.membership.claim_name()
         self.app.start()
 
     def stop(self) -> None:
@@ -400,6 +428,7 @@ class Node:
             "commits": self.writer.commits,
             "batches": self.writer.batches,
             "published": self.relay.published,
+            "partitions": sorted(self.partitions.held()) if self.partitions else None,
             "timers_fired": self.timers.fired,
             "emails_sent": 0 if self.smtp is None else self.smtp.sent,
         }

@@ -23,9 +23,13 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
-from broker.topology import Topology
+from broker.topology import HASH_EXCHANGE_TYPE, HASH_PLUGIN, Topology
 
 log = logging.getLogger(__name__)
+
+
+class BrokerSetupError(Exception):
+    """The broker cannot hold Staybook's topology (one line saying what to do)."""
 
 
 def connection_parameters(url: str, *, heartbeat: int = 30) -> pika.URLParameters:
@@ -59,6 +63,7 @@ class RabbitBroker(Broker):
         topology: names and bounds.
         heartbeat: seconds between heartbeats.
         reconnect_max_delay: the cap on the consumers' reconnect backoff.
+        drain_seconds: how long a stopping consumer waits for its deliveries to settle.
     """
 
     def __init__(
@@ -68,9 +73,11 @@ class RabbitBroker(Broker):
         *,
         heartbeat: int = 30,
         reconnect_max_delay: float = 10.0,
+        drain_seconds: float = 10.0,
     ) -> None:
         super().__init__(topology)
         self.url = url
+        self.drain_seconds = drain_seconds
         self.heartbeat = heartbeat
         self.reconnect_max_delay = reconnect_max_delay
 
@@ -90,14 +97,24 @@ class RabbitBroker(Broker):
                 ch.queue_declare(q.name, durable=True, arguments=q.arguments)
             for b in self.topology.bindings():
                 ch.queue_bind(b.queue, b.exchange, routing_key=b.routing_key)
+            for e in self.topology.exchange_bindings():
+                ch.exchange_bind(e.destination, e.source, routing_key=e.routing_key)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if HASH_EXCHANGE_TYPE in str(exc) or "invalid exchange type" in str(exc):
+                raise BrokerSetupError(
+                    f"RabbitMQ has no consistent-hash exchange: enable it with "
+                    f"'rabbitmq-plugins enable {HASH_PLUGIN}'") from exc
+            raise BrokerSetupError(f"RabbitMQ refused the topology: {exc.reply_text}") from exc
         finally:
-            conn.close()
+            if conn.is_open:
+                conn.close()
 
     def consumer(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str
     ) -> RabbitConsumer:
         """A consumer service for ``queue`` with its own connection and thread."""
-        return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name)
+        return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name,
+                              drain_seconds=self.drain_seconds)
 
     def publisher(self) -> Publisher:
         """An asynchronous-confirm publisher (connects on first use)."""
@@ -170,6 +187,11 @@ class RabbitConsumer(ReconnectingService):
     consumer's connection is woken with ``add_callback_threadsafe``. Settlements for
     a connection that has since died are dropped: the broker redelivers those
     messages, and the inbox makes the redelivery harmless.
+
+    Stopping is a handoff: the consumer is cancelled (no new deliveries), then the
+    connection stays open until every delivery already handed out is settled, up to
+    ``drain_seconds``, so a graceful stop or a partition handed to another node
+    requeues nothing that was being handled.
     """
 
     def __init__(
@@ -180,9 +202,13 @@ class RabbitConsumer(ReconnectingService):
         *,
         prefetch: int,
         name: str,
+        drain_seconds: float = 10.0,
     ) -> None:
         super().__init__(name, broker.reconnect_max_delay)
         self.queue = queue
+        self._drain_seconds = drain_seconds
+        self._outstanding = 0  # delivered and not yet settled on the wire (own thread)
+        self.delivered = 0
         self._broker = broker
         self._on_delivery = on_delivery
         self._prefetch = prefetch
@@ -210,14 +236,24 @@ class RabbitConsumer(ReconnectingService):
                 self._conn, self._channel, self._dl_channel = conn, ch, dl
                 self._pending.clear()
                 self._wake_scheduled = False
+                self._outstanding = 0
             ch.basic_consume(self.queue, on_message_callback=self._on_message)
             self.connected.set()
             while not self._stop.is_set():
                 conn.process_data_events(time_limit=0.2)
                 self._drain()
             with contextlib.suppress(AMQPError, OSError):
-                ch.stop_consuming()
+                conn.process_data_events(time_limit=0)  # hand out what already arrived
                 self._drain()
+                ch.stop_consuming()  # no more deliveries
+                deadline = time.monotonic() + self._drain_seconds
+                while self._outstanding > 0 and time.monotonic() < deadline:
+                    conn.process_data_events(time_limit=0.02)
+                    self._drain()
+                if self._outstanding:
+                    log.warning("%s: %d deliveries unsettled after %.0fs; the broker "
+                                "redelivers them", self.name, self._outstanding,
+                                self._drain_seconds)
         finally:
             with self._wake_lock:
                 self._conn = None
@@ -234,6 +270,8 @@ class RabbitConsumer(ReconnectingService):
         body: bytes,
     ) -> None:
         delivery = RabbitDelivery(self, self._generation, method, props, body)
+        self._outstanding += 1
+        self.delivered += 1
         try:
             self._on_delivery(delivery)
         except Exception:
@@ -278,10 +316,12 @@ class RabbitConsumer(ReconnectingService):
 
     def _ack(self, tag: int) -> None:
         assert self._channel is not None
+        self._outstanding -= 1
         self._channel.basic_ack(tag)
 
     def _nack(self, tag: int) -> None:
         assert self._channel is not None
+        self._outstanding -= 1
         self._channel.basic_nack(tag, requeue=True)
 
     def _publish_confirmed(self, out: Outgoing) -> None:

@@ -1,10 +1,20 @@
 """The outbox relay: publish recorded events, persistent and confirmed, in order.
 
 It reads unpublished outbox rows in id order, publishes a batch, waits for the
-broker's confirms, then marks the rows published (through the store writer, so the
-store keeps one writer). A crash between confirm and mark republishes those rows;
-consumers are idempotent, so that is safe. A broker failure keeps the rows and
-retries with bounded backoff.
+broker's confirms, then marks the rows published. A crash between confirm and mark
+republishes those rows; consumers are idempotent, so that is safe. A broker failure
+keeps the rows and retries with bounded backoff.
+
+Two ways, by database:
+
+* SQLite (one node): rows are read past a cursor and marked through the store
+  writer, so the file keeps one writer and publishing never holds its lock.
+* PostgreSQL (several nodes share the outbox): each round claims a batch with
+  ``SELECT ... FOR UPDATE SKIP LOCKED``, publishes it and marks it in that same
+  transaction. Every node's relay thus publishes a disjoint share, nothing is
+  published by two relays at once, and, with no cursor, a row whose id was taken
+  before an earlier-committed row's (ids are handed out at insert, not at commit) is
+  never skipped.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ class Relay(PollingService):
         self._batch = batch
         self._publisher: Publisher | None = None
         self._cursor = 0
+        self._claims = engine.dialect.name == "postgresql"
         self.published = 0
 
     def backlog(self) -> int:
@@ -68,6 +79,8 @@ class Relay(PollingService):
         self._close()
 
     def _round(self) -> bool:
+        if self._claims:
+            return self._claimed_round()
         q = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
                     outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
              .where(outbox_table.c.published_at.is_(None), outbox_table.c.id > self._cursor)
@@ -76,6 +89,31 @@ class Relay(PollingService):
             rows = conn.execute(q).all()
         if not rows:
             return False
+        self._publish(rows)
+        ids = [r.id for r in rows]
+        self._cursor = ids[-1]
+        self.published += len(ids)
+        self._writer.submit(Commit(stream_id=None, expected_version=0,
+                                   effects=[_mark(ids)], on_done=self._marked))
+        return len(rows) == self._batch
+
+    def _claimed_round(self) -> bool:
+        """Claim, publish and mark one batch in one transaction (PostgreSQL)."""
+        q = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
+                    outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
+             .where(outbox_table.c.published_at.is_(None))
+             .order_by(outbox_table.c.id).limit(self._batch)
+             .with_for_update(skip_locked=True))
+        with self._engine.begin() as conn:
+            rows = conn.execute(q).all()
+            if not rows:
+                return False
+            self._publish(rows)
+            _mark([r.id for r in rows])(conn)
+        self.published += len(rows)
+        return len(rows) == self._batch
+
+    def _publish(self, rows: Sequence[Any]) -> None:
         if self._publisher is None:
             self._publisher = self._broker.publisher()
         topo = self._broker.topology
@@ -83,12 +121,6 @@ class Relay(PollingService):
             Outgoing(exchange=topo.exchange(r.exchange), routing_key=r.routing_key,
                      body=r.body, message_id=r.event_id, type=r.type)
             for r in rows])
-        ids = [r.id for r in rows]
-        self._cursor = ids[-1]
-        self.published += len(ids)
-        self._writer.submit(Commit(stream_id=None, expected_version=0,
-                                   effects=[_mark(ids)], on_done=self._marked))
-        return len(rows) == self._batch
 
     def _marked(self, exc: BaseException | None) -> None:
         """Writer thread: if the rows could not be marked, publish them again.

@@ -1,8 +1,14 @@
 """Staybook's RabbitMQ topology, derived from the message registry.
 
-Commands: a topic exchange routed by ``apartment_id`` into a quorum queue (delivery
-limit, at-least-once dead-lettering, bounded length with reject-publish so a full
-queue pushes back on producers instead of dropping). Events: one fanout exchange per
+Commands: producers publish to a topic exchange with routing key ``apartment_id``.
+With ``partitions`` > 0 (every real deployment) that exchange feeds a consistent-hash
+exchange (RabbitMQ's ``rabbitmq_consistent_hash_exchange`` plugin) that spreads the
+apartments over P partition queues: quorum, single-active-consumer, so an apartment
+always lands in the same partition and only one node at a time consumes it, in
+order. With ``partitions`` = 0 (the in-memory twin) one intake queue takes them all.
+Every work queue is a quorum queue with a delivery limit, at-least-once
+dead-lettering, and a bounded length with reject-publish, so a full queue pushes back
+on producers instead of dropping. Events: one fanout exchange per
 type; one durable quorum queue per consumer role, bound to the events it handles.
 Every event exchange has an alternate exchange (``unrouted``) so an event nobody
 consumes yet is kept (bounded, oldest dropped: the store keeps them all) instead of
@@ -53,6 +59,19 @@ class BindingDecl:
 
 
 @dataclass(frozen=True)
+class ExchangeBindingDecl:
+    """Bind exchange ``destination`` to exchange ``source`` with ``routing_key``."""
+
+    destination: str
+    source: str
+    routing_key: str = "#"
+
+
+HASH_EXCHANGE_TYPE = "x-consistent-hash"
+HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
+
+
+@dataclass(frozen=True)
 class Topology:
     """Every name Staybook uses on the broker.
 
@@ -61,12 +80,14 @@ class Topology:
         queue_max_length: bound on every work queue.
         dead_letter_max_length: bound on the dead-letter queue.
         delivery_limit: redeliveries before a message is dead-lettered as poison.
+        partitions: command partition queues (0: one intake queue, no plugin needed).
     """
 
     prefix: str = "staybook"
     queue_max_length: int = 1_000_000
     dead_letter_max_length: int = 100_000
     delivery_limit: int = 5
+    partitions: int = 0
 
     def exchange(self, logical: str) -> str:
         """The broker name of a logical exchange ('' stays the default exchange)."""
@@ -80,6 +101,28 @@ class Topology:
     def commands_exchange(self) -> str:
         """Where producers publish commands (routing key: the apartment id)."""
         return self.exchange(COMMANDS_EXCHANGE)
+
+    @property
+    def hash_exchange(self) -> str:
+        """The consistent-hash exchange behind the commands exchange."""
+        return f"{self.commands_exchange}.partitions"
+
+    def partition_queue(self, partition: int) -> str:
+        """The broker name of command partition ``partition`` (0-based)."""
+        return f"{self.prefix}.intake.p{partition:03d}"
+
+    def intake_queues(self) -> list[str]:
+        """Every queue commands arrive on: the partitions, or the one intake queue."""
+        if self.partitions:
+            return [self.partition_queue(p) for p in range(self.partitions)]
+        return [self.queue(Consumer.INTAKE)]
+
+    def work_queues(self, roles: tuple[str, ...] = ("commands", "events")) -> list[str]:
+        """The queues a node with ``roles`` consumes (for readiness and drain checks)."""
+        out = self.intake_queues() if "commands" in roles else []
+        if "events" in roles:
+            out += [self.queue(c) for c in Consumer if c is not Consumer.INTAKE]
+        return out
 
     @property
     def queries_exchange(self) -> str:
@@ -127,11 +170,16 @@ class Topology:
         ]
         alt = {"alternate-exchange": self.unrouted_exchange}
         out += [ExchangeDecl(self.exchange(e), "fanout", alt) for e in event_exchanges()]
+        if self.partitions:
+            out.append(ExchangeDecl(self.hash_exchange, HASH_EXCHANGE_TYPE))
         return out
 
     def queues(self) -> list[QueueDecl]:
         """All queues: one per consumer role, plus the dead-letter queue."""
-        out = [QueueDecl(self.queue(c), self.work_queue_arguments()) for c in Consumer]
+        out = [QueueDecl(self.queue(c), self.work_queue_arguments()) for c in Consumer
+               if not (self.partitions and c is Consumer.INTAKE)]
+        sac = {**self.work_queue_arguments(), "x-single-active-consumer": True}
+        out += [QueueDecl(self.partition_queue(p), sac) for p in range(self.partitions)]
         out.append(
             QueueDecl(
                 self.dead_letter_queue,
@@ -151,7 +199,18 @@ class Topology:
         out = [BindingDecl(self.dead_letter_queue, self.dead_letter_exchange, ""),
                BindingDecl(self.unrouted_queue, self.unrouted_exchange, "")]
         for consumer, exchanges in sorted(bindings().items()):
+            if self.partitions and consumer is Consumer.INTAKE:
+                continue  # the partitions are bound to the hash exchange instead
             for ex in sorted(exchanges):
                 key = "#" if ex == COMMANDS_EXCHANGE else ""
                 out.append(BindingDecl(self.queue(consumer), self.exchange(ex), key))
+        # Equal weights: each partition takes an equal share of the hash ring.
+        out += [BindingDecl(self.partition_queue(p), self.hash_exchange, "1")
+                for p in range(self.partitions)]
         return out
+
+    def exchange_bindings(self) -> list[ExchangeBindingDecl]:
+        """Exchange-to-exchange bindings: commands -> the partitions' hash exchange."""
+        if not self.partitions:
+            return []
+        return [ExchangeBindingDecl(self.hash_exchange, self.commands_exchange, "#")]

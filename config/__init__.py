@@ -21,7 +21,11 @@ from pydantic_settings import (
 
 CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_TOML = CONFIG_DIR / "default.toml"
+# The plugins every RabbitMQ node Staybook starts enables (the consistent-hash exchange).
+RABBITMQ_PLUGINS_FILE = CONFIG_DIR / "rabbitmq" / "plugins"
 
+
+DEFAULT_PARTITIONS = 16
 
 Role = Literal["commands", "events"]
 ROLES: tuple[Role, ...] = ("commands", "events")
@@ -41,6 +45,18 @@ class BrokerSettings(BaseModel):
     delivery_limit: int = Field(5, ge=1, le=100)
     relay_batch: int = Field(500, ge=1, le=10_000)
     reconnect_max_delay: float = Field(10.0, gt=0)
+    # Command partitions: quorum queues with single-active-consumer behind a
+    # consistent-hash exchange. Choose P much larger than the number of nodes; changing
+    # it re-maps apartments to partitions (drain the queues first).
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024)
+
+
+class ClusterSettings(BaseModel):
+    """How nodes find each other and hand partitions over (see docs/cluster.md)."""
+
+    heartbeat_seconds: float = Field(0.5, gt=0, le=60)  # a beat on <prefix>.members
+    member_timeout_seconds: float = Field(2.0, gt=0, le=600)  # silent this long: dead
+    drain_seconds: float = Field(10.0, ge=0, le=300)  # a released partition's settle time
 
 
 class StoreSettings(BaseModel):
@@ -161,6 +177,7 @@ class Settings(BaseSettings):
     roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
     log_level: str = "INFO"
     broker: BrokerSettings = BrokerSettings()
+    cluster: ClusterSettings = ClusterSettings()
     store: StoreSettings = StoreSettings()
     actors: ActorSettings = ActorSettings()
     supervision: SupervisionSettings = SupervisionSettings()
@@ -192,8 +209,10 @@ class Settings(BaseSettings):
 
 
 __all__ = [
+    "DEFAULT_PARTITIONS",
     "ActorSettings",
     "BrokerSettings",
+    "ClusterSettings",
     "ControlSettings",
     "LifecycleSettings",
     "MetricsSettings",

@@ -18,6 +18,9 @@ app = typer.Typer(help="Staybook: an actor-based apartment booking backend.",
                   no_args_is_help=True, add_completion=False)
 broker_app = typer.Typer(help="The local development RabbitMQ node.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
+db_app = typer.Typer(help="The store's schema (Alembic migrations; STAYBOOK_DATABASE_URL).",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 # --- operator console (console/ctl.py, console/tui.py) ---------------------------------
 from console.ctl import ctl_app  # noqa: E402 - grouped with the console block
@@ -85,8 +88,16 @@ def serve(local_broker: LocalOpt = True) -> None:
     url = _broker_url(settings, local_broker)
     settings.broker.url = url
     wait_for_broker(url)
+    from broker.membership import NodeNameInUse
+    from broker.rabbitmq import BrokerSetupError
+
     node = Node(settings)
-    node.start()
+    try:
+        node.start()
+    except (NodeNameInUse, BrokerSetupError) as exc:
+        node.engine.dispose()
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)} "
                f"(store {settings.database_url})")
     stop = {"sig": False}
@@ -104,6 +115,50 @@ def serve(local_broker: LocalOpt = True) -> None:
         typer.echo(f"the supervision tree gave up: {f.error_type}: {f.message}", err=True)
     node.stop()
     raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def cluster(
+    nodes: Annotated[int, typer.Option(min=1, max=16, help="node processes to run")] = 3,
+    local_broker: LocalOpt = True,
+) -> None:
+    """Run several nodes on one broker and one store until SIGINT/SIGTERM.
+
+    Each is ``staybook serve`` with its own name (``node-1`` ...); they share the
+    store of ``STAYBOOK_DATABASE_URL`` (SQLite by default; the fence keeps several
+    writers on one file safe) and split the command partitions among themselves.
+    Stopping stops them all, gracefully: each hands its partitions over first.
+    """
+    import subprocess
+    import sys
+    import time
+
+    from broker.rabbitmq import wait_for_broker
+
+    settings = _settings()
+    url = _broker_url(settings, local_broker)
+    wait_for_broker(url)
+    env = {**os.environ, "STAYBOOK_BROKER__URL": url, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
+                               "--no-local-broker"],
+                              env={**env, "STAYBOOK_NODE_NAME": f"node-{i + 1}"})
+             for i in range(nodes)]
+    typer.echo(f"staybook cluster: {nodes} nodes on {_redact(url)} (store "
+               f"{settings.database_url}); `staybook ctl partitions` shows who holds what")
+    stop = {"sig": False}
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop["sig"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["sig"] and all(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    codes = [p.wait() for p in procs]
+    raise typer.Exit(0 if stop["sig"] and not any(codes) else 1)
 
 
 @app.command()
@@ -282,6 +337,91 @@ def broker_provision(
         typer.echo(line)
     typer.echo(f"add {operator_user} to control.operators on every node")
 # --- end broker provisioning ---------------------------------------------------------
+
+
+# --- the store's schema (store/db.py, store/migrations) ------------------------------
+def _db_error(action: str, url: str, exc: BaseException) -> typer.Exit:
+    """Say what failed on one stderr line (no traceback, no password); exit code 1."""
+    from sqlalchemy.exc import DBAPIError
+
+    from store.db import redact
+    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig else exc
+    lines = str(cause).strip().splitlines()
+    detail = lines[0] if lines else type(cause).__name__
+    try:
+        from sqlalchemy import make_url
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - unparseable: redact() says so
+        password = None
+    if password:
+        detail = detail.replace(str(password), "***")
+    typer.echo(f"error: cannot {action} {redact(url)}: {detail}", err=True)
+    return typer.Exit(1)
+
+
+def _store_url() -> str:
+    try:
+        return _settings().database_url
+    except Exception as exc:  # noqa: BLE001 - one line to the user, not a traceback
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        typer.echo(f"error: invalid settings: {detail}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _existing_sqlite(url: str) -> None:
+    """Refuse a SQLite file that is not there: connecting would create an empty one."""
+    from sqlalchemy import make_url
+    parsed = make_url(url)
+    if (parsed.get_backend_name() == "sqlite" and parsed.database
+            and parsed.database != ":memory:" and not Path(parsed.database).exists()):
+        raise FileNotFoundError(f"no SQLite database at {parsed.database}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the store to the newest schema (a node does this at start too); idempotent."""
+    from store.db import current_revision, make_engine, redact, upgrade
+
+    url = _store_url()
+    try:
+        engine = make_engine(url, migrate=False)
+        try:
+            before = current_revision(engine)
+            after = upgrade(engine)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - reported in one line
+        raise _db_error("upgrade", url, exc) from None
+    if before == after:
+        typer.echo(f"{redact(url)}: already at {after}")
+    else:
+        typer.echo(f"{redact(url)}: upgraded from {before or 'none'} to {after}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the store's schema revision, and whether it is the newest this code knows."""
+    from store.db import current_revision, head_revision, known_revisions, make_engine, redact
+
+    url = _store_url()
+    try:
+        _existing_sqlite(url)
+        engine = make_engine(url, migrate=False)
+        try:
+            rev = current_revision(engine)
+        finally:
+            engine.dispose()
+        head, known = head_revision(), known_revisions()
+    except Exception as exc:  # noqa: BLE001 - reported in one line
+        raise _db_error("read the revision of", url, exc) from None
+    if rev == head:
+        state = "head"
+    elif rev is not None and rev not in known:
+        state = f"unknown to this code, whose head is {head}"
+    else:
+        state = f"behind {head}: run staybook db upgrade"
+    typer.echo(f"{redact(url)}: {rev or 'none (never migrated)'} ({state})")
+# --- end store schema ----------------------------------------------------------------
 
 
 def _topology(settings: Settings) -> Any:

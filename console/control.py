@@ -183,6 +183,8 @@ class ControlService(ReconnectingService):
             "dead_letters": n.counters.refused + n.directory.poisoned,
             "outbox_backlog": n.relay.backlog(), "writer_backlog": n.writer.backlog,
             "tree_status": "failed" if n.app.failed.is_set() else "running",
+            "partitions": None if n.partitions is None else sorted(n.partitions.held()),
+            "members": None if n.membership is None else n.membership.members(),
         }
 
     def actors(self, args: dict[str, Any]) -> list[dict[str, Any]]:

@@ -436,8 +436,49 @@ def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         return
     for r in rows:
         r["live/cap"] = f"{r['live_actors']}/{r['max_live']}"
+        held = r.get("partitions")
+        r["partitions"] = "-" if held is None else f"{len(held)}: {_ranges(held)}"
     _table(rows, ["node", "tree_status", "uptime", "live/cap", "commands", "p99_ms",
-                  "restarts", "dead_letters", "outbox_backlog"])
+                  "restarts", "dead_letters", "outbox_backlog", "partitions"])
+
+
+def _ranges(ps: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2,5``."""
+    out: list[str] = []
+    for p in sorted(ps):
+        if out and out[-1].split("-")[-1] == str(p - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{p}"
+        else:
+            out.append(str(p))
+    return ",".join(out)
+
+
+@ctl_app.command()
+def partitions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Each command partition: the node consuming it, its depth and consumers."""
+    c = _obj(ctx)
+    owner: dict[int, list[str]] = {}
+    for r in _ask(ctx, "status"):
+        if r.get("ok"):
+            for p in r["result"].get("partitions") or []:
+                owner.setdefault(p, []).append(r["result"]["node"])
+    try:
+        conn = c.connection()
+    except (AMQPError, OSError) as exc:
+        _fail(repr(exc))
+    try:
+        stats = {s["queue"]: s for s in queue_stats(conn, c.topology)}
+    finally:
+        conn.close()
+    rows = []
+    for p, q in enumerate(c.topology.intake_queues()):
+        s = stats.get(q, {})
+        rows.append({"partition": p, "queue": q, "node": ",".join(owner.get(p, [])) or "-",
+                     "messages": s.get("messages"), "consumers": s.get("consumers")})
+    if as_json:
+        _dump(rows)
+        return
+    _table(rows, ["partition", "queue", "node", "messages", "consumers"])
 
 
 def tree_lines(children: list[dict[str, Any]], depth: int = 0) -> Iterator[str]:

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from config import CONFIG_DIR
+from config import CONFIG_DIR, RABBITMQ_PLUGINS_FILE
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = RABBIT_BIN / "rabbitmq-server"
@@ -91,9 +91,6 @@ def _env(state_dir: Path, port: int) -> dict[str, str]:
     state_dir = state_dir.resolve()
     (state_dir / "log").mkdir(parents=True, exist_ok=True)
     (state_dir / "mnesia").mkdir(parents=True, exist_ok=True)
-    plugins = state_dir / "enabled_plugins"
-    if not plugins.exists():
-        plugins.write_text("[].\n")
     return {
         **os.environ,
         "HOME": os.environ.get("HOME") or str(state_dir),
@@ -104,5 +101,5 @@ def _env(state_dir: Path, port: int) -> dict[str, str]:
         "RABBITMQ_MNESIA_BASE": str(state_dir / "mnesia"),
         "RABBITMQ_LOG_BASE": str(state_dir / "log"),
         "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(state_dir / "enabled_plugins"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
     }

@@ -64,6 +64,7 @@ def _delete_prefix(url: str, nodes: list[Node]) -> None:
             ch.queue_delete(q.name)
         for ex in topo.exchanges():
             ch.exchange_delete(ex.name)
+        ch.exchange_delete(f"{topo.prefix}.members")
     finally:
         conn.close()
 

@@ -125,7 +125,7 @@ def test_queues_shows_depth_and_consumers(node: Node) -> None:
     def rows() -> dict[str, dict[str, Any]]:
         return {r["queue"]: r for r in ctl_json(node, "queues")}
 
-    intake = node.topology.queue("intake")
+    intake = node.topology.intake_queues()[0]
     # The consumers connect on their own threads, just after the node started.
     eventually_value(lambda: rows()[intake]["consumers"] == 1)
     now = rows()
@@ -139,6 +139,16 @@ def test_one_console_sees_every_node(node_factory: Callable[..., Node]) -> None:
     wait_control(a)
     wait_control(b)
     assert [n["node"] for n in ctl_json(a, "nodes")] == ["node-a", "node-b"]
+    # Each partition: one node, one consumer; the two nodes share them evenly.
+    def parts() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = ctl_json(a, "partitions")
+        ok = all(r["consumers"] == 1 and r["node"] in {"node-a", "node-b"} for r in rows)
+        return rows if ok and {r["node"] for r in rows} == {"node-a", "node-b"} else []
+    rows = eventually_value(parts, timeout=30)
+    assert len(rows) == a.topology.partitions
+    per = [sum(r["node"] == n for r in rows) for n in ("node-a", "node-b")]
+    assert per == [a.topology.partitions // 2] * 2
+    assert "PARTITIONS" in ctl(a, "nodes")
     only_b = json.loads(ctl(a, "--node", "node-b", "nodes", "--json"))
     assert [n["node"] for n in only_b] == ["node-b"]
     # payment runs on both: an action on it must name the node
@@ -227,8 +237,8 @@ def test_dlq_replay_of_a_fixed_message_is_handled(flaky: tuple[Node, threading.E
     letters = eventually_value(lambda: ctl_json(node, "dlq", "list"))
     assert len(letters) == 1
     letter = letters[0]
-    assert (letter["queue"], letter["reason"], letter["type"]) == (
-        node.topology.queue("intake"), "poison", "AddApartment")
+    assert (letter["reason"], letter["type"]) == ("poison", "AddApartment")
+    assert letter["queue"] in node.topology.intake_queues()  # apt-9's partition
     shown = ctl_json(node, "dlq", "show", letter["id"])
     assert "RuntimeError" in shown["detail"] and '"apt-9"' in shown["body"]
     assert len(ctl_json(node, "dlq", "list")) == 1  # browsing removes nothing

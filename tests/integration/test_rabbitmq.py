@@ -15,7 +15,7 @@ from broker.client import Client
 from console.demo import run_demo
 from messages import AcceptReservation, AddApartment, Envelope, RequestReservation
 from node import Node
-from tests.conftest import TODAY, day
+from tests.conftest import TODAY, day, eventually
 
 
 def test_the_demo_tells_the_story(node: Node, amqp_url: str) -> None:
@@ -152,8 +152,11 @@ def test_commands_and_events_roles_in_two_nodes_on_one_store(
     """One node runs the intake and the apartments, the other the event handlers."""
     commands = node_factory(roles=["commands"], node_name="n-commands")
     events = node_factory(roles=["events"], node_name="n-events")
-    assert commands.consumers.keys() == {"intake"}
+    parts = commands.partitions
+    assert commands.consumers.keys() == set() and parts is not None
     assert events.consumers.keys() == {"search", "payment", "notifier", "reservations"}
+    assert events.partitions is None and events.membership is None
+    eventually(lambda: len(parts.held()) == commands.topology.partitions)
     with Client(amqp_url, commands.topology) as c:
         assert _send(c, AddApartment(owner_id="o", city="Oslo", title="T",
                                      price_per_night=10, capacity=2), "a1")["status"] == "ok"

@@ -1,0 +1,378 @@
+"""Cluster membership over the broker, and which node consumes which command partition.
+
+Every node that runs the ``commands`` role:
+
+* holds an exclusive queue ``<prefix>.members.<node_name>`` for as long as its
+  membership connection lives. RabbitMQ lets one connection at a time hold an
+  exclusive queue, so a second node with the same name is refused at start
+  (:class:`NodeNameInUse`); the queue vanishes with the connection, so a SIGKILLed
+  node's name is free again at once.
+* publishes a beat every ``interval`` seconds on the fanout exchange
+  ``<prefix>.members``: its name, the partitions it holds (consuming, or draining
+  after a release), and whether it is leaving. Every member's queue receives every
+  beat.
+* counts as live the members whose last beat is younger than ``timeout`` and not
+  leaving, and computes the same assignment as every other member from that set
+  alone (:func:`assign`: balanced rendezvous hashing, so each node gets floor(P/N) or
+  ceil(P/N) partitions and a change of members moves few partitions).
+* consumes an assigned partition only once no other live member claims it, and
+  releases (cancel, then settle what is in flight) every partition it holds but is no
+  longer assigned. A handoff is thus: the old owner drains and stops claiming, the
+  new owner subscribes. Single-active-consumer keeps it exclusive even when views
+  differ for a moment (a node paused past ``timeout``): a second subscriber waits
+  until the first one's consumer is gone.
+
+Detection: a node that dies stops beating; the others drop it ``timeout`` seconds
+after its last beat and take its partitions. A node that stops gracefully drains,
+then sends a leaving beat, so the others take over at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+from pika.exceptions import AMQPError, ChannelClosedByBroker
+
+from broker.rabbitmq import RabbitBroker, ReconnectingService
+
+log = logging.getLogger(__name__)
+
+RESOURCE_LOCKED = 405
+MAX_BEAT_BYTES = 64 * 1024
+
+
+class NodeNameInUse(Exception):
+    """Another live node already uses this node name on this broker."""
+
+
+def _score(partition: int, member: str) -> int:
+    digest = hashlib.blake2b(f"{partition}/{member}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def assign(partitions: int, members: Iterable[str]) -> dict[str, list[int]]:
+    """Which partitions each member consumes: balanced rendezvous hashing.
+
+    Every partition ranks the members by a hash of (partition, member) and goes to
+    the best-ranked member that still has room. Room is ceil(P/N) for at most P mod N
+    members and floor(P/N) for the rest, so the spread is as even as it can be.
+    Every member computes the same answer from the same set, whatever the order.
+
+    Args:
+        partitions: P, the number of partitions.
+        members: the live members' names.
+    """
+    names = sorted(set(members))
+    out: dict[str, list[int]] = {m: [] for m in names}
+    if not names:
+        return out
+    low, extra = divmod(partitions, len(names))
+    at_high = 0
+    for p in range(partitions):
+        for m in sorted(names, key=lambda m: _score(p, m), reverse=True):
+            n = len(out[m])
+            if n < low or (n == low and at_high < extra):
+                if n == low:
+                    at_high += 1
+                out[m].append(p)
+                break
+    return out
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One member's announcement."""
+
+    node: str
+    held: tuple[int, ...]
+    leaving: bool = False
+    roles: tuple[str, ...] = ("commands",)
+
+    def to_json(self) -> bytes:
+        """The wire form."""
+        return json.dumps({"node": self.node, "held": list(self.held),
+                           "leaving": self.leaving, "roles": list(self.roles)}).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> Beat | None:
+        """Parse a beat; None for anything malformed (never raises)."""
+        if len(body) > MAX_BEAT_BYTES:
+            return None
+        try:
+            d = json.loads(body)
+            held = tuple(int(p) for p in d["held"])
+            return cls(node=str(d["node"]), held=held, leaving=bool(d.get("leaving")),
+                       roles=tuple(str(r) for r in d.get("roles", ["commands"])))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass
+class _Seen:
+    beat: Beat
+    at: float = field(default_factory=time.monotonic)
+
+
+class Membership(ReconnectingService):
+    """Beats, the view of live members, and this node's share of the partitions.
+
+    Args:
+        broker: the RabbitMQ broker (its URL and topology).
+        node_name: this node's unique name.
+        partitions: P.
+        held: the partitions this node holds now (consuming or draining).
+        want: called on this service's thread with the partitions to consume now.
+        interval: seconds between beats.
+        timeout: a member silent this long is taken for dead.
+    """
+
+    def __init__(self, broker: RabbitBroker, node_name: str, partitions: int, *,
+                 held: Callable[[], set[int]], want: Callable[[set[int]], None],
+                 interval: float = 0.5, timeout: float = 2.0) -> None:
+        super().__init__("membership", broker.reconnect_max_delay)
+        self._broker = broker
+        self.node_name = node_name
+        self.partitions = partitions
+        self._held = held
+        self._want = want
+        self.interval = interval
+        self.timeout = timeout
+        topo = broker.topology
+        self.exchange = f"{topo.prefix}.members"
+        self.queue = f"{topo.prefix}.members.{node_name}"
+        self._conn: pika.BlockingConnection | None = None
+        self._lock = threading.Lock()
+        self._seen: dict[str, _Seen] = {}
+        self._leaving = threading.Event()
+        self.view_changes = 0
+        self._last_view: tuple[str, ...] = ()
+        self._listening_since = 0.0
+
+    # --- the name ----------------------------------------------------------------
+    def claim_name(self) -> None:
+        """Take the node name on the broker (call before :meth:`start`).
+
+        Raises:
+            NodeNameInUse: when a live node holds the name.
+            pika.exceptions.AMQPError: when the broker cannot be reached.
+        """
+        self._conn = self._open()
+
+    def _open(self) -> pika.BlockingConnection:
+        conn = pika.BlockingConnection(self._broker.params())
+        try:
+            ch = conn.channel()
+            ch.exchange_declare(self.exchange, exchange_type="fanout", durable=True)
+            ch.queue_declare(self.queue, exclusive=True, auto_delete=True,
+                             arguments={"x-max-length": 10_000})
+            ch.queue_bind(self.queue, self.exchange)
+            ch.close()
+        except ChannelClosedByBroker as exc:
+            with contextlib.suppress(AMQPError, OSError):
+                conn.close()
+            if exc.reply_code == RESOURCE_LOCKED:
+                raise NodeNameInUse(
+                    f"node name {self.node_name!r} is already in use on this broker; "
+                    f"give each node its own STAYBOOK_NODE_NAME") from exc
+            raise
+        except BaseException:
+            with contextlib.suppress(AMQPError, OSError):
+                conn.close()
+            raise
+        return conn
+
+    # --- the view ----------------------------------------------------------------
+    def members(self) -> list[str]:
+        """The live members (this node included while it runs and is not leaving)."""
+        now = time.monotonic()
+        with self._lock:
+            live = [n for n, s in self._seen.items()
+                    if not s.beat.leaving and now - s.at < self.timeout]
+        if not self._leaving.is_set():
+            live.append(self.node_name)
+        return sorted(set(live))
+
+    def claims(self) -> dict[int, str]:
+        """Partition -> the other live member that says it holds it."""
+        now = time.monotonic()
+        out: dict[int, str] = {}
+        with self._lock:
+            for n, s in self._seen.items():
+                if n != self.node_name and now - s.at < self.timeout:
+                    for p in s.beat.held:
+                        out[p] = n
+        return out
+
+    def assigned(self) -> list[int]:
+        """This node's share under the current view."""
+        return assign(self.partitions, self.members()).get(self.node_name, [])
+
+    def table(self) -> dict[str, Any]:
+        """The view for the operator: members, assignment, and who claims what."""
+        members = self.members()
+        return {"node": self.node_name, "members": members,
+                "assignment": assign(self.partitions, members),
+                "claims": {str(p): n for p, n in sorted(self.claims().items())},
+                "held": sorted(self._held()), "timeout": self.timeout,
+                "interval": self.interval}
+
+    # --- the loop ----------------------------------------------------------------
+    def session(self) -> None:
+        """Beat, listen and reconcile until stopped; announce leaving on the way out."""
+        conn = self._conn or self._open()
+        self._conn = None
+        try:
+            ch = conn.channel()
+            ch.basic_consume(self.queue, self._on_beat, auto_ack=True)
+            self.connected.set()
+            self._listening_since = time.monotonic()
+            next_beat = 0.0
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    # Listen for two beats before the first choice, so a node that
+                    # joins does not first reach for every partition.
+                    if now - self._listening_since >= 2 * self.interval:
+                        self._reconcile()
+                    self._publish(ch, leaving=False)
+                    next_beat = now + self.interval
+                conn.process_data_events(time_limit=min(0.1, self.interval))
+            # Leaving: stop claiming an assignment, let the partitions drain, then
+            # tell the others they may take everything at once.
+            self._leaving.set()
+            self._want(set())
+            deadline = time.monotonic() + 30
+            while self._held() and time.monotonic() < deadline:
+                self._publish(ch, leaving=True)
+                conn.process_data_events(time_limit=0.1)
+            self._publish(ch, leaving=True)
+        finally:
+            with contextlib.suppress(AMQPError, OSError):
+                conn.close()
+
+    def _publish(self, ch: Any, *, leaving: bool) -> None:
+        beat = Beat(self.node_name, tuple(sorted(self._held())), leaving)
+        ch.basic_publish(self.exchange, "", beat.to_json(), pika.BasicProperties(
+            delivery_mode=1, expiration=str(int(self.timeout * 1000))))
+
+    def _on_beat(self, _ch: Any, _method: Any, _props: Any, body: bytes) -> None:
+        beat = Beat.from_json(body)
+        if beat is None or beat.node == self.node_name:
+            return
+        with self._lock:
+            self._seen[beat.node] = _Seen(beat)
+            # Bounded: forget members silent for far longer than the timeout.
+            cutoff = time.monotonic() - 10 * self.timeout
+            for n in [n for n, s in self._seen.items() if s.at < cutoff]:
+                del self._seen[n]
+
+    def _reconcile(self) -> None:
+        members = tuple(self.members())
+        if members != self._last_view:
+            log.info("cluster view: %s", ", ".join(members))
+            self._last_view = members
+            self.view_changes += 1
+        mine = set(self.assigned())
+        claimed = self.claims()
+        held = self._held()
+        want = {p for p in mine if p in held or p not in claimed}
+        self._want(want)
+
+
+class PartitionIntake:
+    """Consumers for the partitions this node is told to consume; a supervised service.
+
+    :meth:`want` starts a consumer for each newly wanted partition and releases the
+    others: a release cancels the consumer and lets its deliveries settle (on a thread
+    of its own, so the membership loop never waits), and the partition counts as held
+    until that is done.
+
+    Args:
+        broker: the RabbitMQ broker.
+        on_delivery: what every partition's deliveries go to (the node's intake).
+        prefetch: unacked deliveries per partition.
+    """
+
+    name = "partitions"
+
+    def __init__(self, broker: RabbitBroker, on_delivery: Callable[[Any], None], *,
+                 prefetch: int) -> None:
+        self._broker = broker
+        self._on_delivery = on_delivery
+        self._prefetch = prefetch
+        self._lock = threading.Lock()
+        self._active: dict[int, Any] = {}
+        self._releasing: dict[int, threading.Thread] = {}
+        self._alive = False
+        self.taken = 0
+        self.released = 0
+
+    def start(self) -> None:
+        """Nothing is consumed until :meth:`want` says what."""
+        self._alive = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Release every partition, all at once, and wait for them to drain."""
+        self._alive = False
+        self.want(set())
+        deadline = time.monotonic() + timeout
+        for t in list(self._releasing.values()):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def is_alive(self) -> bool:
+        """True until stopped."""
+        return self._alive
+
+    def held(self) -> set[int]:
+        """Partitions consumed now or still draining."""
+        with self._lock:
+            self._releasing = {p: t for p, t in self._releasing.items() if t.is_alive()}
+            return set(self._active) | set(self._releasing)
+
+    def consumers(self) -> dict[int, Any]:
+        """The live consumer of each partition consumed now."""
+        with self._lock:
+            return dict(self._active)
+
+    def want(self, partitions: set[int]) -> None:
+        """Consume exactly ``partitions`` from now on."""
+        topo = self._broker.topology
+        with self._lock:
+            if not self._alive:
+                partitions = set()
+            for p in sorted(set(self._active) - partitions):
+                consumer = self._active.pop(p)
+                t = threading.Thread(target=consumer.stop, args=(30.0,),
+                                     name=f"release-p{p}", daemon=True)
+                self._releasing[p] = t
+                self.released += 1
+                log.info("releasing partition %d", p)
+                t.start()
+            for p in sorted(partitions - set(self._active)):
+                if p in self._releasing and self._releasing[p].is_alive():
+                    continue  # still draining from an earlier release: next round
+                consumer = self._broker.consumer(topo.partition_queue(p), self._on_delivery,
+                                                 prefetch=self._prefetch,
+                                                 name=f"consumer-p{p:03d}")
+                consumer.start()
+                self._active[p] = consumer
+                self.taken += 1
+                log.info("consuming partition %d", p)
+
+
+def balanced(shares: Sequence[int], partitions: int) -> bool:
+    """Whether a spread of partition counts is floor(P/N) or ceil(P/N) everywhere."""
+    if not shares:
+        return False
+    low, extra = divmod(partitions, len(shares))
+    return (all(s in (low, low + 1) for s in shares)
+            and sum(shares) == partitions and sum(s == low + 1 for s in shares) == extra)
