@@ -61,12 +61,11 @@ from broker.rabbitmq import (
     wait_for_broker,
 )
 from broker.topology import Topology
-from config import CONFIG_DIR
+from config import CONFIG_DIR, DEFAULT_PARTITIONS, RABBITMQ_PLUGINS_FILE
 from console.localbroker import CTL, SERVER, BrokerUnavailable, ensure_installed, port_open
 from messages import (
     AcceptReservation,
     AddApartment,
-    Consumer,
     Envelope,
     Message,
     RejectReservation,
@@ -414,7 +413,6 @@ def private_broker(state_dir: Path, deadline: float) -> Iterator[str]:
     node = f"staybook-bench-{os.getpid()}-{port}@localhost"
     for sub in ("log", "mnesia"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
-    (state_dir / "enabled_plugins").write_text("[].\n")
     env = {
         **os.environ,
         "HOME": os.environ.get("HOME") or str(state_dir),
@@ -425,7 +423,7 @@ def private_broker(state_dir: Path, deadline: float) -> Iterator[str]:
         "RABBITMQ_MNESIA_BASE": str(state_dir / "mnesia"),
         "RABBITMQ_LOG_BASE": str(state_dir / "log"),
         "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(state_dir / "enabled_plugins"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
     }
     url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
     log_path = state_dir / "rabbitmq.out"
@@ -478,32 +476,38 @@ class NodeProcess:
 
 
 def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
-               roles: Sequence[str] = ("commands", "events")) -> NodeProcess:
+               roles: Sequence[str] = ("commands", "events"), name: str | None = None,
+               db_url: str | None = None, wait: bool = True) -> NodeProcess:
     """Start a node and wait until each queue its roles consume has a consumer.
 
     Args:
         roles: what the node runs (``--split`` starts one node per role).
+        name: the node's name (default: from its roles).
+        db_url: the store (default: a SQLite file in ``workdir``).
+        wait: wait for its queues (False: only for the node's word that it serves,
+            as a node joining others finds the queues consumed already).
     """
+    name = name or "bench-" + "-".join(roles)
     env = {
         **os.environ,
         "STAYBOOK_BROKER__URL": url,
         "STAYBOOK_BROKER__PREFIX": prefix,
-        "STAYBOOK_DATABASE_URL": f"sqlite:///{workdir / 'bench.db'}",
+        "STAYBOOK_DATABASE_URL": db_url or f"sqlite:///{workdir / 'bench.db'}",
         "STAYBOOK_STORE__SYNCHRONOUS": "FULL",
         "STAYBOOK_LOG_LEVEL": "WARNING",
-        "STAYBOOK_NODE_NAME": "bench-" + "-".join(roles),
+        "STAYBOOK_NODE_NAME": name,
         "STAYBOOK_ROLES": json.dumps(list(roles)),
+        "PYTHONUNBUFFERED": "1",
     }
-    log_path = workdir / f"node-{'-'.join(roles)}.log"
+    log_path = workdir / f"node-{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
                                  "--no-local-broker"], env=env, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     node = NodeProcess(proc, log_path)
-    topology = Topology(prefix=prefix)
-    queues = [topology.queue(c) for c in Consumer
-              if ("commands" if c is Consumer.INTAKE else "events") in roles]
+    topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
+    queues = topology.work_queues(tuple(roles))
     limit = min(deadline, time.monotonic() + 120)
     while True:
         if proc.poll() is not None:
@@ -511,7 +515,8 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
         if time.monotonic() > limit:
             node.stop()
             raise SetupFailed(f"the node did not come up in time: {_tail(log_path)}")
-        if all_consumed(url, queues):
+        if (all_consumed(url, queues) if wait
+                else "serving on" in log_path.read_text(errors="replace")):
             return node
         time.sleep(0.2)
 
@@ -566,7 +571,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "node_exit_code": None, "setup_error": None, "error": None,
     }
     url = args.amqp_url or os.environ.get("STAYBOOK_BROKER__URL")
-    topology = Topology(prefix=prefix)
+    topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="staybook-bench-")))
         try:
@@ -587,8 +592,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     e2e = run_end_to_end(url, topology, commands, args.window, deadline)
                     e2e["backlog_after_last_reply"] = queue_depths(
-                        url, [topology.queue(c) for c in Consumer]
-                        + [topology.dead_letter_queue])
+                        url, [*topology.work_queues(), topology.dead_letter_queue])
                     report["end_to_end"] = e2e
                 finally:
                     codes = [n.stop() for n in reversed(nodes)]
@@ -707,6 +711,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a running broker (default: $STAYBOOK_BROKER__URL, else a private one)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--skip-raw", action="store_true", help="skip the raw quorum-queue run")
+    p.add_argument("--nodes", type=_positive, default=None,
+                   help="scale-out: run 1..N nodes on a private PostgreSQL, one after the "
+                        "other, and print commands/s and CPU per command for each")
     p.add_argument("--split", action="store_true",
                    help="run the node as two processes: the commands role and the events role")
     p.add_argument("--timeout", type=float, default=300.0,
@@ -722,6 +729,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table (and the JSON file); the exit status."""
     args = parse_args(argv)
+    if args.nodes:
+        from bench.nodes import main_nodes
+
+        return main_nodes(args)
     report = run(args)
     print(render(report), flush=True)
     if args.json_out is not None:

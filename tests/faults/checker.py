@@ -86,9 +86,14 @@ def drain_dead_letters(url: str, queue: str, limit: int = 100_000) -> list[DeadL
     return out
 
 
-def stored_events(db_path: Path) -> list[tuple[str, int, Envelope]]:
+def store_url(db: Path | str) -> str:
+    """A SQLAlchemy URL for a store given as a SQLite file or as a URL already."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def stored_events(db: Path | str) -> list[tuple[str, int, Envelope]]:
     """Every event in the store, in store order: (stream, version, envelope)."""
-    engine = create_engine(f"sqlite:///{db_path}")
+    engine = create_engine(store_url(db))
     try:
         with engine.connect() as conn:
             rows = conn.execute(select(events_table.c.stream_id, events_table.c.version,
@@ -122,10 +127,10 @@ def count_overlaps(events: list[tuple[str, int, Envelope]]) -> int:
     return n
 
 
-def check(db_path: Path, history: History, dead: list[DeadLetter]) -> dict[str, Any]:
+def check(db: Path | str, history: History, dead: list[DeadLetter]) -> dict[str, Any]:
     """Every count the drill reports (see the module docstring)."""
-    events = stored_events(db_path)
-    engine = create_engine(f"sqlite:///{db_path}")
+    events = stored_events(db)
+    engine = create_engine(store_url(db))
     try:
         with engine.connect() as conn:
             inbox = {r.message_id: r.reply for r in conn.execute(

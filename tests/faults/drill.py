@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,10 @@ from typing import Any
 from sqlalchemy import create_engine, func, select
 
 from broker.topology import Topology
-from messages import Consumer, new_id
+from config import DEFAULT_PARTITIONS
+from messages import new_id
 from store.tables import events_table, outbox_table
-from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters
+from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters, store_url
 from tests.faults.procs import NodeProcess, Rabbit, queue_depths
 from tests.faults.workload import History, PoisonInjector, Producer
 
@@ -49,11 +50,11 @@ class Faults:
         self.counts[kind] = self.counts.get(kind, 0) + 1
 
 
-def _store_figures(db_path: Path) -> tuple[int, int]:
+def _store_figures(db: Path | str) -> tuple[int, int]:
     """(events recorded, outbox rows not yet published), read beside the node."""
-    if not db_path.exists():
+    if isinstance(db, Path) and not db.exists():
         return (0, 0)
-    engine = create_engine(f"sqlite:///{db_path}")
+    engine = create_engine(store_url(db))
     try:
         with engine.connect() as conn:
             n = conn.execute(select(func.count()).select_from(events_table)).scalar() or 0
@@ -66,16 +67,16 @@ def _store_figures(db_path: Path) -> tuple[int, int]:
         engine.dispose()
 
 
-def wait_quiet(url: str, topology: Topology, db_path: Path, *, timeout: float = 120.0,
+def wait_quiet(url: str, topology: Topology, db: Path | str, *, timeout: float = 120.0,
                quiet_for: int = 3) -> bool:
     """Wait until work queues are empty, the outbox is published and events stop growing."""
-    queues = [topology.queue(c) for c in Consumer]
+    queues = topology.work_queues()
     deadline = time.monotonic() + timeout
     last: tuple[int, int] | None = None
     stable = 0
     while time.monotonic() < deadline:
         depths = queue_depths(url, queues)
-        figures = _store_figures(db_path)
+        figures = _store_figures(db)
         idle = depths is not None and not any(depths.values()) and figures[1] == 0
         stable = stable + 1 if idle and figures == last else 0
         if stable >= quiet_for:
@@ -92,7 +93,7 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
     rabbit = Rabbit(workdir / "rabbitmq")
     rabbit.start()
     prefix = f"drill{new_id()[:8]}"
-    topology = Topology(prefix=prefix)
+    topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
     node = NodeProcess(rabbit.url, prefix, workdir)
     history = History()
     stop = threading.Event()
@@ -108,7 +109,9 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
         for t in threads:
             t.start()
         schedule = ["kill_node", "close_connections", "kill_node", "restart_broker"]
-        pause = max(3.0, seconds / (len(schedule) * max(1, round(seconds / 60)) + 1))
+        # A node restart takes a few seconds (it waits for its partitions): leave room
+        # for them, so every kind of fault happens within ``seconds``.
+        pause = max(2.0, seconds / (len(schedule) * max(1, round(seconds / 60)) + 1) - 2.5)
         i = 0
         while time.monotonic() - t0 < seconds and i < 10_000:
             time.sleep(pause)
@@ -185,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(report(figures))
-    if args.json_out:
-        args.json_out.write_text(json.dumps(figures, indent=2))
-    bad = [k for k in MUST_BE_ZERO if figures.get(k)]
+    return finish(figures, report(figures), MUST_BE_ZERO, args.json_out)
+
+
+def finish(figures: dict[str, Any], text: str, must_be_zero: Sequence[str],
+           json_out: Path | None) -> int:
+    """Print a drill's figures (and write them as JSON); 1 if a must-be-zero is not."""
+    print(text)
+    if json_out:
+        json_out.write_text(json.dumps(figures, indent=2))
+    bad = [k for k in must_be_zero if figures.get(k)]
     if bad:
         print(f"FAILED: {', '.join(bad)}")
         return 1

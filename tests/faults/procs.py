@@ -21,9 +21,8 @@ from pika.exceptions import AMQPError
 
 from broker.rabbitmq import all_consumed, connection_parameters, wait_for_broker
 from broker.topology import Topology
-from config import CONFIG_DIR
+from config import CONFIG_DIR, DEFAULT_PARTITIONS, RABBITMQ_PLUGINS_FILE
 from console.localbroker import CTL, SERVER, port_open
-from messages import Consumer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +60,6 @@ class Rabbit:
         self.node = f"drill-{os.getpid()}-{self.port}@localhost"
         for sub in ("log", "mnesia"):
             (state_dir / sub).mkdir(parents=True, exist_ok=True)
-        (state_dir / "enabled_plugins").write_text("[].\n")
         self.env = {
             **os.environ,
             "HOME": os.environ.get("HOME") or str(state_dir),
@@ -72,7 +70,7 @@ class Rabbit:
             "RABBITMQ_MNESIA_BASE": str(state_dir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(state_dir / "log"),
             "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(state_dir / "enabled_plugins"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
         }
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         self.log_path = state_dir / "rabbitmq.out"
@@ -147,18 +145,22 @@ class NodeProcess:
     """``staybook serve`` as a subprocess on the drill's broker and store."""
 
     def __init__(self, url: str, prefix: str, workdir: Path,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, *, name: str = "drill",
+                 db_url: str | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.name = name
         self.db_path = workdir / "drill.db"
-        self.log_path = workdir / "node.log"
+        self.db_url = db_url or f"sqlite:///{self.db_path}"
+        self.log_path = workdir / ("node.log" if name == "drill" else f"{name}.log")
         self.env = {
             **os.environ,
             "STAYBOOK_BROKER__URL": url,
             "STAYBOOK_BROKER__PREFIX": prefix,
-            "STAYBOOK_DATABASE_URL": f"sqlite:///{self.db_path}",
+            "STAYBOOK_DATABASE_URL": self.db_url,
             "STAYBOOK_LOG_LEVEL": "WARNING",
-            "STAYBOOK_NODE_NAME": "drill",
+            "STAYBOOK_NODE_NAME": name,
+            "PYTHONUNBUFFERED": "1",
             "STAYBOOK_BROKER__RECONNECT_MAX_DELAY": "2.0",
             "STAYBOOK_PAYMENT__RETRY_DELAY": "0.05",
             **(extra_env or {}),
@@ -166,8 +168,12 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the node and wait until each of its queues has a consumer."""
+    def start(self, timeout: float = 120.0, *, wait_queues: bool = True) -> None:
+        """Start the node and wait until each of its queues has a consumer.
+
+        With ``wait_queues`` False (a node joining a cluster whose queues are consumed
+        already) it waits for the node's own word that it serves instead.
+        """
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1}\n".encode())
         with self.log_path.open("ab") as log:
@@ -176,15 +182,25 @@ class NodeProcess:
                 env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.starts += 1
-        queues = [Topology(prefix=self.prefix).queue(c) for c in Consumer]
+        queues = Topology(prefix=self.prefix, partitions=DEFAULT_PARTITIONS).work_queues()
         deadline = time.monotonic() + timeout
-        while not all_consumed(self.url, queues):
+        start = self.starts
+        while not (all_consumed(self.url, queues) if wait_queues
+                   else self._serving(start)):
             if self.proc.poll() is not None:
                 raise DrillSetupFailed(f"the node exited with {self.proc.returncode}: "
                                        f"{tail(self.log_path)}")
             if time.monotonic() > deadline:
                 raise DrillSetupFailed(f"the node did not come up: {tail(self.log_path)}")
             time.sleep(0.2)
+
+    def _serving(self, start: int) -> bool:
+        """The node printed that it serves, after the marker of start ``start``."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+        return "serving on" in text.split(f"--- start {start}\n")[-1]
 
     def alive(self) -> bool:
         """True while the process runs."""
@@ -213,17 +229,18 @@ class NodeProcess:
         return code
 
 
-def queue_depths(url: str, queues: list[str]) -> dict[str, int] | None:
-    """Ready messages per queue (None when the broker cannot be asked)."""
+def queue_counts(url: str, queues: list[str]) -> dict[str, tuple[int, int]] | None:
+    """(ready messages, consumers) per queue (None when the broker cannot be asked)."""
     try:
         conn = pika.BlockingConnection(connection_parameters(url))
     except (AMQPError, OSError):
         return None
     try:
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, int]] = {}
         for name in queues:
             ch = conn.channel()
-            out[name] = int(ch.queue_declare(name, passive=True).method.message_count)
+            m = ch.queue_declare(name, passive=True).method
+            out[name] = (int(m.message_count), int(m.consumer_count))
             ch.close()
         return out
     except AMQPError:
@@ -231,3 +248,9 @@ def queue_depths(url: str, queues: list[str]) -> dict[str, int] | None:
     finally:
         with contextlib.suppress(AMQPError, OSError):
             conn.close()
+
+
+def queue_depths(url: str, queues: list[str]) -> dict[str, int] | None:
+    """Ready messages per queue (None when the broker cannot be asked)."""
+    counts = queue_counts(url, queues)
+    return None if counts is None else {q: c[0] for q, c in counts.items()}

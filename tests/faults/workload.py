@@ -80,7 +80,7 @@ class Producer(threading.Thread):
 
     def __init__(self, index: int, url: str, topology: Topology, history: History,
                  stop: threading.Event, *, seed: int, attempts: int = 25,
-                 attempt_timeout: float = 5.0) -> None:
+                 attempt_timeout: float = 5.0, hot: tuple[str, ...] = ()) -> None:
         super().__init__(name=f"producer-{index}", daemon=True)
         self.index = index
         self.url = url
@@ -91,6 +91,8 @@ class Producer(threading.Thread):
         self.attempts = attempts
         self.attempt_timeout = attempt_timeout
         self.apartments = [f"d{index}-a{k}" for k in range(3)]
+        # Apartments every producer books (and accepts on): their accepts race.
+        self.hot = hot
         self.pending: list[tuple[str, str]] = []  # (apartment, reservation) answered ok
         self.answered: list[Op] = []
         self.client: Client | None = None
@@ -103,7 +105,7 @@ class Producer(threading.Thread):
     def run(self) -> None:
         """Add the apartments, then book until stopped."""
         try:
-            for apt in self.apartments:
+            for apt in self.apartments + (list(self.hot) if self.index == 0 else []):
                 self.send(AddApartment(owner_id=self.owner(apt), city="Lisbon",
                                        title=f"Flat {apt}", price_per_night=10_000,
                                        capacity=4), apt)
@@ -132,7 +134,8 @@ class Producer(threading.Thread):
             cls = AcceptReservation if self.rng.random() < 0.75 else RejectReservation
             self.send(cls(reservation_id=rid, owner_id=self.owner(apt)), apt)
         else:
-            apt = self.rng.choice(self.apartments[-3:])
+            hot = bool(self.hot) and self.rng.random() < 0.5
+            apt = self.rng.choice(self.hot if hot else self.apartments[-3:])
             start = self.base + timedelta(days=self.rng.randint(0, 40))
             token = (self.rng.choice(FAULTY_TOKENS) if self.rng.random() < 0.2
                      else "tok_visa")

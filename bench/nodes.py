@@ -1,0 +1,242 @@
+"""Scale-out: the same workload on 1, 2, ... N nodes sharing PostgreSQL and one broker.
+
+``python -m bench.throughput --nodes N`` runs this. For each n in 1..N, on a fresh
+database and a fresh broker prefix, it starts n ``staybook serve`` processes (both
+roles, own names), waits until every command partition and event queue is consumed,
+publishes the seeded workload of :mod:`bench.throughput` pipelined, and reads from
+``/proc`` the CPU time (user + system) spent meanwhile by
+
+* the node processes,
+* the RabbitMQ node (``beam.smp`` and its children),
+* the PostgreSQL server (the postmaster and its backends).
+
+On a 2-core machine wall throughput cannot grow with n (every process shares the same
+two cores); CPU per command is the stable figure, and what says whether n nodes on n
+machines would scale: if it stays flat as n grows, the work per command does not
+depend on the number of nodes. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from broker.rabbitmq import all_consumed
+from broker.topology import Topology
+from config import DEFAULT_PARTITIONS
+from console.localdb import create_database, local_postgresql
+from messages import new_id
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- CPU from /proc --------------------------------------------------------------------
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of one process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; the fields after ')' are fixed.
+    fields = raw[raw.rindex(")") + 2:].split()
+    ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
+    return ppid, (utime + stime) / CLK_TCK
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def tree_cpu(roots: Sequence[int]) -> float:
+    """CPU seconds of ``roots`` and all their live descendants."""
+    stats = {pid: s for pid in _pids() if (s := _stat(pid)) is not None}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _cpu) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def pids_matching(needle: str) -> list[int]:
+    """Processes whose environment contains ``needle`` (e.g. a RabbitMQ node name).
+
+    RabbitMQ 3.10 takes its node name from the environment, not the command line.
+    """
+    me = os.getpid()
+    return [p for p in _pids() if p != me and needle.encode() in _environ(p)]
+
+
+def postmaster_pid(datadir: Path) -> list[int]:
+    """The PostgreSQL server's main pid, from its ``postmaster.pid``."""
+    try:
+        return [int((datadir / "postmaster.pid").read_text().split()[0])]
+    except (OSError, ValueError, IndexError):
+        return []
+
+
+@dataclass
+class Meter:
+    """CPU seconds of the node processes, the broker and the database, by snapshot."""
+
+    nodes: list[int]
+    broker: list[int]
+    database: list[int]
+
+    def read(self) -> dict[str, float]:
+        """The current totals."""
+        return {"nodes": tree_cpu(self.nodes), "broker": tree_cpu(self.broker),
+                "database": tree_cpu(self.database)}
+
+
+# --- the runs --------------------------------------------------------------------------
+@contextlib.contextmanager
+def _cluster(url: str, prefix: str, db_url: str, workdir: Path, n: int,
+             deadline: float) -> Iterator[list[Any]]:
+    from bench.throughput import SetupFailed, start_node
+
+    nodes = []
+    try:
+        for i in range(n):
+            nodes.append(start_node(url, prefix, workdir, deadline, name=f"n{i + 1}",
+                                    db_url=db_url, wait=False))
+        topo = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
+        if not wait_balanced(url, topo, n, deadline):
+            raise SetupFailed("the nodes never settled on an even spread of partitions")
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def wait_balanced(url: str, topology: Topology, n: int, deadline: float) -> bool:
+    """Wait until ``n`` nodes answer and hold every partition once, evenly spread."""
+    from broker.membership import balanced
+    from console.ctl import ControlClient, ControlFailed
+
+    with ControlClient(url, topology) as ctl:
+        while time.monotonic() < deadline:
+            try:
+                answers = ctl.request("status", wait=0.5)
+            except ControlFailed:  # the control channels are not up yet
+                time.sleep(0.2)
+                continue
+            replies = [r["result"] for r in answers if r.get("ok")]
+            held = [r.get("partitions") or [] for r in replies]
+            every = sorted(p for ps in held for p in ps)
+            if (len(replies) == n and every == list(range(topology.partitions))
+                    and balanced([len(ps) for ps in held], topology.partitions)
+                    and all_consumed(url, topology.work_queues())):
+                return True
+            time.sleep(0.2)
+    return False
+
+
+def run_nodes(url: str, broker_name: str, commands: Sequence[Any], *, max_nodes: int,
+              window: int, workdir: Path, deadline: float) -> list[dict[str, Any]]:
+    """One row per node count: commands/s, latency, CPU ms per command by part."""
+    from bench.throughput import delete_prefix, run_end_to_end
+
+    rows: list[dict[str, Any]] = []
+    broker_pids = pids_matching(broker_name)
+    if not broker_pids:
+        print(f"bench: no broker process matches {broker_name!r}; its CPU reads 0")
+    with local_postgresql(workdir / "postgresql") as server_url:
+        database = postmaster_pid(workdir / "postgresql" / "pgdata")
+        for n in range(1, max_nodes + 1):
+            if time.monotonic() > deadline:
+                break
+            prefix = f"bench{new_id()[:10]}"
+            db_url = create_database(server_url, f"bench_{n}_{new_id()[:8]}")
+            topo = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
+            try:
+                with _cluster(url, prefix, db_url, workdir, n, deadline) as nodes:
+                    meter = Meter([p.proc.pid for p in nodes], broker_pids, database)
+                    before = meter.read()
+                    e2e = run_end_to_end(url, topo, commands, window, deadline)
+                    after = meter.read()
+            finally:
+                delete_prefix(url, topo)
+            done = max(1, int(e2e["replies"]))
+            cpu = {k: round((after[k] - before[k]) * 1000 / done, 3) for k in after}
+            rows.append({
+                "nodes": n, "commands": e2e["commands"], "replies": e2e["replies"],
+                "rate_per_s": e2e["rate_per_s"], "latency_ms": e2e["latency_ms"],
+                "status": e2e["status"],
+                "cpu_ms_per_command": {
+                    **cpu, "nodes+broker": round(cpu["nodes"] + cpu["broker"], 3),
+                    "total": round(sum(cpu.values()), 3)},
+            })
+    base = rows[0]["cpu_ms_per_command"]["nodes+broker"] if rows else None
+    for r in rows:
+        r["cpu_ratio_to_1_node"] = (round(r["cpu_ms_per_command"]["nodes+broker"] / base, 2)
+                                    if base else None)
+    return rows
+
+
+def render_nodes(rows: Sequence[dict[str, Any]]) -> str:
+    """The scale-out table."""
+    head = (f"{'nodes':>5}  {'cmd/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  "
+            f"{'CPU ms/cmd: nodes':>17}  {'broker':>7}  {'nodes+broker':>12}  "
+            f"{'postgres':>8}  {'ratio to 1':>10}")
+    lines = ["Scale-out on one machine (PostgreSQL, one broker; CPU from /proc)", head]
+    for r in rows:
+        c = r["cpu_ms_per_command"]
+        lat = r["latency_ms"]
+        lines.append(f"{r['nodes']:>5}  {r['rate_per_s'] or 0:>8.1f}  "
+                     f"{lat['p50'] or 0:>8.1f}  {lat['p99'] or 0:>8.1f}  "
+                     f"{c['nodes']:>17.3f}  {c['broker']:>7.3f}  {c['nodes+broker']:>12.3f}  "
+                     f"{c['database']:>8.3f}  {r['cpu_ratio_to_1_node'] or 0:>10.2f}")
+    return "\n".join(lines)
+
+
+def main_nodes(args: Any) -> int:
+    """``--nodes N``: a private broker and PostgreSQL, then 1..N nodes; the table.
+
+    Exit status: 0 when every run answered every command, 1 otherwise, 2 on setup.
+    """
+    import json
+    import tempfile
+
+    from bench.throughput import SetupFailed, build_workload, private_broker
+
+    deadline = time.monotonic() + args.timeout * args.nodes
+    commands = build_workload(apartments=args.apartments, hot=args.hot,
+                              commands=args.commands, seed=args.seed,
+                              today=date.today())
+    with tempfile.TemporaryDirectory(prefix="staybook-bench-nodes-") as tmp:
+        work = Path(tmp)
+        try:
+            with private_broker(work / "rabbitmq", deadline) as url:
+                rows = run_nodes(url, f"RABBITMQ_NODENAME=staybook-bench-{os.getpid()}-",
+                                 commands,
+                                 max_nodes=args.nodes, window=args.window, workdir=work,
+                                 deadline=deadline)
+        except SetupFailed as exc:
+            print(f"bench: {exc}")
+            return 2
+    print(render_nodes(rows), flush=True)
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps({"nodes": rows}, indent=2) + "\n")
+    complete = len(rows) == args.nodes and all(
+        r["replies"] == r["commands"] and r["status"].get("error", 0) == 0 for r in rows)
+    return 0 if complete else 1
