@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from messages.base import Envelope
@@ -158,6 +158,7 @@ class StoreWriter:
         self._running = False
         self.batches = 0
         self.commits = 0
+        self.conflicts = 0  # batches that failed as a whole and were screened
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -247,33 +248,72 @@ class StoreWriter:
                 _call(item, WriterStopped("store writer stopped"))
 
     def _write(self, batch: list[Commit]) -> None:
+        if not self._attempt(batch):
+            return
+        # The batch failed (another node took a version, or a message was handled
+        # already). Re-read what the batch depends on, refuse what the store decided,
+        # and write the rest in one transaction again; one by one only if that fails
+        # too. Without this screen one conflict cost a transaction per commit.
+        self.conflicts += 1
+        try:
+            survivors = self._screen(batch)
+        except Exception as exc:  # noqa: BLE001 - the one-by-one path reports it
+            log.debug("screening a failed batch failed (%s)", exc)
+            survivors = batch
+        if survivors and survivors is not batch and not self._attempt(survivors):
+            return
+        log.debug("batch of %d failed again; retrying one by one", len(survivors))
+        for commit in survivors:
+            self._attempt([commit])
+
+    def _attempt(self, batch: list[Commit]) -> bool:
+        """Write ``batch`` in one transaction; True when it failed as a whole.
+
+        A batch of one that fails is refused with the classified error (False).
+        """
         try:
             with self._engine.begin() as conn:
                 refused, versions = _apply(conn, batch, self._versions, self._tainted)
-        except Exception as exc:  # noqa: BLE001 - retried one by one below
+        except Exception as exc:  # noqa: BLE001 - retried, or reported to its owner
             self._versions.clear()  # what the store holds is unknown again
             if len(batch) == 1:
                 self._refuse(batch[0], _classify(exc))
-                return
-            log.debug("batch of %d failed (%s); retrying one by one", len(batch), exc)
-            for commit in batch:
-                try:
-                    with self._engine.begin() as conn:
-                        one, versions = _apply(conn, [commit], self._versions, self._tainted)
-                except Exception as failure:  # noqa: BLE001 - reported to its owner
-                    self._versions.clear()
-                    self._refuse(commit, _classify(failure))
-                else:
-                    self._remember(versions)
-                    if one:
-                        self._refuse(commit, one[commit])
-                    else:
-                        self._after([commit])
-            return
+                return False
+            log.debug("batch of %d failed (%s)", len(batch), exc)
+            return True
         self._remember(versions)
         self._after([c for c in batch if c not in refused])
         for commit, err in refused.items():
             self._refuse(commit, err)
+        return False
+
+    def _screen(self, batch: list[Commit]) -> list[Commit]:
+        """Refuse the commits the store already contradicts; the others, in order.
+
+        Reads the current version of every stream the batch appends to (so the next
+        attempt checks against the database, not this writer's memory) and which of
+        its messages the inbox already holds (those are duplicates).
+        """
+        streams = sorted({c.stream_id for c in batch if c.stream_id and c.events})
+        keys = [(c.inbox.consumer, c.inbox.message_id) for c in batch if c.inbox]
+        with self._engine.connect() as conn:
+            seen = set() if not keys else {(r[0], r[1]) for r in conn.execute(
+                select(inbox_table.c.consumer, inbox_table.c.message_id).where(
+                    tuple_(inbox_table.c.consumer, inbox_table.c.message_id).in_(keys)))}
+            found: dict[str, int] = {} if not streams else {
+                r[0]: int(r[1]) for r in conn.execute(
+                    select(events_table.c.stream_id, func.max(events_table.c.version))
+                    .where(events_table.c.stream_id.in_(streams))
+                    .group_by(events_table.c.stream_id))}
+        self._remember({sid: int(found.get(sid) or 0) for sid in streams})
+        survivors = []
+        for commit in batch:
+            if commit.inbox and (commit.inbox.consumer, commit.inbox.message_id) in seen:
+                self._refuse(commit, DuplicateMessage(
+                    f"{commit.inbox.consumer}/{commit.inbox.message_id} handled already"))
+            else:
+                survivors.append(commit)
+        return survivors
 
     def _refuse(self, commit: Commit, exc: BaseException) -> None:
         """Fail a commit and fence off the rest of its lineage on that stream."""

@@ -174,3 +174,52 @@ def test_a_due_timer_fires_once_across_two_nodes(
     with engines[0].connect() as conn:
         rows = conn.execute(select(outbox_table.c.event_id)).scalars().all()
     assert rows == ["expire:r1:1"]
+
+
+def test_a_batch_that_meets_a_conflict_is_screened_not_split_into_single_commits(
+        writers: tuple[StoreWriter, StoreWriter], engines: tuple[Engine, Engine]) -> None:
+    """One stale commit among many: it is refused, the rest commit in one transaction."""
+    from store import DuplicateMessage, InboxEntry
+
+    a, b = writers
+    assert _wait(_commit(a, 0, 1, "a-v1")) is None
+    assert _wait(_commit(b, 1, 2, "b-v2")) is None  # ``a`` still remembers version 1
+    dup = threading.Event()
+    a.submit(Commit(stream_id=None, expected_version=0, inbox=InboxEntry("t", "m-1"),
+                    on_done=lambda _e: dup.set()))
+    assert dup.wait(DEADLINE)
+    opened = threading.Event()
+    parked = threading.Event()
+
+    def park(_conn: Connection) -> None:
+        parked.set()
+        opened.wait(DEADLINE)
+
+    a.submit(Commit(stream_id=None, expected_version=0, effects=[park]))
+    assert parked.wait(DEADLINE)
+    stale = _commit(a, 1, 7, "a-stale")
+    outcomes: dict[str, BaseException | None] = {}
+    done = threading.Event()
+
+    def record(label: str) -> Callable[[BaseException | None], None]:
+        def on_done(exc: BaseException | None) -> None:
+            outcomes[label] = exc
+            if len(outcomes) == 6:
+                done.set()
+        return on_done
+
+    for i in range(5):
+        a.submit(Commit(stream_id=f"apartment:other-{i}", expected_version=0,
+                        events=[_event(f"o{i}")], on_done=record(f"o{i}"), lineage=100 + i))
+    a.submit(Commit(stream_id=None, expected_version=0, inbox=InboxEntry("t", "m-1"),
+                    on_done=record("dup")))
+    eventually(lambda: a.backlog == 7)
+    batches, conflicts = a.batches, a.conflicts
+    opened.set()
+    assert isinstance(_wait(stale), ConcurrencyError)
+    assert done.wait(DEADLINE)
+    assert [outcomes[f"o{i}"] for i in range(5)] == [None] * 5
+    assert isinstance(outcomes["dup"], DuplicateMessage)
+    assert a.conflicts == conflicts + 1
+    # The parked commit's transaction, then the five others in one (not five).
+    assert a.batches == batches + 2
