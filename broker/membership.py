@@ -294,7 +294,8 @@ class PartitionIntake:
     :meth:`want` starts a consumer for each newly wanted partition and releases the
     others: a release cancels the consumer and lets its deliveries settle (on a thread
     of its own, so the membership loop never waits), and the partition counts as held
-    until that is done.
+    until that is done. It is called at every beat, so it also restarts a consumer
+    whose thread died (the consumers reconnect by themselves; this is for the rest).
 
     Args:
         broker: the RabbitMQ broker.
@@ -315,6 +316,7 @@ class PartitionIntake:
         self._alive = False
         self.taken = 0
         self.released = 0
+        self.restarted = 0
 
     def start(self) -> None:
         """Nothing is consumed until :meth:`want` says what."""
@@ -357,6 +359,11 @@ class PartitionIntake:
                 self.released += 1
                 log.info("releasing partition %d", p)
                 t.start()
+            for p in sorted(partitions & set(self._active)):
+                if not self._active[p].is_alive():  # its thread died: start it again
+                    log.warning("partition %d: consumer died; restarting it", p)
+                    self._active[p].start()
+                    self.restarted += 1
             for p in sorted(partitions - set(self._active)):
                 if p in self._releasing and self._releasing[p].is_alive():
                     continue  # still draining from an earlier release: next round
