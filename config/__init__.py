@@ -47,8 +47,10 @@ class BrokerSettings(BaseModel):
     reconnect_max_delay: float = Field(10.0, gt=0)
     # Command partitions: quorum queues with single-active-consumer behind a
     # consistent-hash exchange. Choose P much larger than the number of nodes; changing
-    # it re-maps apartments to partitions (drain the queues first).
-    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024)
+    # it re-maps apartments to partitions (drain the queues first). 0: one intake
+    # queue that every node consumes at once (no per-apartment order across nodes; the
+    # store's fence still prevents double bookings; used to test exactly that).
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=0, le=1024)
 
 
 class ClusterSettings(BaseModel):

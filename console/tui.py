@@ -342,6 +342,11 @@ def _failure(lf: dict[str, Any] | None) -> str:
     return "-" if not lf else f"{lf['type']}: {lf['message']}"[:40]
 
 
+def _parts(held: list[int] | None) -> str:
+    """How many command partitions a node consumes ('-': not a commands node)."""
+    return "-" if held is None else str(len(held))
+
+
 def _dash(v: Any) -> str:
     return "-" if v is None else str(v)
 
@@ -349,14 +354,14 @@ def _dash(v: Any) -> str:
 def nodes_text(snap: Snapshot, sort: str) -> str:
     """The per-node summary lines at the top of the view."""
     lines = [f"{'NODE':<12} {'TREE':<8} {'LIVE/CAP':>14} {'CMD/S':>8} {'P99 MS':>8} "
-             f"{'RESTARTS/MIN':>12} {'DEAD':>6} {'OUTBOX':>7}   actors by {sort}"]
+             f"{'RESTARTS/MIN':>12} {'DEAD':>6} {'OUTBOX':>7} {'PARTS':>5}   actors by {sort}"]
     for n in snap.nodes:
         lines.append(
             f"{n['node']:<12} {n.get('tree_status', '-'):<8} "
             f"{str(n['live_actors']) + '/' + str(n['max_live']):>14} "
             f"{_dash(n.get('commands_per_s')):>8} {_dash(n.get('p99_ms')):>8} "
             f"{_dash(n.get('restarts_per_min')):>12} {n['dead_letters']:>6} "
-            f"{n['outbox_backlog']:>7}")
+            f"{n['outbox_backlog']:>7} {_parts(n.get('partitions')):>5}")
     if not snap.nodes:
         lines.append("(no node answered yet)")
     return "\n".join(lines)

@@ -45,8 +45,9 @@ def eventually(pred: Callable[[], bool], timeout: float = 20.0, poll: float = 0.
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings on a fresh SQLite file."""
-    return Settings(database_url=f"sqlite:///{tmp_path / 'staybook.db'}", **overrides)
+    """Settings on a fresh SQLite file (unless ``database_url`` says otherwise)."""
+    overrides.setdefault("database_url", f"sqlite:///{tmp_path / 'staybook.db'}")
+    return Settings(**overrides)
 
 
 # --- databases -----------------------------------------------------------------------

@@ -110,6 +110,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
     live: list[NodeProcess] = []
     every: list[NodeProcess] = []
     failovers: list[float] = []
+    stops: list[float] = []
     counter = [0]
     t0 = time.monotonic()
 
@@ -154,10 +155,13 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
                 faults.add("add_node")
                 leaver = live.pop(0)
                 stamp(f"remove {leaver.name} (SIGTERM)")
+                began = time.monotonic()
                 code = leaver.terminate(timeout=60)
                 faults.add("remove_node")
-                if code not in (0, None):
-                    out(f"  {leaver.name} exited with {code}")
+                stops.append(time.monotonic() - began)
+                out(f"  {leaver.name} stopped in {stops[-1]:.1f}s, exit code {code}")
+                if code != 0:
+                    faults.add("remove_unclean")
                 continue
             victim = live[step % len(live)]
             stamp(f"SIGKILL {victim.name}")
@@ -199,6 +203,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
         figures["node_starts"] = sum(n.starts for n in every)
         figures["producers_stuck"] = sum(t.is_alive() for t in threads)
         figures["failovers"] = [round(f, 2) for f in failovers]
+        figures["graceful_stops_s"] = [round(f, 1) for f in stops]
         if failovers:
             figures["failover_p99_s"] = round(_p99(failovers), 2)
             figures["failover_max_s"] = round(max(failovers), 2)
@@ -215,7 +220,8 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
 def report(figures: dict[str, Any]) -> str:
     """The figures as a readable block."""
     keys = ["seconds", "faults", "fault_kill_node", "fault_add_node", "fault_remove_node",
-            "node_starts", "failovers", "failover_p99_s", "failover_max_s", "commands",
+            "node_starts", "graceful_stops_s", "failovers", "failover_p99_s",
+            "failover_max_s", "commands",
             "confirmed", "answered", "confirmed_unanswered", "not_confirmed", "resends",
             "resends_answered_from_inbox", "accepted", "charges", "payments_failed",
             "notifications", "poison_confirmed", "dead_letters", *CLUSTER_MUST_BE_ZERO]

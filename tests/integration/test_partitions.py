@@ -14,7 +14,7 @@ import pytest
 from broker.client import Client
 from broker.membership import NodeNameInUse, balanced
 from broker.rabbitmq import connection_parameters
-from messages import AddApartment, Envelope, RequestReservation
+from messages import AddApartment, Envelope, RequestReservation, SearchApartments
 from node import Node
 from tests.conftest import day, eventually
 
@@ -124,3 +124,26 @@ def test_a_partition_consumer_whose_thread_ended_is_started_again(
     victim.stop(0.0)  # its thread ends, as if it had died
     eventually(lambda: parts.restarted >= 1 and victim.is_alive(), timeout=15)
     eventually(lambda: _consumers(amqp_url, a.topology.intake_queues()[:1]) == [1])
+
+
+def test_search_answers_the_same_on_every_node(
+        node_factory: Callable[..., Node], amqp_url: str) -> None:
+    """Both nodes run a search actor on the shared read model; queries go to either."""
+    a = node_factory(node_name="a", cluster=FAST)
+    b = node_factory(node_name="b", cluster=FAST)
+    with Client(amqp_url, a.topology) as client:
+        for i in range(6):
+            env = Envelope.new(AddApartment(owner_id="o", city="Bergen", title=f"t{i}",
+                                            price_per_night=100 + i, capacity=2),
+                               apartment_id=f"s-{i}")
+            assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
+
+        def ids() -> list[str]:
+            reply = client.request(Envelope.new(SearchApartments(city="bergen")), timeout=20)
+            return [x["apartment_id"] for x in reply.payload.model_dump()["apartments"]]
+
+        eventually(lambda: len(ids()) == 6)
+        answers = [ids() for _ in range(12)]
+    assert all(x == answers[0] for x in answers)
+    handled = [n.counters.events_handled for n in (a, b)]
+    assert all(h > 0 for h in handled)  # both nodes' handlers took part

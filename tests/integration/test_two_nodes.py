@@ -1,7 +1,8 @@
 """Two intake nodes on one store and one broker: racing accepts never double-book.
 
-Both nodes consume the same commands, so each hot apartment has an actor on both
-nodes, deciding from its own memory. Only the store's fence (expected version, in
+Both nodes consume the same intake queue (no partitions, no single active consumer:
+the worst case), so each hot apartment has an actor on both nodes, deciding from its
+own memory. Only the store's fence (expected version, in
 the database) keeps their histories from forking.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from broker.client import Client
@@ -29,9 +29,15 @@ def _send(client: Client, payload: Message, apt: str) -> dict[str, Any]:
 
 
 def test_two_intake_nodes_on_one_store_never_overlap(
-        node_factory: Callable[..., Node], amqp_url: str, tmp_path: Path) -> None:
-    first = node_factory(node_name="n1")
-    node_factory(node_name="n2", roles=["commands"])
+        node_factory: Callable[..., Node], amqp_url: str, db_url: str) -> None:
+    """On SQLite (one file, two processes' worth of writers) and on PostgreSQL."""
+    # No partitions: one intake queue with competing consumers, so both nodes get
+    # commands for the same apartments at once. Only the fence keeps them apart.
+    flat = {"partitions": 0}
+    first = node_factory(node_name="n1", database_url=db_url, broker=flat)
+    second = node_factory(node_name="n2", roles=["commands"], database_url=db_url,
+                          broker=flat)
+    assert first.partitions is None and second.partitions is None
     with Client(amqp_url, first.topology) as c:
         for apt in APARTMENTS:
             r = _send(c, AddApartment(owner_id="owner", city="Rome", title=apt,
@@ -91,7 +97,7 @@ def test_two_intake_nodes_on_one_store_never_overlap(
                 and o["events"] and o["events"][0]["type"] == "ReservationAccepted"]
     assert accepted, "the workload accepted nothing: it proves nothing"
     assert all(o["status"] in {"ok", "rejected"} for o in outcomes), outcomes
-    events = stored_events(tmp_path / "staybook.db")
+    events = stored_events(db_url)
     assert count_overlaps(events) == 0
     # Each stream is one gapless history: no version taken twice, none skipped.
     versions: dict[str, list[int]] = {}

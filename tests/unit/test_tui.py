@@ -39,7 +39,8 @@ def fixed_snapshot() -> Snapshot:
     def node(name: str, live: int, cps: float, p99: float, rpm: float) -> dict[str, Any]:
         return {"node": name, "tree_status": "running", "live_actors": live,
                 "max_live": 10000, "commands_per_s": cps, "p99_ms": p99,
-                "restarts_per_min": rpm, "dead_letters": 1, "outbox_backlog": 0}
+                "restarts_per_min": rpm, "dead_letters": 1, "outbox_backlog": 0,
+                "partitions": list(range(8)) if name == "node-a" else list(range(8, 16))}
 
     def actor(aid: str, node: str, mailbox: int, handled: int, restarts: int) -> dict[str, Any]:
         return {"id": aid, "node": node, "status": "running", "mailbox": mailbox,
