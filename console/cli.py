@@ -70,6 +70,9 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # A group commit that meets another node's append fails as a whole and is retried
+    # (store.writer); psycopg then logs the aborted pipeline at WARNING. Expected.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 
 LocalOpt = Annotated[bool, typer.Option(
