@@ -19,7 +19,7 @@ import pytest
 from pytest_postgresql.executors import PostgreSQLExecutor
 from pytest_postgresql.janitor import DatabaseJanitor
 from pytest_rabbitmq import factories as rabbitmq_factories
-from sqlalchemy import URL
+from sqlalchemy import URL, Engine
 
 from broker.base import Outgoing
 from broker.memory import MemoryBroker
@@ -27,6 +27,7 @@ from config import RABBITMQ_PLUGINS_FILE, Settings
 from console.localdb import PG_CTL_WRAPPER
 from messages import Envelope, Kind, Message
 from node import Node
+from store import make_engine
 
 TODAY = date(2030, 1, 7)  # a Monday; the rules' clock in tests
 
@@ -131,6 +132,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = postgresql_url(proc)
     yield url
     drop_postgresql_database(proc, url)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated store on each database (see ``db_url``)."""
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
 
 
 class MemoryProducer:

@@ -6,25 +6,16 @@ on a real store of each kind (the ``db_url`` fixture); no broker is involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, select, text
 
 from actors.search import SearchActor, city_key, matching, search
 from messages import ApartmentAdded, Envelope, SearchApartments
-from store import EventStore, StoreWriter, make_engine
+from store import EventStore, StoreWriter
 from store.tables import search_apartments_table as apts
 
 CITIES = {"s1": "Straße", "s2": "STRASSE", "s3": "strasse", "i1": "İstanbul",
           "i2": "İSTANBUL", "e1": "Évora", "e2": "évora", "p1": "Porto"}
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

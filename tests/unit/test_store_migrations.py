@@ -11,11 +11,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, inspect, select, text
@@ -34,13 +32,6 @@ from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = "0002_city_key"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
 
 
 def bare_engine(db_url: str) -> Engine:

@@ -143,13 +143,6 @@ def commit_and_wait(writer: StoreWriter, commit: Commit) -> BaseException | None
 
 # --- fixtures ------------------------------------------------------------------------
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
 def writer(engine: Engine) -> Iterator[StoreWriter]:
     w = StoreWriter(engine, batch_max=256)
     w.start()
