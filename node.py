@@ -40,6 +40,7 @@ from config import Settings, SupervisorSettings
 from console.control import ControlService, safe_tree, tree_restarts  # operator console
 from console.metrics import MetricsServer, NodeGauges, NodeMetrics  # operator console
 from messages import (
+    BadInput,
     CommandResult,
     Consumer,
     Envelope,
@@ -319,9 +320,19 @@ class Node:
         except InvalidMessage as exc:
             self.refuse(delivery, exc)
             return
+        assert env.apartment_id is not None
+        if (delivery.exchange == self.topology.commands_exchange
+                and delivery.routing_key != env.apartment_id):
+            # The routing key picks the partition: a command routed by anything else
+            # lands where its apartment's other commands are not, out of order.
+            self.refuse(delivery, InvalidMessage(
+                BadInput.WRONG_ROUTING_KEY,
+                f"routing key {delivery.routing_key[:100]!r} is not the apartment_id "
+                f"{env.apartment_id!r}: publish commands with routing key = apartment_id",
+                {"message_id": env.message_id, "correlation_id": env.correlation_id}))
+            return
         self.counters.commands += 1
         delivery = self.metrics.measure(env.type, delivery)  # operator console: metrics
-        assert env.apartment_id is not None
         try:
             self.directory.dispatch("apartment", env.apartment_id, env, delivery)
         except RuntimeError:

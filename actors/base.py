@@ -259,6 +259,7 @@ class EntityContext:
 
 S = TypeVar("S")
 
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 _LINEAGES = itertools.count(1)  # one per rehydration, unique in the process
 MAX_CONFLICTS = 20  # local re-decisions of one command before it goes back to the broker
 
@@ -300,6 +301,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.version = 0
         self._lock = threading.Lock()
         self._inflight: dict[str, list[Delivery]] = {}
+        self._asked: dict[str, str | None] = {}  # in flight: message_id -> content hash
         self.last_active = time.monotonic()
         self.lineage = 0  # which memory this actor decides from (see Commit.lineage)
         self._stale = 0  # a lineage the writer refused a commit of (set on its thread)
@@ -361,15 +363,27 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     def _handle(self, env: Envelope, delivery: Delivery) -> None:
         mid = env.message_id
+        # Producers' commands carry an idempotency key (their message_id): what they
+        # asked is hashed, so a key re-used for another request is refused.
+        asked = env.content_hash() if self.replies else None
         with self._lock:
             if mid in self._inflight:  # a duplicate of a message not yet committed
-                delivery.submitted = True
-                self._inflight[mid].append(delivery)
-                return
+                if self._asked.get(mid) != asked:
+                    conflict = True
+                else:
+                    conflict = False
+                    delivery.submitted = True
+                    self._inflight[mid].append(delivery)
+            else:
+                conflict = None
+        if conflict:
+            self._refuse_conflict(env, delivery)
+        if conflict is not None:
+            return
         if delivery.redelivered:  # most likely handled before: ask the inbox first
-            seen, stored = self.ctx.store.seen(self.consumer, mid)
-            if seen:
-                delivery.ack(stored)
+            found = self.ctx.store.handled(self.consumer, mid)
+            if found is not None:
+                self._answer_again(env, asked, found, delivery)
                 return
         if self.ctx.inject is not None:
             self.ctx.inject(self.entity_id, env)
@@ -384,13 +398,14 @@ class EntityActor(SupervisedActor, Generic[S]):
             stream_id=self.entity_id,
             expected_version=self.version,
             events=events,
-            inbox=InboxEntry(self.consumer, mid, reply),
+            inbox=InboxEntry(self.consumer, mid, reply, asked),
             on_done=lambda exc: self._committed(env, lineage, reply, exc),
             keep_private=1 if self.records_input else 0,
             lineage=lineage,
         )
         with self._lock:
             self._inflight[mid] = [delivery]
+            self._asked[mid] = asked
         delivery.submitted = True
         self.state = state
         self.version += len(events)
@@ -425,6 +440,24 @@ class EntityActor(SupervisedActor, Generic[S]):
                 continue
             self._handle(env, delivery)
 
+    def _answer_again(self, env: Envelope, asked: str | None,
+                      found: tuple[bytes | None, str | None], delivery: Delivery) -> None:
+        """A message handled before: its stored reply, unless the id asked otherwise."""
+        stored_reply, stored_hash = found
+        if asked is not None and stored_hash is not None and stored_hash != asked:
+            self._refuse_conflict(env, delivery)
+        else:
+            delivery.ack(stored_reply)
+
+    def _refuse_conflict(self, env: Envelope, delivery: Delivery) -> None:
+        """Dead-letter a message_id re-used for a different request, and say so."""
+        detail = (f"message_id {env.message_id} was already used for a different "
+                  f"request; send a new request with a new message_id")
+        log.info("%s: %s", self.name, detail)
+        reply = env.follow(CommandResult(status=Status.ERROR, reason=IDEMPOTENCY_CONFLICT,
+                                         detail=detail)).to_json()
+        delivery.dead_letter(IDEMPOTENCY_CONFLICT, detail, reply)
+
     def _give_back(self) -> None:
         """Requeue the refused commands this actor will not decide again."""
         with self._lock:
@@ -449,17 +482,19 @@ class EntityActor(SupervisedActor, Generic[S]):
         mid = env.message_id
         with self._lock:
             deliveries = self._inflight.pop(mid, [])
+            asked = self._asked.pop(mid, None)
         if exc is None:
             for d in deliveries:
                 d.ack(reply)
             return
         if isinstance(exc, DuplicateMessage):
-            # A re-send that was not flagged redelivered: the inbox answers it, and
-            # this actor, whose memory applied it a second time, reloads (no crash: a
-            # producer retrying is normal, and must not spend the restart intensity).
-            _seen, stored = self.ctx.store.seen(self.consumer, mid)
+            # A re-send that was not flagged redelivered: the inbox answers it (or
+            # refuses a re-used id), and this actor, whose memory applied it a second
+            # time, reloads (no crash: a producer retrying is normal, and must not
+            # spend the restart intensity).
+            found = self.ctx.store.handled(self.consumer, mid)
             for d in deliveries:
-                d.ack(stored)
+                self._answer_again(env, asked, found or (None, None), d)
             self._stale = lineage
         elif isinstance(exc, ConcurrencyError):
             # Decided on memory the store does not share (another writer appended, or

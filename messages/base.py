@@ -8,6 +8,7 @@ the registry names for ``type``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -67,6 +68,7 @@ class BadInput(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     SCHEMA_ERROR = "schema_error"
     WRONG_KIND = "wrong_kind"
+    WRONG_ROUTING_KEY = "wrong_routing_key"
 
 
 class InvalidMessage(Exception):
@@ -147,6 +149,19 @@ class Envelope(BaseModel):
     def to_json(self) -> bytes:
         """The wire form: compact UTF-8 JSON."""
         return self.model_dump_json().encode()
+
+    def content_hash(self) -> str:
+        """What the message asks, hashed: type, version, partition key and payload.
+
+        Identity and timing (ids, ``occurred_at``) are left out, so a re-send of the
+        same request hashes the same even if its producer rebuilt the envelope; a
+        ``message_id`` reused for a different request does not.
+        """
+        what = {"type": self.type, "version": self.version,
+                "apartment_id": self.apartment_id,
+                "payload": self.payload.model_dump(mode="json")}
+        canonical = json.dumps(what, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(canonical).hexdigest()[:32]
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form as plain JSON data."""

@@ -33,12 +33,16 @@ class EventStore:
 
     def seen(self, consumer: str, message_id: str) -> tuple[bool, bytes | None]:
         """Whether ``consumer`` handled ``message_id``, and the reply it gave."""
-        q = select(inbox_table.c.reply).where(
+        found = self.handled(consumer, message_id)
+        return (False, None) if found is None else (True, found[0])
+
+    def handled(self, consumer: str, message_id: str) -> tuple[bytes | None, str | None] | None:
+        """The reply ``consumer`` gave to ``message_id`` and what it asked; None if new."""
+        q = select(inbox_table.c.reply, inbox_table.c.body_hash).where(
             inbox_table.c.consumer == consumer, inbox_table.c.message_id == message_id
         )
         with self.engine.connect() as conn:
             row = conn.execute(q).first()
         if row is None:
-            return False, None
-        reply: bytes | None = row[0]
-        return True, reply
+            return None
+        return row[0], row[1]

@@ -59,6 +59,9 @@ class InboxRow(SQLModel, table=True):
     message_id: str = Field(primary_key=True, max_length=100)
     reply: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     recorded_at: datetime
+    # What the message asked (Envelope.content_hash): a re-used message_id with another
+    # request is refused, not answered with this row's reply. None: not recorded.
+    body_hash: str | None = Field(default=None, max_length=64)
 
 
 class NotificationRow(SQLModel, table=True):

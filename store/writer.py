@@ -51,6 +51,7 @@ class InboxEntry:
     consumer: str
     message_id: str
     reply: bytes | None = None
+    body_hash: str | None = None
 
 
 @dataclass(eq=False)
@@ -405,6 +406,7 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
                     "message_id": commit.inbox.message_id,
                     "reply": commit.inbox.reply,
                     "recorded_at": now,
+                    "body_hash": commit.inbox.body_hash,
                 }
             )
     if inbox:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from typing import Any
 
 import pykka
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 
 from actors.notifier import notifications
 from broker import REASON_HEADER
+from broker.base import Outgoing
 from broker.memory import MemoryBroker
 from messages import (
     AcceptReservation,
@@ -222,3 +224,49 @@ def test_operator_restart_and_passivate(memory_node: Node, producer: MemoryProdu
     assert d.ref("apartment:a1") is None
     with pytest.raises(KeyError):
         d.passivate("apartment:nope")
+
+
+def test_a_message_id_reused_for_another_request_is_refused(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    """An idempotency key means one request: same id, other body -> conflict."""
+    broker = memory_node.broker
+    assert isinstance(broker, MemoryBroker)
+    add(producer)
+    first = Envelope.new(req("r1", 7, 9), apartment_id="a1")
+    producer.publish(first)
+    assert producer.reply()["status"] == "ok"
+    other = first.model_copy(update={"payload": req("r1", 20, 25)})
+    producer.publish(other)
+    refused = producer.reply()
+    assert (refused["status"], refused["reason"]) == ("error", "idempotency_conflict")
+    assert "new message_id" in refused["detail"]
+    producer.publish(first)  # the same request again still gets its stored answer
+    assert producer.reply()["status"] == "ok"
+    dlq = broker.topology.dead_letter_queue
+    eventually(lambda: broker.depth(dlq) == 1)
+    assert [m.headers[REASON_HEADER] for m in broker.drain(dlq)] == ["idempotency_conflict"]
+    state = memory_node.directory.ref("apartment:a1")
+    assert state is not None
+    apartment: Any = state.ask("state")
+    stays = apartment.stays
+    assert (stays["r1"].start, stays["r1"].end) == (day(7), day(9))  # unchanged
+
+
+def test_a_command_routed_by_another_key_is_refused(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    """The routing key picks the partition, so it must be the apartment_id."""
+    broker = memory_node.broker
+    assert isinstance(broker, MemoryBroker)
+    env = Envelope.new(AddApartment(owner_id="o1", city="Porto", title="Loft",
+                                    price_per_night=5000, capacity=2), apartment_id="a1")
+    broker.publish(Outgoing(broker.topology.commands_exchange, "not-a1", env.to_json(),
+                            message_id=env.message_id, correlation_id=env.message_id,
+                            reply_to=producer.reply_queue))
+    refused = producer.reply()
+    assert (refused["status"], refused["reason"]) == ("error", "wrong_routing_key")
+    assert "routing key = apartment_id" in refused["detail"]
+    dlq = broker.topology.dead_letter_queue
+    eventually(lambda: broker.depth(dlq) == 1)
+    assert [m.headers[REASON_HEADER] for m in broker.drain(dlq)] == ["wrong_routing_key"]
+    assert memory_node.store.load("apartment:a1") == []  # it did not take effect
+    add(producer)  # routed right, the same apartment is added

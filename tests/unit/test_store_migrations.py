@@ -31,7 +31,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0002_city_key"
+HEAD = "0003_inbox_body_hash"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -46,13 +46,15 @@ def schema_diff(engine: Engine) -> list[object]:
 
 
 def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
-    """The store as ``create_all`` made it before migrations: no city_key, no version."""
+    """The store as ``create_all`` made it before migrations: no city_key, no inbox
+    body_hash, no version."""
     eng = bare_engine(db_url)
     try:
         SQLModel.metadata.create_all(eng)
         with eng.begin() as c:
             c.execute(text("DROP INDEX ix_search_apartments_city_key"))
             c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
+            c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
             for name in without:
                 c.execute(text(f"DROP TABLE {name}"))
             c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
@@ -69,7 +71,7 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
 # --- a fresh store -------------------------------------------------------------------
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
-    assert known_revisions() == {INITIAL_REVISION, HEAD}
+    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
