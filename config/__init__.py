@@ -7,11 +7,13 @@ e.g. ``STAYBOOK_BROKER__PREFETCH=64``) < keyword arguments.
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -210,11 +212,77 @@ class Settings(BaseSettings):
         )
 
 
+# STAYBOOK_* variables that are not settings: the tools' own.
+TOOL_VARIABLES = frozenset({"CONFIG", "CONSOLE_URL", "UPDATE_SNAPSHOTS"})
+TOOL_PREFIXES = ("PROVISION_",)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line saying what to fix."""
+
+
+def _setting_names(model: type[BaseModel], prefix: str = "STAYBOOK_") -> list[str]:
+    """Every environment name a setting can be given by, nested ones included."""
+    out = []
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        out.append(env)
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out += _setting_names(kind, f"{env}__")
+    return out
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``STAYBOOK_*`` variables that name no setting (a typo is otherwise ignored)."""
+    known = set(_setting_names(Settings))
+    out = []
+    for key in environ:
+        upper = key.upper()
+        if not upper.startswith("STAYBOOK_"):
+            continue
+        rest = upper.removeprefix("STAYBOOK_")
+        if rest in TOOL_VARIABLES or rest.startswith(TOOL_PREFIXES) or upper in known:
+            continue
+        out.append(key)
+    return sorted(out)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings, or one clear line about what is wrong with them.
+
+    Raises:
+        ConfigError: an unknown ``STAYBOOK_*`` variable (with the closest real name),
+            a value that does not validate, or a TOML file that cannot be read.
+    """
+    env = os.environ if environ is None else environ
+    unknown = unknown_variables(env)
+    if unknown:
+        names = _setting_names(Settings)
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key.upper(), names, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise ConfigError(f"unknown setting {', '.join(hints)}; the settings are listed "
+                          f"in config/default.toml")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "STAYBOOK_" + "__".join(str(p).upper() for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"bad setting {where}: {first['msg']}, got "
+                          f"{str(first.get('input'))[:60]!r}{more}") from None
+    except (OSError, ValueError) as exc:  # an unreadable or malformed TOML file
+        raise ConfigError(f"cannot read the configuration: {exc}") from None
+
+
 __all__ = [
     "DEFAULT_PARTITIONS",
     "ActorSettings",
     "BrokerSettings",
     "ClusterSettings",
+    "ConfigError",
     "ControlSettings",
     "LifecycleSettings",
     "MetricsSettings",
@@ -224,4 +292,6 @@ __all__ = [
     "StoreSettings",
     "SupervisionSettings",
     "SupervisorSettings",
+    "load_settings",
+    "unknown_variables",
 ]

@@ -51,7 +51,14 @@ STATE_DIR = Path(".staybook")
 
 
 def _settings() -> Settings:
-    return Settings()
+    """The settings; a bad one ends the command with one line (exit 2)."""
+    from config import ConfigError, load_settings
+
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _broker_url(settings: Settings, local: bool) -> str:
@@ -363,12 +370,7 @@ def _db_error(action: str, url: str, exc: BaseException) -> typer.Exit:
 
 
 def _store_url() -> str:
-    try:
-        return _settings().database_url
-    except Exception as exc:  # noqa: BLE001 - one line to the user, not a traceback
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        typer.echo(f"error: invalid settings: {detail}", err=True)
-        raise typer.Exit(1) from None
+    return _settings().database_url
 
 
 def _existing_sqlite(url: str) -> None:

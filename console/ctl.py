@@ -366,8 +366,13 @@ def _main(ctx: typer.Context,
           node: Annotated[str | None, typer.Option(help="ask this node only")] = None,
           wait: Annotated[float | None, typer.Option(
               help="seconds to collect replies from every node")] = None) -> None:
+    from config import ConfigError, load_settings
     from node import topology_of
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(2) from None
     ctx.obj = _Ctx(console_url(settings, url), topology_of(settings), node,
                    wait if wait is not None else settings.control.broadcast_wait_seconds,
                    settings.control.request_ttl_seconds)
