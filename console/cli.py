@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,7 +78,10 @@ def _broker_url(settings: Settings, local: bool) -> str:
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt (at ERROR, with a traceback); the
+    # consumers log one line per lost connection themselves. Its detail is for DEBUG.
+    debug = level.upper() == "DEBUG"
+    logging.getLogger("pika").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     # A group commit that meets another node's append fails as a whole and is retried
     # (store.writer); psycopg then logs the aborted pipeline at WARNING. Expected.
     logging.getLogger("psycopg").setLevel(logging.ERROR)
@@ -88,16 +93,16 @@ LocalOpt = Annotated[bool, typer.Option(
 
 
 @app.command()
-def serve(local_broker: LocalOpt = True) -> None:
+def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
+        "--wait", help="seconds to wait for RabbitMQ to answer")] = 60.0) -> None:
     """Run a node until SIGINT/SIGTERM; exit 1 if its supervision tree gives up."""
-    from broker.rabbitmq import wait_for_broker
     from node import Node
 
     settings = _settings()
     _logging(settings.log_level)
     url = _broker_url(settings, local_broker)
     settings.broker.url = url
-    wait_for_broker(url)
+    _wait_for_broker(url, wait)
     from broker.membership import NodeNameInUse
     from broker.rabbitmq import BrokerSetupError
 
@@ -109,7 +114,7 @@ def serve(local_broker: LocalOpt = True) -> None:
         typer.echo(f"staybook: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)} "
-               f"(store {settings.database_url})")
+               f"(store {_redact_store(settings.database_url)})")
     stop = {"sig": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -143,18 +148,18 @@ def cluster(
     import sys
     import time
 
-    from broker.rabbitmq import wait_for_broker
 
     settings = _settings()
     url = _broker_url(settings, local_broker)
-    wait_for_broker(url)
+    _wait_for_broker(url)
     env = {**os.environ, "STAYBOOK_BROKER__URL": url, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
                                "--no-local-broker"],
                               env={**env, "STAYBOOK_NODE_NAME": f"node-{i + 1}"})
              for i in range(nodes)]
     typer.echo(f"staybook cluster: {nodes} nodes on {_redact(url)} (store "
-               f"{settings.database_url}); `staybook ctl partitions` shows who holds what")
+               f"{_redact_store(settings.database_url)}); `staybook ctl partitions` shows "
+               f"who holds what")
     stop = {"sig": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -187,7 +192,7 @@ def send(
     it was confirmed but no reply came (it will still take effect once: re-send with
     ``--message-id``).
     """
-    from broker.client import Client, NoReply, NotConfirmed
+    from broker.client import NoReply, NotConfirmed
     from messages import Envelope, InvalidMessage, new_id, spec_for
 
     settings = _settings()
@@ -195,26 +200,32 @@ def send(
     if spec is None:
         typer.echo(f"unknown message type {command_type}", err=True)
         raise typer.Exit(2)
+    try:
+        fields = json.loads(payload)
+    except ValueError as exc:
+        typer.echo(f"staybook: the payload is not JSON ({exc}); e.g. "
+                   f"'{{\"owner_id\": \"o\"}}'", err=True)
+        raise typer.Exit(2) from None
     mid = message_id or new_id()
     typer.echo(f"message_id {mid}", err=True)
     body = json.dumps({"message_id": mid, "correlation_id": mid, "type": command_type,
                        "version": spec.version, "apartment_id": apartment_id,
-                       "payload": json.loads(payload)}).encode()
+                       "payload": fields}).encode()
     try:
         env = Envelope.from_json(body)
     except InvalidMessage as exc:
         typer.echo(f"invalid {command_type}: {exc.detail}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
     try:
-        with Client(settings.broker.url, _topology(settings)) as client:
+        with _client(settings) as client:
             reply = client.request(env, timeout=timeout, retries=retries)
     except NotConfirmed as exc:
         typer.echo(f"not confirmed by the broker: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
     except NoReply as exc:
         typer.echo(f"confirmed, but no reply yet ({exc}); re-send with --message-id {mid}",
                    err=True)
-        raise typer.Exit(3) from exc
+        raise typer.Exit(3) from None
     data = reply.payload.model_dump(mode="json")
     typer.echo(json.dumps(data, indent=2))
     raise typer.Exit(0 if data.get("status") == "ok" else 1)
@@ -231,15 +242,29 @@ def search(
     limit: Annotated[int, typer.Option()] = 20,
 ) -> None:
     """Search apartments by request/reply over RabbitMQ."""
-    from broker.client import Client
+    from pydantic import ValidationError
+
+    from broker.client import NoReply, NotConfirmed
     from messages import Envelope, SearchApartments
 
     settings = _settings()
-    q = SearchApartments(city=city, guests=guests, min_price=min_price, max_price=max_price,
-                         start=date.fromisoformat(start) if start else None,
-                         end=date.fromisoformat(end) if end else None, limit=limit)
-    with Client(settings.broker.url, _topology(settings)) as client:
-        reply = client.request(Envelope.new(q))
+    try:
+        first, last = _day(start, "--start"), _day(end, "--end")
+        if first and last and last <= first:
+            raise ValueError(f"--end {last} is not after --start {first}")
+        q = SearchApartments(city=city, guests=guests, min_price=min_price,
+                             max_price=max_price, start=first, end=last, limit=limit)
+    except (ValueError, ValidationError) as exc:
+        message = (exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc))
+        typer.echo(f"staybook: {message}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        with _client(settings) as client:
+            reply = client.request(Envelope.new(q))
+    except (NoReply, NotConfirmed) as exc:
+        typer.echo(f"staybook: no answer to the search ({exc}); is a node running?",
+                   err=True)
+        raise typer.Exit(3) from None
     typer.echo(json.dumps(reply.payload.model_dump(mode="json"), indent=2))
 
 
@@ -251,7 +276,6 @@ def demo(local_broker: LocalOpt = True,
              help="booking (the talk's story) or lifecycle (cancellation, refund, "
                   "payment failure)")] = "booking") -> None:
     """Start a node (and a local RabbitMQ if none is configured) and tell the story."""
-    from broker.rabbitmq import wait_for_broker
     from console.demo import run_demo, run_lifecycle_demo
     from node import Node
 
@@ -264,10 +288,11 @@ def demo(local_broker: LocalOpt = True,
     settings.broker.url = url
     if "STAYBOOK_DATABASE_URL" not in os.environ:
         settings.database_url = database
-    wait_for_broker(url)
+    _wait_for_broker(url)
     node = Node(settings)
     node.start()
-    typer.echo(f"node {settings.node_name} up on {_redact(url)}, store {settings.database_url}")
+    typer.echo(f"node {settings.node_name} up on {_redact(url)}, "
+               f"store {_redact_store(settings.database_url)}")
     try:
         (run_lifecycle_demo if scenario == "lifecycle" else run_demo)(url, node.topology)
     except AssertionError as exc:
@@ -432,6 +457,59 @@ def db_current() -> None:
 def _topology(settings: Settings) -> Any:
     from node import topology_of
     return topology_of(settings)
+
+
+def _wait_for_broker(url: str, timeout: float = 60.0) -> None:
+    """Wait for RabbitMQ (a node may start before it); one line if it never answers."""
+    from broker.rabbitmq import wait_for_broker
+
+    try:
+        wait_for_broker(url, timeout=1.0)
+        return
+    except TimeoutError:
+        typer.echo(f"waiting up to {timeout:.0f}s for RabbitMQ at {_redact(url)} ...",
+                   err=True)
+    try:
+        wait_for_broker(url, timeout=timeout)
+    except TimeoutError:
+        typer.echo(f"staybook: RabbitMQ at {_redact(url)} did not answer in {timeout:.0f}s; "
+                   f"start one (staybook broker start) or set STAYBOOK_BROKER__URL", err=True)
+        raise typer.Exit(2) from None
+
+
+def _day(text: str | None, option: str) -> date | None:
+    """A YYYY-MM-DD option, or a one-line complaint about it."""
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a date: use YYYY-MM-DD") from None
+
+
+@contextlib.contextmanager
+def _client(settings: Settings) -> Iterator[Any]:
+    """A producer client, or one line saying the broker cannot be reached (exit 2)."""
+    from pika.exceptions import AMQPError
+
+    from broker.client import Client
+
+    try:
+        client = Client(settings.broker.url, _topology(settings))
+    except (AMQPError, OSError) as exc:
+        logging.getLogger(__name__).debug("connecting failed", exc_info=True)
+        typer.echo(f"staybook: cannot reach RabbitMQ at {_redact(settings.broker.url)} "
+                   f"({type(exc).__name__}); start one (staybook broker start) or set "
+                   f"STAYBOOK_BROKER__URL", err=True)
+        raise typer.Exit(2) from None
+    with client:
+        yield client
+
+
+def _redact_store(url: str) -> str:
+    from store.db import redact
+
+    return redact(url)
 
 
 def _redact(url: str) -> str:
