@@ -113,8 +113,11 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
         node.engine.dispose()
         typer.echo(f"staybook: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)} "
-               f"(store {_redact_store(settings.database_url)})")
+    m = settings.metrics
+    metrics = f"http://{m.address}:{m.port}/metrics" if m.port else "off"
+    typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)}: roles "
+               f"{'+'.join(settings.roles)}, store {_redact_store(settings.database_url)}, "
+               f"metrics {metrics}")
     stop = {"sig": False}
 
     def on_signal(_signum: int, _frame: Any) -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from console.cli import app
+from messages import new_id
 from node import Node
 
 
@@ -37,3 +43,26 @@ def test_send_prints_the_reply_and_a_re_send_with_the_same_id_changes_nothing(
 def test_send_refuses_a_bad_payload_before_publishing(env: None) -> None:
     result = CliRunner().invoke(app, ["send", "AddApartment", "cli-2", '{"owner_id": "o"}'])
     assert result.exit_code == 2 and "invalid AddApartment" in result.output
+
+
+def test_serve_says_in_one_line_what_it_runs_and_stops_cleanly(
+        amqp_url: str, tmp_path: Path) -> None:
+    """Name, roles, broker and store without passwords, metrics; SIGTERM exits 0."""
+    env = {**os.environ, "STAYBOOK_BROKER__URL": amqp_url, "PYTHONUNBUFFERED": "1",
+           "STAYBOOK_BROKER__PREFIX": f"t{new_id()[:8]}", "STAYBOOK_NODE_NAME": "cli-n1",
+           "STAYBOOK_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}",
+           "STAYBOOK_METRICS__PORT": "0", "STAYBOOK_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
+                             "--no-local-broker"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("staybook node cli-n1 serving on amqp://***@"), line
+        assert "roles commands+events" in line and "metrics off" in line, line
+        assert "guest:guest" not in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
