@@ -392,6 +392,11 @@ class Node:
         """Dead-letter a body that cannot be handled, answering the producer if it asked."""
         self.counters.refused += 1
         log.info("refused a message on %s: %s", delivery.queue, exc)
+        # Counted by type only when it is a known one: the label set stays bounded
+        # whatever producers send.
+        kind = exc.partial.get("type")
+        self.metrics.commands.labels(
+            kind if isinstance(kind, str) and spec_for(kind) else "invalid", "error").inc()
         reply = None
         if delivery.reply_to:
             mid = _safe_id(exc.partial.get("message_id"))

@@ -505,6 +505,8 @@ class Supervisor(SupervisedActor):
             st.status = "crashed"
             log.warning("%s: child %s crashed: %s: %s", self.name, st.spec.id,
                         failure.error_type, failure.message)
+            log.debug("%s: child %s crashed here:\n%s", self.name, st.spec.id,
+                      failure.traceback)
             if st.spec.restart is Restart.TEMPORARY:
                 return
         if not self.intensity.allow():

@@ -237,6 +237,7 @@ class Directory:
                 return
             log.warning("entity %s crashed in %s: %s: %s", failure.name, failure.phase,
                         failure.error_type, failure.message)
+            log.debug("entity %s crashed here:\n%s", failure.name, failure.traceback)
             entry.ref = None
             entry.link = None
             entry.last_failure = failure

@@ -82,6 +82,9 @@ def _logging(level: str) -> None:
     # consumers log one line per lost connection themselves. Its detail is for DEBUG.
     debug = level.upper() == "DEBUG"
     logging.getLogger("pika").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    # pykka logs every crash it sees as a 20-line ERROR; the supervisors log each one
+    # they handle as one WARNING line (the traceback at DEBUG).
+    logging.getLogger("pykka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     # A group commit that meets another node's append fails as a whole and is retried
     # (store.writer); psycopg then logs the aborted pipeline at WARNING. Expected.
     logging.getLogger("psycopg").setLevel(logging.ERROR)

@@ -270,3 +270,46 @@ def test_a_command_routed_by_another_key_is_refused(
     assert [m.headers[REASON_HEADER] for m in broker.drain(dlq)] == ["wrong_routing_key"]
     assert memory_node.store.load("apartment:a1") == []  # it did not take effect
     add(producer)  # routed right, the same apartment is added
+
+
+def test_refused_input_is_counted_as_an_error(memory_node: Node,
+                                              producer: MemoryProducer) -> None:
+    registry = memory_node.metrics.registry
+
+    def errors(kind: str) -> float:
+        return registry.get_sample_value(
+            "staybook_commands_total", {"type": kind, "outcome": "error"}) or 0.0
+
+    producer.publish_raw(b"not json")
+    producer.publish_raw(json.dumps({"message_id": "m1", "type": "AddApartment",
+                                     "version": 1, "payload": {}}).encode())
+    producer.publish_raw(json.dumps({"message_id": "m2", "type": "Made-Up-Type"}).encode())
+    for _ in range(3):
+        assert producer.reply()["status"] == "error"
+    assert errors("invalid") == 2  # not JSON, and an unknown type (not a label of its own)
+    assert errors("AddApartment") == 1
+
+
+def test_a_handled_crash_is_one_warning_line_with_the_traceback_at_debug(
+        memory_node: Node, producer: MemoryProducer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from actors.base import Crash
+    from console.cli import _logging
+
+    _logging("INFO")  # as `staybook serve` configures it
+    add(producer)
+    ref = memory_node.directory.ref("apartment:a1")
+    assert ref is not None
+    with caplog.at_level(logging.DEBUG, logger="actors.directory"):
+        ref.tell(Crash("drill"))
+        eventually(lambda: memory_node.directory.restarts == 1)
+    crash_lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(crash_lines) == 1, [r.getMessage() for r in crash_lines]
+    line = crash_lines[0].getMessage()
+    assert "apartment:a1" in line and "InjectedCrash" in line and "\n" not in line
+    assert not [r for r in caplog.records if r.name.startswith("pykka")]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("Traceback" in m for m in debug)  # the detail is there, at DEBUG
+    add(producer, apt="a2")  # and the node serves on
