@@ -36,11 +36,13 @@ from typing import Any
 
 import pykka
 
+from actors import apartment, booking
 from actors.apartment import ApartmentActor
 from actors.base import EntityActor, EntityContext, Failure, Handle, Link, mailbox_size
 from actors.booking import ReservationActor
 from broker.base import Delivery
-from messages import CommandResult, Envelope, Status
+from messages import CommandResult, Envelope, Message, Status
+from store import EventStore
 from supervisor import Backoff, Intensity, Scheduler, ThreadScheduler, abandon_actor
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,42 @@ KINDS: dict[str, type[EntityActor[Any]]] = {
     "reservation": ReservationActor,
 }
 POISON = "poison"
+
+# Each kind's pure rules: its empty state and its fold, for read-only rehydration.
+_FOLDS: dict[str, tuple[Callable[[str], Any], Callable[[Any, Message], Any]]] = {
+    "apartment": (lambda key: apartment.Apartment(apartment_id=key), apartment.evolve),
+    "reservation": (lambda key: booking.Reservation(reservation_id=key), booking.evolve),
+}
+
+
+def resolve(store: EventStore, entity_id: str) -> str | None:
+    """``kind:key`` for an id given with or without its kind; None if nothing has it.
+
+    A bare key is looked up as an apartment, then as a reservation.
+    """
+    kind, sep, _key = entity_id.partition(":")
+    if sep and kind in _FOLDS:
+        return entity_id
+    for kind in _FOLDS:
+        if store.load(f"{kind}:{entity_id}", limit=1):
+            return f"{kind}:{entity_id}"
+    return None
+
+
+def stored_state(store: EventStore, entity_id: str) -> tuple[Any, list[Envelope]]:
+    """An entity's state folded from the store with its own rules (no actor): and its
+    events. For the operator: a passivated or never-loaded entity is inspectable too.
+
+    Raises:
+        KeyError: for an id that is not ``apartment:...`` or ``reservation:...``.
+    """
+    kind, _, key = entity_id.partition(":")
+    empty, fold = _FOLDS[kind]
+    events = store.load(entity_id)
+    state = empty(key)
+    for env in events:
+        state = fold(state, env.payload)
+    return state, events
 
 
 @dataclass

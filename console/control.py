@@ -38,6 +38,7 @@ from pika.spec import Basic, BasicProperties
 from pydantic import BaseModel
 
 from actors.base import Crash
+from actors.directory import resolve, stored_state
 from broker.rabbitmq import ReconnectingService, connection_parameters
 
 if TYPE_CHECKING:
@@ -160,7 +161,8 @@ class ControlService(ReconnectingService):
     def _ops(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {"status": lambda _a: self.status(), "tree": lambda _a: safe_tree(self._node),
                 "actors": self.actors, "inspect": self.inspect, "restart": self.restart,
-                "stop": self.passivate, "crash": self.crash, "overview": self.overview}
+                "stop": self.passivate, "crash": self.crash, "overview": self.overview,
+                "history": self.history}
 
     def overview(self, args: dict[str, Any]) -> dict[str, Any]:
         """Status, tree and top actors in one reply: one round trip per console refresh."""
@@ -205,8 +207,16 @@ class ControlService(ReconnectingService):
         return rows[:top]
 
     def inspect(self, args: dict[str, Any]) -> dict[str, Any]:
-        """One actor: its facts, last failure with traceback, and (entities) its state."""
+        """One actor: its facts, last failure with traceback, and (entities) its state.
+
+        An entity that is not live here (passivated, never loaded, or live on another
+        node) is folded from the store with its own rules, read-only, and marked
+        ``live: false``; an id without its kind is looked up as an apartment, then as
+        a reservation.
+        """
         aid = _actor_id(args)
+        if ":" not in aid:
+            aid = resolve(self._node.store, aid) or aid
         entity = self._entity_row(aid)
         if entity is not None:
             ref = self._node.directory.ref(aid)
@@ -218,12 +228,34 @@ class ControlService(ReconnectingService):
                 except Exception as exc:  # noqa: BLE001 - dead, stuck or crashed: say so
                     state = {"unavailable": repr(exc)}
             entity["state"] = state
+            entity["live"] = True
             return entity
         found = self._tree_child(aid)
-        if found is None:
-            raise ControlError(f"{aid}: no such live actor on this node")
-        info, _child = found
-        return info
+        if found is not None:
+            return found[0]
+        eid = resolve(self._node.store, aid)
+        if eid is None:
+            raise ControlError(f"{aid}: no such actor on this node, and no such entity")
+        state, events = stored_state(self._node.store, eid)
+        if not events:
+            raise ControlError(f"{aid}: no such actor on this node, and no such entity")
+        return {"id": eid, "kind": eid.split(":", 1)[0], "live": False,
+                "version": len(events), "state": jsonable(state)}
+
+    def history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """An entity's recorded events, newest last (the last ``limit``, at most 1000)."""
+        aid = _actor_id(args)
+        limit = max(1, min(int(args.get("limit", 50)), MAX_TOP))
+        eid = resolve(self._node.store, aid)
+        if eid is None:
+            raise ControlError(f"{aid}: no such entity in the store")
+        events = self._node.store.load(eid)
+        first = len(events) - min(limit, len(events)) + 1
+        return {"id": eid, "version": len(events), "events": [
+            {"version": v, "type": e.type, "message_id": e.message_id,
+             "causation_id": e.causation_id, "occurred_at": e.occurred_at.isoformat(),
+             "payload": e.payload.model_dump(mode="json")}
+            for v, e in enumerate(events[-limit:], start=first)]}
 
     def restart(self, args: dict[str, Any]) -> str:
         """Restart through the supervisor, so state comes back from the store."""

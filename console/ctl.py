@@ -532,10 +532,17 @@ def actors(ctx: typer.Context, as_json: JsonOpt = False,
 
 @ctl_app.command()
 def inspect(ctx: typer.Context, actor: str, as_json: JsonOpt = False) -> None:
-    """One actor: state, mailbox, last error with its traceback."""
-    found = [r for r in _ask(ctx, "inspect", {"id": actor}, until_ok=True) if r.get("ok")]
+    """One actor: state, mailbox, last error with its traceback.
+
+    An entity that is live nowhere (passivated, or never loaded) shows the state its
+    events fold to, read from the store (``live: false``). ``apt-1`` alone finds
+    ``apartment:apt-1`` (or ``reservation:apt-1``).
+    """
+    answers = [r for r in _ask(ctx, "inspect", {"id": actor}) if r.get("ok")]
+    live = [r for r in answers if r["result"].get("live", True)]
+    found = live or answers[:1]  # every node reads the same store: one copy is enough
     if not found:
-        _fail(f"{actor}: not live on any node")
+        _fail(f"{actor}: no such actor on any node, and no such entity in the store")
     if as_json:
         _dump(found[0]["result"] if len(found) == 1 else found)
         return
@@ -552,6 +559,26 @@ def inspect(ctx: typer.Context, actor: str, as_json: JsonOpt = False) -> None:
         if lf:
             typer.echo(f"  last failure: {lf['type']}: {lf['message']}")
             typer.echo("    " + str(lf.get("traceback", "")).rstrip().replace("\n", "\n    "))
+
+
+@ctl_app.command()
+def history(ctx: typer.Context, entity: str,
+            limit: Annotated[int, typer.Option(help="the last N events")] = 50,
+            as_json: JsonOpt = False) -> None:
+    """An entity's recorded events, oldest first (``apt-1`` or ``reservation:r-1``)."""
+    found = [r for r in _ask(ctx, "history", {"id": entity, "limit": limit}, until_ok=True)
+             if r.get("ok")]
+    if not found:
+        _fail(f"{entity}: no such entity in the store")
+    result = found[0]["result"]
+    if as_json:
+        _dump(result)
+        return
+    typer.echo(f"{result['id']}: {result['version']} events")
+    for e in result["events"]:
+        payload = json.dumps(e["payload"], default=str)
+        typer.echo(f"  {e['version']:>5}  {e['occurred_at'][:19]}  {e['type']:<24} "
+                   f"{payload[:120]}")
 
 
 def _act(ctx: typer.Context, op: str, actor: str) -> None:

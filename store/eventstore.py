@@ -20,12 +20,13 @@ class EventStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def load(self, stream_id: str) -> list[Envelope]:
-        """Every event of a stream, in version order."""
+    def load(self, stream_id: str, *, limit: int | None = None) -> list[Envelope]:
+        """Every event of a stream (or its first ``limit``), in version order."""
         q = (
             select(events_table.c.body)
             .where(events_table.c.stream_id == stream_id)
             .order_by(events_table.c.version)
+            .limit(limit)
         )
         with self.engine.connect() as conn:
             bodies = conn.execute(q).scalars().all()

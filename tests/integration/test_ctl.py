@@ -356,3 +356,22 @@ def test_a_definitions_file_loads_and_its_passwords_work(rabbitmq_proc: Any, amq
                 conn.close()
     finally:
         rabbitmq_proc.rabbitctl_output("delete_user", user)
+
+
+def test_an_entity_live_nowhere_is_inspected_from_the_store_with_its_history(
+        node: Node, client: Client) -> None:
+    wait_control(node)
+    assert add_apartment(client, "apt-h")["status"] == "ok"
+    eventually_value(lambda: node.directory.ref("apartment:apt-h") is not None)
+    eventually_value(lambda: node.directory.passivate("apartment:apt-h"))
+    assert node.directory.ref("apartment:apt-h") is None  # live on no node now
+    shown = ctl_json(node, "inspect", "apt-h")  # no kind: the apartment is found
+    assert (shown["id"], shown["live"], shown["version"]) == ("apartment:apt-h", False, 1)
+    assert shown["state"]["owner_id"] == "olga" and shown["state"]["listed"] is True
+    assert "not live" not in ctl(node, "inspect", "apt-h")
+    past = ctl_json(node, "history", "apt-h")
+    assert past["id"] == "apartment:apt-h"
+    assert [e["type"] for e in past["events"]] == ["ApartmentAdded"]
+    assert "ApartmentAdded" in ctl(node, "history", "apartment:apt-h")
+    missing = ctl(node, "inspect", "no-such-apt", code=1)
+    assert missing == ""  # the one line goes to stderr
