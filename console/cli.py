@@ -282,6 +282,7 @@ def demo(local_broker: LocalOpt = True,
              help="booking (the talk's story) or lifecycle (cancellation, refund, "
                   "payment failure)")] = "booking") -> None:
     """Start a node (and a local RabbitMQ if none is configured) and tell the story."""
+    from actors.notifier import notifications
     from console.demo import run_demo, run_lifecycle_demo
     from node import Node
 
@@ -300,7 +301,12 @@ def demo(local_broker: LocalOpt = True,
     typer.echo(f"node {settings.node_name} up on {_redact(url)}, "
                f"store {_redact_store(settings.database_url)}")
     try:
-        (run_lifecycle_demo if scenario == "lifecycle" else run_demo)(url, node.topology)
+        if scenario == "lifecycle":
+            run_lifecycle_demo(url, node.topology)
+        else:
+            engine = node.engine
+            run_demo(url, node.topology, notified=lambda who: [
+                str(n["subject"]) for n in notifications(engine, who)])
     except AssertionError as exc:
         typer.echo(f"the demo went wrong: {exc}", err=True)
         raise typer.Exit(1) from exc

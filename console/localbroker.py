@@ -65,6 +65,7 @@ def start_local_broker(state_dir: Path, *, port: int = 5672, allow_install: bool
     """
     url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
     if port_open("127.0.0.1", port):
+        print(f"found a RabbitMQ listening on port {port}; using it", flush=True)
         return url
     ensure_installed(allow_install=allow_install)
     env = _env(state_dir, port)

@@ -19,11 +19,22 @@ from tests.conftest import TODAY, day, eventually
 
 
 def test_the_demo_tells_the_story(node: Node, amqp_url: str) -> None:
+    from actors.notifier import notifications
+
     lines: list[str] = []
-    result = run_demo(amqp_url, node.topology, out=lines.append, today=TODAY)
+    result = run_demo(amqp_url, node.topology, out=lines.append, today=TODAY,
+                      notified=lambda who: [str(n["subject"])
+                                            for n in notifications(node.engine, who)])
     text = "\n".join(lines)
     assert "already_taken" in text and "The story holds" in text
+    assert "A notified (Your request was accepted, Booking confirmed)" in text
+    assert result.notified_a is not None
+    assert {"Your request was accepted", "Booking confirmed"} <= set(result.notified_a)
     assert [e["type"] for e in result.events].count("PaymentSucceeded") == 1
+    # Without access to the store it claims nothing about notifications.
+    lines.clear()
+    run_demo(amqp_url, node.topology, out=lines.append, today=TODAY)
+    assert "A's notifications not checked" in "\n".join(lines)
 
 
 def _send(client: Client, payload: Any, apt: str) -> dict[str, Any]:
