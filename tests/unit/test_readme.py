@@ -1,0 +1,24 @@
+"""The README's examples are what they claim: JSON blocks parse, commands validate."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from messages import Envelope
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_every_json_block_in_the_readme_is_valid_json() -> None:
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks
+    for block in blocks:
+        json.loads(block)
+
+
+def test_the_producer_example_is_a_valid_command() -> None:
+    block = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.S)[0]
+    env = Envelope.from_json(block.encode())
+    assert env.type == "RequestReservation" and env.apartment_id == "apt-42"
