@@ -130,7 +130,9 @@ class ControlClient:
             ControlFailed: when it is nowhere, ambiguous, or the node refused.
         """
         if node is None:
-            found = [r for r in self.request("inspect", {"id": actor}, wait=wait) if r["ok"]]
+            # Only where it is live: every node can fold an entity from the store.
+            found = [r for r in self.request("inspect", {"id": actor}, wait=wait)
+                     if r["ok"] and r["result"].get("live", True)]
             if not found:
                 raise ControlFailed(f"{actor}: not live on any node")
             if len(found) > 1:

@@ -375,3 +375,15 @@ def test_an_entity_live_nowhere_is_inspected_from_the_store_with_its_history(
     assert "ApartmentAdded" in ctl(node, "history", "apartment:apt-h")
     missing = ctl(node, "inspect", "no-such-apt", code=1)
     assert missing == ""  # the one line goes to stderr
+
+
+def test_an_entity_action_finds_the_one_node_it_is_live_on(
+        node_factory: Callable[..., Node], amqp_url: str) -> None:
+    """Every node can read an entity from the store; only the live one is acted on."""
+    a = node_factory(node_name="node-a")
+    b = node_factory(node_name="node-b")
+    wait_control(a)
+    wait_control(b)
+    with Client(amqp_url, a.topology) as c:
+        assert add_apartment(c, "apt-r")["status"] == "ok"
+    assert "restarting" in ctl(a, "restart", "apartment:apt-r")  # no --node needed
