@@ -14,6 +14,7 @@ The view reads a :class:`Source`, so it is the same against live nodes
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -61,11 +62,37 @@ class Source(Protocol):
         """Replay one dead letter; a line for the status bar."""
 
 
+RATE_WINDOW = 60.0  # seconds of counters the restart rate is averaged over
+
+
+def rates(history: deque[dict[str, Any]], status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` with commands/s (last interval) and restarts/min (over the window).
+
+    Args:
+        history: this node's earlier statuses, oldest first (trimmed to the window).
+        status: the node's newest status (its ``time``, ``commands``, ``restarts``).
+    """
+    prev = history[-1] if history else None
+    history.append(status)
+    while len(history) > 2 and status["time"] - history[1]["time"] >= RATE_WINDOW:
+        history.popleft()
+    out = dict(status)
+    dt = status["time"] - prev["time"] if prev else 0.0
+    out["commands_per_s"] = (round((status["commands"] - prev["commands"]) / dt, 1)
+                             if prev and dt > 0 else None)
+    first = history[0]
+    span = max(status["time"] - first["time"], RATE_WINDOW)
+    out["restarts_per_min"] = (round((status["restarts"] - first["restarts"]) * 60 / span, 1)
+                               if first is not status else None)
+    return out
+
+
 class LiveSource:
     """Running nodes over the control channel, and the broker's queues.
 
-    Rates (commands/s, restarts/min) are the differences between two refreshes of
-    each node's counters over the node's own clock.
+    Rates come from each node's counters over the node's own clock: commands/s
+    between the last two refreshes, restarts/min over the last ``RATE_WINDOW``
+    seconds (one crash reads as 1/min for a minute, not 30/min for one refresh).
 
     Args:
         url: the operator's AMQP URL.
@@ -79,7 +106,7 @@ class LiveSource:
         self._wait = wait
         self._client: ControlClient | None = None
         self._conn: pika.BlockingConnection | None = None
-        self._last: dict[str, dict[str, Any]] = {}
+        self._history: dict[str, deque[dict[str, Any]]] = {}
 
     def _connect(self) -> tuple[ControlClient, pika.BlockingConnection]:
         if self._client is None or self._conn is None or not self._conn.is_open:
@@ -114,15 +141,7 @@ class LiveSource:
                         actors=rows[:top], queues=queues, dead_letters=letters)
 
     def _rates(self, s: dict[str, Any]) -> dict[str, Any]:
-        prev = self._last.get(s["node"])
-        self._last[s["node"]] = s
-        s = dict(s)
-        dt = s["time"] - prev["time"] if prev else 0.0
-        s["commands_per_s"] = round((s["commands"] - prev["commands"]) / dt, 1) if prev and \
-            dt > 0 else None
-        s["restarts_per_min"] = round((s["restarts"] - prev["restarts"]) * 60 / dt, 1) \
-            if prev and dt > 0 else None
-        return s
+        return rates(self._history.setdefault(s["node"], deque()), s)
 
     def act(self, op: str, actor: str, node: str | None) -> str:
         """Send one actor operation."""
@@ -263,11 +282,15 @@ class ConsoleApp(App[None]):
             table.move_cursor(row=min(row, len(rows) - 1))
 
     def _show_tree(self, snap: Snapshot) -> None:
-        tree = self.query_one("#tree", Tree)
+        """Rebuild the tree, keeping what the operator collapsed collapsed."""
+        tree: Tree[str] = self.query_one("#tree", Tree)
+        collapsed = {n.data for n in _walk(tree.root) if n.data and not n.is_expanded
+                     and n.allow_expand}
         tree.clear()
         for name, children in sorted(snap.trees.items()):
-            top = tree.root.add(Text(f"{name} root"), expand=True)
-            _add_children(top, children)
+            top = tree.root.add(Text(f"{name} root"), data=name,
+                                expand=name not in collapsed)
+            _add_children(top, children, name, collapsed)
 
     def _set_status(self, text: str) -> None:
         self.query_one("#status", Static).update(text)
@@ -326,16 +349,26 @@ class ConsoleApp(App[None]):
         self.action_refresh()
 
 
-def _add_children(parent: TreeNode[None], children: list[dict[str, Any]]) -> None:
+def _walk(node: TreeNode[str]) -> list[TreeNode[str]]:
+    out = [node]
+    for child in node.children:
+        out += _walk(child)
+    return out
+
+
+def _add_children(parent: TreeNode[str], children: list[dict[str, Any]], at: str,
+                  collapsed: set[str]) -> None:
     for c in children:
         lf = c.get("last_failure")
         label = (f"{c['id']} [{c.get('kind', '?')}] {c['status']} "
                  f"restarts={c['restarts']}" + (f" last={lf['type']}" if lf else ""))
+        path = f"{at}/{c['id']}"
         sub = c.get("children", [])
         if sub:
-            _add_children(parent.add(Text(label), expand=True), sub)
+            node = parent.add(Text(label), data=path, expand=path not in collapsed)
+            _add_children(node, sub, path, collapsed)
         else:
-            parent.add_leaf(Text(label))  # Text: ids like [worker] are not markup
+            parent.add_leaf(Text(label), data=path)  # Text: ids like [worker] are not markup
 
 
 def _failure(lf: dict[str, Any] | None) -> str:

@@ -135,3 +135,45 @@ def test_keys_confirm_before_acting_and_sort_cycles() -> None:
     assert stopped == "node-b: apartment:apt-3: stop sent"
     assert replayed == "7f3c9a2e: replayed"
     assert source.sorts[-1] == "handled" and top_by_handled == "apartment:apt-7"
+
+
+def test_one_crash_reads_as_one_per_minute_for_a_minute() -> None:
+    from collections import deque
+
+    from console.tui import rates
+
+    history: deque[dict[str, Any]] = deque()
+
+    def at(t: float, restarts: int, commands: int = 0) -> dict[str, Any]:
+        return rates(history, {"node": "n", "time": t, "restarts": restarts,
+                               "commands": commands})
+
+    assert at(0, 0)["restarts_per_min"] is None  # nothing to compare with yet
+    assert at(2, 1, commands=20)["restarts_per_min"] == 1.0  # not 30/min
+    assert at(4, 1, commands=30)["commands_per_s"] == 5.0
+    assert [at(t, 1)["restarts_per_min"] for t in (30, 60)] == [1.0, 1.0]
+    assert at(62, 1)["restarts_per_min"] == 0.0  # the crash left the window
+
+
+def test_the_tree_keeps_what_the_operator_collapsed() -> None:
+    async def run() -> tuple[bool, bool]:
+        app = ConsoleApp(FixedSource(), refresh=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await _settle(app, pilot)
+            tree = app.query_one("#tree")
+            handlers = next(n for n in _nodes(tree.root) if n.data == "node-a/handlers")
+            handlers.collapse()
+            app.action_refresh()
+            await _settle(app, pilot)
+            again = {n.data: n for n in _nodes(tree.root)}
+            return again["node-a/handlers"].is_expanded, again["node-b/handlers"].is_expanded
+
+    a_handlers, b_handlers = asyncio.run(run())
+    assert (a_handlers, b_handlers) == (False, True)
+
+
+def _nodes(node: Any) -> list[Any]:
+    out = [node]
+    for child in node.children:
+        out += _nodes(child)
+    return out
