@@ -160,7 +160,7 @@ def test_the_tree_keeps_what_the_operator_collapsed() -> None:
         app = ConsoleApp(FixedSource(), refresh=0)
         async with app.run_test(size=SIZE) as pilot:
             await _settle(app, pilot)
-            tree = app.query_one("#tree")
+            tree: Any = app.query_one("#tree")
             handlers = next(n for n in _nodes(tree.root) if n.data == "node-a/handlers")
             handlers.collapse()
             app.action_refresh()
