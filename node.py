@@ -303,9 +303,13 @@ class Node:
     def _consumer_spec(self, consumer: Consumer, on_delivery: Callable[[Delivery], None],
                        prefetch: int | None = None) -> ChildSpec:
         def make() -> Any:
+            # Event handlers are idempotent and nothing waits on their order: on the way
+            # out they settle briefly, then the broker redelivers the rest, so a slow
+            # gateway cannot hold a node's shutdown for the whole drain time.
             c = self.broker.consumer(self.topology.queue(consumer), on_delivery,
                                      prefetch=prefetch or self.settings.broker.handler_prefetch,
-                                     name=f"consumer-{consumer}")
+                                     name=f"consumer-{consumer}",
+                                     drain_seconds=min(2.0, self.settings.cluster.drain_seconds))
             self.consumers[consumer.value] = c
             return c
         return service_child(f"consumer:{consumer}", make,

@@ -185,9 +185,15 @@ class Broker(ABC):
 
     @abstractmethod
     def consumer(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
+        drain_seconds: float | None = None,
     ) -> Service:
-        """A service that hands each delivery of ``queue`` to ``on_delivery``."""
+        """A service that hands each delivery of ``queue`` to ``on_delivery``.
+
+        Args:
+            drain_seconds: how long stopping waits for the deliveries it handed out to
+                be settled (None: the broker's default).
+        """
 
     @abstractmethod
     def publisher(self) -> Publisher:

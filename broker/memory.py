@@ -129,9 +129,10 @@ class MemoryBroker(Broker):
             return out
 
     def consumer(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
+        drain_seconds: float | None = None,
     ) -> _MemoryConsumer:
-        """A consumer thread for ``queue``."""
+        """A consumer thread for ``queue`` (it has nothing to drain: settling is local)."""
         return _MemoryConsumer(self, queue, on_delivery, prefetch, name)
 
     def publisher(self) -> Publisher:

@@ -110,11 +110,13 @@ class RabbitBroker(Broker):
                 conn.close()
 
     def consumer(
-        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str
+        self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
+        drain_seconds: float | None = None,
     ) -> RabbitConsumer:
         """A consumer service for ``queue`` with its own connection and thread."""
         return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name,
-                              drain_seconds=self.drain_seconds)
+                              drain_seconds=self.drain_seconds if drain_seconds is None
+                              else drain_seconds)
 
     def publisher(self) -> Publisher:
         """An asynchronous-confirm publisher (connects on first use)."""
