@@ -595,7 +595,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         url, [*topology.work_queues(), topology.dead_letter_queue])
                     report["end_to_end"] = e2e
                 finally:
-                    codes = [n.stop() for n in reversed(nodes)]
+                    began = time.monotonic()
+                    # A graceful stop drains what is in flight; on a loaded 2-core CI
+                    # machine that can take a while, so wait for it rather than kill.
+                    codes = [n.stop(timeout=90) for n in reversed(nodes)]
+                    report["node_stop_s"] = round(time.monotonic() - began, 1)
                     code = next((c for c in codes if c != 0), 0)
                     report["node_exit_code"] = code
                     if code != 0:
