@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -121,14 +121,7 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)}: roles "
                f"{'+'.join(settings.roles)}, store {_redact_store(settings.database_url)}, "
                f"metrics {metrics}")
-    stop = {"sig": False}
-
-    def on_signal(_signum: int, _frame: Any) -> None:
-        stop["sig"] = True
-        node.app.failed.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = _trap_stop(node.app.failed.set)
     node.wait()
     failed = not stop["sig"]
     if failed and node.app.failure is not None:
@@ -166,13 +159,7 @@ def cluster(
     typer.echo(f"staybook cluster: {nodes} nodes on {_redact(url)} (store "
                f"{_redact_store(settings.database_url)}); `staybook ctl partitions` shows "
                f"who holds what")
-    stop = {"sig": False}
-
-    def on_signal(_signum: int, _frame: Any) -> None:
-        stop["sig"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = _trap_stop()
     while not stop["sig"] and all(p.poll() is None for p in procs):
         time.sleep(0.2)
     for p in procs:
@@ -469,6 +456,20 @@ def db_current() -> None:
 def _topology(settings: Settings) -> Any:
     from node import topology_of
     return topology_of(settings)
+
+
+def _trap_stop(then: Callable[[], None] | None = None) -> dict[str, bool]:
+    """SIGINT and SIGTERM set ``["sig"]`` (and call ``then``): a clean way out."""
+    stop = {"sig": False}
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop["sig"] = True
+        if then is not None:
+            then()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
 
 
 def _wait_for_broker(url: str, timeout: float = 60.0) -> None:
