@@ -138,11 +138,13 @@ class Node:
                 and self.topology.partitions):
             c = settings.cluster
             self.partitions = PartitionIntake(self.broker, self._on_command,
-                                              prefetch=settings.broker.prefetch)
+                                              prefetch=settings.broker.prefetch,
+                                              release_seconds=c.drain_seconds + 2)
             self.membership = Membership(
                 self.broker, settings.node_name, self.topology.partitions,
                 held=self.partitions.held, want=self.partitions.want,
-                interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds)
+                interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds,
+                leave_seconds=c.drain_seconds + 2)
         self.engine = make_engine(settings.database_url, synchronous=settings.store.synchronous)
         self.store = EventStore(self.engine)
         self.writer = StoreWriter(self.engine, batch_max=settings.store.batch_max,
@@ -205,8 +207,8 @@ class Node:
             # Partitions start empty; membership (started after, stopped first) says
             # which to consume, and on the way out hands them all over.
             drain = self.settings.cluster.drain_seconds
-            intake += [service_child("partitions", lambda: parts, shutdown=drain + 5),
-                       service_child("membership", lambda: members, shutdown=drain + 35,
+            intake += [service_child("partitions", lambda: parts, shutdown=5),
+                       service_child("membership", lambda: members, shutdown=drain + 5,
                                      backoff=backoff_of(self.settings.supervision.intake))]
         elif commands:
             intake.append(self._consumer_spec(Consumer.INTAKE, self._on_command,

@@ -133,12 +133,16 @@ class Membership(ReconnectingService):
         want: called on this service's thread with the partitions to consume now.
         interval: seconds between beats.
         timeout: a member silent this long is taken for dead.
+        leave_seconds: how long a stopping node waits for its partitions to drain
+            before it leaves anyway (the broker then redelivers what was unsettled).
     """
 
     def __init__(self, broker: RabbitBroker, node_name: str, partitions: int, *,
                  held: Callable[[], set[int]], want: Callable[[set[int]], None],
-                 interval: float = 0.5, timeout: float = 2.0) -> None:
+                 interval: float = 0.5, timeout: float = 2.0,
+                 leave_seconds: float = 12.0) -> None:
         super().__init__("membership", broker.reconnect_max_delay)
+        self.leave_seconds = leave_seconds
         self._broker = broker
         self.node_name = node_name
         self.partitions = partitions
@@ -250,7 +254,7 @@ class Membership(ReconnectingService):
             # tell the others they may take everything at once.
             self._leaving.set()
             self._want(set())
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + self.leave_seconds
             while self._held() and time.monotonic() < deadline:
                 self._publish(ch, leaving=True)
                 conn.process_data_events(time_limit=0.1)
@@ -301,13 +305,15 @@ class PartitionIntake:
         broker: the RabbitMQ broker.
         on_delivery: what every partition's deliveries go to (the node's intake).
         prefetch: unacked deliveries per partition.
+        release_seconds: the most a release waits for its consumer to drain and stop.
     """
 
     name = "partitions"
 
     def __init__(self, broker: RabbitBroker, on_delivery: Callable[[Any], None], *,
-                 prefetch: int) -> None:
+                 prefetch: int, release_seconds: float = 12.0) -> None:
         self._broker = broker
+        self._release_seconds = release_seconds
         self._on_delivery = on_delivery
         self._prefetch = prefetch
         self._lock = threading.Lock()
@@ -353,7 +359,7 @@ class PartitionIntake:
                 partitions = set()
             for p in sorted(set(self._active) - partitions):
                 consumer = self._active.pop(p)
-                t = threading.Thread(target=consumer.stop, args=(30.0,),
+                t = threading.Thread(target=consumer.stop, args=(self._release_seconds,),
                                      name=f"release-p{p}", daemon=True)
                 self._releasing[p] = t
                 self.released += 1

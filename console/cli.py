@@ -116,12 +116,13 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
         node.engine.dispose()
         typer.echo(f"staybook: {exc}", err=True)
         raise typer.Exit(1) from None
+    # Trap the signals before saying it serves: whoever reads that line may stop it.
+    stop = _trap_stop(node.app.failed.set)
     m = settings.metrics
     metrics = f"http://{m.address}:{m.port}/metrics" if m.port else "off"
     typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)}: roles "
                f"{'+'.join(settings.roles)}, store {_redact_store(settings.database_url)}, "
                f"metrics {metrics}")
-    stop = _trap_stop(node.app.failed.set)
     node.wait()
     failed = not stop["sig"]
     if failed and node.app.failure is not None:
@@ -151,6 +152,7 @@ def cluster(
     settings = _settings()
     url = _broker_url(settings, local_broker)
     _wait_for_broker(url)
+    stop = _trap_stop()
     env = {**os.environ, "STAYBOOK_BROKER__URL": url, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
                                "--no-local-broker"],
@@ -159,7 +161,6 @@ def cluster(
     typer.echo(f"staybook cluster: {nodes} nodes on {_redact(url)} (store "
                f"{_redact_store(settings.database_url)}); `staybook ctl partitions` shows "
                f"who holds what")
-    stop = _trap_stop()
     while not stop["sig"] and all(p.poll() is None for p in procs):
         time.sleep(0.2)
     for p in procs:

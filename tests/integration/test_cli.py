@@ -62,7 +62,7 @@ def test_serve_says_in_one_line_what_it_runs_and_stops_cleanly(
         assert "roles commands+events" in line and "metrics off" in line, line
         assert "guest:guest" not in line
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=90) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
