@@ -123,7 +123,10 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     typer.echo(f"staybook node {settings.node_name} serving on {_redact(url)}: roles "
                f"{'+'.join(settings.roles)}, store {_redact_store(settings.database_url)}, "
                f"metrics {metrics}")
-    node.wait()
+    # Wake now and then: a signal the kernel delivers to another thread runs its
+    # Python handler only when the main thread runs, and an untimed wait never does.
+    while not node.wait(0.5):
+        pass
     failed = not stop["sig"]
     if failed and node.app.failure is not None:
         f = node.app.failure
