@@ -95,12 +95,11 @@ class Beat:
     node: str
     held: tuple[int, ...]
     leaving: bool = False
-    roles: tuple[str, ...] = ("commands",)
 
     def to_json(self) -> bytes:
         """The wire form."""
         return json.dumps({"node": self.node, "held": list(self.held),
-                           "leaving": self.leaving, "roles": list(self.roles)}).encode()
+                           "leaving": self.leaving}).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> Beat | None:
@@ -110,8 +109,7 @@ class Beat:
         try:
             d = json.loads(body)
             held = tuple(int(p) for p in d["held"])
-            return cls(node=str(d["node"]), held=held, leaving=bool(d.get("leaving")),
-                       roles=tuple(str(r) for r in d.get("roles", ["commands"])))
+            return cls(node=str(d["node"]), held=held, leaving=bool(d.get("leaving")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -157,7 +155,6 @@ class Membership(ReconnectingService):
         self._lock = threading.Lock()
         self._seen: dict[str, _Seen] = {}
         self._leaving = threading.Event()
-        self.view_changes = 0
         self._last_view: tuple[str, ...] = ()
         self._listening_since = 0.0
 
@@ -220,15 +217,6 @@ class Membership(ReconnectingService):
         """This node's share under the current view."""
         return assign(self.partitions, self.members()).get(self.node_name, [])
 
-    def table(self) -> dict[str, Any]:
-        """The view for the operator: members, assignment, and who claims what."""
-        members = self.members()
-        return {"node": self.node_name, "members": members,
-                "assignment": assign(self.partitions, members),
-                "claims": {str(p): n for p, n in sorted(self.claims().items())},
-                "held": sorted(self._held()), "timeout": self.timeout,
-                "interval": self.interval}
-
     # --- the loop ----------------------------------------------------------------
     def session(self) -> None:
         """Beat, listen and reconcile until stopped; announce leaving on the way out."""
@@ -284,7 +272,6 @@ class Membership(ReconnectingService):
         if members != self._last_view:
             log.info("cluster view: %s", ", ".join(members))
             self._last_view = members
-            self.view_changes += 1
         mine = set(self.assigned())
         claimed = self.claims()
         held = self._held()
