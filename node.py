@@ -3,12 +3,14 @@
 Root (one_for_one) children, started in this order and stopped in reverse:
 
 * ``infrastructure`` (rest_for_one): ``store`` (the group-committing writer) ->
-  ``relay`` (outbox -> event exchanges).
+  ``relay`` (outbox -> event exchanges) -> ``timers`` [-> ``smtp``] -> ``dead-letters``
+  (records each dead letter in the store).
 * ``entities``: the directory, a dynamic supervisor of apartment and reservation
   actors.
 * ``handlers`` (one_for_one): ``payment``, ``notifier``, ``search`` actors.
-* ``intake`` (one_for_one): one consumer per queue. It starts last and stops first, so
-  no message arrives before the actor that handles it exists, or after it stopped.
+* ``intake`` (one_for_one): one consumer per queue (the dead-letter queue's too). It
+  starts last and stops first, so no message arrives before the actor that handles it
+  exists, or after it stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from actors.policy import CancellationPolicy, Lifecycle
 from actors.search import SearchActor
 from actors.timers import TimerService
 from broker.base import Broker, Delivery
+from broker.deadletters import DeadLetterRecorder
 from broker.membership import Membership, PartitionIntake
 from broker.rabbitmq import RabbitBroker
 from broker.relay import Relay
@@ -52,6 +55,7 @@ from messages import (
 )
 from messages.base import ID_PATTERN
 from store import EventStore, StoreWriter, make_engine
+from store.deadletters import DeadLetterBook
 from supervisor import (
     ActorChild,
     Application,
@@ -71,6 +75,8 @@ _ID = re.compile(ID_PATTERN)
 COMMAND_KINDS = frozenset({Kind.COMMAND})
 HANDLER_KINDS = frozenset({Kind.EVENT})
 SEARCH_KINDS = frozenset({Kind.EVENT, Kind.QUERY})
+# Dead letters the recorder may hold unacked at once (while the store is down, say).
+DEAD_LETTER_PREFETCH = 50
 
 
 @dataclass
@@ -153,6 +159,9 @@ class Node:
                            batch=settings.broker.relay_batch,
                            max_delay=settings.broker.reconnect_max_delay)
         self.writer.set_on_committed(self.relay.wake)
+        self.dead_letters = DeadLetterBook(
+            self.engine, max_rows=settings.broker.dead_letter_max_length)
+        self.recorder = DeadLetterRecorder(self.dead_letters)
         self.gateway = gateway or SimulatedGateway(
             self.engine, decline_rate=settings.payment.decline_rate,
             decline_token_prefix=settings.payment.decline_token_prefix)
@@ -221,6 +230,8 @@ class Node:
                 self._consumer_spec(Consumer.NOTIFIER, self._handler_delivery("notifier")),
                 self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
             ]
+        # Every node records dead letters: the queue is only where they land.
+        intake.append(self._dead_letter_spec())
         handlers = [
             self._handler_spec("payment", lambda r: PaymentActor.start(
                 "payment", self.store, self.writer, r, self.gateway,
@@ -239,6 +250,8 @@ class Node:
                    service_child("timers", lambda: self.timers, backoff=backoff_of(infra))]
                   if commands else []),
                 *(self._smtp_spec(backoff_of(infra)) if events else []),
+                service_child("dead-letters", lambda: self.recorder,
+                              backoff=backoff_of(infra)),
             ]),
             service_child("entities", lambda: self.directory, shutdown=30,
                           backoff=backoff_of(sup.root)),
@@ -315,6 +328,17 @@ class Node:
             self.consumers[consumer.value] = c
             return c
         return service_child(f"consumer:{consumer}", make,
+                             backoff=backoff_of(self.settings.supervision.intake))
+
+    def _dead_letter_spec(self) -> ChildSpec:
+        def make() -> Any:
+            c = self.broker.consumer(self.topology.dead_letter_queue,
+                                     self.recorder.on_delivery,
+                                     prefetch=DEAD_LETTER_PREFETCH, name="consumer-dead-letters",
+                                     drain_seconds=min(2.0, self.settings.cluster.drain_seconds))
+            self.consumers["dead-letters"] = c
+            return c
+        return service_child("consumer:dead-letters", make,
                              backoff=backoff_of(self.settings.supervision.intake))
 
     # --- delivery routing (on consumer threads) -----------------------------------

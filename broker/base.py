@@ -7,6 +7,7 @@ one) and :mod:`broker.memory` (an in-process twin for unit and actor tests).
 from __future__ import annotations
 
 import threading
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from broker.topology import Topology
 REASON_HEADER = "x-staybook-reason"
 DETAIL_HEADER = "x-staybook-detail"
 QUEUE_HEADER = "x-staybook-queue"
+# Stamped on each dead letter as it is made: the book records it once however often
+# the dead-letter queue redelivers it.
+DEAD_ID_HEADER = "x-staybook-dead-id"
 
 
 class Service(Protocol):
@@ -132,6 +136,7 @@ class Delivery(ABC):
             headers[REASON_HEADER] = reason
             headers[DETAIL_HEADER] = detail[:1000]
             headers[QUEUE_HEADER] = self.queue
+            headers[DEAD_ID_HEADER] = uuid.uuid4().hex
             self._dead_letter(headers, reply if self.reply_to else None)
 
     def reply_outgoing(self, reply: bytes) -> Outgoing:

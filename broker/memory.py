@@ -22,6 +22,10 @@ class QueueFull(Exception):
     """A bounded queue refused a publish (RabbitMQ's reject-publish)."""
 
 
+class Unroutable(Exception):
+    """A confirmed publish that no queue took (RabbitMQ returns it as unroutable)."""
+
+
 @dataclass
 class _Message:
     out: Outgoing
@@ -267,5 +271,12 @@ class _MemoryPublisher(Publisher):
         self._broker = broker
 
     def publish_confirmed(self, messages: Sequence[Outgoing], timeout: float = 30.0) -> None:
+        """Publish each, like RabbitMQ's ``mandatory``: one that nothing takes fails.
+
+        Raises:
+            Unroutable: no queue is bound to take a message.
+            QueueFull: a bounded target queue is full.
+        """
         for m in messages:
-            self._broker.publish(m)
+            if not self._broker.publish(m):
+                raise Unroutable(f"{m.exchange or '(default)'} -> {m.routing_key}")

@@ -3,9 +3,10 @@
 Three roles, least privilege by RabbitMQ's resource regexes (configure, write, read):
 
 * **node**: everything under ``<prefix>.``, and the default exchange (replies).
-* **operator** (the console): writes control requests and replays dead letters (the
-  default exchange), reads every ``<prefix>.`` queue (depths, dead letters); declares
-  nothing. Nodes also check its name against ``control.operators``.
+* **operator** (the console): writes control requests only (nodes browse, replay and
+  purge dead letters for it, from the store), reads every ``<prefix>.`` queue
+  (depths); declares nothing. Nodes also check its name against
+  ``control.operators``.
 * **producer**: writes commands and queries only: it cannot publish to the control
   exchange nor forge events.
 
@@ -46,7 +47,7 @@ def permissions(prefix: str, role: str) -> tuple[str, str, str]:
     if role == "node":
         return rf"^{p}\.", rf"^({p}\..*|amq\.default)$", rf"^{p}\."
     if role == "operator":
-        return "^$", rf"^({p}\.control|amq\.default)$", rf"^{p}\."
+        return "^$", rf"^{p}\.control$", rf"^{p}\."
     if role == "producer":
         return "^$", rf"^{p}\.(commands|queries)$", "^$"
     raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")

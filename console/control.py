@@ -39,7 +39,9 @@ from pydantic import BaseModel
 
 from actors.base import Crash
 from actors.directory import resolve, stored_state
+from broker.deadletters import replay
 from broker.rabbitmq import ReconnectingService, connection_parameters
+from store.deadletters import DEAD, REPLAYED, REPLAYING
 
 if TYPE_CHECKING:
     from node import Node
@@ -50,7 +52,8 @@ BROADCAST_KEY = "all"
 MAX_REPLY_BYTES = 1 << 20
 MAX_TOP = 1000
 ASK_TIMEOUT = 2.0
-MUTATING = frozenset({"restart", "stop", "crash"})
+MUTATING = frozenset({"restart", "stop", "crash", "dlq_replay", "dlq_purge"})
+MAX_LETTERS = 1000
 
 
 def control_exchange(prefix: str) -> str:
@@ -162,7 +165,9 @@ class ControlService(ReconnectingService):
         return {"status": lambda _a: self.status(), "tree": lambda _a: safe_tree(self._node),
                 "actors": self.actors, "inspect": self.inspect, "restart": self.restart,
                 "stop": self.passivate, "crash": self.crash, "overview": self.overview,
-                "history": self.history}
+                "history": self.history, "dlq_list": self.dlq_list,
+                "dlq_show": self.dlq_show, "dlq_replay": self.dlq_replay,
+                "dlq_purge": self.dlq_purge}
 
     def overview(self, args: dict[str, Any]) -> dict[str, Any]:
         """Status, tree and top actors in one reply: one round trip per console refresh."""
@@ -306,6 +311,33 @@ class ControlService(ReconnectingService):
             raise ControlError(f"{aid}: busy (unsettled deliveries); try again")
         return f"{aid}: passivated"
 
+    # --- dead letters: read from the book in the store, never from the queue ----------
+    def dlq_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Dead letters in the order they landed (``after`` a seq, at most ``limit``).
+
+        A read of the store: however often it is asked, no letter moves or changes.
+        ``all`` includes the replayed ones.
+        """
+        book = self._node.dead_letters
+        limit = max(1, min(int(args.get("limit", 100)), MAX_LETTERS))
+        statuses = (DEAD, REPLAYING, REPLAYED) if args.get("all") else (DEAD, REPLAYING)
+        page = book.page(limit=limit, after=int(args.get("after", 0)), statuses=statuses)
+        return {"letters": [r.summary() for r in page], "dead": book.count(DEAD),
+                "replaying": book.count(REPLAYING), "replayed": book.count(REPLAYED)}
+
+    def dlq_show(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The letter with id ``id`` (or every one with that message id), in full."""
+        return [r.full() for r in self._node.dead_letters.find(_letter_id(args))]
+
+    def dlq_replay(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Put one letter (``id``) or every dead one (``all``) back on its queue."""
+        ident = None if args.get("all") else _letter_id(args)
+        return replay(self._node.dead_letters, self._node.broker, ident)
+
+    def dlq_purge(self, args: dict[str, Any]) -> int:
+        """Drop every letter from the book (``replayed_only``: the replayed ones)."""
+        return self._node.dead_letters.purge(replayed_only=bool(args.get("replayed_only")))
+
     def _entity_row(self, aid: str) -> dict[str, Any] | None:
         return next((r for r in self._node.directory.which_children() if r["id"] == aid),
                     None)
@@ -333,6 +365,13 @@ def _find(sup: pykka.ActorRef[Any], path: list[str], at: str
                 if found is not None:
                     return found
     return None
+
+
+def _letter_id(args: dict[str, Any]) -> str:
+    ident = args.get("id")
+    if not isinstance(ident, str | int) or not str(ident) or len(str(ident)) > 200:
+        raise ControlError("a dead letter id (or message id) is required")
+    return str(ident)
 
 
 def _actor_id(args: dict[str, Any]) -> str:

@@ -14,21 +14,18 @@ operator list.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import pika
 import typer
-from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError, ChannelClosedByBroker, UnroutableError
 from pika.spec import BasicProperties
 
-from broker.base import DETAIL_HEADER, QUEUE_HEADER, REASON_HEADER
 from broker.rabbitmq import connection_parameters
 from broker.topology import Topology
 from config import Settings
@@ -36,8 +33,9 @@ from console.control import BROADCAST_KEY, control_exchange, node_key
 from messages import new_id
 
 REPLY_TO = "amq.rabbitmq.reply-to"
-REPLAYED_HEADER = "x-staybook-replayed"
-MAX_BROWSE = 10_000
+MAX_LETTERS = 1000
+# A replay publishes with confirms, up to 10,000 letters: give it time to answer.
+REPLAY_WAIT = 120.0
 
 
 class ControlFailed(Exception):
@@ -172,164 +170,18 @@ def queue_stats(conn: pika.BlockingConnection, topology: Topology) -> list[dict[
     return out
 
 
-@dataclass
-class DeadLetter:
-    """One message in the dead-letter queue, as an operator sees it."""
-
-    id: str
-    queue: str | None
-    reason: str | None
-    detail: str | None
-    type: str | None
-    message_id: str | None
-    correlation_id: str | None
-    headers: dict[str, Any] = field(default_factory=dict)
-    body: str = ""
-
-    def summary(self) -> dict[str, Any]:
-        """The short form (no headers, no body)."""
-        d = asdict(self)
-        d.pop("headers")
-        d.pop("body")
-        return d
-
-
-def _text(v: Any) -> str | None:
-    if v is None:
+def dead_letter_depth(conn: pika.BlockingConnection, topology: Topology) -> int | None:
+    """Letters that landed but are not recorded yet (a passive declare: changes nothing)."""
+    ch = conn.channel()
+    try:
+        return int(ch.queue_declare(topology.dead_letter_queue, passive=True)
+                   .method.message_count)
+    except ChannelClosedByBroker:
         return None
-    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-
-
-def letter_id(props: BasicProperties, body: bytes) -> str:
-    """A dead letter's id: its message id, or a digest of its body when it has none."""
-    return props.message_id or "sha-" + hashlib.sha256(body).hexdigest()[:16]
-
-
-def original_queue(headers: dict[str, Any]) -> str | None:
-    """Where a dead letter came from: Staybook's header, else the broker's ``x-death``."""
-    q = _text(headers.get(QUEUE_HEADER))
-    if q:
-        return q
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        return _text(deaths[0].get("queue"))
-    return None
-
-
-def _letter(props: BasicProperties, body: bytes) -> DeadLetter:
-    headers = dict(props.headers or {})
-    mtype: str | None = None
-    with contextlib.suppress(ValueError, AttributeError):
-        mtype = _text(json.loads(body).get("type"))
-    return DeadLetter(
-        id=letter_id(props, body), queue=original_queue(headers),
-        reason=_text(headers.get(REASON_HEADER)), detail=_text(headers.get(DETAIL_HEADER)),
-        type=mtype, message_id=props.message_id, correlation_id=props.correlation_id,
-        headers=_plain(headers), body=body[:4096].decode(errors="replace"))
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, bytes):
-        return v.decode(errors="replace")
-    if isinstance(v, int | float | str | bool) or v is None:
-        return v
-    return str(v)
-
-
-class DeadLetterQueue:
-    """Browse, replay and purge ``<prefix>.dead-letters``.
-
-    Browsing takes messages with ``basic.get`` and gives them back unacked when its
-    channel closes, so it removes nothing. Replay is bounded by the depth seen when it
-    starts, so a message that fails again cannot make it loop.
-    """
-
-    def __init__(self, conn: pika.BlockingConnection, topology: Topology) -> None:
-        self._conn = conn
-        self.queue = topology.dead_letter_queue
-
-    @contextlib.contextmanager
-    def _channel(self) -> Iterator[BlockingChannel]:
-        ch = self._conn.channel()
-        try:
-            yield ch
-        finally:
-            if ch.is_open:
-                with contextlib.suppress(AMQPError):
-                    ch.close()  # unacked messages go back to the queue
-
-    def depth(self) -> int:
-        """Messages in the dead-letter queue."""
-        with self._channel() as ch:
-            return int(ch.queue_declare(self.queue, passive=True).method.message_count)
-
-    def browse(self, limit: int = 100) -> list[DeadLetter]:
-        """Up to ``limit`` dead letters, oldest first, leaving them in place."""
-        out: list[DeadLetter] = []
-        with self._channel() as ch:
-            for _ in range(max(0, min(limit, MAX_BROWSE))):
-                method, props, body = ch.basic_get(self.queue, auto_ack=False)
-                if method is None:
-                    break
-                out.append(_letter(props, body))
-        return out
-
-    def replay(self, letter: str | None = None) -> list[dict[str, Any]]:
-        """Put one dead letter (by id) or all back on their original queues.
-
-        Each goes back with its body, properties and headers (plus a replay count),
-        persistent and confirmed; only then is it removed from the dead-letter queue.
-        A direct reply-to address is dropped: the producer that asked stopped waiting
-        long ago. Letters with no known origin stay where they are.
-        """
-        results: list[dict[str, Any]] = []
-        with self._channel() as ch:
-            ch.confirm_delivery()
-            depth = ch.queue_declare(self.queue, passive=True).method.message_count
-            for _ in range(min(depth, MAX_BROWSE)):
-                method, props, body = ch.basic_get(self.queue, auto_ack=False)
-                if method is None:
-                    break
-                lid = letter_id(props, body)
-                if letter is not None and lid != letter:
-                    continue
-                headers = dict(props.headers or {})
-                target = original_queue(headers)
-                if target is None:
-                    results.append({"id": lid, "replayed": False, "error": "origin unknown"})
-                else:
-                    results.append(self._put_back(ch, method.delivery_tag, props, body,
-                                                  headers, target, lid))
-                if letter is not None:
-                    break
-        return results
-
-    def _put_back(self, ch: BlockingChannel, tag: int, props: BasicProperties, body: bytes,
-                  headers: dict[str, Any], target: str, lid: str) -> dict[str, Any]:
-        headers[REPLAYED_HEADER] = int(headers.get(REPLAYED_HEADER, 0) or 0) + 1
-        headers.pop("x-delivery-count", None)  # the dead-letter queue's count, not its own
-        reply_to = props.reply_to
-        if reply_to and reply_to.startswith(REPLY_TO):
-            reply_to = None
-        out = BasicProperties(content_type=props.content_type, delivery_mode=2,
-                              message_id=props.message_id,
-                              correlation_id=props.correlation_id, type=props.type,
-                              reply_to=reply_to, headers=headers)
-        try:
-            ch.basic_publish("", target, body, out, mandatory=True)
-        except (UnroutableError, AMQPError) as exc:
-            return {"id": lid, "queue": target, "replayed": False, "error": repr(exc)}
-        ch.basic_ack(tag)
-        return {"id": lid, "queue": target, "replayed": True}
-
-    def purge(self) -> int:
-        """Drop every dead letter; how many there were."""
-        with self._channel() as ch:
-            return int(ch.queue_purge(self.queue).method.message_count)
+    finally:
+        if ch.is_open:
+            with contextlib.suppress(AMQPError):
+                ch.close()
 
 
 # --- the typer app --------------------------------------------------------------------
@@ -629,49 +481,90 @@ def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     _table(rows, ["queue", "messages", "consumers"])
 
 
-@contextlib.contextmanager
-def _dlq(ctx: typer.Context) -> Iterator[DeadLetterQueue]:
+def _one_node(ctx: typer.Context) -> str:
+    """The node that carries out a dead-letter action: ``--node``, else the first to answer.
+
+    Every node reads the same book, and replaying on two at once would publish twice.
+    """
+    c = _obj(ctx)
+    if c.node:
+        return c.node
+    names = [str(r["node"]) for r in _ask(ctx, "status", until_ok=True) if r.get("ok")]
+    if not names:
+        _fail("no node answered")
+    return names[0]
+
+
+def _ask_one(ctx: typer.Context, op: str, args: dict[str, Any], wait: float) -> Any:
+    """``op`` on one node; its result, or one error line."""
+    c = _obj(ctx)
+    node = _one_node(ctx)
+    try:
+        with c.client() as client:
+            replies = client.request(op, args, node=node, wait=wait)
+    except (ControlFailed, AMQPError, OSError) as exc:
+        _fail(str(exc) or repr(exc))
+    if not replies:
+        _fail(f"{node} did not answer within {wait:g} s")
+    if not replies[0].get("ok"):
+        _fail(f"{node}: {replies[0].get('error')}")
+    return replies[0]["result"]
+
+
+def _unrecorded(ctx: typer.Context) -> int | None:
     c = _obj(ctx)
     try:
         conn = c.connection()
-    except (AMQPError, OSError) as exc:
-        _fail(repr(exc))
+    except (AMQPError, OSError):
+        return None
     try:
-        yield DeadLetterQueue(conn, c.topology)
-    except ChannelClosedByBroker as exc:
-        _fail(exc.reply_text)
+        return dead_letter_depth(conn, c.topology)
     finally:
-        if conn.is_open:
+        with contextlib.suppress(AMQPError, OSError):
             conn.close()
 
 
 @dlq_app.command("list")
 def dlq_list(ctx: typer.Context, as_json: JsonOpt = False,
-             limit: Annotated[int, typer.Option(help="at most this many")] = 100) -> None:
-    """Dead letters, oldest first: id, origin queue, reason, type."""
-    with _dlq(ctx) as q:
-        letters = q.browse(limit)
-    rows = [x.summary() for x in letters]
+             limit: Annotated[int, typer.Option(help="at most this many")] = 100,
+             after: Annotated[int, typer.Option(help="only ids after this one")] = 0,
+             show_all: Annotated[bool, typer.Option("--all", help="replayed ones too")]
+             = False) -> None:
+    """Dead letters in the order they landed: id, origin queue, reason, type.
+
+    Read from the store, where every node records them as they land: listing never
+    moves, reorders or redelivers a letter.
+    """
+    if not 1 <= limit <= MAX_LETTERS:
+        _fail(f"--limit must be between 1 and {MAX_LETTERS}")
+    result = _ask_one(ctx, "dlq_list", {"limit": limit, "after": after, "all": show_all},
+                      _obj(ctx).wait)
+    rows = result["letters"]
     if as_json:
         _dump(rows)
         return
-    _table(rows, ["id", "queue", "reason", "type", "detail"])
+    _table(rows, ["id", "status", "queue", "reason", "type", "message_id", "detail"])
+    typer.echo(f"{result['dead']} dead, {result['replaying']} being replayed, "
+               f"{result['replayed']} replayed")
+    waiting = _unrecorded(ctx)
+    if waiting:
+        typer.echo(f"{waiting} more in {_obj(ctx).topology.dead_letter_queue}, "
+                   "not recorded yet (is a node running?)")
 
 
 @dlq_app.command("show")
 def dlq_show(ctx: typer.Context, letter: Annotated[str, typer.Argument(metavar="ID")],
              as_json: JsonOpt = False) -> None:
-    """One dead letter with its headers and body."""
-    with _dlq(ctx) as q:
-        match = next((x for x in q.browse(MAX_BROWSE) if x.id == letter), None)
-    if match is None:
+    """One dead letter (by id, or every one with that message id) with headers and body."""
+    found = _ask_one(ctx, "dlq_show", {"id": letter}, _obj(ctx).wait)
+    if not found:
         _fail(f"no dead letter {letter}")
-        return
     if as_json:
-        _dump(asdict(match))
+        _dump(found[0] if len(found) == 1 else found)
         return
-    for k, v in asdict(match).items():
-        typer.echo(f"{k}: {json.dumps(v, default=str) if isinstance(v, dict) else v}")
+    for one in found:
+        for k, v in one.items():
+            typer.echo(f"{k}: {json.dumps(v, default=str) if isinstance(v, dict) else v}")
 
 
 @dlq_app.command("replay")
@@ -681,25 +574,30 @@ def dlq_replay(ctx: typer.Context,
                as_json: JsonOpt = False) -> None:
     """Put a dead letter (or all) back on its original queue, headers included."""
     if (letter is None) == (not replay_all):
-        raise typer.BadParameter("give an ID or --all")
-    with _dlq(ctx) as q:
-        results = q.replay(None if replay_all else letter)
+        _fail("give a dead letter ID or --all")
+    args: dict[str, Any] = {"all": True} if replay_all else {"id": letter}
+    results = _ask_one(ctx, "dlq_replay", args, max(_obj(ctx).wait, REPLAY_WAIT))
     if as_json:
         _dump(results)
     else:
         for r in results:
             typer.echo(f"{r['id']}: " + (f"replayed to {r['queue']}" if r["replayed"]
                                          else f"kept ({r.get('error')})"))
+        if replay_all and not results:
+            typer.echo("no dead letters to replay")
     if letter is not None and not any(r["replayed"] for r in results):
         _fail(f"{letter}: not replayed" + ("" if results else " (no such dead letter)"))
 
 
 @dlq_app.command("purge")
 def dlq_purge(ctx: typer.Context,
-              yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
-    """Drop every dead letter."""
-    with _dlq(ctx) as q:
-        if not yes and not typer.confirm(f"drop all {q.depth()} dead letters?"):
-            raise typer.Exit(1)
-        n = q.purge()
-    typer.echo(f"purged {n} dead letters")
+              yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+              replayed: Annotated[bool, typer.Option("--replayed",
+                                                     help="only the replayed ones")]
+              = False) -> None:
+    """Drop every dead letter (or only those already replayed) from the book."""
+    what = "replayed dead letters" if replayed else "dead letters"
+    if not yes and not typer.confirm(f"drop all {what}?"):
+        raise typer.Exit(1)
+    n = _ask_one(ctx, "dlq_purge", {"replayed_only": replayed}, _obj(ctx).wait)
+    typer.echo(f"purged {n} {what}")

@@ -32,7 +32,7 @@ from textual.widgets.tree import TreeNode
 
 from broker.rabbitmq import connection_parameters
 from broker.topology import Topology
-from console.ctl import ControlClient, ControlFailed, DeadLetterQueue, queue_stats
+from console.ctl import REPLAY_WAIT, ControlClient, ControlFailed, queue_stats
 
 SORTS = ("mailbox", "handled", "restarts", "pending")
 
@@ -107,6 +107,7 @@ class LiveSource:
         self._client: ControlClient | None = None
         self._conn: pika.BlockingConnection | None = None
         self._history: dict[str, deque[dict[str, Any]]] = {}
+        self._nodes: list[str] = []
 
     def _connect(self) -> tuple[ControlClient, pika.BlockingConnection]:
         if self._client is None or self._conn is None or not self._conn.is_open:
@@ -129,16 +130,25 @@ class LiveSource:
             client, conn = self._connect()
             replies = client.request("overview", {"sort": sort, "top": top}, wait=self._wait)
             queues = queue_stats(conn, self._topology)
-            letters = [x.summary() for x in DeadLetterQueue(conn, self._topology).browse(50)]
+            ok = [r["result"] for r in replies if r.get("ok")]
+            self._nodes = sorted(o["status"]["node"] for o in ok)
+            letters = self._letters(client)
         except (ControlFailed, AMQPError, OSError) as exc:
             self.close()
             return Snapshot(error=str(exc) or repr(exc))
-        ok = [r["result"] for r in replies if r.get("ok")]
         rows = [a for o in ok for a in o["actors"]]
         rows.sort(key=lambda a: (-a.get(sort, 0), a["id"]))
         return Snapshot(nodes=[self._rates(o["status"]) for o in ok],
                         trees={o["status"]["node"]: o["tree"] for o in ok},
                         actors=rows[:top], queues=queues, dead_letters=letters)
+
+    def _letters(self, client: ControlClient) -> list[dict[str, Any]]:
+        """The first dead letters, read from the book by one node (a read: changes nothing)."""
+        if not self._nodes:
+            return []
+        replies = client.request("dlq_list", {"limit": 50}, node=self._nodes[0],
+                                 wait=self._wait)
+        return replies[0]["result"]["letters"] if replies and replies[0].get("ok") else []
 
     def _rates(self, s: dict[str, Any]) -> dict[str, Any]:
         return rates(self._history.setdefault(s["node"], deque()), s)
@@ -154,11 +164,19 @@ class LiveSource:
 
     def replay(self, letter: str) -> str:
         """Replay one dead letter."""
+        if not self._nodes:
+            return f"replay {letter}: no node answered"
         try:
-            _client, conn = self._connect()
-            results = DeadLetterQueue(conn, self._topology).replay(letter)
-        except (AMQPError, OSError) as exc:
-            return f"replay {letter}: {exc!r}"
+            client, _conn = self._connect()
+            replies = client.request("dlq_replay", {"id": letter}, node=self._nodes[0],
+                                     wait=REPLAY_WAIT)
+        except (ControlFailed, AMQPError, OSError) as exc:
+            return f"replay {letter}: {exc}"
+        if not replies:
+            return f"replay {letter}: {self._nodes[0]} did not answer"
+        if not replies[0].get("ok"):
+            return f"replay {letter}: {replies[0].get('error')}"
+        results = replies[0]["result"]
         if not results:
             return f"{letter}: no such dead letter"
         r = results[0]

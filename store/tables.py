@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -171,6 +171,35 @@ class EmailDeliveryRow(SQLModel, table=True):
     delivered_at: datetime
 
 
+class DeadLetterRow(SQLModel, table=True):
+    """A message a consumer could not handle, recorded as it landed in the dead letters.
+
+    Browsing reads these rows and changes nothing; only replay (``status``: dead ->
+    replaying -> replayed) and purge write. ``letter_key`` makes recording idempotent:
+    a dead letter redelivered to the recorder is recorded once.
+    """
+
+    __tablename__ = "dead_letters"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    letter_key: str = Field(max_length=64, unique=True)
+    status: str = Field(max_length=20, index=True)
+    recorded_at: datetime
+    queue: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=100)
+    detail: str | None = Field(default=None, max_length=1000)
+    type: str | None = Field(default=None, max_length=100)
+    message_id: str | None = Field(default=None, max_length=200, index=True)
+    correlation_id: str | None = Field(default=None, max_length=200)
+    reply_to: str | None = Field(default=None, max_length=200)
+    headers: str = Field(sa_column=Column(Text, nullable=False))
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    claimed_at: datetime | None = None
+    replayed_at: datetime | None = None
+    replays: int = 0
+    last_error: str | None = Field(default=None, max_length=1000)
+
+
 events_table = EventRow.__table__  # type: ignore[attr-defined]
 outbox_table = OutboxRow.__table__  # type: ignore[attr-defined]
 inbox_table = InboxRow.__table__  # type: ignore[attr-defined]
@@ -182,3 +211,4 @@ gateway_refunds_table = GatewayRefundRow.__table__  # type: ignore[attr-defined]
 search_delisted_table = SearchDelistedRow.__table__  # type: ignore[attr-defined]
 timers_table = TimerRow.__table__  # type: ignore[attr-defined]
 email_deliveries_table = EmailDeliveryRow.__table__  # type: ignore[attr-defined]
+dead_letters_table = DeadLetterRow.__table__  # type: ignore[attr-defined]

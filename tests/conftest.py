@@ -28,6 +28,7 @@ from console.localdb import PG_CTL_WRAPPER
 from messages import Envelope, Kind, Message
 from node import Node
 from store import make_engine
+from store.deadletters import Recorded
 
 TODAY = date(2030, 1, 7)  # a Monday; the rules' clock in tests
 
@@ -43,6 +44,14 @@ def eventually(pred: Callable[[], bool], timeout: float = 20.0, poll: float = 0.
     while not pred():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(poll)
+
+
+def recorded_dead_letters(node: Node, n: int, timeout: float = 20.0) -> list[Recorded]:
+    """The node's book of dead letters once it holds ``n`` (the queue itself is empty)."""
+    eventually(lambda: node.dead_letters.count() >= n, timeout)
+    letters = node.dead_letters.page(limit=1000)
+    assert len(letters) == n, [r.summary() for r in letters]
+    return letters
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import func, select
 
 from actors.notifier import notifications
-from broker import REASON_HEADER
 from broker.base import Outgoing
 from broker.memory import MemoryBroker
 from messages import (
@@ -25,7 +24,7 @@ from messages import (
 )
 from node import Node
 from store.tables import events_table, gateway_charges_table
-from tests.conftest import MemoryProducer, day, eventually
+from tests.conftest import MemoryProducer, day, eventually, recorded_dead_letters
 
 
 def add(p: MemoryProducer, apt: str = "a1", owner: str = "o1") -> None:
@@ -98,9 +97,10 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_answered(
                 b"{" + b" " * 70_000 + b"}"):
         producer.publish_raw(raw)
         assert producer.reply()["status"] == "error"
-    eventually(lambda: broker.depth(dlq) == 4)
-    reasons = [m.headers[REASON_HEADER] for m in broker.drain(dlq)]
-    assert reasons == ["not_json", "not_object", "unknown_type", "too_large"]
+    letters = recorded_dead_letters(memory_node, 4)
+    assert [r.letter.reason for r in letters] == [
+        "not_json", "not_object", "unknown_type", "too_large"]
+    assert broker.depth(dlq) == 0  # recorded, then acked
     add(producer)  # the node still serves
 
 
@@ -245,9 +245,8 @@ def test_a_message_id_reused_for_another_request_is_refused(
     assert "new message_id" in refused["detail"]
     producer.publish(first)  # the same request again still gets its stored answer
     assert producer.reply()["status"] == "ok"
-    dlq = broker.topology.dead_letter_queue
-    eventually(lambda: broker.depth(dlq) == 1)
-    assert [m.headers[REASON_HEADER] for m in broker.drain(dlq)] == ["idempotency_conflict"]
+    [letter] = recorded_dead_letters(memory_node, 1)
+    assert letter.letter.reason == "idempotency_conflict"
     state = memory_node.directory.ref("apartment:a1")
     assert state is not None
     apartment: Any = state.ask("state")
@@ -268,9 +267,8 @@ def test_a_command_routed_by_another_key_is_refused(
     refused = producer.reply()
     assert (refused["status"], refused["reason"]) == ("error", "wrong_routing_key")
     assert "routing key = apartment_id" in refused["detail"]
-    dlq = broker.topology.dead_letter_queue
-    eventually(lambda: broker.depth(dlq) == 1)
-    assert [m.headers[REASON_HEADER] for m in broker.drain(dlq)] == ["wrong_routing_key"]
+    [letter] = recorded_dead_letters(memory_node, 1)
+    assert letter.letter.reason == "wrong_routing_key"
     assert memory_node.store.load("apartment:a1") == []  # it did not take effect
     add(producer)  # routed right, the same apartment is added
 

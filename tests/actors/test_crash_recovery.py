@@ -23,11 +23,11 @@ from sqlalchemy import select
 
 from actors.apartment import Apartment, evolve
 from actors.base import Crash, InjectedCrash
-from broker import DETAIL_HEADER, REASON_HEADER
 from broker.memory import MemoryBroker
 from messages import (
     AcceptReservation,
     AddApartment,
+    Consumer,
     Envelope,
     Message,
     RejectReservation,
@@ -35,7 +35,7 @@ from messages import (
 )
 from node import Node
 from store.tables import inbox_table
-from tests.conftest import TODAY, MemoryProducer, day, make_settings
+from tests.conftest import TODAY, MemoryProducer, day, make_settings, recorded_dead_letters
 
 RETRIES = 2
 POISON = RETRIES + 1  # crashes more often than it is retried
@@ -89,12 +89,14 @@ def test_a_poison_command_is_dead_lettered_and_nothing_else_is_disturbed(
 
     broker = node.broker
     assert isinstance(broker, MemoryBroker)
-    [letter] = broker.drain(broker.topology.dead_letter_queue)
-    assert letter.headers[REASON_HEADER] == "poison"
-    assert "InjectedCrash" in letter.headers[DETAIL_HEADER]
-    assert "Traceback" in letter.headers[DETAIL_HEADER] or "line" in letter.headers[
-        DETAIL_HEADER]
+    [recorded] = recorded_dead_letters(node, 1)
+    letter = recorded.letter
+    assert letter.reason == "poison" and letter.queue == broker.topology.queue(
+        Consumer.INTAKE)
+    assert letter.detail is not None and "InjectedCrash" in letter.detail
+    assert "Traceback" in letter.detail or "line" in letter.detail
     assert letter.body == poison.to_json()
+    assert letter.message_id == poison.message_id
     assert node.directory.poisoned == 1
     assert plan.seen[poison.message_id] == RETRIES + 1
 

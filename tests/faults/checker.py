@@ -34,10 +34,11 @@ from pika.exceptions import AMQPError
 from sqlalchemy import create_engine, select
 
 from actors.apartment import Apartment, StayStatus, evolve
-from broker.base import REASON_HEADER
+from broker.base import DEAD_ID_HEADER, REASON_HEADER
 from broker.rabbitmq import connection_parameters
 from messages import Envelope
 from store.tables import (
+    dead_letters_table,
     events_table,
     gateway_charges_table,
     inbox_table,
@@ -62,9 +63,26 @@ class DeadLetter:
     body: bytes
 
 
-def drain_dead_letters(url: str, queue: str, limit: int = 100_000) -> list[DeadLetter]:
-    """Take every message off the dead-letter queue (bounded by ``limit``)."""
+def drain_dead_letters(url: str, queue: str, db: Path | str,
+                       limit: int = 100_000) -> list[DeadLetter]:
+    """Every dead letter: those the nodes recorded in the store's book, and those still
+    in the queue (a node killed before it recorded them), each once."""
     out: list[DeadLetter] = []
+    engine = create_engine(store_url(db))
+    try:
+        with engine.connect() as c:
+            recorded = list(c.execute(select(dead_letters_table.c.letter_key,
+                                              dead_letters_table.c.message_id,
+                                              dead_letters_table.c.headers,
+                                              dead_letters_table.c.body)))
+    finally:
+        engine.dispose()
+    keys = set()
+    for key, mid, headers, body in recorded:
+        keys.add(key)
+        h = json.loads(headers)
+        out.append(DeadLetter(mid, h.get(REASON_HEADER), h.get("x-first-death-reason"),
+                              bytes(body)))
     conn = pika.BlockingConnection(connection_parameters(url))
     try:
         ch = conn.channel()
@@ -73,17 +91,18 @@ def drain_dead_letters(url: str, queue: str, limit: int = 100_000) -> list[DeadL
             if method is None:
                 break
             headers = dict(props.headers or {})
-            reason = headers.get(REASON_HEADER)
-            if isinstance(reason, bytes):
-                reason = reason.decode(errors="replace")
-            death = headers.get("x-first-death-reason")
-            if isinstance(death, bytes):
-                death = death.decode(errors="replace")
-            out.append(DeadLetter(props.message_id, reason, death, body))
+            if _text(headers.get(DEAD_ID_HEADER)) in keys:
+                continue  # recorded; the node died before its ack
+            out.append(DeadLetter(props.message_id, _text(headers.get(REASON_HEADER)),
+                                  _text(headers.get("x-first-death-reason")), body))
     finally:
         with contextlib.suppress(AMQPError, OSError):
             conn.close()
     return out
+
+
+def _text(v: Any) -> str | None:
+    return v.decode(errors="replace") if isinstance(v, bytes) else v
 
 
 def store_url(db: Path | str) -> str:

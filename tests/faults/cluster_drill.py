@@ -192,7 +192,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
         stamp(f"drained (quiet={quiet}); checking")
         for node in live:
             node.terminate(timeout=60)
-        dead = drain_dead_letters(rabbit.url, topology.dead_letter_queue)
+        dead = drain_dead_letters(rabbit.url, topology.dead_letter_queue, db_url)
         figures = check(db_url, history, dead)
         figures["quiet"] = int(quiet)
         figures["partitions_unowned"] = (topology.partitions if owners is None

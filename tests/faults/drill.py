@@ -139,7 +139,7 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
         quiet = wait_quiet(rabbit.url, topology, node.db_path)
         out(f"[{time.monotonic() - t0:6.1f}s] drained (quiet={quiet}); checking")
         node.terminate()
-        dead = drain_dead_letters(rabbit.url, topology.dead_letter_queue)
+        dead = drain_dead_letters(rabbit.url, topology.dead_letter_queue, node.db_path)
         figures = check(node.db_path, history, dead)
         figures["quiet"] = int(quiet)
         figures["poison_injected"] = len(history.poison)

@@ -130,7 +130,8 @@ def test_queues_shows_depth_and_consumers(node: Node) -> None:
     eventually_value(lambda: rows()[intake]["consumers"] == 1)
     now = rows()
     assert now[intake]["messages"] == 0
-    assert now[node.topology.dead_letter_queue]["consumers"] == 0
+    # Every node records dead letters as they land: it consumes the queue.
+    assert now[node.topology.dead_letter_queue]["consumers"] == 1
 
 
 def test_one_console_sees_every_node(node_factory: Callable[..., Node]) -> None:
@@ -237,21 +238,49 @@ def test_dlq_replay_of_a_fixed_message_is_handled(flaky: tuple[Node, threading.E
     letters = eventually_value(lambda: ctl_json(node, "dlq", "list"))
     assert len(letters) == 1
     letter = letters[0]
-    assert (letter["reason"], letter["type"]) == ("poison", "AddApartment")
+    assert (letter["reason"], letter["type"], letter["status"]) == (
+        "poison", "AddApartment", "dead")
     assert letter["queue"] in node.topology.intake_queues()  # apt-9's partition
-    shown = ctl_json(node, "dlq", "show", letter["id"])
+    shown = ctl_json(node, "dlq", "show", str(letter["id"]))
     assert "RuntimeError" in shown["detail"] and '"apt-9"' in shown["body"]
-    assert len(ctl_json(node, "dlq", "list")) == 1  # browsing removes nothing
-    # Replayed while still broken: back in the dead-letter queue once, marked, no loop.
+    assert ctl_json(node, "dlq", "show", shown["message_id"]) == shown  # by message id
+    assert ctl_json(node, "dlq", "list") == letters  # browsing changes nothing
+    # Replayed while still broken: it dies again, a new letter marked as a replay.
     assert "replayed to" in ctl(node, "dlq", "replay", "--all")
-    again = eventually_value(lambda: ctl_json(node, "dlq", "show", letter["id"])
-                       if ctl_json(node, "dlq", "list") else None)
-    assert again["headers"]["x-staybook-replayed"] == 1
+    again = eventually_value(lambda: [x for x in ctl_json(node, "dlq", "list")
+                                      if x["id"] != letter["id"]])
+    assert [x["id"] for x in ctl_json(node, "dlq", "list")] == [again[0]["id"]]
+    second = ctl_json(node, "dlq", "show", str(again[0]["id"]))
+    assert second["headers"]["x-staybook-replayed"] == 1 and second["replays"] == 0
+    assert "already replayed" in ctl(node, "dlq", "replay", str(letter["id"]), code=1)
     broken.clear()  # the fix is deployed
-    assert "replayed to" in ctl(node, "dlq", "replay", letter["id"])
+    assert "replayed to" in ctl(node, "dlq", "replay", str(again[0]["id"]))
     eventually_value(lambda: len(node.store.load("apartment:apt-9")) == 1)
     assert ctl_json(node, "dlq", "list") == []
-    ctl(node, "dlq", "replay", letter["id"], code=1)  # gone
+    kept = ctl_json(node, "dlq", "list", "--all")  # the replayed ones stay on record
+    assert [(x["id"], x["status"], x["replays"]) for x in kept] == [
+        (letter["id"], "replayed", 1), (again[0]["id"], "replayed", 1)]
+    ctl(node, "dlq", "replay", "999999", code=1)  # no such letter
+
+
+def test_a_hundred_browses_change_nothing(node: Node, amqp_url: str) -> None:
+    """Listing reads the store: no letter is redelivered, recounted or reordered."""
+    wait_control(node)
+    with Client(amqp_url, node.topology) as c:
+        for i, body in enumerate((b"not json", b"[]", b'{"type": "Nope"}')):
+            c.publish_raw(node.topology.commands_exchange, "x", body, message_id=f"bad-{i}")
+    first = eventually_value(lambda: (rows := ctl_json(node, "dlq", "list"))
+                             and len(rows) == 3 and rows)
+    shown = [ctl_json(node, "dlq", "show", str(x["id"])) for x in first]
+    assert [x["message_id"] for x in first] == ["bad-0", "bad-1", "bad-2"]
+    for _ in range(100):
+        assert ctl_json(node, "dlq", "list") == first
+    assert [ctl_json(node, "dlq", "show", str(x["id"])) for x in first] == shown
+    assert all("x-delivery-count" not in s["headers"] or s["headers"]["x-delivery-count"]
+               == shown[0]["headers"].get("x-delivery-count") for s in shown)
+    depth = {r["queue"]: r for r in ctl_json(node, "queues")}[node.topology.dead_letter_queue]
+    assert depth["messages"] == 0  # recorded and acked: nothing waits to be redelivered
+    assert node.recorder.recorded == 3 and node.recorder.duplicates == 0
 
 
 def test_dlq_purge(node: Node, amqp_url: str) -> None:

@@ -10,12 +10,11 @@ from typing import Any
 
 import pika
 
-from broker import DETAIL_HEADER, REASON_HEADER
 from broker.client import Client
 from console.demo import run_demo
 from messages import AcceptReservation, AddApartment, Envelope, RequestReservation
 from node import Node
-from tests.conftest import TODAY, day, eventually
+from tests.conftest import TODAY, day, eventually, recorded_dead_letters
 
 
 def test_the_demo_tells_the_story(node: Node, amqp_url: str) -> None:
@@ -111,10 +110,13 @@ def test_malformed_messages_are_dead_lettered_and_the_node_still_serves(
     assert [r["payload"]["status"] for r in replies] == ["error"] * len(bad)
     assert [r["payload"]["reason"] for r in replies] == [reason for _b, reason in bad]
 
-    letters = _dead_letters(amqp_url, topo.dead_letter_queue, len(bad))
-    assert sorted(h[REASON_HEADER] for h, _b in letters) == sorted(r for _b, r in bad)
-    assert all(h[DETAIL_HEADER] for h, _b in letters)
-    assert {b for _h, b in letters} == {b for b, _r in bad}  # the bodies, untouched
+    # Each lands in the dead letters and is recorded in the node's book, then acked.
+    letters = [r.letter for r in recorded_dead_letters(node, len(bad))]
+    assert sorted(str(x.reason) for x in letters) == sorted(r for _b, r in bad)
+    assert all(x.detail for x in letters)
+    assert {x.body for x in letters} == {b for b, _r in bad}  # the bodies, untouched
+    assert len({x.queue for x in letters}) == 1  # a1's partition
+    assert letters[0].queue in topo.intake_queues()
 
     r = _send(client, AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=1,
                                    capacity=1), "a1")
@@ -164,8 +166,10 @@ def test_commands_and_events_roles_in_two_nodes_on_one_store(
     commands = node_factory(roles=["commands"], node_name="n-commands")
     events = node_factory(roles=["events"], node_name="n-events")
     parts = commands.partitions
-    assert commands.consumers.keys() == set() and parts is not None
-    assert events.consumers.keys() == {"search", "payment", "notifier", "reservations"}
+    # Every node records dead letters; the intake is the partitions' business.
+    assert commands.consumers.keys() == {"dead-letters"} and parts is not None
+    assert events.consumers.keys() == {"search", "payment", "notifier", "reservations",
+                                       "dead-letters"}
     assert events.partitions is None and events.membership is None
     eventually(lambda: len(parts.held()) == commands.topology.partitions)
     with Client(amqp_url, commands.topology) as c:

@@ -31,7 +31,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0003_inbox_body_hash"
+HEAD = "0004_dead_letters"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -55,6 +55,7 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
             c.execute(text("DROP INDEX ix_search_apartments_city_key"))
             c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
             c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
+            c.execute(text("DROP TABLE dead_letters"))
             for name in without:
                 c.execute(text(f"DROP TABLE {name}"))
             c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
@@ -71,13 +72,13 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
 # --- a fresh store -------------------------------------------------------------------
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
-    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", HEAD}
+    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
     assert current_revision(engine) == HEAD
     tables = set(inspect(engine).get_table_names())
-    assert tables == LEGACY_TABLES | {"alembic_version"}
+    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters"}
 
 
 def test_the_migrated_schema_is_what_sqlmodel_declares(engine: Engine) -> None:
