@@ -387,3 +387,51 @@ def test_an_entity_action_finds_the_one_node_it_is_live_on(
     with Client(amqp_url, a.topology) as c:
         assert add_apartment(c, "apt-r")["status"] == "ok"
     assert "restarting" in ctl(a, "restart", "apartment:apt-r")  # no --node needed
+
+
+def test_the_tree_lists_live_entities_and_inspect_carries_failure_and_events(
+        node: Node, client: Client) -> None:
+    """The console's tree and drill-down: entities under ``entities`` (bounded), one
+    inspect with the last failure, mailbox and recent events, and consumer counts."""
+    wait_control(node)
+    name = node.settings.node_name
+    for apt in ("apt-e1", "apt-e2", "apt-e3"):
+        assert add_apartment(client, apt)["status"] == "ok"
+    ctl(node, "crash", "apartment:apt-e2")
+    eventually_value(lambda: ctl_json(node, "inspect", "apartment:apt-e2")["restarts"] == 1)
+    with ControlClient(node.settings.broker.url, node.topology) as cc:
+        def ask(op: str, args: dict[str, Any]) -> Any:
+            (reply,) = cc.request(op, args, node=name, wait=2.0)
+            assert reply["ok"], reply
+            return reply["result"]
+
+        entities = _child(ask("tree", {"entities": 2}), "entities")
+        # The one that crashed comes first; the third is counted, not listed.
+        assert [c["id"] for c in entities["children"]] == ["apartment:apt-e2",
+                                                          "apartment:apt-e1"]
+        assert entities["more"] == 1
+        assert "traceback" not in entities["children"][0]["last_failure"]
+        # Listed under entities, an entity's restart is still counted once.
+        assert ask("status", {})["restarts"] == 1
+        info = ask("inspect", {"id": "apartment:apt-e2", "events": 5})
+        assert (info["live"], info["mailbox"], info["last_failure"]["type"]) == (
+            True, 0, "InjectedCrash")
+        assert [e["type"] for e in info["events"]] == ["ApartmentAdded"]
+        assert "events" not in ask("inspect", {"id": "apartment:apt-e2"})
+        # Passivated, it is folded from the store and keeps what this node remembers.
+        eventually_value(lambda: node.directory.passivate("apartment:apt-e2"))
+        gone = ask("inspect", {"id": "apartment:apt-e2", "events": 5})
+        assert (gone["live"], gone["restarts"], gone["last_failure"]["type"]) == (
+            False, 1, "InjectedCrash")
+        assert len(gone["events"]) == 1
+
+        def intake() -> dict[str, Any] | None:
+            rows = [r for r in ask("queues", {}) if r["queue"] in node.topology.intake_queues()]
+            acked = sum(r["acked"] for r in rows)
+            return {"acked": acked, "unacked": sum(r["unacked"] for r in rows)} \
+                if acked >= 3 else None
+        # Three commands taken off the intake for good, none held any more.
+        assert eventually_value(intake) == {"acked": 3, "unacked": 0}
+    text = ctl(node, "tree")  # 20 by default: both live ones, and nothing more
+    assert "└─ apartment:apt-e1 (apartment, transient) running" in text
+    assert "apartment:apt-e2" not in text and "more" not in text
