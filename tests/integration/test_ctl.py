@@ -435,3 +435,53 @@ def test_the_tree_lists_live_entities_and_inspect_carries_failure_and_events(
     text = ctl(node, "tree")  # 20 by default: both live ones, and nothing more
     assert "└─ apartment:apt-e1 (apartment, transient) running" in text
     assert "apartment:apt-e2" not in text and "more" not in text
+
+
+def test_the_live_view_lists_entities_drills_down_and_shows_queue_flow(
+        node: Node, client: Client) -> None:
+    import asyncio
+
+    from console.tui import ConsoleApp, LiveSource, screen_text
+
+    wait_control(node)
+    name = node.settings.node_name
+    intake = set(node.topology.intake_queues())
+    for apt in ("apt-v1", "apt-v2"):
+        assert add_apartment(client, apt)["status"] == "ok"
+    source = LiveSource(node.settings.broker.url, node.topology, wait=0.5)
+    try:
+        first = source.snapshot("mailbox", 20)
+        assert first.error is None
+        entities = _child(first.trees[name], "entities")
+        assert {c["id"] for c in entities["children"]} == {"apartment:apt-v1",
+                                                           "apartment:apt-v2"}
+        assert all(isinstance(q["unacked"], int) for q in first.queues if q["queue"] in intake)
+        assert add_apartment(client, "apt-v3")["status"] == "ok"
+        # It arrived between the two samples (queued, held or acked by now: in either way).
+        rows = [q for q in source.snapshot("mailbox", 20).queues if q["queue"] in intake]
+        assert sum(q["in_per_s"] or 0 for q in rows) > 0
+        outs = [sum(q["out_per_s"] or 0 for q in rows)]
+        while outs[-1] == 0 and len(outs) < 20:  # its ack may come just after the reply
+            outs.append(sum(q["out_per_s"] or 0 for q in source.snapshot("mailbox", 20).queues
+                            if q["queue"] in intake))
+        assert outs[-1] > 0
+        info = source.detail("apartment:apt-v1", name)
+        assert info["live"] and [e["type"] for e in info["events"]] == ["ApartmentAdded"]
+        assert "no such actor" in source.detail("apartment:nowhere", name)["error"]
+
+        async def view() -> str:
+            app = ConsoleApp(source, refresh=0)
+            async with app.run_test(size=(132, 40)) as pilot:
+                for _ in range(100):  # the drill-down is fetched after the first refresh
+                    await app.workers.wait_for_complete()
+                    await pilot.pause(0.05)
+                    if app.detail is not None:
+                        break
+                return screen_text(app)
+
+        text = asyncio.run(view())
+    finally:
+        source.close()
+    assert f"apartment:apt-v1 on {name}" in text  # the table's first row, drilled down
+    assert "last failure: none" in text and "ApartmentAdded" in text
+    assert "├── apartment:apt-v2 [apartment] running" in text
