@@ -211,6 +211,7 @@ class RabbitConsumer(ReconnectingService):
         self._drain_seconds = drain_seconds
         self._outstanding = 0  # delivered and not yet settled on the wire (own thread)
         self.delivered = 0
+        self.acked = 0  # taken off the queue for good (handled or dead-lettered)
         self._broker = broker
         self._on_delivery = on_delivery
         self._prefetch = prefetch
@@ -221,6 +222,11 @@ class RabbitConsumer(ReconnectingService):
         self._pending: deque[tuple[int, Callable[[], None]]] = deque()
         self._wake_lock = threading.Lock()
         self._wake_scheduled = False
+
+    @property
+    def unacked(self) -> int:
+        """Deliveries this consumer holds unsettled now (for the operator console)."""
+        return self._outstanding
 
     def session(self) -> None:
         """One connection's life: consume until stopped or the link fails."""
@@ -319,6 +325,7 @@ class RabbitConsumer(ReconnectingService):
     def _ack(self, tag: int) -> None:
         assert self._channel is not None
         self._outstanding -= 1
+        self.acked += 1
         self._channel.basic_ack(tag)
 
     def _nack(self, tag: int) -> None:

@@ -38,9 +38,9 @@ from pika.spec import Basic, BasicProperties
 from pydantic import BaseModel
 
 from actors.base import Crash
-from actors.directory import resolve, stored_state
+from actors.directory import Directory, resolve, stored_state
 from broker.deadletters import replay
-from broker.rabbitmq import ReconnectingService, connection_parameters
+from broker.rabbitmq import RabbitConsumer, ReconnectingService, connection_parameters
 from store.deadletters import DEAD, REPLAYED, REPLAYING
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ BROADCAST_KEY = "all"
 MAX_REPLY_BYTES = 1 << 20
 MAX_TOP = 1000
 ASK_TIMEOUT = 2.0
+ENTITY_CHILDREN = 20  # live entities listed under `entities` in a tree (a node may hold 10 000)
+MAX_EVENTS = 50  # recent events an inspect may carry
 MUTATING = frozenset({"restart", "stop", "crash", "dlq_replay", "dlq_purge"})
 MAX_LETTERS = 1000
 
@@ -162,17 +164,36 @@ class ControlService(ReconnectingService):
         return {"node": name, "ok": True, "result": result}
 
     def _ops(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
-        return {"status": lambda _a: self.status(), "tree": lambda _a: safe_tree(self._node),
+        return {"status": lambda _a: self.status(), "tree": self.tree,
                 "actors": self.actors, "inspect": self.inspect, "restart": self.restart,
                 "stop": self.passivate, "crash": self.crash, "overview": self.overview,
-                "history": self.history, "dlq_list": self.dlq_list,
-                "dlq_show": self.dlq_show, "dlq_replay": self.dlq_replay,
-                "dlq_purge": self.dlq_purge}
+                "history": self.history, "queues": lambda _a: consumer_counts(self._node),
+                "dlq_list": self.dlq_list, "dlq_show": self.dlq_show,
+                "dlq_replay": self.dlq_replay, "dlq_purge": self.dlq_purge}
 
     def overview(self, args: dict[str, Any]) -> dict[str, Any]:
-        """Status, tree and top actors in one reply: one round trip per console refresh."""
-        return {"status": self.status(), "tree": safe_tree(self._node),
-                "actors": self.actors(args)}
+        """Status, tree, top actors and consumer counts in one reply: one round trip per
+        console refresh."""
+        return {"status": self.status(), "tree": self.tree(args),
+                "actors": self.actors(args), "queues": consumer_counts(self._node)}
+
+    def tree(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """The supervision tree with the live entity actors under ``entities``.
+
+        At most ``entities`` of them (default ``ENTITY_CHILDREN``, at most ``MAX_TOP``),
+        the ones an operator looks for first: restarting, then the fullest mailboxes,
+        then the most restarts; ``more`` on the ``entities`` node counts the rest.
+        """
+        limit = max(0, min(int(args.get("entities", ENTITY_CHILDREN)), MAX_TOP))
+        tree = safe_tree(self._node)
+        for c in tree:
+            if c["id"] == Directory.name:
+                rows = self._node.directory.which_children()
+                rows.sort(key=lambda r: (r["status"] == "running", -r["mailbox"],
+                                         -r["restarts"], r["id"]))
+                c["children"] = [_brief(r) for r in rows[:limit]]
+                c["more"] = max(0, len(rows) - limit)
+        return tree
 
     def status(self) -> dict[str, Any]:
         """Counters and gauges the console turns into rates."""
@@ -206,23 +227,29 @@ class ControlService(ReconnectingService):
         rows.sort(key=lambda r: (-r.get(sort, 0), r["id"]))
         for r in rows:
             r["node"] = self._node.settings.node_name
-            if r["last_failure"] is not None:
-                r["last_failure"] = {k: v for k, v in r["last_failure"].items()
-                                     if k != "traceback"}
-        return rows[:top]
+        return [_brief(r) for r in rows[:top]]
 
     def inspect(self, args: dict[str, Any]) -> dict[str, Any]:
         """One actor: its facts, last failure with traceback, and (entities) its state.
 
         An entity that is not live here (passivated, never loaded, or live on another
         node) is folded from the store with its own rules, read-only, and marked
-        ``live: false``; an id without its kind is looked up as an apartment, then as
-        a reservation.
+        ``live: false``, with the restarts and last failure this node remembers of it;
+        an id without its kind is looked up as an apartment, then as a reservation.
+        With ``events: N`` (at most ``MAX_EVENTS``) an entity's answer also carries
+        its last N events, so the console's drill-down is one round trip.
         """
         aid = _actor_id(args)
         if ":" not in aid:
             aid = resolve(self._node.store, aid) or aid
-        entity = self._entity_row(aid)
+        info = self._inspect(aid)
+        n = max(0, min(int(args.get("events", 0)), MAX_EVENTS))
+        if n and info["kind"] in ("apartment", "reservation"):
+            info["events"] = self._events(str(info["id"]), n)["events"]
+        return info
+
+    def _inspect(self, aid: str) -> dict[str, Any]:
+        entity = self._node.directory.describe(aid)
         if entity is not None:
             ref = self._node.directory.ref(aid)
             state: Any = None
@@ -244,8 +271,10 @@ class ControlService(ReconnectingService):
         state, events = stored_state(self._node.store, eid)
         if not events:
             raise ControlError(f"{aid}: no such actor on this node, and no such entity")
+        restarts, last_failure = self._node.directory.remembered(eid) or (0, None)
         return {"id": eid, "kind": eid.split(":", 1)[0], "live": False,
-                "version": len(events), "state": jsonable(state)}
+                "version": len(events), "restarts": restarts, "last_failure": last_failure,
+                "state": jsonable(state)}
 
     def history(self, args: dict[str, Any]) -> dict[str, Any]:
         """An entity's recorded events, newest last (the last ``limit``, at most 1000)."""
@@ -254,6 +283,9 @@ class ControlService(ReconnectingService):
         eid = resolve(self._node.store, aid)
         if eid is None:
             raise ControlError(f"{aid}: no such entity in the store")
+        return self._events(eid, limit)
+
+    def _events(self, eid: str, limit: int) -> dict[str, Any]:
         events = self._node.store.load(eid)
         first = len(events) - min(limit, len(events)) + 1
         return {"id": eid, "version": len(events), "events": [
@@ -338,10 +370,6 @@ class ControlService(ReconnectingService):
         """Drop every letter from the book (``replayed_only``: the replayed ones)."""
         return self._node.dead_letters.purge(replayed_only=bool(args.get("replayed_only")))
 
-    def _entity_row(self, aid: str) -> dict[str, Any] | None:
-        return next((r for r in self._node.directory.which_children() if r["id"] == aid),
-                    None)
-
     def _tree_child(self, aid: str) -> tuple[dict[str, Any], Any] | None:
         """A child of the supervision tree by id (``payment``) or path (``handlers/payment``)."""
         root = self._node.app.root
@@ -390,9 +418,41 @@ def safe_tree(node: Node) -> list[dict[str, Any]]:
 
 
 def tree_restarts(tree: list[dict[str, Any]]) -> int:
-    """Restarts counted by every supervisor of a tree (entities are counted apart)."""
-    return sum(int(c.get("restarts", 0)) + tree_restarts(c.get("children", []))
+    """Restarts counted by every supervisor of a tree (entities are counted apart, by the
+    directory, so the entity actors listed under ``entities`` are not added again)."""
+    return sum(int(c.get("restarts", 0))
+               + (0 if c["id"] == Directory.name else tree_restarts(c.get("children", [])))
                for c in tree)
+
+
+def consumer_counts(node: Node) -> list[dict[str, Any]]:
+    """Per queue, what this node's consumers hold unacked and have taken off it.
+
+    The broker's passive declare tells only ready messages and consumers; each node
+    knows its own in-flight deliveries and acks, and the console sums them over the
+    nodes (see ``console.tui.queue_flow``). Counters start at 0 with each consumer.
+    """
+    consumers: list[Any] = list(node.consumers.values())
+    if node.partitions is not None:
+        consumers += list(node.partitions.consumers().values())
+    out: dict[str, dict[str, Any]] = {}
+    for c in consumers:
+        if not isinstance(c, RabbitConsumer):
+            continue
+        row = out.setdefault(c.queue, {"queue": c.queue, "unacked": 0, "delivered": 0,
+                                       "acked": 0})
+        row["unacked"] += c.unacked
+        row["delivered"] += c.delivered
+        row["acked"] += c.acked
+    return sorted(out.values(), key=lambda r: str(r["queue"]))
+
+
+def _brief(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing's row: the last failure without its traceback (inspect has that)."""
+    lf = row.get("last_failure")
+    if lf is not None:
+        row = {**row, "last_failure": {k: v for k, v in lf.items() if k != "traceback"}}
+    return row
 
 
 def jsonable(obj: Any, depth: int = 0) -> Any:

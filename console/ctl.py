@@ -341,13 +341,16 @@ def partitions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def tree_lines(children: list[dict[str, Any]], depth: int = 0) -> Iterator[str]:
-    """The supervision tree as indented lines: id, kind, status, restarts, last failure."""
+    """The supervision tree as indented lines: id, kind, status, restarts, last failure
+    (and, under ``entities``, the first live entity actors and how many more there are)."""
     for c in children:
         lf = c.get("last_failure")
         fail = f"  last: {lf['type']}: {lf['message']}" if lf else ""
         yield (f"{'  ' * depth}{'└─ ' if depth else ''}{c['id']} ({c.get('kind', '?')}, "
                f"{c.get('restart', '?')}) {c['status']} restarts={c['restarts']}{fail}")
         yield from tree_lines(c.get("children", []), depth + 1)
+        if c.get("more"):
+            yield f"{'  ' * (depth + 1)}└─ … and {c['more']} more"
 
 
 @ctl_app.command()

@@ -416,3 +416,101 @@ def test_an_entity_action_finds_the_one_node_it_is_live_on(
     with Client(amqp_url, a.topology) as c:
         assert add_apartment(c, "apt-r")["status"] == "ok"
     assert "restarting" in ctl(a, "restart", "apartment:apt-r")  # no --node needed
+
+
+def test_the_tree_lists_live_entities_and_inspect_carries_failure_and_events(
+        node: Node, client: Client) -> None:
+    """The console's tree and drill-down: entities under ``entities`` (bounded), one
+    inspect with the last failure, mailbox and recent events, and consumer counts."""
+    wait_control(node)
+    name = node.settings.node_name
+    for apt in ("apt-e1", "apt-e2", "apt-e3"):
+        assert add_apartment(client, apt)["status"] == "ok"
+    ctl(node, "crash", "apartment:apt-e2")
+    eventually_value(lambda: ctl_json(node, "inspect", "apartment:apt-e2")["restarts"] == 1)
+    with ControlClient(node.settings.broker.url, node.topology) as cc:
+        def ask(op: str, args: dict[str, Any]) -> Any:
+            (reply,) = cc.request(op, args, node=name, wait=2.0)
+            assert reply["ok"], reply
+            return reply["result"]
+
+        entities = _child(ask("tree", {"entities": 2}), "entities")
+        # The one that crashed comes first; the third is counted, not listed.
+        assert [c["id"] for c in entities["children"]] == ["apartment:apt-e2",
+                                                          "apartment:apt-e1"]
+        assert entities["more"] == 1
+        assert "traceback" not in entities["children"][0]["last_failure"]
+        # Listed under entities, an entity's restart is still counted once.
+        assert ask("status", {})["restarts"] == 1
+        info = ask("inspect", {"id": "apartment:apt-e2", "events": 5})
+        assert (info["live"], info["mailbox"], info["last_failure"]["type"]) == (
+            True, 0, "InjectedCrash")
+        assert [e["type"] for e in info["events"]] == ["ApartmentAdded"]
+        assert "events" not in ask("inspect", {"id": "apartment:apt-e2"})
+        # Passivated, it is folded from the store and keeps what this node remembers.
+        eventually_value(lambda: node.directory.passivate("apartment:apt-e2"))
+        gone = ask("inspect", {"id": "apartment:apt-e2", "events": 5})
+        assert (gone["live"], gone["restarts"], gone["last_failure"]["type"]) == (
+            False, 1, "InjectedCrash")
+        assert len(gone["events"]) == 1
+
+        def intake() -> dict[str, Any] | None:
+            rows = [r for r in ask("queues", {}) if r["queue"] in node.topology.intake_queues()]
+            acked = sum(r["acked"] for r in rows)
+            return {"acked": acked, "unacked": sum(r["unacked"] for r in rows)} \
+                if acked >= 3 else None
+        # Three commands taken off the intake for good, none held any more.
+        assert eventually_value(intake) == {"acked": 3, "unacked": 0}
+    text = ctl(node, "tree")  # 20 by default: both live ones, and nothing more
+    assert "└─ apartment:apt-e1 (apartment, transient) running" in text
+    assert "apartment:apt-e2" not in text and "more" not in text
+
+
+def test_the_live_view_lists_entities_drills_down_and_shows_queue_flow(
+        node: Node, client: Client) -> None:
+    import asyncio
+
+    from console.tui import ConsoleApp, LiveSource, screen_text
+
+    wait_control(node)
+    name = node.settings.node_name
+    intake = set(node.topology.intake_queues())
+    for apt in ("apt-v1", "apt-v2"):
+        assert add_apartment(client, apt)["status"] == "ok"
+    source = LiveSource(node.settings.broker.url, node.topology, wait=0.5)
+    try:
+        first = source.snapshot("mailbox", 20)
+        assert first.error is None
+        entities = _child(first.trees[name], "entities")
+        assert {c["id"] for c in entities["children"]} == {"apartment:apt-v1",
+                                                           "apartment:apt-v2"}
+        assert all(isinstance(q["unacked"], int) for q in first.queues if q["queue"] in intake)
+        assert add_apartment(client, "apt-v3")["status"] == "ok"
+        # It arrived between the two samples (queued, held or acked by now: in either way).
+        rows = [q for q in source.snapshot("mailbox", 20).queues if q["queue"] in intake]
+        assert sum(q["in_per_s"] or 0 for q in rows) > 0
+        outs = [sum(q["out_per_s"] or 0 for q in rows)]
+        while outs[-1] == 0 and len(outs) < 20:  # its ack may come just after the reply
+            outs.append(sum(q["out_per_s"] or 0 for q in source.snapshot("mailbox", 20).queues
+                            if q["queue"] in intake))
+        assert outs[-1] > 0
+        info = source.detail("apartment:apt-v1", name)
+        assert info["live"] and [e["type"] for e in info["events"]] == ["ApartmentAdded"]
+        assert "no such actor" in source.detail("apartment:nowhere", name)["error"]
+
+        async def view() -> str:
+            app = ConsoleApp(source, refresh=0)
+            async with app.run_test(size=(132, 40)) as pilot:
+                for _ in range(100):  # the drill-down is fetched after the first refresh
+                    await app.workers.wait_for_complete()
+                    await pilot.pause(0.05)
+                    if app.detail is not None:
+                        break
+                return screen_text(app)
+
+        text = asyncio.run(view())
+    finally:
+        source.close()
+    assert f"apartment:apt-v1 on {name}" in text  # the table's first row, drilled down
+    assert "last failure: none" in text and "ApartmentAdded" in text
+    assert "├── apartment:apt-v2 [apartment] running" in text
