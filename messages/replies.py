@@ -73,9 +73,17 @@ class ApartmentHit(Message):
 
 @register(Kind.REPLY)
 class SearchResults(Message):
-    """Apartments matching a SearchApartments query, in its price order, one page."""
+    """Apartments matching a SearchApartments query, in its price order, one page.
+
+    ``caught_up`` answers a query's ``after``: True when the read model had applied
+    every search event of that write's stream up to it, False when it had not within
+    ``wait_ms`` (or too many queries were already waiting): the hits are then the read
+    model as it stood and may miss that write, so search again later or show them as
+    possibly stale. None when the query gave no ``after``.
+    """
 
     apartments: list[ApartmentHit]
     total: int
     start: date | None = None
     end: date | None = None
+    caught_up: bool | None = None
