@@ -374,7 +374,10 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
     commit decided on memory that included a refused commit's events is refused even
     when its expected version happens to equal the store's again.
     The events go in first, returning their positions, so each inbox row can store
-    a reply that says where its command's events landed.
+    a reply that says where its command's events landed. (A commit both stale and a
+    duplicate that this writer's versions miss thus fails on the events' index, not
+    the inbox's: it is refused as a conflict, decided again, then answered as a
+    duplicate.)
     Returns the refused commits and the streams' versions after the batch.
     """
     events: list[dict[str, Any]] = []
