@@ -31,7 +31,7 @@ from actors.directory import Directory
 from actors.notifier import NotifierActor
 from actors.payment import PaymentActor, PaymentGateway, SimulatedGateway
 from actors.policy import CancellationPolicy, Lifecycle
-from actors.search import SearchActor
+from actors.search import MAX_WAITING, SearchActor
 from actors.timers import TimerService
 from broker.base import Broker, Delivery
 from broker.deadletters import DeadLetterRecorder
@@ -239,8 +239,11 @@ class Node:
                 retry_delay=self.settings.payment.retry_delay)),
             self._handler_spec("notifier", lambda r: NotifierActor.start(
                 "notifier", self.store, self.writer, r)),
+            # Parked queries hold unacked deliveries: leave most of the prefetch to the
+            # events they wait for.
             self._handler_spec("search", lambda r: SearchActor.start(
-                "search", self.store, self.writer, r)),
+                "search", self.store, self.writer, r, max_waiting=min(
+                    MAX_WAITING, self.settings.broker.handler_prefetch // 2))),
         ]
         return [
             nested("infrastructure", [
@@ -455,6 +458,10 @@ class Node:
         self.app.stop()
         self.broker.close()
         self.engine.dispose()
+
+    def handler(self, name: str) -> pykka.ActorRef[Any] | None:
+        """The current actor of a handler (``payment``, ``notifier``, ``search``)."""
+        return self._routes[name].ref
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree gives up (True) or ``timeout`` passes (False)."""

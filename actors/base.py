@@ -26,9 +26,9 @@ import pykka
 
 from actors.policy import Lifecycle
 from broker.base import Delivery
-from messages.base import Envelope, Message
+from messages.base import Envelope, InvalidMessage, Message
 from messages.events import CommandRejected, ReservationRejected
-from messages.replies import CommandResult, Status
+from messages.replies import CommandResult, Status, with_position
 from store import (
     Commit,
     ConcurrencyError,
@@ -392,13 +392,14 @@ class EntityActor(SupervisedActor, Generic[S]):
         state = self.state
         for e in events:
             state = self.apply(state, e.payload)
-        reply = self.reply_for(env, events) if self.replies else None
+        reply = _Reply(self.reply_for(env, events)) if self.replies else None
         lineage = self.lineage
         commit = Commit(
             stream_id=self.entity_id,
             expected_version=self.version,
             events=events,
-            inbox=InboxEntry(self.consumer, mid, reply, asked),
+            inbox=InboxEntry(self.consumer, mid, None if reply is None else reply.finish,
+                             asked),
             on_done=lambda exc: self._committed(env, lineage, reply, exc),
             keep_private=1 if self.records_input else 0,
             lineage=lineage,
@@ -447,7 +448,23 @@ class EntityActor(SupervisedActor, Generic[S]):
         if asked is not None and stored_hash is not None and stored_hash != asked:
             self._refuse_conflict(env, delivery)
         else:
-            delivery.ack(stored_reply)
+            delivery.ack(self._positioned(stored_reply))
+
+    def _positioned(self, reply: bytes | None) -> bytes | None:
+        """A stored reply; one stored before replies carried a position gets the head's.
+
+        The stream's newest event is at or after the command's own, so a producer that
+        searches ``after`` it still reads its write.
+        """
+        if reply is None or not self.replies:
+            return reply
+        try:
+            payload = Envelope.from_json(reply, max_bytes=1 << 30).payload
+        except InvalidMessage:
+            return reply
+        if not isinstance(payload, CommandResult) or payload.position is not None:
+            return reply
+        return with_position(reply, self.ctx.store.head(self.entity_id))
 
     def _refuse_conflict(self, env: Envelope, delivery: Delivery) -> None:
         """Dead-letter a message_id re-used for a different request, and say so."""
@@ -476,7 +493,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         """The CommandResult for a command and the events it produced."""
         return env.follow(command_result(env.payload, events)).to_json()
 
-    def _committed(self, env: Envelope, lineage: int, reply: bytes | None,
+    def _committed(self, env: Envelope, lineage: int, reply: _Reply | None,
                    exc: BaseException | None) -> None:
         """Writer thread: settle the deliveries of a commit."""
         mid = env.message_id
@@ -485,7 +502,7 @@ class EntityActor(SupervisedActor, Generic[S]):
             asked = self._asked.pop(mid, None)
         if exc is None:
             for d in deliveries:
-                d.ack(reply)
+                d.ack(None if reply is None else reply.stored)
             return
         if isinstance(exc, DuplicateMessage):
             # A re-send that was not flagged redelivered: the inbox answers it (or
@@ -517,6 +534,23 @@ class EntityActor(SupervisedActor, Generic[S]):
             return
         with contextlib.suppress(pykka.ActorDeadError):
             self.actor_ref.tell(Reload(lineage))
+
+
+class _Reply:
+    """A command's reply, finished by the writer with the position of its events.
+
+    Only the writer learns the positions (inside the transaction); ``stored`` is what
+    its last call made, the reply the inbox holds once the commit succeeded.
+    """
+
+    def __init__(self, template: bytes) -> None:
+        self.template = template
+        self.stored = template
+
+    def finish(self, position: int | None) -> bytes:
+        """Writer thread: the reply with ``position``, remembered as ``stored``."""
+        self.stored = with_position(self.template, position)
+        return self.stored
 
 
 def mailbox_size(ref: pykka.ActorRef[Any]) -> int:

@@ -55,6 +55,9 @@ class HandlerActor(SupervisedActor):
         """Hook: the reply to a query."""
         raise TypeError(f"{self.name} answers no queries")
 
+    def committed(self, exc: BaseException | None) -> None:
+        """Hook, on the writer thread: a reaction's commit is done (None) or failed."""
+
     def receive(self, message: Any) -> Any:
         """Handle one delivery."""
         if not isinstance(message, Handle):
@@ -77,9 +80,13 @@ class HandlerActor(SupervisedActor):
             events=events,
             inbox=InboxEntry(self.consumer, env.message_id),
             effects=reaction.effects,
-            on_done=lambda exc: _settle(delivery, exc),
+            on_done=lambda exc: self._done(delivery, exc),
         ))
         return None
+
+    def _done(self, delivery: Delivery, exc: BaseException | None) -> None:
+        _settle(delivery, exc)
+        self.committed(exc)
 
 
 def _settle(delivery: Delivery, exc: BaseException | None) -> None:

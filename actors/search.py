@@ -5,13 +5,30 @@ relisted) and nights not offered (booked by a reservation or blocked by the owne
 until released or unblocked). It answers ``SearchApartments`` by request/reply and
 never asks another actor. Blocks share the taken-nights table under the key
 ``block:<id>``, so one ``NOT EXISTS`` excludes both.
+
+Read-your-write. The read model lags the store, so a query may name a write it must
+include: ``after``, the store position a ``CommandResult`` reported. The query is
+answered once every search event of that write's stream, up to the write's version,
+is applied (see :func:`applied_through` for why that test, and not a watermark of
+positions, is sound with several nodes), or, after ``wait_ms``, with ``caught_up``
+False. A waiting query does not block the actor: the events that would let it catch
+up come through this same mailbox. It is parked (a bounded number of them; the
+delivery stays unacked, so a crash hands it to another consumer) and checked again
+after each of this actor's commits and on a short timer, for events that another
+node's search actor applied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import ClassVar
+import contextlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
+import pykka
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -26,31 +43,241 @@ from sqlalchemy import (
 )
 from sqlalchemy import update as sql_update
 
+from actors.base import Handle, ReportFailure
 from actors.handler import HandlerActor, Reaction
+from broker.base import Delivery
 from messages import (
     ApartmentAdded,
     ApartmentDelisted,
     ApartmentHit,
     ApartmentRelisted,
     ApartmentUpdated,
+    Consumer,
     DatesBlocked,
     DatesBooked,
     DatesReleased,
     DatesUnblocked,
     Envelope,
+    Kind,
     Message,
     SearchApartments,
     SearchResults,
+    all_specs,
 )
+from store import EventStore, StoreWriter
+from store.tables import events_table as events
+from store.tables import inbox_table as inbox
 from store.tables import search_apartments_table as apts
 from store.tables import search_booked_table as booked
 from store.tables import search_delisted_table as delisted
 
+SEARCH = Consumer.SEARCH.value  # the consumer name of search's inbox rows
+MAX_WAITING = 64  # queries parked at once, per search actor
+POLL_SECONDS = 0.1  # how often parked queries look again for other nodes' progress
+_MEMO = 10_000  # entries in each of the catch-up caches
+
+
+def search_event_types() -> frozenset[str]:
+    """The event types search applies: those registered for its queue."""
+    return frozenset(s.type for s in all_specs()
+                     if s.kind is Kind.EVENT and Consumer.SEARCH in s.consumers)
+
+
+def locate(conn: Connection, position: int) -> tuple[str, int] | None:
+    """The stream and version of the event at ``position``; None when none is visible."""
+    row = conn.execute(select(events.c.stream_id, events.c.version)
+                       .where(events.c.position == position)).first()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def applied_through(conn: Connection, stream_id: str, version: int, *,
+                    types: frozenset[str], known: int = 0) -> bool:
+    """Whether search applied every event of ``types`` in the stream up to ``version``.
+
+    Why this test. On PostgreSQL positions are taken at insert and become visible at
+    commit, so position 11 may be visible before 10; and search events may be handled
+    by competing consumers on several nodes, in any order across apartments (and, after
+    a failed commit is requeued, within one). "The highest position applied" thus
+    proves nothing about the positions below it. Instead the events in question are
+    named: those of search's types in the write's stream at or below its version (the
+    write and everything before it on that apartment; all visible once the write is,
+    since the ``(stream_id, version)`` fence lets no version commit before the ones
+    below it). Each is applied exactly when
+    search's inbox holds its id: the inbox row commits in the same transaction as the
+    read-model rows, whichever node wrote it, and inbox rows are never deleted, so once
+    true this stays true (``known``: a version already proven, to skip re-reading).
+
+    It assumes what the writer guarantees: a recorded event of a search type is
+    published (only a process's private copies are not, and none has a search type).
+    """
+    missing = (select(events.c.position)
+               .where(events.c.stream_id == stream_id, events.c.version <= version,
+                      events.c.version > known, events.c.type.in_(sorted(types)),
+                      not_(exists().where(inbox.c.consumer == SEARCH,
+                                          inbox.c.message_id == events.c.event_id)))
+               .limit(1))
+    return conn.execute(missing).first() is None
+
+
+class CatchUp:
+    """Answers "has search applied the write at this position?" from the store.
+
+    Both facts it caches are immutable once read: an event's stream and version, and a
+    stream proven applied up to a version. Bounded (LRU).
+    """
+
+    def __init__(self, connect: Callable[[], Connection], *, memo: int = _MEMO) -> None:
+        self._connect = connect
+        self._types = search_event_types()
+        self._where: OrderedDict[int, tuple[str, int]] = OrderedDict()
+        self._proven: OrderedDict[str, int] = OrderedDict()
+        self._memo = memo
+
+    def reached(self, positions: Iterable[int]) -> set[int]:
+        """Those of ``positions`` whose write the read model includes."""
+        found: set[int] = set()
+        todo: list[int] = []
+        for p in sorted(set(positions)):
+            where = self._where.get(p)
+            if where is not None and self._proven.get(where[0], 0) >= where[1]:
+                found.add(p)
+            else:
+                todo.append(p)
+        if not todo:
+            return found
+        with self._connect() as conn:
+            for p in todo:
+                where = self._where.get(p)
+                if where is None:
+                    where = locate(conn, p)
+                    if where is None:
+                        continue  # not visible (yet): not reached
+                    _remember(self._where, p, where, self._memo)
+                sid, version = where
+                known = self._proven.get(sid, 0)
+                if known >= version or applied_through(conn, sid, version,
+                                                        types=self._types, known=known):
+                    found.add(p)
+                    if version > known:
+                        _remember(self._proven, sid, version, self._memo)
+        return found
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(cache: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """A query parked until the read model includes the write at ``after``."""
+
+    envelope: Envelope
+    delivery: Delivery
+    after: int
+    deadline: float  # time.monotonic() seconds
+
+
+class Waiters:
+    """The parked queries: at most ``limit``, each answered once (pure bookkeeping).
+
+    Args:
+        limit: how many may wait at once. Each holds an unacked delivery of the search
+            queue, so the limit must stay below its prefetch, or waiting queries would
+            keep out the very events they wait for.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: list[Waiter] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, waiter: Waiter) -> bool:
+        """Park ``waiter``; False when ``limit`` already wait."""
+        if len(self._waiting) >= self.limit:
+            return False
+        self._waiting.append(waiter)
+        return True
+
+    def positions(self) -> set[int]:
+        """The positions the parked queries wait for."""
+        return {w.after for w in self._waiting}
+
+    def take(self, reached: set[int], now: float) -> tuple[list[Waiter], list[Waiter]]:
+        """Remove and return the queries now answerable: caught up, and out of time."""
+        done = [w for w in self._waiting if w.after in reached]
+        late = [w for w in self._waiting if w.after not in reached and w.deadline <= now]
+        self._waiting = [w for w in self._waiting
+                         if w.after not in reached and w.deadline > now]
+        return done, late
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a parked query."""
+        return min((w.deadline for w in self._waiting), default=None)
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """Tell the search actor to look at its parked queries again.
+
+    Attributes:
+        tick: sent by its timer (not by a commit).
+    """
+
+    tick: bool = False
+
 
 class SearchActor(HandlerActor):
-    """Keeps the search read model and answers ``SearchApartments``."""
+    """Keeps the search read model and answers ``SearchApartments``.
+
+    Args:
+        max_waiting: how many queries with ``after`` may wait at once (beyond it, they
+            are answered at once, ``caught_up`` False).
+        poll_seconds: how often parked queries look for other nodes' progress.
+
+    A query's ``wait_ms`` counts from when this actor takes it from its mailbox.
+    """
 
     consumer: ClassVar[str] = "search"
+
+    def __init__(self, name: str, store: EventStore, writer: StoreWriter,
+                 report: ReportFailure, *, max_waiting: int = MAX_WAITING,
+                 poll_seconds: float = POLL_SECONDS) -> None:
+        super().__init__(name, store, writer, report)
+        self.waiters = Waiters(max_waiting)
+        self.catch_up = CatchUp(store.engine.connect)
+        self._poll = poll_seconds
+        self._timer: threading.Timer | None = None
+        self._poked = False  # a Recheck is in the mailbox (set from the writer thread)
+
+    def receive(self, message: Any) -> Any:
+        """Handle events, queries, re-checks; ``"waiting"`` counts parked queries."""
+        if isinstance(message, Recheck):
+            if message.tick:
+                self._timer = None
+            else:
+                self._poked = False
+            self._recheck()
+            return None
+        if message == "waiting":
+            return len(self.waiters)
+        if isinstance(message, Handle) and message.envelope.kind is Kind.QUERY:
+            self._query(message.envelope, message.delivery)
+            return None
+        return super().receive(message)
+
+    def on_stop(self) -> None:
+        """Cancel the re-check timer (parked deliveries go back with the consumer)."""
+        if self._timer is not None:
+            self._timer.cancel()
 
     def react(self, envelope: Envelope) -> Reaction:
         """Update the read model from one event."""
@@ -96,6 +323,62 @@ class SearchActor(HandlerActor):
         if not isinstance(q, SearchApartments):
             raise TypeError(f"search answers SearchApartments, not {envelope.type}")
         return search(self.store.engine.connect, q)
+
+    def committed(self, exc: BaseException | None) -> None:
+        """Writer thread: an event was applied; parked queries may now be answerable."""
+        if exc is None and len(self.waiters) and not self._poked:
+            self._poked = True
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(Recheck())
+
+    def _query(self, env: Envelope, delivery: Delivery) -> None:
+        q = env.payload
+        if not isinstance(q, SearchApartments):
+            raise TypeError(f"search answers SearchApartments, not {env.type}")
+        if q.after is None:
+            self._reply(env, delivery, None)
+            return
+        if self.catch_up.reached([q.after]):
+            self._reply(env, delivery, True)
+            return
+        waiter = Waiter(env, delivery, q.after, time.monotonic() + q.wait_ms / 1000)
+        if q.wait_ms == 0 or not self.waiters.add(waiter):
+            self._reply(env, delivery, False)
+            return
+        self._schedule()
+
+    def _recheck(self) -> None:
+        positions = self.waiters.positions()
+        if not positions:
+            return
+        done, late = self.waiters.take(self.catch_up.reached(positions), time.monotonic())
+        for w in done:
+            self._reply(w.envelope, w.delivery, True)
+        for w in late:
+            self._reply(w.envelope, w.delivery, False)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """One timer while queries wait: at the next poll or the earliest deadline."""
+        deadline = self.waiters.next_deadline()
+        if deadline is None or self._timer is not None:
+            return
+        delay = max(0.0, min(self._poll, deadline - time.monotonic()))
+        ref = self.actor_ref
+
+        def tick() -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.tell(Recheck(tick=True))
+
+        self._timer = threading.Timer(delay, tick)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _reply(self, env: Envelope, delivery: Delivery, caught_up: bool | None) -> None:
+        result = self.answer(env)
+        if caught_up is not None and isinstance(result, SearchResults):
+            result = result.model_copy(update={"caught_up": caught_up})
+        delivery.ack(env.follow(result).to_json())
 
 
 def city_key(city: str) -> str:

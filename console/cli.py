@@ -237,8 +237,15 @@ def search(
     min_price: Annotated[int | None, typer.Option(help="cents per night")] = None,
     max_price: Annotated[int | None, typer.Option(help="cents per night")] = None,
     limit: Annotated[int, typer.Option()] = 20,
+    after: Annotated[int | None, typer.Option(
+        help="a CommandResult's position: wait until search includes that write")] = None,
+    wait_ms: Annotated[int, typer.Option(help="how long search may wait for --after")] = 5000,
 ) -> None:
-    """Search apartments by request/reply over RabbitMQ."""
+    """Search apartments by request/reply over RabbitMQ.
+
+    With ``--after`` the reply says ``caught_up``: false when search had not applied
+    that write within ``--wait-ms`` (the results may then miss it).
+    """
     from pydantic import ValidationError
 
     from broker.client import NoReply, NotConfirmed
@@ -250,14 +257,17 @@ def search(
         if first and last and last <= first:
             raise ValueError(f"--end {last} is not after --start {first}")
         q = SearchApartments(city=city, guests=guests, min_price=min_price,
-                             max_price=max_price, start=first, end=last, limit=limit)
+                             max_price=max_price, start=first, end=last, limit=limit,
+                             after=after, wait_ms=wait_ms)
     except (ValueError, ValidationError) as exc:
         message = (exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc))
         typer.echo(f"staybook: {message}", err=True)
         raise typer.Exit(2) from None
     try:
         with _client(settings) as client:
-            reply = client.request(Envelope.new(q))
+            # the reply may wait wait_ms for the read model: give it that much longer
+            timeout = 10.0 + (q.wait_ms / 1000 if q.after is not None else 0.0)
+            reply = client.request(Envelope.new(q), timeout=timeout)
     except (NoReply, NotConfirmed) as exc:
         typer.echo(f"staybook: no answer to the search ({exc}); is a node running?",
                    err=True)

@@ -46,7 +46,7 @@ from messages.events import (
     ReservationRequested,
 )
 from messages.registry import Consumer, Kind, MessageSpec, all_specs, spec_for, spec_of
-from messages.replies import ApartmentHit, CommandResult, SearchResults, Status
+from messages.replies import ApartmentHit, CommandResult, SearchResults, Status, with_position
 
 __all__ = [
     "AcceptReservation",
@@ -102,4 +102,5 @@ __all__ = [
     "spec_for",
     "spec_of",
     "utcnow",
+    "with_position",
 ]

@@ -12,6 +12,7 @@ from messages.registry import COMMANDS_EXCHANGE, QUERIES_EXCHANGE, Consumer, Kin
 
 _ID = Field(pattern=ID_PATTERN)
 _MONEY = Field(le=100_000_000)  # cents; the rules check > 0
+MAX_WAIT_MS = 30_000  # the longest a search may wait for its read model (SearchApartments)
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
@@ -130,7 +131,12 @@ class CancelUnpaidReservation(Message):
 
 @register(Kind.QUERY, exchange=QUERIES_EXCHANGE, consumers=(Consumer.SEARCH,))
 class SearchApartments(Message):
-    """Which apartments match: city, price per night range, guests, free dates."""
+    """Which apartments match: city, price per night range, guests, free dates.
+
+    Search is eventually consistent. ``after`` (a ``CommandResult.position``) asks for
+    an answer that includes that write: search waits up to ``wait_ms`` for its read
+    model to apply it, then answers with ``caught_up`` saying whether it did.
+    """
 
     city: str | None = Field(None, max_length=100)
     min_price: int | None = Field(None, ge=0, le=100_000_000)
@@ -141,3 +147,5 @@ class SearchApartments(Message):
     sort: Literal["price_asc", "price_desc"] = "price_asc"
     limit: int = Field(20, ge=1, le=100)
     offset: int = Field(0, ge=0, le=10_000)
+    after: int | None = Field(None, ge=1, le=2**63 - 1)
+    wait_ms: int = Field(5000, ge=0, le=MAX_WAIT_MS)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from messages.base import Message
+from messages.base import Envelope, Message
 from messages.registry import Kind, register
 
 
@@ -22,12 +22,43 @@ class Status(StrEnum):
 
 @register(Kind.REPLY)
 class CommandResult(Message):
-    """The outcome of one command, with the events it recorded."""
+    """The outcome of one command, with the events it recorded.
+
+    ``position`` is the store position of the last event the command recorded (of the
+    stream's newest event when it recorded none): pass it as ``SearchApartments.after``
+    to search a read model that includes this write. None when nothing was recorded
+    (the command was refused unread, or its stream is empty). It stays the last field:
+    :func:`with_position` relies on that.
+    """
 
     status: Status
     reason: str | None = None
     detail: str | None = None
     events: list[dict[str, Any]] = Field(default_factory=list)
+    position: int | None = None
+
+
+_NO_POSITION = b',"position":null}}'
+
+
+def with_position(reply: bytes, position: int | None) -> bytes:
+    """A serialized ``CommandResult`` envelope, its ``position`` set.
+
+    The writer calls this once per command, on its own thread, after the events are
+    inserted: the common case is a splice of the envelope's last bytes (``position`` is
+    the payload's last field and the payload the envelope's), not a parse and
+    re-serialization on the store's busiest thread. Anything else is parsed; a reply
+    that is not a ``CommandResult`` comes back unchanged.
+    """
+    if position is None:
+        return reply
+    if reply.endswith(_NO_POSITION):
+        return b"%s,\"position\":%d}}" % (reply[:-len(_NO_POSITION)], position)
+    env = Envelope.from_json(reply, max_bytes=1 << 30)
+    if not isinstance(env.payload, CommandResult):
+        return reply
+    payload = env.payload.model_copy(update={"position": position})
+    return env.model_copy(update={"payload": payload}).to_json()
 
 
 class ApartmentHit(Message):
@@ -42,9 +73,17 @@ class ApartmentHit(Message):
 
 @register(Kind.REPLY)
 class SearchResults(Message):
-    """Apartments matching a SearchApartments query, in its price order, one page."""
+    """Apartments matching a SearchApartments query, in its price order, one page.
+
+    ``caught_up`` answers a query's ``after``: True when the read model had applied
+    every search event of that write's stream up to it, False when it had not within
+    ``wait_ms`` (or too many queries were already waiting): the hits are then the read
+    model as it stood and may miss that write, so search again later or show them as
+    possibly stale. None when the query gave no ``after``.
+    """
 
     apartments: list[ApartmentHit]
     total: int
     start: date | None = None
     end: date | None = None
+    caught_up: bool | None = None

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, select
 
 from messages.base import Envelope
 from store.tables import events_table, inbox_table
 
 _NOT_SEEN = object()
+
+
+def head_query(stream_id: str) -> Select[int]:
+    """The position of a stream's newest event (no row: the stream is empty)."""
+    return (select(events_table.c.position).where(events_table.c.stream_id == stream_id)
+            .order_by(events_table.c.version.desc()).limit(1))
 
 
 class EventStore:
@@ -31,6 +37,12 @@ class EventStore:
         with self.engine.connect() as conn:
             bodies = conn.execute(q).scalars().all()
         return [Envelope.from_json(b, max_bytes=1 << 30) for b in bodies]
+
+    def head(self, stream_id: str) -> int | None:
+        """The position of a stream's newest event; None when it has none."""
+        with self.engine.connect() as conn:
+            found = conn.execute(head_query(stream_id)).scalar()
+        return None if found is None else int(found)
 
     def seen(self, consumer: str, message_id: str) -> tuple[bool, bytes | None]:
         """Whether ``consumer`` handled ``message_id``, and the reply it gave."""

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from messages.base import Envelope
 from messages.registry import spec_of
+from store.eventstore import head_query
 from store.tables import events_table, inbox_table, outbox_table
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,23 @@ class WriterStopped(Exception):
     """The writer is not running; nothing was written."""
 
 
+Reply = Callable[[int | None], bytes]
+
+
 @dataclass(frozen=True)
 class InboxEntry:
-    """Records that ``consumer`` handled ``message_id`` and what it answered."""
+    """Records that ``consumer`` handled ``message_id`` and what it answered.
+
+    ``reply`` is the answer, or a function that makes it from the commit's position:
+    the store position of its last event or, when it has none, of its stream's newest
+    (None: an empty stream). A reply that tells the producer where its write landed can
+    only be finished inside the transaction, once the events are inserted; the writer
+    calls the function then (again if the transaction is retried).
+    """
 
     consumer: str
     message_id: str
-    reply: bytes | None = None
+    reply: bytes | Reply | None = None
     body_hash: str | None = None
 
 
@@ -362,6 +373,11 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
     stale one is caught by that index.) Within this writer it is the lineage: a
     commit decided on memory that included a refused commit's events is refused even
     when its expected version happens to equal the store's again.
+    The events go in first, returning their positions, so each inbox row can store
+    a reply that says where its command's events landed. (A commit both stale and a
+    duplicate that this writer's versions miss thus fails on the events' index, not
+    the inbox's: it is refused as a conflict, decided again, then answered as a
+    duplicate.)
     Returns the refused commits and the streams' versions after the batch.
     """
     events: list[dict[str, Any]] = []
@@ -399,20 +415,17 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
             versions[sid] = current + len(ev)
         events.extend(ev)
         outbox.extend(out)
-        if commit.inbox is not None:
-            inbox.append(
-                {
-                    "consumer": commit.inbox.consumer,
-                    "message_id": commit.inbox.message_id,
-                    "reply": commit.inbox.reply,
-                    "recorded_at": now,
-                    "body_hash": commit.inbox.body_hash,
-                }
-            )
+    positions: dict[str, int] = {}
+    if events:
+        # RETURNING matched by event_id: no reliance on the rows coming back in order.
+        returning = insert(events_table).returning(events_table.c.event_id,
+                                                   events_table.c.position)
+        positions = {r[0]: int(r[1]) for r in conn.execute(returning, events)}
+    for commit in batch:
+        if commit not in refused and (row := _inbox_row(conn, commit, positions, now)):
+            inbox.append(row)
     if inbox:
         conn.execute(insert(inbox_table), inbox)
-    if events:
-        conn.execute(insert(events_table), events)
     if outbox:
         conn.execute(insert(outbox_table), outbox)
     for commit in batch:
@@ -420,6 +433,25 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
             for effect in commit.effects:
                 effect(conn)
     return refused, versions
+
+
+def _inbox_row(conn: Connection, commit: Commit, positions: Mapping[str, int],
+               now: datetime) -> dict[str, Any] | None:
+    """The commit's inbox row (None: it has none), its reply finished if need be."""
+    entry = commit.inbox
+    if entry is None:
+        return None
+    reply = entry.reply
+    if callable(reply):
+        ev = commit.rows()[0]
+        if ev:
+            reply = reply(positions[ev[-1]["event_id"]])
+        elif commit.stream_id is not None:
+            reply = reply(conn.execute(head_query(commit.stream_id)).scalar())
+        else:
+            reply = reply(None)
+    return {"consumer": entry.consumer, "message_id": entry.message_id, "reply": reply,
+            "recorded_at": now, "body_hash": entry.body_hash}
 
 
 def _stream_version(conn: Connection, stream_id: str) -> int:

@@ -40,6 +40,20 @@ def test_send_prints_the_reply_and_a_re_send_with_the_same_id_changes_nothing(
     assert other.exit_code == 1 and "apartment_exists" in other.output
 
 
+def test_search_after_a_sent_command_includes_its_write(node: Node, env: None) -> None:
+    runner = CliRunner()
+    payload = json.dumps({"owner_id": "o", "city": "Bergen", "title": "T",
+                          "price_per_night": 100, "capacity": 2})
+    sent = runner.invoke(app, ["send", "AddApartment", "cli-3", payload])
+    assert sent.exit_code == 0, sent.output
+    position = json.loads(sent.stdout)["position"]
+    found = runner.invoke(app, ["search", "--city", "bergen", "--after", str(position)])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.stdout)
+    assert hits["caught_up"] is True
+    assert [h["apartment_id"] for h in hits["apartments"]] == ["cli-3"]
+
+
 def test_send_refuses_a_bad_payload_before_publishing(env: None) -> None:
     result = CliRunner().invoke(app, ["send", "AddApartment", "cli-2", '{"owner_id": "o"}'])
     assert result.exit_code == 2 and "invalid AddApartment" in result.output

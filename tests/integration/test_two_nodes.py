@@ -1,4 +1,5 @@
-"""Two intake nodes on one store and one broker: racing accepts never double-book.
+"""Two nodes on one store and one broker: racing accepts never double-book; a producer
+reads its own writes from search whichever node applies the events.
 
 Both nodes consume the same intake queue (no partitions, no single active consumer:
 the worst case), so each hot apartment has an actor on both nodes, deciding from its
@@ -14,7 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from broker.client import Client
-from messages import AcceptReservation, AddApartment, Envelope, Message, RequestReservation
+from messages import (
+    AcceptReservation,
+    AddApartment,
+    Envelope,
+    Message,
+    RequestReservation,
+    SearchApartments,
+)
 from node import Node
 from tests.conftest import day
 from tests.faults.checker import count_overlaps, stored_events
@@ -104,3 +112,37 @@ def test_two_intake_nodes_on_one_store_never_overlap(
     for sid, v, _env in events:
         versions.setdefault(sid, []).append(v)
     assert all(sorted(vs) == list(range(1, len(vs) + 1)) for vs in versions.values())
+
+
+def test_a_producer_reads_its_own_writes_from_search_on_two_nodes(
+        node_factory: Callable[..., Node], amqp_url: str, db_url: str) -> None:
+    """Both nodes consume search's queue (events and queries) and share its read model.
+
+    A query may park on one node while the other applies the event it waits for; it
+    must still be answered caught up, with the write in it.
+    """
+    first = node_factory(node_name="n1", database_url=db_url)
+    node_factory(node_name="n2", database_url=db_url)
+    with Client(amqp_url, first.topology) as c:
+        def search(after: int, **query: Any) -> dict[str, Any]:
+            reply = c.request(Envelope.new(SearchApartments(after=after, **query)),
+                              timeout=30, retries=0)
+            data: dict[str, Any] = reply.payload.model_dump(mode="json")
+            assert data["caught_up"] is True, data
+            return data
+
+        for i in range(12):
+            apt = f"ryw-{i}"
+            added = _send(c, AddApartment(owner_id="owner", city="Oslo", title=apt,
+                                          price_per_night=100 + i, capacity=2), apt)
+            assert added["status"] == "ok", added
+            found = search(added["position"], city="oslo", limit=100)
+            assert apt in {h["apartment_id"] for h in found["apartments"]}, (apt, found)
+            if i % 3:
+                continue
+            asked = _send(c, RequestReservation(reservation_id=f"r{i}", guest_id="g",
+                                                start=day(7), end=day(9)), apt)
+            took = _send(c, AcceptReservation(reservation_id=f"r{i}", owner_id="owner"), apt)
+            assert asked["status"] == took["status"] == "ok", (asked, took)
+            free = search(took["position"], city="oslo", start=day(7), end=day(8), limit=100)
+            assert apt not in {h["apartment_id"] for h in free["apartments"]}, (apt, free)

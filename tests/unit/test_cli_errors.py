@@ -22,6 +22,8 @@ DOWN = {"STAYBOOK_BROKER__URL": "amqp://user:s3cret@127.0.0.1:1/%2F"}
     (["search", "--start", "2030-01-10", "--end", "2030-01-05"],
      "--end 2030-01-05 is not after --start 2030-01-10"),
     (["search", "--guests", "0"], "greater than or equal to 1"),
+    (["search", "--after", "1", "--wait-ms", "30001"], "less than or equal to 30000"),
+    (["search", "--after", "0"], "greater than or equal to 1"),
 ])
 def test_one_clear_line(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(app, args, env=DOWN)

@@ -8,7 +8,18 @@ from typing import Any
 import pytest
 
 from broker.topology import Topology
-from messages import AddApartment, BadInput, Envelope, InvalidMessage, Kind, all_specs
+from messages import (
+    AddApartment,
+    BadInput,
+    CommandResult,
+    Envelope,
+    InvalidMessage,
+    Kind,
+    SearchResults,
+    Status,
+    all_specs,
+    with_position,
+)
 from messages.registry import Consumer, catalog
 
 GOOD: dict[str, Any] = {
@@ -102,3 +113,33 @@ def test_topology_binds_each_consumer_to_what_it_handles() -> None:
     assert {topo.queue(c) for c in Consumer} <= names
     args = topo.work_queue_arguments()
     assert args["x-queue-type"] == "quorum" and args["x-dead-letter-strategy"] == "at-least-once"
+
+
+# --- a reply's position ----------------------------------------------------------------
+def test_with_position_sets_the_last_field_as_a_full_reserialization_would() -> None:
+    tricky = {"type": "X", "title": '"position":null}}', "position": None}
+    env = Envelope.new(CommandResult(status=Status.OK, events=[tricky]))
+    spliced = with_position(env.to_json(), 42)
+    expected = env.model_copy(update={"payload": env.payload.model_copy(
+        update={"position": 42})}).to_json()
+    assert spliced == expected
+    assert Envelope.from_json(spliced).payload == CommandResult(
+        status=Status.OK, events=[tricky], position=42)
+    assert with_position(env.to_json(), None) == env.to_json()
+
+
+def test_with_position_fills_a_reply_stored_without_the_field() -> None:
+    """Replies stored before positions existed have no ``position`` key at all."""
+    env = Envelope.new(CommandResult(status=Status.REJECTED, reason="already_taken"))
+    raw = json.loads(env.to_json())
+    del raw["payload"]["position"]
+    legacy = json.dumps(raw).encode()
+    filled = Envelope.from_json(with_position(legacy, 7))
+    assert filled.message_id == env.message_id
+    assert filled.payload == CommandResult(status=Status.REJECTED, reason="already_taken",
+                                           position=7)
+
+
+def test_with_position_leaves_other_replies_alone() -> None:
+    other = Envelope.new(SearchResults(apartments=[], total=0)).to_json()
+    assert with_position(other, 7) == other

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from messages import Envelope
+from messages import Envelope, SearchApartments
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -22,3 +22,11 @@ def test_the_producer_example_is_a_valid_command() -> None:
     block = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.S)[0]
     env = Envelope.from_json(block.encode())
     assert env.type == "RequestReservation" and env.apartment_id == "apt-42"
+
+
+def test_the_read_your_write_example_is_a_valid_query() -> None:
+    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), flags=re.S)
+    queries = [Envelope.from_json(b.encode()) for b in blocks if "SearchApartments" in b]
+    assert len(queries) == 1
+    q = queries[0].payload
+    assert isinstance(q, SearchApartments) and q.after is not None and q.wait_ms > 0

@@ -355,6 +355,70 @@ def test_a_duplicate_in_the_same_batch_fails_alone(engine: Engine, writer: Store
     assert all(n == 1 for n in outcomes.calls.values())
 
 
+# --- positions in replies ------------------------------------------------------------
+def event_positions(engine: Engine) -> dict[str, int]:
+    with engine.connect() as c:
+        return {str(r.event_id): int(r.position) for r in c.execute(
+            select(events_table.c.event_id, events_table.c.position))}
+
+
+def test_a_reply_function_gets_the_position_of_its_commits_last_event(
+        engine: Engine, writer: StoreWriter) -> None:
+    """In one batch, each commit's reply names its own last event, as stored."""
+    gate = Gate()
+    gate.close_on(writer)
+    outcomes = Outcomes()
+    asked: dict[str, int | None] = {}
+
+    def reply(key: str) -> Callable[[int | None], bytes]:
+        def finish(position: int | None) -> bytes:
+            asked[key] = position
+            return f"{key}@{position}".encode()
+        return finish
+
+    one, two = [env_of(apartment_added(1))], [env_of(apartment_added(i)) for i in (2, 3)]
+    other = env_of(apartment_added(4), "a2")
+    writer.submit(Commit(stream_id="apartment:a1", expected_version=0, events=one,
+                         inbox=InboxEntry("intake", "m-1", reply("one")),
+                         on_done=outcomes.done("one")))
+    writer.submit(Commit(stream_id="apartment:a2", expected_version=0, events=[other],
+                         on_done=outcomes.done("other")))
+    writer.submit(Commit(stream_id="apartment:a1", expected_version=1, events=two,
+                         inbox=InboxEntry("intake", "m-2", reply("two")),
+                         on_done=outcomes.done("two")))
+    # no events: the stream's newest event (``two``'s last, written in this batch)
+    writer.submit(Commit(stream_id="apartment:a1", expected_version=3,
+                         inbox=InboxEntry("intake", "m-3", reply("none")),
+                         on_done=outcomes.done("none")))
+    writer.submit(Commit(stream_id="apartment:new", expected_version=0,
+                         inbox=InboxEntry("intake", "m-4", reply("empty")),
+                         on_done=outcomes.done("empty")))
+    gate.open()
+    outcomes.wait_for(["one", "other", "two", "none", "empty"])
+
+    assert set(outcomes.results.values()) == {None}
+    at = event_positions(engine)
+    assert asked == {"one": at[one[0].message_id], "two": at[two[1].message_id],
+                     "none": at[two[1].message_id], "empty": None}
+    assert at[two[1].message_id] != at[other.message_id]
+    store = EventStore(engine)
+    assert store.seen("intake", "m-2") == (True, f"two@{at[two[1].message_id]}".encode())
+    assert store.seen("intake", "m-4") == (True, b"empty@None")
+    assert store.head("apartment:a1") == at[two[1].message_id]
+    assert store.head("apartment:nothing") is None
+
+
+def test_a_refused_commit_stores_no_reply(engine: Engine, writer: StoreWriter) -> None:
+    first = env_of(apartment_added(1))
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=0,
+                                          events=[first])) is None
+    exc = commit_and_wait(writer, Commit(
+        stream_id="apartment:a1", expected_version=0, events=[env_of(apartment_added(2))],
+        inbox=InboxEntry("intake", "m-1", lambda p: f"at {p}".encode())))
+    assert isinstance(exc, ConcurrencyError)
+    assert EventStore(engine).seen("intake", "m-1") == (False, None)
+
+
 # --- the outbox ----------------------------------------------------------------------
 def test_outbox_rows_are_written_for_published_events_only(
         engine: Engine, writer: StoreWriter) -> None:
