@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
@@ -40,6 +41,32 @@ def connection_parameters(url: str, *, heartbeat: int = 30) -> pika.URLParameter
     params.connection_attempts = 1
     params.socket_timeout = 5
     return params
+
+
+def redact_url(url: str) -> str:
+    """``url`` for messages and logs: the user kept, the password replaced by ``***``."""
+    scheme, sep, rest = url.partition("//")
+    if not sep or "@" not in rest:
+        return url
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}//{user}:***@{host}" if user else f"{scheme}//***@{host}"
+
+
+def connection_problem(exc: BaseException) -> str:
+    """Why a connection to RabbitMQ failed, in a few words a user can act on."""
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+        return "login refused: check the user and password"
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return "access refused: check the vhost and the user's permissions"
+    text = repr(exc)
+    for needle, why in (("Refused", "connection refused"), ("timed out", "timed out"),
+                        ("Timeout", "timed out"), ("gaierror", "unknown host"),
+                        ("Name or service not known", "unknown host"),
+                        ("Unreachable", "network unreachable")):
+        if needle in text:
+            return why
+    return type(exc).__name__
 
 
 def properties_of(out: Outgoing) -> BasicProperties:

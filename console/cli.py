@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
@@ -44,6 +45,7 @@ def console(
     from node import topology_of
 
     settings = _settings()
+    _reachable(console_url(settings, url), "check --url or STAYBOOK_CONSOLE_URL")
     run_console(console_url(settings, url), topology_of(settings),
                 refresh=refresh if refresh is not None else
                 settings.control.console_refresh_seconds, top=top)
@@ -60,6 +62,22 @@ def _settings() -> Settings:
         return load_settings()
     except ConfigError as exc:
         typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _reachable(url: str, advice: str) -> None:
+    """Connect once, or end the command with one line saying why not (exit 2)."""
+    import pika
+    from pika.exceptions import AMQPError
+
+    from broker.rabbitmq import connection_parameters, connection_problem
+
+    try:
+        pika.BlockingConnection(connection_parameters(url)).close()
+    except (AMQPError, OSError) as exc:
+        logging.getLogger(__name__).debug("connecting failed", exc_info=True)
+        typer.echo(f"staybook: cannot reach RabbitMQ at {_redact(url)} "
+                   f"({connection_problem(exc)}); {advice}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -334,22 +352,35 @@ def catalog(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 @broker_app.command("start")
 def broker_start() -> None:
     """Start the local development RabbitMQ (installing it if missing and permitted)."""
-    from console.localbroker import start_local_broker
-    typer.echo(start_local_broker(STATE_DIR / "rabbitmq"))
+    from console.localbroker import BrokerUnavailable, start_local_broker
+    try:
+        typer.echo(start_local_broker(STATE_DIR / "rabbitmq"))
+    except BrokerUnavailable as exc:
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @broker_app.command("stop")
 def broker_stop() -> None:
     """Stop the local development RabbitMQ."""
     from console.localbroker import stop_local_broker
-    stop_local_broker(STATE_DIR / "rabbitmq")
+    if stop_local_broker(STATE_DIR / "rabbitmq"):
+        typer.echo("stopped the local RabbitMQ (staybook-dev@localhost)")
+    else:
+        typer.echo("no local RabbitMQ was running (staybook-dev@localhost): nothing to stop")
 
 
 # --- operator console: broker provisioning (broker/provision.py) ---------------------
 def _password(role: str) -> str:
     env = f"STAYBOOK_PROVISION_{role.upper()}_PASSWORD"
     value = os.environ.get(env)
-    return value if value else str(typer.prompt(f"password for the {role} user", hide_input=True))
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        typer.echo(f"staybook: no password for the {role} user: set {env} (there is no "
+                   "terminal to ask on)", err=True)
+        raise typer.Exit(2)
+    return str(typer.prompt(f"password for the {role} user", hide_input=True))
 
 
 @broker_app.command("provision")
@@ -417,7 +448,8 @@ def _existing_sqlite(url: str) -> None:
     parsed = make_url(url)
     if (parsed.get_backend_name() == "sqlite" and parsed.database
             and parsed.database != ":memory:" and not Path(parsed.database).exists()):
-        raise FileNotFoundError(f"no SQLite database at {parsed.database}")
+        raise FileNotFoundError(f"no SQLite database at {parsed.database} (set "
+                                "STAYBOOK_DATABASE_URL, or create it: staybook db upgrade)")
 
 
 @db_app.command("upgrade")
@@ -520,13 +552,14 @@ def _client(settings: Settings) -> Iterator[Any]:
     from pika.exceptions import AMQPError
 
     from broker.client import Client
+    from broker.rabbitmq import connection_problem
 
     try:
         client = Client(settings.broker.url, _topology(settings))
     except (AMQPError, OSError) as exc:
         logging.getLogger(__name__).debug("connecting failed", exc_info=True)
         typer.echo(f"staybook: cannot reach RabbitMQ at {_redact(settings.broker.url)} "
-                   f"({type(exc).__name__}); start one (staybook broker start) or set "
+                   f"({connection_problem(exc)}); start one (staybook broker start) or set "
                    f"STAYBOOK_BROKER__URL", err=True)
         raise typer.Exit(2) from None
     with client:
@@ -540,15 +573,39 @@ def _redact_store(url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    if "@" in url and "//" in url:
-        scheme, rest = url.split("//", 1)
-        return f"{scheme}//***@{rest.split('@', 1)[1]}"
-    return url
+    from broker.rabbitmq import redact_url
+
+    return redact_url(url)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status; a usage error is one line (status 2).
+
+    Click prints a usage error as a boxed block; a user should read one line that
+    names the mistake and where help is.
+    """
+    # Typer vendors click; its exceptions are what a non-standalone run raises.
+    from typer import Abort
+    from typer._click.exceptions import ClickException, UsageError
+
+    try:
+        rv: Any = app(args=args, prog_name="staybook", standalone_mode=False)
+    except UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "staybook"
+        typer.echo(f"{where}: {exc.format_message()} (see {where} --help)", err=True)
+        return 2
+    except ClickException as exc:
+        typer.echo(f"staybook: {exc.format_message()}", err=True)
+        return int(exc.exit_code)
+    except Abort:
+        typer.echo("staybook: aborted", err=True)
+        return 1
+    return rv if isinstance(rv, int) else 0
 
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="staybook")
+    sys.exit(run())
 
 
 if __name__ == "__main__":

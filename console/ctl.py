@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ import typer
 from pika.exceptions import AMQPError, ChannelClosedByBroker, UnroutableError
 from pika.spec import BasicProperties
 
-from broker.rabbitmq import connection_parameters
+from broker.rabbitmq import connection_parameters, connection_problem, redact_url
 from broker.topology import Topology
 from config import Settings
 from console.control import BROADCAST_KEY, control_exchange, node_key
@@ -248,13 +250,23 @@ def _ask(ctx: typer.Context, op: str, args: dict[str, Any] | None = None,
         with c.client() as client:
             replies = client.request(op, args, node=c.node, wait=c.wait, until_ok=until_ok)
     except (ControlFailed, AMQPError, OSError) as exc:
-        _fail(str(exc) or repr(exc))
+        _broker_failed(ctx, exc)
     if not replies:
         _fail("no node answered")
     for r in replies:
         if not r.get("ok") and str(r.get("error", "")).startswith("forbidden"):
             _fail(f"{r['node']}: {r['error']}")
     return replies
+
+
+def _broker_failed(ctx: typer.Context, exc: BaseException) -> Any:
+    """One line for a request that failed: the control error, or why the broker is out
+    of reach (its URL without the password, and what to check)."""
+    if isinstance(exc, ControlFailed):
+        _fail(str(exc))
+    logging.getLogger(__name__).debug("ctl: broker request failed", exc_info=True)
+    _fail(f"cannot reach RabbitMQ at {redact_url(_obj(ctx).url)} ({connection_problem(exc)}); "
+          "check --url or STAYBOOK_CONSOLE_URL, and that the broker runs")
 
 
 def _fail(message: str) -> Any:
@@ -324,7 +336,7 @@ def partitions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     try:
         conn = c.connection()
     except (AMQPError, OSError) as exc:
-        _fail(repr(exc))
+        _broker_failed(ctx, exc)
     try:
         stats = {s["queue"]: s for s in queue_stats(conn, c.topology)}
     finally:
@@ -444,7 +456,7 @@ def _act(ctx: typer.Context, op: str, actor: str) -> None:
         with c.client() as client:
             reply = client.act(op, actor, node=c.node, wait=c.wait)
     except (ControlFailed, AMQPError, OSError) as exc:
-        _fail(str(exc) or repr(exc))
+        _broker_failed(ctx, exc)
     typer.echo(f"{reply['node']}: {reply['result']}")
 
 
@@ -473,7 +485,7 @@ def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     try:
         conn = c.connection()
     except (AMQPError, OSError) as exc:
-        _fail(repr(exc))
+        _broker_failed(ctx, exc)
     try:
         rows = queue_stats(conn, c.topology)
     finally:
@@ -506,7 +518,7 @@ def _ask_one(ctx: typer.Context, op: str, args: dict[str, Any], wait: float) -> 
         with c.client() as client:
             replies = client.request(op, args, node=node, wait=wait)
     except (ControlFailed, AMQPError, OSError) as exc:
-        _fail(str(exc) or repr(exc))
+        _broker_failed(ctx, exc)
     if not replies:
         _fail(f"{node} did not answer within {wait:g} s")
     if not replies[0].get("ok"):
@@ -600,6 +612,8 @@ def dlq_purge(ctx: typer.Context,
               = False) -> None:
     """Drop every dead letter (or only those already replayed) from the book."""
     what = "replayed dead letters" if replayed else "dead letters"
+    if not yes and not sys.stdin.isatty():
+        _fail(f"purging {what} asks first: pass --yes (there is no terminal to ask on)")
     if not yes and not typer.confirm(f"drop all {what}?"):
         raise typer.Exit(1)
     n = _ask_one(ctx, "dlq_purge", {"replayed_only": replayed}, _obj(ctx).wait)

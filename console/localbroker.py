@@ -9,6 +9,7 @@ configured (no ``STAYBOOK_BROKER__URL``): a node named ``staybook-dev`` on port 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 from config import CONFIG_DIR, RABBITMQ_PLUGINS_FILE
+
+log = logging.getLogger(__name__)
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = RABBIT_BIN / "rabbitmq-server"
@@ -82,10 +85,19 @@ def start_local_broker(state_dir: Path, *, port: int = 5672, allow_install: bool
     raise BrokerUnavailable(f"RabbitMQ did not start within {timeout:.0f}s; see {log}")
 
 
-def stop_local_broker(state_dir: Path, *, port: int = 5672) -> None:
-    """Stop the ``staybook-dev`` node started by :func:`start_local_broker`."""
-    if CTL.exists():
-        subprocess.run([str(CTL), "stop"], env=_env(state_dir, port), check=False)
+def stop_local_broker(state_dir: Path, *, port: int = 5672) -> bool:
+    """Stop the ``staybook-dev`` node started by :func:`start_local_broker`.
+
+    Returns:
+        False when there was none to stop (no RabbitMQ installed, or the node is down).
+    """
+    if not CTL.exists():
+        return False
+    done = subprocess.run([str(CTL), "stop"], env=_env(state_dir, port), check=False,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        log.debug("rabbitmqctl stop: %s", done.stdout + done.stderr)
+    return done.returncode == 0
 
 
 def _env(state_dir: Path, port: int) -> dict[str, str]:

@@ -72,7 +72,7 @@ def test_serve_says_in_one_line_what_it_runs_and_stops_cleanly(
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
-        assert line.startswith("staybook node cli-n1 serving on amqp://***@"), line
+        assert line.startswith("staybook node cli-n1 serving on amqp://guest:***@"), line
         assert "roles commands+events" in line and "metrics off" in line, line
         assert "guest:guest" not in line
         proc.send_signal(signal.SIGTERM)

@@ -514,3 +514,16 @@ def test_the_live_view_lists_entities_drills_down_and_shows_queue_flow(
     assert f"apartment:apt-v1 on {name}" in text  # the table's first row, drilled down
     assert "last failure: none" in text and "ApartmentAdded" in text
     assert "├── apartment:apt-v2 [apartment] running" in text
+
+
+def test_a_wrong_password_is_one_line_that_never_shows_it(node: Node, amqp_url: str) -> None:
+    bad = amqp_url.replace("guest:guest", "guest:not-the-pw")
+    for args in (["ctl", "--url", bad, "nodes"], ["ctl", "--url", bad, "dlq", "list"],
+                 ["console", "--url", bad]):
+        r = CliRunner().invoke(app, args,
+                               env={"STAYBOOK_BROKER__PREFIX": node.settings.broker.prefix})
+        assert r.exit_code in (1, 2), (args, r.output)
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and "login refused: check the user and password" in lines[0], (
+            args, r.stderr)
+        assert "guest:***@" in lines[0] and "not-the-pw" not in r.output
