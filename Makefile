@@ -44,6 +44,7 @@ unit: $(BIN)/staybook postgresql
 lint: $(BIN)/staybook
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/lint-imports
 
 bench: $(BIN)/staybook rabbitmq
 	$(BIN)/python -m bench.throughput

@@ -7,8 +7,9 @@ seconds: it stops its children in reverse order and fails, so its own parent dec
 (escalation). When the root gives up, :class:`Application` records why; the node
 logs it and exits non-zero so the service manager restarts it.
 
-Children are pykka actors (crashes arrive through a :class:`actors.base.Link`) or
-services (threads with start/stop/is_alive, watched by a periodic liveness check).
+Children are pykka actors (a :class:`SupervisedActor` reports its crash through a
+:class:`Link`: pykka's three failure paths become one report) or services (threads
+with start/stop/is_alive, watched by a periodic liveness check).
 The same check notices actors stuck in one handler longer than ``handler_timeout``:
 they are abandoned (marked dead, never sent to again) and restarted.
 
@@ -17,6 +18,10 @@ OTP semantics kept: strategies one_for_one / one_for_all / rest_for_one (the dyn
 :class:`Intensity` and :class:`Backoff`); restart types permanent / transient /
 temporary; shutdown as a timeout (then the child is abandoned) or ``brutal``; start
 in order, stop in reverse; optional restart backoff with jitter.
+
+This module is the supervision runtime: it imports pykka and the standard library
+only, and knows nothing of apartments, brokers or stores (a unit test holds it to
+that; see ``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 import random
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,12 +40,198 @@ from typing import Any, Literal, Protocol
 
 import pykka
 
-from actors.base import Failure, Link, ReportFailure, SupervisedActor, mailbox_size
-from broker.base import Service
-
 log = logging.getLogger(__name__)
 
 BRUTAL: Literal["brutal"] = "brutal"
+class ActorCrashed(Exception):
+    """Raised out of a handler after the crash was reported (wraps the cause)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a supervisor learns about a crash.
+
+    Attributes:
+        name: the child's id (e.g. ``apartment:a1``).
+        phase: ``start`` (in ``on_start``) or ``receive`` (in a tell or ask handler).
+        error_type: the exception class name.
+        message: ``str()`` of the exception.
+        traceback: the formatted traceback, trimmed.
+        at: ``time.time()`` of the crash.
+        actor_urn: which incarnation crashed.
+    """
+
+    name: str
+    phase: str
+    error_type: str
+    message: str
+    traceback: str
+    at: float
+    actor_urn: str
+    cause: Any = field(default=None, compare=False, repr=False)
+
+
+ReportFailure = Callable[[Failure], None]
+
+
+class Link:
+    """What ties a child to its supervisor: the crash callback plus a heartbeat.
+
+    The failure is recorded here synchronously, on the child's thread, before the
+    child is marked stopped, so a supervisor that finds a dead child can always tell
+    a crash from a normal exit. ``busy_since`` (monotonic seconds, or None when idle)
+    lets it notice a child stuck in one handler. ``closing`` tells the child to skip
+    what is left in its mailbox: on shutdown the consumers have already closed their
+    connections, so the broker redelivers those messages anyway. ``after_crash``
+    tells a restarted child that its predecessor may have left work in flight.
+
+    Args:
+        forward: where the failure goes next (usually the supervisor's mailbox).
+    """
+
+    def __init__(self, forward: ReportFailure) -> None:
+        self._forward = forward
+        self.failure: Failure | None = None
+        self.busy_since: float | None = None
+        self.current: Any = None
+        self.closing = False
+        self.after_crash = False
+
+    def __call__(self, failure: Failure) -> None:
+        """Record and forward a crash."""
+        self.failure = failure
+        self._forward(failure)
+
+    def busy_for(self, now: float | None = None) -> float:
+        """Seconds the child has spent in its current handler (0 when idle)."""
+        since = self.busy_since
+        return 0.0 if since is None else (now or time.monotonic()) - since
+
+
+class InjectedCrash(Exception):
+    """A crash asked for on purpose (operator drill or test)."""
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Tell any supervised actor to crash (a drill: ``staybook ctl crash``)."""
+
+    reason: str = "drill"
+
+
+class SupervisedActor(pykka.ThreadingActor):
+    """A pykka actor that reports every crash to its supervisor, once.
+
+    Subclasses implement :meth:`started` and :meth:`receive` instead of pykka's
+    ``on_start`` and ``on_receive``.
+
+    Args:
+        name: the child id the supervisor knows it by.
+        report: called (on the actor's thread) with the :class:`Failure`.
+    """
+
+    use_daemon_thread = True  # an abandoned actor must never keep the process alive
+
+    def __init__(self, name: str, report: ReportFailure) -> None:
+        super().__init__()
+        self.name = name
+        self._report = report
+        self._link = report if isinstance(report, Link) else None
+        self._reported = False
+        self._current: Any = None
+        self.handled = 0
+
+    def started(self) -> None:
+        """Hook: initialise state (runs on the actor's thread)."""
+
+    def receive(self, message: Any) -> Any:
+        """Hook: handle one message."""
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        """Run :meth:`started`, reporting any failure."""
+        try:
+            self.started()
+        except BaseException as exc:
+            self._crash("start", exc)
+            raise ActorCrashed(f"{self.name} failed to start: {exc!r}") from exc
+
+    def on_receive(self, message: Any) -> Any:
+        """Run :meth:`receive`, reporting any failure and stopping the actor."""
+        if message == "ping":
+            return "pong"
+        if self._link is not None and self._link.closing:
+            return None  # shutting down: the broker redelivers what is skipped
+        self._current = message
+        if self._link is not None:
+            self._link.current = message
+            self._link.busy_since = time.monotonic()
+        try:
+            if isinstance(message, Crash):
+                raise InjectedCrash(f"{self.name}: crash requested ({message.reason})")
+            result = self.receive(message)
+        except BaseException as exc:
+            self._crash("receive", exc)
+            # For an ask, pykka would only fail the future: stop here as well.
+            pykka.ActorRegistry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+            raise ActorCrashed(f"{self.name} crashed: {exc!r}") from exc
+        finally:
+            self._current = None
+            if self._link is not None:
+                self._link.busy_since = None
+                self._link.current = None
+        self.handled += 1
+        return result
+
+    def _crash(self, phase: str, exc: BaseException) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        tb = "".join(traceback.format_exception(exc))[-4000:]
+        failure = Failure(
+            name=self.name,
+            phase=phase,
+            error_type=type(exc).__name__,
+            message=str(exc)[:500],
+            traceback=tb,
+            at=time.time(),
+            actor_urn=self.actor_urn,
+            cause=self._current,
+        )
+        try:
+            self._on_crash(failure)
+        finally:
+            try:
+                self._report(failure)
+            except Exception:
+                log.exception("reporting the crash of %s failed", self.name)
+
+    def _on_crash(self, failure: Failure) -> None:
+        """Hook: release what the dead actor holds (called before the report)."""
+
+
+def mailbox_size(ref: pykka.ActorRef[Any]) -> int:
+    """Messages waiting in an actor's mailbox (pykka's threading inbox is a Queue)."""
+    qsize = getattr(ref.actor_inbox, "qsize", None)
+    return int(qsize()) if callable(qsize) else 0
+
+
+class Service(Protocol):
+    """Something a supervisor can start, stop and watch (a thread with a job)."""
+
+    name: str
+
+    def start(self) -> None:
+        """Start; raise if it cannot."""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop and wait up to ``timeout`` seconds."""
+
+    def is_alive(self) -> bool:
+        """True while it runs."""
+
+
 Shutdown = float | Literal["brutal"]
 
 

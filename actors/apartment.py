@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import immutables
 
-from actors.base import EntityActor, EntityContext, ReportFailure
+from actors.base import EntityActor, EntityContext
 from actors.policy import CancellationPolicy
 from actors.timers import with_timers
 from messages import (
@@ -87,6 +87,7 @@ from messages import (
     UpdateApartment,
     WithdrawRequest,
 )
+from supervisor import ReportFailure
 
 log = logging.getLogger(__name__)
 

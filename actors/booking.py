@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import ClassVar
 
-from actors.base import EntityActor, EntityContext, ReportFailure
+from actors.base import EntityActor, EntityContext
 from messages import (
     CancelUnpaidReservation,
     Envelope,
@@ -39,6 +39,7 @@ from messages import (
     ReservationRejected,
     ReservationRequested,
 )
+from supervisor import ReportFailure
 
 
 class Status(StrEnum):

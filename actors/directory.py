@@ -38,12 +38,21 @@ import pykka
 
 from actors import apartment, booking
 from actors.apartment import ApartmentActor
-from actors.base import EntityActor, EntityContext, Failure, Handle, Link, mailbox_size
+from actors.base import EntityActor, EntityContext, Handle
 from actors.booking import ReservationActor
 from broker.base import Delivery
 from messages import CommandResult, Envelope, Message, Status
 from store import EventStore
-from supervisor import Backoff, Intensity, Scheduler, ThreadScheduler, abandon_actor
+from supervisor import (
+    Backoff,
+    Failure,
+    Intensity,
+    Link,
+    Scheduler,
+    ThreadScheduler,
+    abandon_actor,
+    mailbox_size,
+)
 
 log = logging.getLogger(__name__)
 

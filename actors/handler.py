@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from actors.base import Handle, ReportFailure, SupervisedActor
+from actors.base import Handle
 from broker.base import Delivery
 from messages import Envelope, Kind, Message
 from store import Commit, ConcurrencyError, DuplicateMessage, EventStore, InboxEntry, StoreWriter
 from store.writer import Effect
+from supervisor import ReportFailure, SupervisedActor
 
 log = logging.getLogger(__name__)
 

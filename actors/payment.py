@@ -27,7 +27,6 @@ from typing import ClassVar, Protocol, TypeVar
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from actors.base import ReportFailure
 from actors.handler import HandlerActor, Reaction
 from messages import (
     Envelope,
@@ -41,6 +40,7 @@ from messages import (
 )
 from store import EventStore, StoreWriter
 from store.tables import gateway_charges_table, gateway_refunds_table
+from supervisor import ReportFailure
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import update as sql_update
 
-from actors.base import Handle, ReportFailure
+from actors.base import Handle
 from actors.handler import HandlerActor, Reaction
 from broker.base import Delivery
 from messages import (
@@ -70,6 +70,7 @@ from store.tables import inbox_table as inbox
 from store.tables import search_apartments_table as apts
 from store.tables import search_booked_table as booked
 from store.tables import search_delisted_table as delisted
+from supervisor import ReportFailure
 
 SEARCH = Consumer.SEARCH.value  # the consumer name of search's inbox rows
 MAX_WAITING = 64  # queries parked at once, per search actor

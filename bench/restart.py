@@ -18,11 +18,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from actors.base import Crash
 from broker.memory import MemoryBroker
 from config import Settings
 from messages import AddApartment, Envelope, RequestReservation
 from node import Node
+from supervisor import Crash
 from tests.conftest import TODAY, MemoryProducer, day
 
 

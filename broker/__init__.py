@@ -8,7 +8,6 @@ from broker.base import (
     Delivery,
     Outgoing,
     Publisher,
-    Service,
 )
 from broker.topology import Topology
 
@@ -20,6 +19,5 @@ __all__ = [
     "Delivery",
     "Outgoing",
     "Publisher",
-    "Service",
     "Topology",
 ]

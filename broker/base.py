@@ -11,9 +11,10 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from broker.topology import Topology
+from supervisor import Service
 
 REASON_HEADER = "x-staybook-reason"
 DETAIL_HEADER = "x-staybook-detail"
@@ -21,21 +22,6 @@ QUEUE_HEADER = "x-staybook-queue"
 # Stamped on each dead letter as it is made: the book records it once however often
 # the dead-letter queue redelivers it.
 DEAD_ID_HEADER = "x-staybook-dead-id"
-
-
-class Service(Protocol):
-    """Something a supervisor can start, stop and watch (a thread with a job)."""
-
-    name: str
-
-    def start(self) -> None:
-        """Start; raise if it cannot."""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and wait up to ``timeout`` seconds."""
-
-    def is_alive(self) -> bool:
-        """True while it runs."""
 
 
 @dataclass(frozen=True)

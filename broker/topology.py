@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from config import Settings
 from messages.registry import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -146,8 +147,18 @@ class Topology:
 
     @property
     def dead_letter_queue(self) -> str:
-        """The queue an operator reads dead letters from."""
+        """Where dead letters land, until a node records them in the store."""
         return f"{self.prefix}.dead-letters"
+
+    # --- the operator's control channel (topic exchange, one queue per node) ----------
+    @property
+    def control_exchange(self) -> str:
+        """Where the console sends requests: ``node.<name>`` reaches one node, ``all`` all."""
+        return f"{self.prefix}.control"
+
+    def control_queue(self, node_name: str) -> str:
+        """A node's own (exclusive) control queue."""
+        return f"{self.prefix}.control.{node_name}"
 
     def work_queue_arguments(self) -> dict[str, Any]:
         """Quorum, bounded, with a delivery limit and safe dead-lettering."""
@@ -214,3 +225,19 @@ class Topology:
         if not self.partitions:
             return []
         return [ExchangeBindingDecl(self.hash_exchange, self.commands_exchange, "#")]
+
+
+CONTROL_BROADCAST_KEY = "all"
+
+
+def control_key(node_name: str | None) -> str:
+    """The control routing key that reaches one node (or every node, for None)."""
+    return CONTROL_BROADCAST_KEY if node_name is None else f"node.{node_name}"
+
+
+def topology_of(settings: Settings) -> Topology:
+    """The topology a deployment with these settings uses (nodes and tools alike)."""
+    b = settings.broker
+    return Topology(prefix=b.prefix, queue_max_length=b.queue_max_length,
+                    dead_letter_max_length=b.dead_letter_max_length,
+                    delivery_limit=b.delivery_limit, partitions=b.partitions)

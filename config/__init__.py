@@ -138,7 +138,7 @@ class NotifySettings(BaseModel):
     poll_seconds: float = Field(1.0, gt=0)
 
 
-# --- operator console and metrics (console/control.py, console/metrics.py) -----------
+# --- operator console and metrics (node/control.py, node/metrics.py) -----------------
 class ControlSettings(BaseModel):
     """The control channel the operator console talks to (``staybook ctl``/``console``).
 
@@ -188,8 +188,8 @@ class Settings(BaseSettings):
     payment: PaymentSettings = PaymentSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     notify: NotifySettings = NotifySettings()
-    control: ControlSettings = ControlSettings()  # operator console
-    metrics: MetricsSettings = MetricsSettings()  # operator console
+    control: ControlSettings = ControlSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -40,9 +40,9 @@ def console(
     top: Annotated[int, typer.Option(help="actors listed")] = 20,
 ) -> None:
     """The live terminal view: tree, top actors, rates, queues, dead letters."""
+    from broker.topology import topology_of
     from console.ctl import console_url
     from console.tui import run_console
-    from node import topology_of
 
     settings = _settings()
     _reachable(console_url(settings, url), "check --url or STAYBOOK_CONSOLE_URL")
@@ -500,7 +500,7 @@ def db_current() -> None:
 
 
 def _topology(settings: Settings) -> Any:
-    from node import topology_of
+    from broker.topology import topology_of
     return topology_of(settings)
 
 

@@ -1,7 +1,7 @@
 """``staybook ctl``: the scriptable operator console, and its control client.
 
 Node facts (tree, actors, inspect, restart, stop, crash) come from the nodes over the
-control exchange (see :mod:`console.control`); broker facts (queue depths, dead
+control exchange (see :mod:`node.control`); broker facts (queue depths, dead
 letters) are read directly from RabbitMQ with passive declares and ``basic.get``, so
 neither needs a management plugin nor a node to be up. Every listing has ``--json``.
 
@@ -29,9 +29,8 @@ from pika.exceptions import AMQPError, ChannelClosedByBroker, UnroutableError
 from pika.spec import BasicProperties
 
 from broker.rabbitmq import connection_parameters, connection_problem, redact_url
-from broker.topology import Topology
-from config import Settings
-from console.control import BROADCAST_KEY, control_exchange, node_key
+from broker.topology import Topology, control_key, topology_of
+from config import ConfigError, Settings, load_settings
 from messages import new_id
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -89,8 +88,7 @@ class ControlClient:
                                 expiration=str(int(self._ttl * 1000)))
         body = json.dumps({"op": op, "args": args or {}}).encode()
         try:
-            self._ch.basic_publish(control_exchange(self.topology.prefix),
-                                   node_key(node) if node else BROADCAST_KEY, body, props,
+            self._ch.basic_publish(self.topology.control_exchange, control_key(node), body, props,
                                    mandatory=True)
         except UnroutableError as exc:
             raise ControlFailed(f"no node is listening{' as ' + node if node else ''}") from exc
@@ -222,8 +220,6 @@ def _main(ctx: typer.Context,
           node: Annotated[str | None, typer.Option(help="ask this node only")] = None,
           wait: Annotated[float | None, typer.Option(
               help="seconds to collect replies from every node")] = None) -> None:
-    from config import ConfigError, load_settings
-    from node import topology_of
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -37,18 +37,18 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 from pydantic import BaseModel
 
-from actors.base import Crash
 from actors.directory import Directory, resolve, stored_state
-from broker.deadletters import replay
 from broker.rabbitmq import RabbitConsumer, ReconnectingService, connection_parameters
+from broker.topology import control_key
+from node.deadletters import replay
 from store.deadletters import DEAD, REPLAYED, REPLAYING
+from supervisor import Crash
 
 if TYPE_CHECKING:
     from node import Node
 
 log = logging.getLogger(__name__)
 
-BROADCAST_KEY = "all"
 MAX_REPLY_BYTES = 1 << 20
 MAX_TOP = 1000
 ASK_TIMEOUT = 2.0
@@ -56,21 +56,6 @@ ENTITY_CHILDREN = 20  # live entities listed under `entities` in a tree (a node 
 MAX_EVENTS = 50  # recent events an inspect may carry
 MUTATING = frozenset({"restart", "stop", "crash", "dlq_replay", "dlq_purge"})
 MAX_LETTERS = 1000
-
-
-def control_exchange(prefix: str) -> str:
-    """The control exchange of a deployment (topic)."""
-    return f"{prefix}.control"
-
-
-def control_queue(prefix: str, node_name: str) -> str:
-    """A node's own control queue."""
-    return f"{prefix}.control.{node_name}"
-
-
-def node_key(node_name: str) -> str:
-    """The routing key that reaches exactly one node."""
-    return f"node.{node_name}"
 
 
 class ControlError(Exception):
@@ -89,8 +74,9 @@ class ControlService(ReconnectingService):
         self._node = node
         s = node.settings
         self._operators = frozenset(s.control.operators)
-        self._exchange = control_exchange(s.broker.prefix)
-        self._queue = control_queue(s.broker.prefix, s.node_name)
+        topo = node.topology
+        self._exchange = topo.control_exchange
+        self._queue = topo.control_queue(s.node_name)
         self.started_at = time.time()
         self.answered = 0
         self.refused = 0
@@ -108,7 +94,7 @@ class ControlService(ReconnectingService):
             ch.exchange_declare(self._exchange, exchange_type="topic", durable=True)
             ch.queue_declare(self._queue, exclusive=True, auto_delete=True,
                              arguments={"x-max-length": 1000, "x-overflow": "drop-head"})
-            for key in (node_key(self._node.settings.node_name), BROADCAST_KEY):
+            for key in (control_key(self._node.settings.node_name), control_key(None)):
                 ch.queue_bind(self._queue, self._exchange, routing_key=key)
             ch.basic_qos(prefetch_count=16)
             ch.basic_consume(self._queue, self._on_request, auto_ack=True)

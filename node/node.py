@@ -25,7 +25,7 @@ from typing import Any
 
 import pykka
 
-from actors.base import EntityContext, Handle, ReportFailure
+from actors.base import EntityContext, Handle
 from actors.channels import SmtpChannel
 from actors.directory import Directory
 from actors.notifier import NotifierActor
@@ -34,14 +34,10 @@ from actors.policy import CancellationPolicy, Lifecycle
 from actors.search import MAX_WAITING, SearchActor
 from actors.timers import TimerService
 from broker.base import Broker, Delivery
-from broker.deadletters import DeadLetterRecorder
 from broker.membership import Membership, PartitionIntake
 from broker.rabbitmq import RabbitBroker
-from broker.relay import Relay
-from broker.topology import Topology
+from broker.topology import topology_of
 from config import Settings, SupervisorSettings
-from console.control import ControlService, safe_tree, tree_restarts  # operator console
-from console.metrics import MetricsServer, NodeGauges, NodeMetrics  # operator console
 from messages import (
     BadInput,
     CommandResult,
@@ -54,6 +50,10 @@ from messages import (
     spec_for,
 )
 from messages.base import ID_PATTERN
+from node.control import ControlService, safe_tree, tree_restarts
+from node.deadletters import DeadLetterRecorder
+from node.metrics import MetricsServer, NodeGauges, NodeMetrics
+from node.relay import Relay
 from store import EventStore, StoreWriter, make_engine
 from store.deadletters import DeadLetterBook
 from supervisor import (
@@ -63,6 +63,7 @@ from supervisor import (
     Child,
     ChildSpec,
     Intensity,
+    ReportFailure,
     Restart,
     Strategy,
     service_child,
@@ -107,14 +108,6 @@ def backoff_of(s: SupervisorSettings) -> Backoff | None:
     if s.backoff_min is None:
         return None
     return Backoff(min=s.backoff_min, max=s.backoff_max, jitter=s.backoff_jitter)
-
-
-def topology_of(settings: Settings) -> Topology:
-    """The broker topology a node with these settings uses."""
-    b = settings.broker
-    return Topology(prefix=b.prefix, queue_max_length=b.queue_max_length,
-                    dead_letter_max_length=b.dead_letter_max_length,
-                    delivery_limit=b.delivery_limit, partitions=b.partitions)
 
 
 class Node:
@@ -193,7 +186,7 @@ class Node:
             address_of=lambda who: f"{who}@{domain}", poll_interval=n.poll_seconds)
         self.counters = Counters()
         self.consumers: dict[str, Any] = {}
-        self.metrics = NodeMetrics(settings.node_name, self._gauges)  # operator console
+        self.metrics = NodeMetrics(settings.node_name, self._gauges)
         self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
                                intensity=intensity_of(sup.root),
                                handler_timeout=sup.handler_timeout_seconds)

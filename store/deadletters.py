@@ -1,7 +1,7 @@
 """The book of dead letters: each one recorded in the store as it lands.
 
 The dead-letter queue is only the landing place: every node's recorder
-(:mod:`broker.deadletters`) moves each letter into ``dead_letters`` and acks it.
+(:mod:`node.deadletters`) moves each letter into ``dead_letters`` and acks it.
 Reading the book is a ``SELECT``, so an operator may list and show as often as they
 like without raising a delivery count or reordering anything; only replay and purge
 write, and both are explicit.

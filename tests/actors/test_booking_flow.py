@@ -296,8 +296,8 @@ def test_a_handled_crash_is_one_warning_line_with_the_traceback_at_debug(
         caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from actors.base import Crash
     from console.cli import _logging
+    from supervisor import Crash
 
     _logging("INFO")  # as `staybook serve` configures it
     add(producer)

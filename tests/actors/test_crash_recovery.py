@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from actors.apartment import Apartment, evolve
-from actors.base import Crash, InjectedCrash
 from broker.memory import MemoryBroker
 from messages import (
     AcceptReservation,
@@ -35,6 +34,7 @@ from messages import (
 )
 from node import Node
 from store.tables import inbox_table
+from supervisor import Crash, InjectedCrash
 from tests.conftest import TODAY, MemoryProducer, day, make_settings, recorded_dead_letters
 
 RETRIES = 2

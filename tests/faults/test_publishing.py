@@ -21,9 +21,9 @@ from sqlalchemy import Engine, insert, select
 
 from broker.base import Outgoing
 from broker.rabbitmq import AsyncConfirmPublisher, PublishFailed, RabbitBroker, wait_for_broker
-from broker.relay import Relay
 from broker.topology import Topology
 from messages import new_id
+from node.relay import Relay
 from store import StoreWriter, make_engine
 from store.tables import outbox_table
 

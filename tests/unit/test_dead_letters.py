@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import Engine, select
 
 from broker.base import DEAD_ID_HEADER, QUEUE_HEADER, REASON_HEADER, Outgoing
-from broker.deadletters import REPLAYED_HEADER, DeadLetterRecorder, letter_of, replay
 from broker.memory import MemoryBroker
 from messages import Consumer
+from node.deadletters import REPLAYED_HEADER, DeadLetterRecorder, letter_of, replay
 from store.deadletters import DEAD, REPLAYED, REPLAYING, BookFull, DeadLetterBook, Letter
 from store.tables import dead_letters_table
 from tests.conftest import eventually

@@ -12,17 +12,20 @@ from typing import Any
 import pykka
 import pytest
 
-from actors.base import Failure, Link, ReportFailure, SupervisedActor
 from supervisor import (
     BRUTAL,
     ActorChild,
     Application,
     Backoff,
     ChildSpec,
+    Failure,
     Intensity,
+    Link,
+    ReportFailure,
     Restart,
     Shutdown,
     Strategy,
+    SupervisedActor,
     Supervisor,
     supervisor_child,
 )

@@ -1,0 +1,44 @@
+"""The layer order of docs/architecture.md holds: import-linter's contracts, and the
+supervision runtime (a module, which import-linter cannot take as a root) imports
+nothing of the application."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = {"actors", "broker", "config", "console", "messages", "node", "store", "bench", "tests"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    """The top-level names a module imports, anywhere in it (functions included)."""
+    roots: set[str] = set()
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Import):
+            roots |= {a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+            roots.add(n.module.split(".")[0])
+    return roots
+
+
+def test_the_supervision_runtime_knows_no_application() -> None:
+    roots = imported_roots(ROOT / "supervisor.py")
+    assert not roots & APP, roots & APP
+    assert roots - {"__future__"} <= set(sys.stdlib_module_names) | {"pykka"}, roots
+
+
+def test_imported_roots_sees_imports_inside_functions(tmp_path: Path) -> None:
+    mod = tmp_path / "m.py"
+    mod.write_text("import os\n\ndef f():\n    from node import Node\n    return Node\n")
+    assert imported_roots(mod) == {"os", "node"}
+
+
+def test_the_import_contracts_are_kept() -> None:
+    lint = Path(sys.executable).parent / "lint-imports"
+    done = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "0 broken" in done.stdout
