@@ -15,16 +15,16 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any, ClassVar, Generic, TypeVar
 
 import pykka
 
-from actors.policy import Lifecycle
 from broker.base import Delivery
 from messages.base import Envelope, InvalidMessage, Message
 from messages.events import CommandRejected, ReservationRejected
 from messages.replies import CommandResult, Status, with_position
+from rules.clock import Clock, wall_clock
+from rules.policy import Lifecycle
 from store import (
     Commit,
     ConcurrencyError,
@@ -73,7 +73,7 @@ class EntityContext:
         store: reads (rehydration, inbox).
         writer: the group-committing writer.
         max_stay_nights: a rule parameter.
-        today: the clock the rules use (injectable for tests).
+        clock: the rules' one clock (``now``; today is its date), injectable.
         inject: a fault-injection hook called before ``decide`` (drills and tests
             make it raise to crash the actor on chosen messages); None in production.
     """
@@ -81,7 +81,7 @@ class EntityContext:
     store: EventStore
     writer: StoreWriter
     max_stay_nights: int = 30
-    today: Callable[[], date] = date.today
+    clock: Clock = wall_clock
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     inject: Callable[[str, Envelope], None] | None = None
 

@@ -36,12 +36,12 @@ from typing import Any
 
 import pykka
 
-from actors import apartment, booking
 from actors.apartment import ApartmentActor
 from actors.base import EntityActor, EntityContext, Handle
 from actors.booking import ReservationActor
 from broker.base import Delivery
 from messages import CommandResult, Envelope, Message, Status
+from rules import apartment, reservation
 from store import EventStore
 from supervisor import (
     Backoff,
@@ -65,7 +65,7 @@ POISON = "poison"
 # Each kind's pure rules: its empty state and its fold, for read-only rehydration.
 _FOLDS: dict[str, tuple[Callable[[str], Any], Callable[[Any, Message], Any]]] = {
     "apartment": (lambda key: apartment.Apartment(apartment_id=key), apartment.evolve),
-    "reservation": (lambda key: booking.Reservation(reservation_id=key), booking.evolve),
+    "reservation": (lambda key: reservation.Reservation(reservation_id=key), reservation.evolve),
 }
 
 

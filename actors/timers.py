@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -39,6 +39,7 @@ from messages import (
     ReservationRequested,
     spec_of,
 )
+from rules.clock import Clock, wall_clock
 from store import Commit, StoreWriter
 from store.tables import outbox_table, timers_table
 from store.writer import Effect
@@ -140,7 +141,7 @@ class TimerService(PollingService):
 
     def __init__(self, engine: Engine, writer: StoreWriter, *, poll_interval: float = 0.5,
                  refire_after: float = 30.0, batch: int = 100,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Clock = wall_clock) -> None:
         super().__init__("timers", poll_interval)
         self._engine = engine
         self._writer = writer

@@ -22,6 +22,7 @@ from broker.memory import MemoryBroker
 from config import Settings
 from messages import AddApartment, Envelope, RequestReservation
 from node import Node
+from rules.clock import pinned
 from supervisor import Crash
 from tests.conftest import TODAY, MemoryProducer, day
 
@@ -36,7 +37,7 @@ def measure(crashes: int, history: int, tmp: Path) -> dict[str, dict[str, float]
     settings = Settings(database_url=f"sqlite:///{tmp / 'restart.db'}")
     # The drill crashes on purpose, faster than the default intensity allows.
     settings.supervision.entities.max_restarts = 10 * crashes
-    node = Node(settings, broker=MemoryBroker(), today=lambda: TODAY)
+    node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
     node.start()
     try:
         assert isinstance(node.broker, MemoryBroker)

@@ -16,7 +16,6 @@ One client is one connection: use it from one thread only (pika is not thread-sa
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -218,8 +217,3 @@ class Client:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def reply_json(env: Envelope) -> str:
-    """A reply's payload as indented JSON."""
-    return json.dumps(env.payload.model_dump(mode="json"), indent=2)

@@ -72,11 +72,10 @@ class StoreSettings(BaseModel):
 
 
 class ActorSettings(BaseModel):
-    """Bounds on live entity actors and on how long anyone waits for one."""
+    """Bounds on live entity actors, and the rules' stay limit."""
 
     max_live: int = Field(10_000, ge=1)
     idle_seconds: float = Field(300.0, gt=0)
-    ask_timeout: float = Field(5.0, gt=0)
     max_stay_nights: int = Field(30, ge=1)
 
 

@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pykka
@@ -30,7 +30,6 @@ from actors.channels import SmtpChannel
 from actors.directory import Directory
 from actors.notifier import NotifierActor
 from actors.payment import PaymentActor, PaymentGateway, SimulatedGateway
-from actors.policy import CancellationPolicy, Lifecycle
 from actors.search import MAX_WAITING, SearchActor
 from actors.timers import TimerService
 from broker.base import Broker, Delivery
@@ -54,6 +53,8 @@ from node.control import ControlService, safe_tree, tree_restarts
 from node.deadletters import DeadLetterRecorder
 from node.metrics import MetricsServer, NodeGauges, NodeMetrics
 from node.relay import Relay
+from rules.clock import Clock, wall_clock
+from rules.policy import CancellationPolicy, Lifecycle
 from store import EventStore, StoreWriter, make_engine
 from store.deadletters import DeadLetterBook
 from supervisor import (
@@ -117,13 +118,13 @@ class Node:
         settings: configuration.
         broker: the broker (RabbitMQ from ``settings`` when None).
         gateway: the payment gateway (the simulated one when None).
-        today: the rules' clock.
+        clock: the rules' one clock (tests pin its date with ``rules.clock.pinned``).
         inject: a fault-injection hook for entity actors (drills and tests only).
     """
 
     def __init__(self, settings: Settings, *, broker: Broker | None = None,
                  gateway: PaymentGateway | None = None,
-                 today: Callable[[], date] = date.today,
+                 clock: Clock = wall_clock,
                  inject: Callable[[str, Envelope], None] | None = None) -> None:
         self.settings = settings
         self.broker = broker or RabbitBroker(
@@ -170,7 +171,7 @@ class Node:
         sup = settings.supervision
         self.directory = Directory(
             EntityContext(self.store, self.writer, max_stay_nights=a.max_stay_nights,
-                          today=today, inject=inject, lifecycle=lifecycle),
+                          clock=clock, inject=inject, lifecycle=lifecycle),
             max_live=a.max_live, idle_seconds=a.idle_seconds,
             intensity=intensity_of(sup.entities), backoff=backoff_of(sup.entities),
             poison_retries=sup.poison_retries, handler_timeout=sup.handler_timeout_seconds)
@@ -178,7 +179,7 @@ class Node:
                                                                   "search")}
         self.timers = TimerService(self.engine, self.writer,
                                    poll_interval=lc.timer_poll_seconds,
-                                   refire_after=lc.timer_refire_seconds)
+                                   refire_after=lc.timer_refire_seconds, clock=clock)
         n = settings.notify
         domain = n.email_domain
         self.smtp: SmtpChannel | None = None if n.smtp_host is None else SmtpChannel(

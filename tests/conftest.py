@@ -27,6 +27,7 @@ from config import RABBITMQ_PLUGINS_FILE, Settings
 from console.localdb import PG_CTL_WRAPPER
 from messages import Envelope, Kind, Message
 from node import Node
+from rules.clock import pinned
 from store import make_engine
 from store.deadletters import Recorded
 
@@ -188,7 +189,7 @@ class MemoryProducer:
 @pytest.fixture
 def memory_node(tmp_path: Path) -> Iterator[Node]:
     """A started node on the in-memory broker, with today fixed to TODAY."""
-    node = Node(make_settings(tmp_path), broker=MemoryBroker(), today=lambda: TODAY)
+    node = Node(make_settings(tmp_path), broker=MemoryBroker(), clock=pinned(TODAY))
     node.start()
     yield node
     node.stop()

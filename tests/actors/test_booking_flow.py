@@ -23,6 +23,7 @@ from messages import (
     SearchApartments,
 )
 from node import Node
+from rules.clock import pinned
 from store.tables import events_table, gateway_charges_table
 from tests.conftest import MemoryProducer, day, eventually, recorded_dead_letters
 
@@ -172,7 +173,7 @@ def test_live_actors_are_capped(tmp_path: object) -> None:
     from tests.conftest import TODAY, make_settings
     settings = make_settings(Path(str(tmp_path)))
     settings.actors.max_live = 5
-    node = Node(settings, broker=MemoryBroker(), today=lambda: TODAY)
+    node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
     node.start()
     try:
         assert isinstance(node.broker, MemoryBroker)

@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from actors.apartment import Apartment, evolve
 from broker.memory import MemoryBroker
 from messages import (
     AcceptReservation,
@@ -33,6 +32,8 @@ from messages import (
     RequestReservation,
 )
 from node import Node
+from rules.apartment import Apartment, evolve
+from rules.clock import pinned
 from store.tables import inbox_table
 from supervisor import Crash, InjectedCrash
 from tests.conftest import TODAY, MemoryProducer, day, make_settings, recorded_dead_letters
@@ -62,7 +63,7 @@ def faulty(tmp_path: Path) -> Iterator[tuple[Node, MemoryProducer, FaultPlan]]:
     plan = FaultPlan()
     settings_ = make_settings(tmp_path)
     settings_.supervision.poison_retries = RETRIES
-    node = Node(settings_, broker=MemoryBroker(), today=lambda: TODAY, inject=plan)
+    node = Node(settings_, broker=MemoryBroker(), clock=pinned(TODAY), inject=plan)
     node.start()
     assert isinstance(node.broker, MemoryBroker)
     yield node, MemoryProducer(node.broker), plan
@@ -175,7 +176,7 @@ def run(tmp: Path, steps: list[tuple[Envelope, str, int, bool]], *, faults: bool
     plan = FaultPlan()
     s = make_settings(tmp)
     s.supervision.poison_retries = RETRIES
-    node = Node(s, broker=MemoryBroker(), today=lambda: TODAY, inject=plan if faults else None)
+    node = Node(s, broker=MemoryBroker(), clock=pinned(TODAY), inject=plan if faults else None)
     node.start()
     try:
         assert isinstance(node.broker, MemoryBroker)

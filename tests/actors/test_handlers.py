@@ -32,6 +32,7 @@ from messages import (
     SearchApartments,
 )
 from node import Node
+from rules.clock import pinned
 from store import make_engine
 from store.tables import gateway_charges_table, inbox_table
 from tests.conftest import TODAY, MemoryProducer, day, eventually, make_settings
@@ -154,7 +155,7 @@ def declining_node(tmp_path: Path) -> Iterator[Node]:
     """A node whose simulated gateway declines every charge."""
     settings = make_settings(tmp_path)
     settings.payment.decline_rate = 1.0
-    node = Node(settings, broker=MemoryBroker(), today=lambda: TODAY)
+    node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
     node.start()
     yield node
     node.stop()

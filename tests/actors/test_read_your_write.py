@@ -29,6 +29,7 @@ from messages import (
 )
 from messages.commands import MAX_WAIT_MS
 from node import Node
+from rules.clock import pinned
 from store import Commit
 from store.tables import events_table, inbox_table
 from tests.conftest import TODAY, MemoryProducer, day, eventually, make_settings
@@ -182,7 +183,7 @@ def test_a_producer_reads_its_own_writes(
 def test_queries_waiting_at_once_are_bounded(tmp_path: Path) -> None:
     """Parked queries hold unacked deliveries: at most half the handlers' prefetch."""
     node = Node(make_settings(tmp_path, broker={"handler_prefetch": 4}), broker=MemoryBroker(),
-                today=lambda: TODAY)
+                clock=pinned(TODAY))
     node.start()
     try:
         assert isinstance(node.broker, MemoryBroker)

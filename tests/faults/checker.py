@@ -33,10 +33,10 @@ import pika
 from pika.exceptions import AMQPError
 from sqlalchemy import create_engine, select
 
-from actors.apartment import Apartment, StayStatus, evolve
 from broker.base import DEAD_ID_HEADER, REASON_HEADER
 from broker.rabbitmq import connection_parameters
 from messages import Envelope
+from rules.apartment import Apartment, StayStatus, evolve
 from store.tables import (
     dead_letters_table,
     events_table,

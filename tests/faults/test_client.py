@@ -22,6 +22,7 @@ from broker.rabbitmq import wait_for_broker
 from broker.topology import Topology
 from messages import AddApartment, Envelope, RequestReservation, new_id
 from node import Node
+from rules.clock import pinned
 from tests.conftest import TODAY, day, make_settings
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ def live_node(rabbitmq_proc: Any, tmp_path: Path) -> Iterator[tuple[Node, str]]:
     settings.broker.url = url
     settings.broker.prefix = f"cl{new_id()[:10]}"
     settings.broker.reconnect_max_delay = 0.5
-    node = Node(settings, today=lambda: TODAY)
+    node = Node(settings, clock=pinned(TODAY))
     node.start()
     yield node, url
     node.stop()

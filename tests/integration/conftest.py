@@ -18,6 +18,7 @@ from broker.client import Client
 from broker.rabbitmq import wait_for_broker
 from messages import new_id
 from node import Node
+from rules.clock import pinned
 from tests.conftest import TODAY, make_settings
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ def node_factory(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]
         settings = make_settings(tmp_path, **overrides)
         settings.broker.url = amqp_url
         settings.broker.prefix = prefix
-        node = Node(settings, today=lambda: TODAY)
+        node = Node(settings, clock=pinned(TODAY))
         node.start()
         nodes.append(node)
         return node

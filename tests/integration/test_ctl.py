@@ -21,6 +21,7 @@ from console.cli import app
 from console.ctl import ControlClient
 from messages import AddApartment, Envelope, new_id
 from node import Node
+from rules.clock import pinned
 from tests.conftest import TODAY, make_settings
 from tests.integration.conftest import _delete_prefix
 
@@ -220,7 +221,7 @@ def flaky(amqp_url: str, tmp_path: Path) -> Iterator[tuple[Node, threading.Event
     settings = make_settings(tmp_path, supervision={"poison_retries": 0})
     settings.broker.url = amqp_url
     settings.broker.prefix = f"t{new_id()[:8]}"
-    node = Node(settings, today=lambda: TODAY, inject=inject)
+    node = Node(settings, clock=pinned(TODAY), inject=inject)
     node.start()
     try:
         yield node, broken
@@ -307,7 +308,7 @@ def test_provisioned_roles_run_a_node_and_keep_producers_off_control_and_events(
     settings = make_settings(tmp_path, control={"operators": [op.user]})
     settings.broker.url = amqp_url.replace("guest:guest", f"{nd.user}:nd-pw")
     settings.broker.prefix = prefix
-    node = Node(settings, today=lambda: TODAY)  # runs as the provisioned node user
+    node = Node(settings, clock=pinned(TODAY))  # runs as the provisioned node user
     node.start()
     wait_control(node)
     try:

@@ -7,7 +7,6 @@ from functools import reduce
 
 import pytest
 
-from actors.apartment import Apartment, Rules, StayStatus, decide, evolve
 from messages import (
     AcceptReservation,
     AddApartment,
@@ -22,6 +21,7 @@ from messages import (
     ReservationRejected,
     ReservationRequested,
 )
+from rules.apartment import Apartment, Rules, StayStatus, decide, evolve
 from tests.conftest import TODAY, day
 
 RULES = Rules(today=TODAY, max_stay_nights=30)

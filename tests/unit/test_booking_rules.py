@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import reduce
 
-from actors.booking import Reservation, Status, decide, evolve
 from messages import (
     Message,
     PaymentFailed,
@@ -14,6 +13,7 @@ from messages import (
     ReservationConfirmed,
     ReservationRejected,
 )
+from rules.reservation import Reservation, Status, decide, evolve
 from tests.conftest import day
 
 ACCEPTED = ReservationAccepted(reservation_id="r1", guest_id="g", owner_id="o", start=day(1),

@@ -9,10 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors import booking
-from actors.apartment import Apartment, Rules, StayStatus, decide, evolve
 from actors.notifier import notes_for
-from actors.policy import CancellationPolicy
 from actors.timers import expiry_timer_id, timer_effects
 from messages import (
     AcceptReservation,
@@ -49,6 +46,9 @@ from messages import (
     UpdateApartment,
     WithdrawRequest,
 )
+from rules import reservation as booking
+from rules.apartment import Apartment, Rules, StayStatus, decide, evolve
+from rules.policy import CancellationPolicy
 from tests.conftest import TODAY, day
 
 NOW = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
