@@ -22,8 +22,6 @@ from tests.conftest import eventually
 DEADLINE = 10.0
 
 
-
-
 def make_broker(*, queue_max_length: int = 1_000, dead_letter_max_length: int = 1_000,
                 delivery_limit: int = 5) -> MemoryBroker:
     b = MemoryBroker(Topology(queue_max_length=queue_max_length,
@@ -163,7 +161,10 @@ def test_unacked_messages_do_not_count_toward_the_max_length() -> None:
         b.publish(msg(topo.commands_exchange, "a", b"0"))
         b.publish(msg(topo.commands_exchange, "a", b"1"))
         held = [taker.take(), taker.take()]  # both unacked, none ready
-        b.publish(msg(topo.commands_exchange, "a", b"2"))
+        # Two in the queue, at its max length, yet this is taken (QueueFull otherwise).
+        assert b.publish(msg(topo.commands_exchange, "a", b"2"))
+        assert b.depth(topo.queue(Consumer.INTAKE)) == 3
+        assert taker.take().body == b"2"
         for d in held:
             d.ack()
     finally:
