@@ -51,7 +51,8 @@ def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Path) -> None:
     assert code == 1
     assert out == ""
     assert err.strip() == (f"error: cannot read the revision of sqlite:///{path}: "
-                           f"no SQLite database at {path}")
+                           f"no SQLite database at {path} (set STAYBOOK_DATABASE_URL, "
+                           "or create it: staybook db upgrade)")
     assert not path.exists()
 
 
