@@ -35,16 +35,19 @@ postgresql:
 	  echo "installing postgresql from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-test: $(BIN)/staybook rabbitmq postgresql
+# CI runs this (.ci/run): the lint first, then every test.
+test: $(BIN)/staybook rabbitmq postgresql lint
 	$(BIN)/pytest
 
 unit: $(BIN)/staybook postgresql
 	$(BIN)/pytest tests/unit tests/actors
 
+# ruff, mypy --strict, and tests/lint_tests.py: no test that cannot fail.
 lint: $(BIN)/staybook
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports
+	$(BIN)/python -m tests.lint_tests
 
 bench: $(BIN)/staybook rabbitmq
 	$(BIN)/python -m bench.throughput

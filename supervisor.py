@@ -562,6 +562,8 @@ class Supervisor(SupervisedActor):
             abandoned and restarted (None: never).
         scheduler: runs delayed restarts (backoff).
         rng: jitter source.
+        clock: seconds, for each child's uptime (monotonic: a wall-clock step does not
+            make an uptime jump or go negative).
     """
 
     def __init__(
@@ -576,6 +578,7 @@ class Supervisor(SupervisedActor):
         handler_timeout: float | None = None,
         scheduler: Scheduler | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(name, report)
         self.strategy = strategy
@@ -585,6 +588,7 @@ class Supervisor(SupervisedActor):
         self._handler_timeout = handler_timeout
         self._scheduler = scheduler or ThreadScheduler()
         self._rng = rng or random.Random()
+        self._clock = clock
         self._generation = 0
         self._stopping = threading.Event()
 
@@ -623,7 +627,7 @@ class Supervisor(SupervisedActor):
     def _start(self, st: _State) -> None:
         st.link = Link(self._report_to_me)
         st.child = st.spec.start(st.link)
-        st.started_at = time.time()
+        st.started_at = self._clock()
         st.status = "running"
 
     def _stop_range(self, lo: int, hi: int) -> None:
@@ -769,7 +773,7 @@ class Supervisor(SupervisedActor):
                 "restart": st.spec.restart.value,
                 "status": st.status,
                 "restarts": st.restarts,
-                "uptime": round(time.time() - st.started_at, 1) if st.child else 0.0,
+                "uptime": round(self._clock() - st.started_at, 1) if st.child else 0.0,
                 "last_failure": None if st.last_failure is None else {
                     "type": st.last_failure.error_type,
                     "message": st.last_failure.message,

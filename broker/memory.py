@@ -3,14 +3,19 @@
 Exchanges (topic '#', fanout, default), bounded queues with reject-publish, manual
 acks, prefetch, requeue with a delivery limit, dead-lettering, and reply queues. It
 serves the unit and actor tests, which need no RabbitMQ.
+
+Like :class:`broker.rabbitmq.RabbitConsumer`, a consumer settles its deliveries on its
+own thread: ``ack``/``requeue``/``dead_letter`` from another thread enqueue the work
+and return, so the actor tests exercise the same cross-thread handoff as production.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,14 +141,18 @@ class MemoryBroker(Broker):
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
         drain_seconds: float | None = None,
     ) -> _MemoryConsumer:
-        """A consumer thread for ``queue`` (it has nothing to drain: settling is local)."""
+        """A consumer thread for ``queue`` that settles its deliveries itself.
+
+        ``drain_seconds`` is not modelled: a settle that comes after the consumer
+        stopped is applied on the caller's thread instead of being lost.
+        """
         return _MemoryConsumer(self, queue, on_delivery, prefetch, name)
 
     def publisher(self) -> Publisher:
         """A publisher whose confirms are immediate."""
         return _MemoryPublisher(self)
 
-    # Called by deliveries, under no lock.
+    # Called on a consumer's thread (or the caller's, once it stopped), under no lock.
     def _settle(self, queue: str, msg: _Message, *, requeue: bool) -> None:
         with self._lock:
             q = self._queues[queue]
@@ -176,7 +185,9 @@ class MemoryBroker(Broker):
 
 
 class _MemoryDelivery(Delivery):
-    def __init__(self, broker: MemoryBroker, queue: str, msg: _Message) -> None:
+    """A delivery whose settling runs on its consumer's thread (see ``_submit``)."""
+
+    def __init__(self, consumer: _MemoryConsumer, queue: str, msg: _Message) -> None:
         out = msg.out
         super().__init__(
             out.body,
@@ -189,25 +200,37 @@ class _MemoryDelivery(Delivery):
             exchange=out.exchange,
             routing_key=out.routing_key,
         )
-        self._broker = broker
+        self._consumer = consumer
+        self._broker = consumer._broker
         self._msg = msg
 
     def _ack(self, reply: bytes | None) -> None:
-        if reply is not None:
-            self._broker.publish(self.reply_outgoing(reply))
-        self._broker._settle(self.queue, self._msg, requeue=False)
+        self._consumer._submit(lambda: self._do_ack(reply))
 
     def _requeue(self) -> None:
-        self._broker._settle(self.queue, self._msg, requeue=True)
+        self._consumer._submit(self._do_requeue)
 
     def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
+        self._consumer._submit(lambda: self._do_dead_letter(headers, reply))
+
+    # The work itself, on the consumer's thread.
+    def _do_ack(self, reply: bytes | None) -> None:
+        if reply is not None:
+            with contextlib.suppress(QueueFull):  # RabbitMQ drops it too; the ack stands
+                self._broker.publish(self.reply_outgoing(reply))
+        self._broker._settle(self.queue, self._msg, requeue=False)
+
+    def _do_requeue(self) -> None:
+        self._broker._settle(self.queue, self._msg, requeue=True)
+
+    def _do_dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
         dlx = self._broker.topology.dead_letter_exchange
         try:
             self._broker.publish(self._dead_copy(dlx, headers))
         except QueueFull:
-            self._requeue()  # not dead-lettered: give it back rather than lose it
+            self._do_requeue()  # not dead-lettered: give it back rather than lose it
             return
-        self._ack(reply)
+        self._do_ack(reply)
 
     def _dead_copy(self, dlx: str, headers: dict[str, Any]) -> Outgoing:
         return Outgoing(
@@ -222,6 +245,14 @@ class _MemoryDelivery(Delivery):
 
 
 class _MemoryConsumer:
+    """Hands out deliveries and settles them, both on its own thread.
+
+    Settles from other threads go on ``_settles`` (guarded by the broker's lock, whose
+    condition wakes the thread) and run between deliveries. Once the thread has
+    drained them and stopped accepting (on stop), a settle runs on the caller's
+    thread: late, but never lost.
+    """
+
     def __init__(
         self, broker: MemoryBroker, queue: str, on_delivery: OnDelivery, prefetch: int, name: str
     ) -> None:
@@ -232,9 +263,13 @@ class _MemoryConsumer:
         self._prefetch = prefetch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settles: deque[Callable[[], None]] = deque()
+        self._accepting = False  # the thread will run what is put on _settles
 
     def start(self) -> None:
         self._stop.clear()
+        with self._broker._lock:
+            self._accepting = True
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -248,22 +283,59 @@ class _MemoryConsumer:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` (a settle) on this consumer's thread; at once if called there."""
+        if threading.current_thread() is self._thread:
+            work()
+            return
+        with self._broker._lock:
+            if self._accepting:
+                self._settles.append(work)
+                self._broker._lock.notify_all()
+                return
+        work()  # stopped (or never started): settle here rather than lose it
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every settle submitted before this call has run; False on timeout.
+
+        A fence for tests: what a settle did (acked, requeued, dead-lettered, replied)
+        is visible once this returns True.
+        """
+        done = threading.Event()
+        self._submit(done.set)
+        return done.wait(timeout)
+
+    def _drain(self) -> None:
+        while self._settles:
+            self._settles.popleft()()
+
     def _run(self) -> None:
         b = self._broker
-        while not self._stop.is_set():
-            with b._lock:
-                q = b._queues[self._queue]
+        try:
+            while not self._stop.is_set():
+                self._drain()
+                with b._lock:
+                    q = b._queues[self._queue]
 
-                def ready(q: _Queue = q) -> bool:
-                    return self._stop.is_set() or (bool(q.ready) and q.unacked < self._prefetch)
+                    def ready(q: _Queue = q) -> bool:
+                        return (self._stop.is_set() or bool(self._settles)
+                                or (bool(q.ready) and q.unacked < self._prefetch))
 
-                b._lock.wait_for(ready, 0.5)
-                if self._stop.is_set() or not q.ready or q.unacked >= self._prefetch:
-                    continue
-                msg = q.ready.popleft()
-                msg.deliveries += 1
-                q.unacked += 1
-            self._on_delivery(_MemoryDelivery(b, self._queue, msg))
+                    b._lock.wait_for(ready, 0.5)
+                    if (self._stop.is_set() or self._settles or not q.ready
+                            or q.unacked >= self._prefetch):
+                        continue
+                    msg = q.ready.popleft()
+                    msg.deliveries += 1
+                    q.unacked += 1
+                self._on_delivery(_MemoryDelivery(self, self._queue, msg))
+        finally:
+            while True:  # settle what was submitted, then let late settles run in place
+                self._drain()
+                with b._lock:
+                    if not self._settles:
+                        self._accepting = False
+                        break
 
 
 class _MemoryPublisher(Publisher):

@@ -21,7 +21,20 @@ from node import Node
 from rules.clock import pinned
 from tests.conftest import TODAY, make_settings
 
-pytestmark = pytest.mark.integration
+_HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under this directory ``integration``.
+
+    A ``pytestmark`` in a conftest is ignored (it only works in test modules), and
+    this hook sees the whole session's items, so it marks by path. ``tryfirst``: the
+    marks must be on before ``-m`` deselects.
+    """
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

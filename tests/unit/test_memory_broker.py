@@ -22,8 +22,6 @@ from tests.conftest import eventually
 DEADLINE = 10.0
 
 
-
-
 def make_broker(*, queue_max_length: int = 1_000, dead_letter_max_length: int = 1_000,
                 delivery_limit: int = 5) -> MemoryBroker:
     b = MemoryBroker(Topology(queue_max_length=queue_max_length,
@@ -163,7 +161,10 @@ def test_unacked_messages_do_not_count_toward_the_max_length() -> None:
         b.publish(msg(topo.commands_exchange, "a", b"0"))
         b.publish(msg(topo.commands_exchange, "a", b"1"))
         held = [taker.take(), taker.take()]  # both unacked, none ready
-        b.publish(msg(topo.commands_exchange, "a", b"2"))
+        # Two in the queue, at its max length, yet this is taken (QueueFull otherwise).
+        assert b.publish(msg(topo.commands_exchange, "a", b"2"))
+        assert b.depth(topo.queue(Consumer.INTAKE)) == 3
+        assert taker.take().body == b"2"
         for d in held:
             d.ack()
     finally:
@@ -203,7 +204,7 @@ def test_a_consumer_holds_at_most_prefetch_unsettled_deliveries(broker: MemoryBr
             d.ack()
         assert bodies == [f"{i}".encode() for i in range(12)]  # in order
         assert high_water <= 3
-        assert broker.depth(topo.queue(Consumer.INTAKE)) == 0
+        eventually(lambda: broker.depth(topo.queue(Consumer.INTAKE)) == 0)
     finally:
         c.stop()
 
@@ -332,9 +333,55 @@ def test_a_delivery_settles_once(broker: MemoryBroker, intake_taker: Taker) -> N
     late: list[Delivery] = []
     d.on_settled(late.append)  # registered after settling: called at once
     assert late == [d]
+    assert intake_taker.consumer.flush()  # the consumer thread ran every settle it got
     assert broker.depth(intake) == 0  # not -1, not requeued
     assert broker.depth(topo.dead_letter_queue) == 0
     assert intake_taker.deliveries.empty()
+
+
+def test_settles_run_on_the_consumer_thread(
+        broker: MemoryBroker, intake_taker: Taker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like RabbitConsumer, whose channel is not thread-safe: the test thread only asks."""
+    topo = broker.topology
+    threads: list[str] = []
+    settle = broker._settle
+
+    def recording(*args: Any, **kw: Any) -> None:
+        threads.append(threading.current_thread().name)
+        settle(*args, **kw)
+
+    monkeypatch.setattr(broker, "_settle", recording)
+    for body in (b"ack", b"requeue", b"dead"):
+        broker.publish(msg(topo.commands_exchange, "a", body))
+    first, second, third = (intake_taker.take() for _ in range(3))
+    first.ack()
+    second.requeue()
+    third.dead_letter("why", "detail")
+    assert intake_taker.take().body == b"requeue"  # redelivered, so the requeue ran
+    assert intake_taker.consumer.flush()
+    assert threads == [intake_taker.consumer.name] * 3
+    assert broker.depth(topo.dead_letter_queue) == 1
+
+
+def test_settles_around_a_stop_are_not_lost(broker: MemoryBroker) -> None:
+    """One submitted before stop() runs before the thread ends; one after runs in place."""
+    topo = broker.topology
+    intake = topo.queue(Consumer.INTAKE)
+    reply_q = broker.reply_queue()
+    for i in range(2):
+        broker.publish(msg(topo.commands_exchange, "a", f"{i}".encode(), message_id=f"m{i}",
+                           reply_to=reply_q))
+    taker = Taker(broker, intake)
+    taker.consumer.start()
+    before, after = taker.take(), taker.take()
+    before.ack(b"r0")
+    taker.consumer.stop()
+    assert not taker.consumer.is_alive()
+    assert broker.depth(intake) == 1  # the ack before stop() was applied by the thread
+    after.ack(b"r1")
+    assert broker.depth(intake) == 0  # and this one on the caller's thread
+    replies = [broker.get(reply_q, timeout=DEADLINE) for _ in range(2)]
+    assert [r.correlation_id for r in replies if r is not None] == ["m0", "m1"]
 
 
 def test_racing_settlements_have_one_winner(broker: MemoryBroker, intake_taker: Taker) -> None:
@@ -351,6 +398,7 @@ def test_racing_settlements_have_one_winner(broker: MemoryBroker, intake_taker: 
         if d.redelivered:  # a requeue won an earlier race
             redelivered.append(d.body)
             d.ack()
+            assert intake_taker.consumer.flush()
             continue
         raced += 1
         calls: list[Delivery] = []
@@ -370,6 +418,7 @@ def test_racing_settlements_have_one_winner(broker: MemoryBroker, intake_taker: 
             t.start()
         for t in threads:
             t.join()
+        assert intake_taker.consumer.flush()  # the winner's settle has run
         assert len(calls) == 1
         assert broker.depth(dlq) - dead_before in (0, 1)
     while broker.depth(intake) > 0:
