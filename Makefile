@@ -42,7 +42,8 @@ test: $(BIN)/staybook rabbitmq postgresql lint
 unit: $(BIN)/staybook postgresql
 	$(BIN)/pytest tests/unit tests/actors
 
-# ruff, mypy --strict, and tests/lint_tests.py: no test that cannot fail.
+# ruff, mypy --strict, the import contracts (docs/architecture.md), and
+# tests/lint_tests.py: no test that cannot fail.
 lint: $(BIN)/staybook
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
