@@ -8,12 +8,14 @@ store (a failed payment), and commits what they decide.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import ClassVar
 
 from actors.base import EntityActor, EntityContext
-from actors.timers import with_timers
+from actors.timers import timer_effects
 from messages import CancelUnpaidReservation, CommandRejected, Envelope, Message, PaymentFailed
 from rules.apartment import UNAUTHORIZED, Apartment, Rules, decide, evolve
+from store.writer import Effect
 from supervisor import ReportFailure
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,7 @@ class ApartmentActor(EntityActor[Apartment]):
 
     def __init__(self, entity_id: str, key: str, ctx: EntityContext,
                  report: ReportFailure) -> None:
-        super().__init__(entity_id, key, with_timers(ctx), report)
-        # EntityContext gains a ``lifecycle`` field with node wiring; until then, defaults
+        super().__init__(entity_id, key, ctx, report)
         self.lifecycle = ctx.lifecycle
 
     def initial(self) -> Apartment:
@@ -63,6 +64,10 @@ class ApartmentActor(EntityActor[Apartment]):
         if any(isinstance(e.payload, PaymentFailed) for e in stream):
             return frozenset({reservation_id})
         return frozenset()
+
+    def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
+        """The request timers these events start or clear, in the same transaction."""
+        return timer_effects(events)
 
     def apply(self, state: Apartment, event: Message) -> Apartment:
         """Fold one event."""

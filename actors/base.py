@@ -33,6 +33,7 @@ from store import (
     InboxEntry,
     StoreWriter,
 )
+from store.writer import Effect
 from supervisor import Failure, ReportFailure, SupervisedActor
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class EntityActor(SupervisedActor, Generic[S]):
             on_done=lambda exc: self._committed(env, lineage, reply, exc),
             keep_private=1 if self.records_input else 0,
             lineage=lineage,
+            effects=self.effects_for(events),
         )
         with self._lock:
             self._inflight[mid] = [delivery]
@@ -313,6 +315,10 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     def _on_crash(self, failure: Failure) -> None:
         self._give_back()
+
+    def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
+        """Hook: extra statements a commit of ``events`` runs in its transaction (none)."""
+        return ()
 
     def key_apartment(self, env: Envelope) -> str | None:
         """The partition key of the events (the command's apartment)."""

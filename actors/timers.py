@@ -20,13 +20,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
 
-from actors.base import EntityContext
 from messages import (
     Envelope,
     ExpireReservation,
@@ -90,34 +88,6 @@ def _clear(timer_id: str) -> Effect:
     def effect(conn: Connection) -> None:
         conn.execute(delete(timers_table).where(timers_table.c.timer_id == timer_id))
     return effect
-
-
-class _TimerWriter:
-    """Adds each commit's timer statements to it, then hands it to the real writer.
-
-    The entity base builds commits itself; wrapping its writer is how the apartment
-    enlists the timer rows in the same transaction without changing that base.
-    """
-
-    def __init__(self, inner: StoreWriter) -> None:
-        self._inner = inner
-
-    def submit(self, commit: Commit) -> None:
-        """Queue ``commit`` with its timer statements."""
-        extra = timer_effects(commit.events)
-        if extra:
-            commit = replace(commit, effects=[*commit.effects, *extra])
-        self._inner.submit(commit)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def with_timers(ctx: EntityContext) -> EntityContext:
-    """A context whose writer also writes the timers of what is committed."""
-    if isinstance(ctx.writer, _TimerWriter):
-        return ctx
-    return replace(ctx, writer=cast(StoreWriter, _TimerWriter(ctx.writer)))
 
 
 def pending_timers(engine: Engine) -> list[dict[str, Any]]:
@@ -184,6 +154,7 @@ class TimerService(PollingService):
             done.set()
 
         self._writer.submit(Commit(stream_id=None, expected_version=0, effects=effects,
+                                   adds_outbox=True,
                                    on_done=on_done))
         if not done.wait(30):
             raise TimeoutError("timers: the store did not commit in time")

@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -93,9 +92,20 @@ class NodeMetrics:
         self._lock = threading.Lock()
         self.handled = 0
 
-    def measure(self, command_type: str, delivery: Delivery) -> Delivery:
-        """Wrap an intake delivery so its outcome and latency are recorded when settled."""
-        return MeasuredDelivery(delivery, command_type, self)
+    def measure(self, command_type: str, delivery: Delivery) -> None:
+        """Record an intake delivery's outcome and latency when it is settled.
+
+        An observer on the delivery's one settle path: whoever settles it (the actor's
+        commit, a crash, a refusal), the outcome is counted once.
+        """
+        t0 = time.monotonic()
+
+        def settled(d: Delivery) -> None:
+            outcome = _status(d.reply) if d.outcome == "ack" else (
+                "requeued" if d.outcome == "requeue" else "dead_letter")
+            self.record(command_type, outcome, time.monotonic() - t0)
+
+        delivery.on_settled(settled)
 
     def record(self, command_type: str, outcome: str, seconds: float) -> None:
         """Count one settled command."""
@@ -112,55 +122,6 @@ class NodeMetrics:
         if not xs:
             return None
         return xs[min(len(xs) - 1, int(len(xs) * 0.99))]
-
-
-class MeasuredDelivery(Delivery):
-    """A delivery that records its command's outcome when it is settled.
-
-    It owns the settlement (so ``on_settled`` callbacks and ``submitted`` work on it
-    as on any delivery) and passes each settlement to the wrapped delivery.
-    """
-
-    def __init__(self, inner: Delivery, command_type: str, metrics: NodeMetrics) -> None:
-        super().__init__(inner.body, queue=inner.queue, reply_to=inner.reply_to,
-                         correlation_id=inner.correlation_id, message_id=inner.message_id,
-                         redelivered=inner.redelivered, headers=inner.headers,
-                         exchange=inner.exchange, routing_key=inner.routing_key)
-        self._inner = inner
-        self._type = command_type
-        self._metrics = metrics
-        self._t0 = time.monotonic()
-
-    def ack(self, reply: bytes | None = None) -> None:
-        """Record the reply's status (ok / rejected / error), then ack."""
-        if not self.settled:
-            self._done(_status(reply))
-        super().ack(reply)
-
-    def requeue(self) -> None:
-        """Record a requeue, then requeue."""
-        if not self.settled:
-            self._done("requeued")
-        super().requeue()
-
-    def dead_letter(self, reason: str, detail: str, reply: bytes | None = None) -> None:
-        """Record a dead letter, then dead-letter."""
-        if not self.settled:
-            self._done("dead_letter")
-        super().dead_letter(reason, detail, reply)
-
-    def _done(self, outcome: str) -> None:
-        self._metrics.record(self._type, outcome, time.monotonic() - self._t0)
-
-    def _ack(self, reply: bytes | None) -> None:
-        self._inner.ack(reply)
-
-    def _requeue(self) -> None:
-        self._inner.requeue()
-
-    def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
-        if self._inner._claim():
-            self._inner._dead_letter(headers, reply)
 
 
 def _status(reply: bytes | None) -> str:

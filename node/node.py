@@ -359,7 +359,7 @@ class Node:
                 {"message_id": env.message_id, "correlation_id": env.correlation_id}))
             return
         self.counters.commands += 1
-        delivery = self.metrics.measure(env.type, delivery)  # operator console: metrics
+        self.metrics.measure(env.type, delivery)
         try:
             self.directory.dispatch("apartment", env.apartment_id, env, delivery)
         except RuntimeError:

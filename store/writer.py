@@ -84,6 +84,9 @@ class Commit:
             0: none). Once one commit of a lineage is refused, every later commit of
             the same lineage on that stream is refused too: it was decided on memory
             that included the refused events.
+        adds_outbox: whether its effects put rows in the outbox (a fired timer's
+            command); its events' rows count without it. A commit that adds none
+            (the relay marking rows published) does not wake the relay.
     """
 
     stream_id: str | None
@@ -95,6 +98,7 @@ class Commit:
     publish: bool = True
     keep_private: int = 0
     lineage: int = 0
+    adds_outbox: bool = False
     _rows: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = field(
         default=None, repr=False
     )
@@ -143,7 +147,8 @@ class StoreWriter:
         engine: the store's engine.
         batch_max: most commits in one transaction.
         queue_max: bound on waiting commits; ``submit`` blocks when full (backpressure).
-        on_committed: called after each successful transaction (wakes the relay).
+        on_committed: called after a successful transaction that put rows in the
+            outbox (wakes the relay).
     """
 
     name = "store"
@@ -344,10 +349,14 @@ class StoreWriter:
     def _after(self, batch: list[Commit]) -> None:
         self.batches += 1
         self.commits += len(batch)
+        # Wake the relay only when there is something new for it: not after its own
+        # "published" marks, nor after a handler's rows. (Before the callbacks, so the
+        # publishing starts while the replies go out.)
+        if self._on_committed is not None and any(
+                c.adds_outbox or c.rows()[1] for c in batch):
+            self._on_committed()
         for commit in batch:
             _call(commit, None)
-        if self._on_committed is not None:
-            self._on_committed()
 
 
 _TAINTED_MAX = 100_000

@@ -613,3 +613,20 @@ def test_seen_returns_the_stored_reply(writer: StoreWriter, engine: Engine) -> N
     assert store.seen("payment", "m-2") == (True, None)
     assert store.seen("payment", "m-1") == (False, None)
     assert store.seen("intake", "m-3") == (False, None)
+
+
+def test_only_a_commit_with_something_to_publish_wakes_the_relay(writer: StoreWriter) -> None:
+    """Events for the outbox, or effects that add outbox rows, wake it; the relay's own
+    "published" marks and a handler's rows do not (it would wake itself for nothing)."""
+    wakes: list[int] = []
+    writer.set_on_committed(lambda: wakes.append(1))
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0,
+                                          effects=[insert_search_row("x1")])) is None
+    assert wakes == []
+    assert commit_and_wait(writer, Commit(stream_id="apartment:a1", expected_version=0,
+                                          events=[env_of(apartment_added())])) is None
+    assert wakes == [1]
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0,
+                                          effects=[insert_search_row("x2")],
+                                          adds_outbox=True)) is None
+    assert wakes == [1, 1]
