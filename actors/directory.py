@@ -39,10 +39,9 @@ import pykka
 from actors.apartment import ApartmentActor
 from actors.base import EntityActor, EntityContext, Handle
 from actors.booking import ReservationActor
+from actors.poison import POISON, PoisonCounter
 from broker.base import Delivery
-from messages import CommandResult, Envelope, Message, Status
-from rules import apartment, reservation
-from store import EventStore
+from messages import Envelope
 from supervisor import (
     Backoff,
     Failure,
@@ -60,44 +59,6 @@ KINDS: dict[str, type[EntityActor[Any]]] = {
     "apartment": ApartmentActor,
     "reservation": ReservationActor,
 }
-POISON = "poison"
-
-# Each kind's pure rules: its empty state and its fold, for read-only rehydration.
-_FOLDS: dict[str, tuple[Callable[[str], Any], Callable[[Any, Message], Any]]] = {
-    "apartment": (lambda key: apartment.Apartment(apartment_id=key), apartment.evolve),
-    "reservation": (lambda key: reservation.Reservation(reservation_id=key), reservation.evolve),
-}
-
-
-def resolve(store: EventStore, entity_id: str) -> str | None:
-    """``kind:key`` for an id given with or without its kind; None if nothing has it.
-
-    A bare key is looked up as an apartment, then as a reservation.
-    """
-    kind, sep, _key = entity_id.partition(":")
-    if sep and kind in _FOLDS:
-        return entity_id
-    for kind in _FOLDS:
-        if store.load(f"{kind}:{entity_id}", limit=1):
-            return f"{kind}:{entity_id}"
-    return None
-
-
-def stored_state(store: EventStore, entity_id: str) -> tuple[Any, list[Envelope]]:
-    """An entity's state folded from the store with its own rules (no actor): and its
-    events. For the operator: a passivated or never-loaded entity is inspectable too.
-
-    Raises:
-        KeyError: for an id that is not ``apartment:...`` or ``reservation:...``.
-    """
-    kind, _, key = entity_id.partition(":")
-    empty, fold = _FOLDS[kind]
-    events = store.load(entity_id)
-    state = empty(key)
-    for env in events:
-        state = fold(state, env.payload)
-    return state, events
-
 
 @dataclass
 class _Entry:
@@ -146,7 +107,7 @@ class Directory:
         self._rng = rng or random.Random()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.RLock()
-        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._poison = PoisonCounter(poison_retries)
         self._history: OrderedDict[str, tuple[int, Failure | None]] = OrderedDict()
         self._alive = False
         self._stop = threading.Event()
@@ -302,22 +263,12 @@ class Directory:
         self._scheduler.call_later(delay, lambda: self._restart(failure.name, entry))
 
     def _count_attempt(self, cause: Handle, failure: Failure) -> None:
-        mid = cause.envelope.message_id
-        n = self._attempts.get(mid, 0) + 1
-        self._attempts[mid] = n
-        self._attempts.move_to_end(mid)
-        while len(self._attempts) > 10_000:
-            self._attempts.popitem(last=False)
-        if n <= self.poison_retries:
-            return
-        self.poisoned += 1
-        detail = (f"crashed {failure.name} {n} times: {failure.error_type}: {failure.message}"
-                  f"\n{_summary(failure.traceback)}")
-        reply = cause.envelope.follow(CommandResult(
-            status=Status.ERROR, reason=POISON,
-            detail=f"{failure.error_type}: {failure.message}")).to_json()
-        log.error("dead-lettering poison message %s (%s)", mid, cause.envelope.type)
-        cause.delivery.dead_letter(POISON, detail, reply)
+        letter = self._poison.attempt(cause.envelope, failure)
+        if letter is not None:
+            self.poisoned += 1
+            log.error("dead-lettering poison message %s (%s)", cause.envelope.message_id,
+                      cause.envelope.type)
+            cause.delivery.dead_letter(POISON, *letter)
 
     def _restart(self, eid: str, entry: _Entry) -> None:
         with self._lock:
@@ -440,8 +391,3 @@ def _row(eid: str, e: _Entry, now: float) -> dict[str, Any]:
             "mailbox": mailbox_size(e.ref) if e.ref is not None else 0,
             "pending": len(e.unsettled), "handled": e.handled, "restarts": e.restarts,
             "uptime": round(now - e.started_at, 1), "last_failure": _failure_row(e.last_failure)}
-
-
-def _summary(tb: str, lines: int = 6) -> str:
-    """The last lines of a traceback: where it broke and why."""
-    return "\n".join(tb.strip().splitlines()[-lines:])

@@ -37,7 +37,8 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 from pydantic import BaseModel
 
-from actors.directory import Directory, resolve, stored_state
+from actors.directory import Directory
+from actors.lookup import resolve, stored_state
 from broker.rabbitmq import RabbitConsumer, ReconnectingService, connection_parameters
 from broker.topology import control_key
 from node.deadletters import replay

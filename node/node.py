@@ -16,16 +16,13 @@ Root (one_for_one) children, started in this order and stopped in reverse:
 from __future__ import annotations
 
 import logging
-import re
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pykka
 
-from actors.base import EntityContext, Handle
+from actors.base import EntityContext
 from actors.channels import SmtpChannel
 from actors.directory import Directory
 from actors.notifier import NotifierActor
@@ -38,19 +35,12 @@ from broker.rabbitmq import RabbitBroker
 from broker.topology import topology_of
 from config import Settings, SupervisorSettings
 from messages import (
-    BadInput,
-    CommandResult,
     Consumer,
     Envelope,
-    InvalidMessage,
-    Kind,
-    Status,
-    new_id,
-    spec_for,
 )
-from messages.base import ID_PATTERN
 from node.control import ControlService, safe_tree, tree_restarts
 from node.deadletters import DeadLetterRecorder
+from node.intake import SEARCH_KINDS, Intake
 from node.metrics import MetricsServer, NodeGauges, NodeMetrics
 from node.relay import Relay
 from rules.clock import Clock, wall_clock
@@ -72,31 +62,9 @@ from supervisor import (
 )
 
 log = logging.getLogger(__name__)
-_ID = re.compile(ID_PATTERN)
 
-COMMAND_KINDS = frozenset({Kind.COMMAND})
-HANDLER_KINDS = frozenset({Kind.EVENT})
-SEARCH_KINDS = frozenset({Kind.EVENT, Kind.QUERY})
 # Dead letters the recorder may hold unacked at once (while the store is down, say).
 DEAD_LETTER_PREFETCH = 50
-
-
-@dataclass
-class _Route:
-    """The current actor of a handler and the deliveries told to it, unsettled."""
-
-    ref: pykka.ActorRef[Any] | None = None
-    pending: set[Delivery] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
-class Counters:
-    """What the node has seen, for the CLI, tests and benchmarks."""
-
-    commands: int = 0
-    refused: int = 0
-    events_handled: int = 0
 
 
 def intensity_of(s: SupervisorSettings) -> Intensity:
@@ -132,19 +100,6 @@ class Node:
             reconnect_max_delay=settings.broker.reconnect_max_delay,
             drain_seconds=settings.cluster.drain_seconds)
         self.topology = self.broker.topology
-        self.partitions: PartitionIntake | None = None
-        self.membership: Membership | None = None
-        if ("commands" in settings.roles and isinstance(self.broker, RabbitBroker)
-                and self.topology.partitions):
-            c = settings.cluster
-            self.partitions = PartitionIntake(self.broker, self._on_command,
-                                              prefetch=settings.broker.prefetch,
-                                              release_seconds=c.drain_seconds + 2)
-            self.membership = Membership(
-                self.broker, settings.node_name, self.topology.partitions,
-                held=self.partitions.held, want=self.partitions.want,
-                interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds,
-                leave_seconds=c.drain_seconds + 2)
         self.engine = make_engine(settings.database_url, synchronous=settings.store.synchronous)
         self.store = EventStore(self.engine)
         self.writer = StoreWriter(self.engine, batch_max=settings.store.batch_max,
@@ -175,8 +130,6 @@ class Node:
             max_live=a.max_live, idle_seconds=a.idle_seconds,
             intensity=intensity_of(sup.entities), backoff=backoff_of(sup.entities),
             poison_retries=sup.poison_retries, handler_timeout=sup.handler_timeout_seconds)
-        self._routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
-                                                                  "search")}
         self.timers = TimerService(self.engine, self.writer,
                                    poll_interval=lc.timer_poll_seconds,
                                    refire_after=lc.timer_refire_seconds, clock=clock)
@@ -185,9 +138,26 @@ class Node:
         self.smtp: SmtpChannel | None = None if n.smtp_host is None else SmtpChannel(
             self.engine, self.writer, host=n.smtp_host, port=n.smtp_port, sender=n.sender,
             address_of=lambda who: f"{who}@{domain}", poll_interval=n.poll_seconds)
-        self.counters = Counters()
         self.consumers: dict[str, Any] = {}
         self.metrics = NodeMetrics(settings.node_name, self._gauges)
+        self.intake = Intake(self.directory, self.metrics,
+                             commands_exchange=self.topology.commands_exchange,
+                             max_bytes=settings.broker.max_message_bytes)
+        self.counters = self.intake.counters
+        self.partitions: PartitionIntake | None = None
+        self.membership: Membership | None = None
+        if ("commands" in settings.roles and isinstance(self.broker, RabbitBroker)
+                and self.topology.partitions):
+            c = settings.cluster
+            self.partitions = PartitionIntake(self.broker,
+                                              self.intake.on_command,
+                                              prefetch=settings.broker.prefetch,
+                                              release_seconds=c.drain_seconds + 2)
+            self.membership = Membership(
+                self.broker, settings.node_name, self.topology.partitions,
+                held=self.partitions.held, want=self.partitions.want,
+                interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds,
+                leave_seconds=c.drain_seconds + 2)
         self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
                                intensity=intensity_of(sup.root),
                                handler_timeout=sup.handler_timeout_seconds)
@@ -214,15 +184,16 @@ class Node:
                        service_child("membership", lambda: members, shutdown=drain + 5,
                                      backoff=backoff_of(self.settings.supervision.intake))]
         elif commands:
-            intake.append(self._consumer_spec(Consumer.INTAKE, self._on_command,
+            intake.append(self._consumer_spec(Consumer.INTAKE, self.intake.on_command,
                                               self.settings.broker.prefetch))
         if events:
             intake += [
-                self._consumer_spec(Consumer.SEARCH, self._handler_delivery("search",
-                                                                            SEARCH_KINDS)),
-                self._consumer_spec(Consumer.PAYMENT, self._handler_delivery("payment")),
-                self._consumer_spec(Consumer.NOTIFIER, self._handler_delivery("notifier")),
-                self._consumer_spec(Consumer.RESERVATIONS, self._on_reservation_event),
+                self._consumer_spec(Consumer.SEARCH,
+                                    self.intake.handler_delivery("search", SEARCH_KINDS)),
+                self._consumer_spec(Consumer.PAYMENT, self.intake.handler_delivery("payment")),
+                self._consumer_spec(Consumer.NOTIFIER,
+                                    self.intake.handler_delivery("notifier")),
+                self._consumer_spec(Consumer.RESERVATIONS, self.intake.on_reservation_event),
             ]
         # Every node records dead letters: the queue is only where they land.
         intake.append(self._dead_letter_spec())
@@ -290,7 +261,7 @@ class Node:
     def _handler_spec(self, name: str,
                       start: Callable[[ReportFailure], pykka.ActorRef[Any]]
                       ) -> ChildSpec:
-        route = self._routes[name]
+        route = self.intake.routes[name]
 
         def give_back() -> None:
             with route.lock:
@@ -338,102 +309,6 @@ class Node:
         return service_child("consumer:dead-letters", make,
                              backoff=backoff_of(self.settings.supervision.intake))
 
-    # --- delivery routing (on consumer threads) -----------------------------------
-    def _on_command(self, delivery: Delivery) -> None:
-        try:
-            env = Envelope.from_json(delivery.body,
-                                     max_bytes=self.settings.broker.max_message_bytes,
-                                     kinds=COMMAND_KINDS)
-        except InvalidMessage as exc:
-            self.refuse(delivery, exc)
-            return
-        assert env.apartment_id is not None
-        if (delivery.exchange == self.topology.commands_exchange
-                and delivery.routing_key != env.apartment_id):
-            # The routing key picks the partition: a command routed by anything else
-            # lands where its apartment's other commands are not, out of order.
-            self.refuse(delivery, InvalidMessage(
-                BadInput.WRONG_ROUTING_KEY,
-                f"routing key {delivery.routing_key[:100]!r} is not the apartment_id "
-                f"{env.apartment_id!r}: publish commands with routing key = apartment_id",
-                {"message_id": env.message_id, "correlation_id": env.correlation_id}))
-            return
-        self.counters.commands += 1
-        self.metrics.measure(env.type, delivery)
-        try:
-            self.directory.dispatch("apartment", env.apartment_id, env, delivery)
-        except RuntimeError:
-            delivery.requeue()
-
-    def _on_reservation_event(self, delivery: Delivery) -> None:
-        env = self._parse_event(delivery, HANDLER_KINDS)
-        if env is None:
-            return
-        rid = getattr(env.payload, "reservation_id", None)
-        spec = spec_for(env.type)
-        if rid is None or spec is None or Consumer.RESERVATIONS not in spec.consumers:
-            delivery.ack()
-            return
-        try:
-            self.directory.dispatch("reservation", rid, env, delivery)
-        except RuntimeError:
-            delivery.requeue()
-
-    def _handler_delivery(self, name: str, kinds: frozenset[Kind] = HANDLER_KINDS
-                          ) -> Callable[[Delivery], None]:
-        route = self._routes[name]
-        consumer = Consumer(name)
-
-        def on_delivery(delivery: Delivery) -> None:
-            env = self._parse_event(delivery, kinds)
-            if env is None:
-                return
-            spec = spec_for(env.type)
-            if spec is None or consumer not in spec.consumers:
-                delivery.ack()  # an event of a family this handler ignores
-                return
-            with route.lock:
-                ref = route.ref
-                route.pending.add(delivery)
-            delivery.on_settled(lambda d: _discard(route, d))
-            self.counters.events_handled += 1
-            try:
-                if ref is None:
-                    raise pykka.ActorDeadError(name)
-                ref.tell(Handle(env, delivery))
-            except pykka.ActorDeadError:
-                delivery.requeue()
-
-        return on_delivery
-
-    def _parse_event(self, delivery: Delivery, kinds: frozenset[Kind]) -> Envelope | None:
-        try:
-            return Envelope.from_json(delivery.body,
-                                      max_bytes=self.settings.broker.max_message_bytes,
-                                      kinds=kinds)
-        except InvalidMessage as exc:
-            self.refuse(delivery, exc)
-            return None
-
-    def refuse(self, delivery: Delivery, exc: InvalidMessage) -> None:
-        """Dead-letter a body that cannot be handled, answering the producer if it asked."""
-        self.counters.refused += 1
-        log.info("refused a message on %s: %s", delivery.queue, exc)
-        # Counted by type only when it is a known one: the label set stays bounded
-        # whatever producers send.
-        kind = exc.partial.get("type")
-        self.metrics.commands.labels(
-            kind if isinstance(kind, str) and spec_for(kind) else "invalid", "error").inc()
-        reply = None
-        if delivery.reply_to:
-            mid = _safe_id(exc.partial.get("message_id"))
-            corr = _safe_id(exc.partial.get("correlation_id")) or mid or new_id()
-            reply = Envelope(correlation_id=corr, causation_id=mid, type="CommandResult",
-                             version=1, payload=CommandResult(
-                                 status=Status.ERROR, reason=exc.reason.value,
-                                 detail=exc.detail)).to_json()
-        delivery.dead_letter(exc.reason.value, exc.detail, reply)
-
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
         """Declare the topology, take the node's name, and start the supervision tree.
@@ -455,7 +330,7 @@ class Node:
 
     def handler(self, name: str) -> pykka.ActorRef[Any] | None:
         """The current actor of a handler (``payment``, ``notifier``, ``search``)."""
-        return self._routes[name].ref
+        return self.intake.routes[name].ref
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree gives up (True) or ``timeout`` passes (False)."""
@@ -479,12 +354,3 @@ class Node:
             "timers_fired": self.timers.fired,
             "emails_sent": 0 if self.smtp is None else self.smtp.sent,
         }
-
-
-def _discard(route: _Route, d: Delivery) -> None:
-    with route.lock:
-        route.pending.discard(d)
-
-
-def _safe_id(value: object) -> str | None:
-    return value if isinstance(value, str) and _ID.match(value) else None

@@ -10,6 +10,7 @@ SQLite), and whoever comes second finds the schema at head and does nothing.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,9 @@ def make_engine(url: str | URL, *, synchronous: str = "FULL", migrate: bool = Tr
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA busy_timeout=30000")
+            _wal(cur)
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.close()
 
     if migrate:
@@ -89,6 +90,20 @@ def make_engine(url: str | URL, *, synchronous: str = "FULL", migrate: bool = Tr
             engine.dispose()
             raise
     return engine
+
+
+def _wal(cur: Any) -> None:
+    """Switch a new store to WAL. The switch needs the file to itself, and SQLite may
+    answer "locked" at once, without its busy wait, when several connections open a
+    fresh file together (the roles of a node starting): so it is tried again."""
+    for attempt in range(_SQLITE_LOCK_ATTEMPTS):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == _SQLITE_LOCK_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def upgrade(url_or_engine: str | URL | Engine) -> str | None:

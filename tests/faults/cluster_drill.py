@@ -95,6 +95,9 @@ def _p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+MIN_KILLS = 2  # node kills a drill makes at least (with one membership change)
+
+
 def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: int = 1,
                       workdir: Path, nodes: int = 3, out: Callable[[str], None] = print
                       ) -> dict[str, Any]:
@@ -141,9 +144,18 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
             t.start()
         step = 0
         pause = max(2.0, seconds / 12)
-        while time.monotonic() - t0 < seconds and step < 10_000:
+
+        def done() -> bool:
+            # The same mix on a slow machine: past ``seconds`` (up to three times as
+            # long) until two nodes were killed and the membership changed once.
+            elapsed = time.monotonic() - t0
+            mixed = (faults.counts.get("kill_node", 0) >= MIN_KILLS
+                     and faults.counts.get("add_node", 0) >= 1)
+            return elapsed >= seconds and (mixed or elapsed >= 3 * seconds)
+
+        while not done() and step < 10_000:
             time.sleep(pause)
-            if time.monotonic() - t0 >= seconds:
+            if done():
                 break
             step += 1
             if step % 3 == 0 and len(live) >= 2:

@@ -1,0 +1,186 @@
+"""The intake: each delivery parsed, checked, counted and handed to its actor.
+
+Commands go to their apartment's actor, reservation events to their reservation's,
+other events to the handler that consumes them. A body that cannot be handled is
+refused here, once: dead-lettered with its reason, and answered when the producer
+asked. It runs on the consumers' threads; the actors take it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.base import Handle
+from actors.directory import Directory
+from broker.base import Delivery
+from messages import (
+    BadInput,
+    CommandResult,
+    Consumer,
+    Envelope,
+    InvalidMessage,
+    Kind,
+    Status,
+    new_id,
+    spec_for,
+)
+from messages.base import ID_PATTERN
+from node.metrics import NodeMetrics
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(ID_PATTERN)
+COMMAND_KINDS = frozenset({Kind.COMMAND})
+HANDLER_KINDS = frozenset({Kind.EVENT})
+SEARCH_KINDS = frozenset({Kind.EVENT, Kind.QUERY})
+
+
+@dataclass
+class _Route:
+    """The current actor of a handler and the deliveries told to it, unsettled."""
+
+    ref: pykka.ActorRef[Any] | None = None
+    pending: set[Delivery] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Counters:
+    """What the node has seen, for the CLI, tests and benchmarks."""
+
+    commands: int = 0
+    refused: int = 0
+    events_handled: int = 0
+
+
+class Intake:
+    """Routes deliveries to actors (the consumers' callbacks).
+
+    Args:
+        directory: the entity actors.
+        metrics: counts each command's outcome when it is settled.
+        commands_exchange: where producers publish commands (the routing key is checked
+            only for what came through it).
+        max_bytes: the largest body accepted.
+    """
+
+    def __init__(self, directory: Directory, metrics: NodeMetrics, *,
+                 commands_exchange: str, max_bytes: int) -> None:
+        self._directory = directory
+        self._metrics = metrics
+        self._commands_exchange = commands_exchange
+        self._max_bytes = max_bytes
+        self.counters = Counters()
+        self.routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
+                                                                 "search")}
+
+    def on_command(self, delivery: Delivery) -> None:
+        try:
+            env = Envelope.from_json(delivery.body,
+                                     max_bytes=self._max_bytes,
+                                     kinds=COMMAND_KINDS)
+        except InvalidMessage as exc:
+            self.refuse(delivery, exc)
+            return
+        assert env.apartment_id is not None
+        if (delivery.exchange == self._commands_exchange
+                and delivery.routing_key != env.apartment_id):
+            # The routing key picks the partition: a command routed by anything else
+            # lands where its apartment's other commands are not, out of order.
+            self.refuse(delivery, InvalidMessage(
+                BadInput.WRONG_ROUTING_KEY,
+                f"routing key {delivery.routing_key[:100]!r} is not the apartment_id "
+                f"{env.apartment_id!r}: publish commands with routing key = apartment_id",
+                {"message_id": env.message_id, "correlation_id": env.correlation_id}))
+            return
+        self.counters.commands += 1
+        self._metrics.measure(env.type, delivery)
+        try:
+            self._directory.dispatch("apartment", env.apartment_id, env, delivery)
+        except RuntimeError:
+            delivery.requeue()
+
+    def on_reservation_event(self, delivery: Delivery) -> None:
+        env = self._parse(delivery, HANDLER_KINDS)
+        if env is None:
+            return
+        rid = getattr(env.payload, "reservation_id", None)
+        spec = spec_for(env.type)
+        if rid is None or spec is None or Consumer.RESERVATIONS not in spec.consumers:
+            delivery.ack()
+            return
+        try:
+            self._directory.dispatch("reservation", rid, env, delivery)
+        except RuntimeError:
+            delivery.requeue()
+
+    def handler_delivery(self, name: str, kinds: frozenset[Kind] = HANDLER_KINDS
+                          ) -> Callable[[Delivery], None]:
+        route = self.routes[name]
+        consumer = Consumer(name)
+
+        def on_delivery(delivery: Delivery) -> None:
+            env = self._parse(delivery, kinds)
+            if env is None:
+                return
+            spec = spec_for(env.type)
+            if spec is None or consumer not in spec.consumers:
+                delivery.ack()  # an event of a family this handler ignores
+                return
+            with route.lock:
+                ref = route.ref
+                route.pending.add(delivery)
+            delivery.on_settled(lambda d: _discard(route, d))
+            self.counters.events_handled += 1
+            try:
+                if ref is None:
+                    raise pykka.ActorDeadError(name)
+                ref.tell(Handle(env, delivery))
+            except pykka.ActorDeadError:
+                delivery.requeue()
+
+        return on_delivery
+
+    def _parse(self, delivery: Delivery, kinds: frozenset[Kind]) -> Envelope | None:
+        try:
+            return Envelope.from_json(delivery.body,
+                                      max_bytes=self._max_bytes,
+                                      kinds=kinds)
+        except InvalidMessage as exc:
+            self.refuse(delivery, exc)
+            return None
+
+    def refuse(self, delivery: Delivery, exc: InvalidMessage) -> None:
+        """Dead-letter a body that cannot be handled, answering the producer if it asked."""
+        self.counters.refused += 1
+        log.info("refused a message on %s: %s", delivery.queue, exc)
+        # Counted by type only when it is a known one: the label set stays bounded
+        # whatever producers send.
+        kind = exc.partial.get("type")
+        self._metrics.commands.labels(
+            kind if isinstance(kind, str) and spec_for(kind) else "invalid", "error").inc()
+        reply = None
+        if delivery.reply_to:
+            mid = _safe_id(exc.partial.get("message_id"))
+            corr = _safe_id(exc.partial.get("correlation_id")) or mid or new_id()
+            reply = Envelope(correlation_id=corr, causation_id=mid, type="CommandResult",
+                             version=1, payload=CommandResult(
+                                 status=Status.ERROR, reason=exc.reason.value,
+                                 detail=exc.detail)).to_json()
+        delivery.dead_letter(exc.reason.value, exc.detail, reply)
+
+
+def _discard(route: _Route, d: Delivery) -> None:
+    with route.lock:
+        route.pending.discard(d)
+
+
+def _safe_id(value: object) -> str | None:
+    return value if isinstance(value, str) and _ID.match(value) else None
