@@ -3,8 +3,8 @@
 Node facts (tree, actors, inspect, history, restart, stop, crash, the book of dead
 letters) come from the nodes over the control exchange (:mod:`console.control_client`;
 the nodes' side is :mod:`node.control`); queue depths are read directly from RabbitMQ
-with passive declares, so they need neither a management plugin nor a node to be up.
-Every listing has ``--json``.
+with passive declares (:mod:`console.broker_reads`), so they need neither a
+management plugin nor a node to be up. Every listing has ``--json``.
 
 The console logs in as an operator broker user (``--url`` or
 ``STAYBOOK_CONSOLE_URL``) and stamps its requests with that user as AMQP ``user_id``;
@@ -25,52 +25,15 @@ from typing import Annotated, Any
 
 import pika
 import typer
-from pika.exceptions import AMQPError, ChannelClosedByBroker
+from pika.exceptions import AMQPError
 
 from broker.rabbitmq import connection_parameters, connection_problem, redact_url
 from broker.topology import Topology, topology_of
 from config import ConfigError, Settings, load_settings
+from console.broker_reads import dead_letter_depth, queue_stats
 from console.control_client import REPLAY_WAIT, ControlClient, ControlFailed
 
 MAX_LETTERS = 1000
-
-
-# --- broker-side reads (no node needed) -----------------------------------------------
-def queue_names(topology: Topology) -> list[str]:
-    """Every durable Staybook queue."""
-    return [q.name for q in topology.queues()]
-
-
-def queue_stats(conn: pika.BlockingConnection, topology: Topology) -> list[dict[str, Any]]:
-    """Depth and consumers of every Staybook queue, by passive declare (no plugin)."""
-    out: list[dict[str, Any]] = []
-    ch = conn.channel()
-    for name in queue_names(topology):
-        try:
-            ok = ch.queue_declare(name, passive=True).method
-            out.append({"queue": name, "messages": ok.message_count,
-                        "consumers": ok.consumer_count})
-        except ChannelClosedByBroker as exc:
-            out.append({"queue": name, "messages": None, "consumers": None,
-                        "error": exc.reply_text})
-            ch = conn.channel()
-    with contextlib.suppress(AMQPError):
-        ch.close()
-    return out
-
-
-def dead_letter_depth(conn: pika.BlockingConnection, topology: Topology) -> int | None:
-    """Letters that landed but are not recorded yet (a passive declare: changes nothing)."""
-    ch = conn.channel()
-    try:
-        return int(ch.queue_declare(topology.dead_letter_queue, passive=True)
-                   .method.message_count)
-    except ChannelClosedByBroker:
-        return None
-    finally:
-        if ch.is_open:
-            with contextlib.suppress(AMQPError):
-                ch.close()
 
 
 # --- the typer app --------------------------------------------------------------------
