@@ -1,8 +1,9 @@
 """One ``staybook ctl`` invocation: its resolved options, and how its commands ask.
 
-The ``ctl`` callback stores a :class:`CtlContext` on the typer context; the commands
-(:mod:`console.ctl`) read it back with :func:`context_of` and ask through
-:func:`ask`, so each turns a broker or control failure into the same one error line.
+The ``ctl`` callback stores a :class:`CtlContext` on the typer context; the node
+commands (:mod:`console.ctl`) and the dead-letter ones (:mod:`console.ctl_dlq`) read
+it back with :func:`context_of` and ask through :func:`ask`, so both turn a broker
+or control failure into the same one error line.
 """
 
 from __future__ import annotations

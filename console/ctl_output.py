@@ -1,7 +1,8 @@
 """How ``staybook ctl`` prints: aligned tables, JSON, and one error line.
 
-Shared by every ``ctl`` command (:mod:`console.ctl`), so every listing looks the
-same and every failure is one line on stderr with exit status 1 (scripts check both).
+Shared by the node commands (:mod:`console.ctl`) and the dead-letter ones
+(:mod:`console.ctl_dlq`), so every listing looks the same and every failure is one
+line on stderr with exit status 1 (scripts check both).
 """
 
 from __future__ import annotations
