@@ -131,7 +131,7 @@ def _cluster(url: str, prefix: str, db_url: str, workdir: Path, n: int,
 def wait_balanced(url: str, topology: Topology, n: int, deadline: float) -> bool:
     """Wait until ``n`` nodes answer and hold every partition once, evenly spread."""
     from broker.membership import balanced
-    from console.ctl import ControlClient, ControlFailed
+    from console.control_client import ControlClient, ControlFailed
 
     with ControlClient(url, topology) as ctl:
         while time.monotonic() < deadline:

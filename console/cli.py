@@ -41,7 +41,7 @@ def console(
 ) -> None:
     """The live terminal view: tree, top actors, rates, queues, dead letters."""
     from broker.topology import topology_of
-    from console.ctl import console_url
+    from console.ctl_context import console_url
     from console.tui import run_console
 
     settings = _settings()

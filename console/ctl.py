@@ -1,9 +1,11 @@
-"""``staybook ctl``: the scriptable operator console, and its control client.
+"""``staybook ctl``: the scriptable operator console.
 
-Node facts (tree, actors, inspect, restart, stop, crash) come from the nodes over the
-control exchange (see :mod:`node.control`); broker facts (queue depths, dead
-letters) are read directly from RabbitMQ with passive declares and ``basic.get``, so
-neither needs a management plugin nor a node to be up. Every listing has ``--json``.
+Node facts (tree, actors, inspect, history, restart, stop, crash, and the book of
+dead letters in :mod:`console.ctl_dlq`) come from the nodes over the control exchange
+(:mod:`console.control_client`; the nodes' side is :mod:`node.control`); queue depths
+are read directly from RabbitMQ with passive declares (:mod:`console.broker_reads`),
+so they need neither a management plugin nor a node to be up. Every listing has
+``--json``.
 
 The console logs in as an operator broker user (``--url`` or
 ``STAYBOOK_CONSOLE_URL``) and stamps its requests with that user as AMQP ``user_id``;
@@ -13,203 +15,24 @@ operator list.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-import pika
 import typer
-from pika.exceptions import AMQPError, ChannelClosedByBroker, UnroutableError
-from pika.spec import BasicProperties
+from pika.exceptions import AMQPError
 
-from broker.rabbitmq import connection_parameters, connection_problem, redact_url
-from broker.topology import Topology, control_key, topology_of
-from config import ConfigError, Settings, load_settings
-from messages import new_id
+from broker.topology import topology_of
+from config import ConfigError, load_settings
+from console.broker_reads import queue_stats
+from console.control_client import ControlFailed
+from console.ctl_context import CtlContext, ask, broker_failed, console_url, context_of
+from console.ctl_dlq import dlq_app
+from console.ctl_output import JsonOpt, dump, fail, table
 
-REPLY_TO = "amq.rabbitmq.reply-to"
-MAX_LETTERS = 1000
-# A replay publishes with confirms, up to 10,000 letters: give it time to answer.
-REPLAY_WAIT = 120.0
-
-
-class ControlFailed(Exception):
-    """No node answered, or the broker refused the request."""
-
-
-class ControlClient:
-    """Sends control requests to the nodes and collects their replies.
-
-    Args:
-        url: the operator's AMQP URL (its user is stamped on every request).
-        topology: the deployment's names.
-        ttl: seconds after which an unread request expires in a node's queue.
-    """
-
-    def __init__(self, url: str, topology: Topology, *, ttl: float = 10.0) -> None:
-        params = connection_parameters(url)
-        self.user: str = params.credentials.username
-        self.topology = topology
-        self._ttl = ttl
-        self._conn = pika.BlockingConnection(params)
-        self._ch = self._conn.channel()
-        self._ch.confirm_delivery()
-        self._replies: dict[str, list[dict[str, Any]]] = {}
-        self._ch.basic_consume(REPLY_TO, self._on_reply, auto_ack=True)
-
-    def _on_reply(self, _ch: Any, _method: Any, props: BasicProperties, body: bytes) -> None:
-        box = self._replies.get(props.correlation_id or "")
-        if box is not None:
-            with contextlib.suppress(ValueError):
-                box.append(json.loads(body))
-
-    def request(self, op: str, args: dict[str, Any] | None = None, *,
-                node: str | None = None, wait: float = 1.0,
-                until_ok: bool = False) -> list[dict[str, Any]]:
-        """Ask one node (``node``) or all; the replies that came within ``wait`` seconds.
-
-        A request to one node returns at its first reply; ``until_ok`` returns at the
-        first successful reply from any node (an actor lives on one node only).
-
-        Raises:
-            ControlFailed: when no node is listening or the broker refused it.
-        """
-        corr = new_id()
-        box: list[dict[str, Any]] = []
-        self._replies[corr] = box
-        props = BasicProperties(reply_to=REPLY_TO, correlation_id=corr, user_id=self.user,
-                                content_type="application/json",
-                                expiration=str(int(self._ttl * 1000)))
-        body = json.dumps({"op": op, "args": args or {}}).encode()
-        try:
-            self._ch.basic_publish(self.topology.control_exchange, control_key(node), body, props,
-                                   mandatory=True)
-        except UnroutableError as exc:
-            raise ControlFailed(f"no node is listening{' as ' + node if node else ''}") from exc
-        except ChannelClosedByBroker as exc:
-            raise ControlFailed(f"the broker refused the request: {exc.reply_text}") from exc
-        deadline = time.monotonic() + wait
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                self._conn.process_data_events(time_limit=min(left, 0.05))
-                if (node and box) or (until_ok and any(r.get("ok") for r in box)):
-                    break
-        finally:
-            self._replies.pop(corr, None)
-        return sorted(box, key=lambda r: str(r.get("node")))
-
-    def close(self) -> None:
-        """Close the connection."""
-        if self._conn.is_open:
-            with contextlib.suppress(AMQPError, OSError):
-                self._conn.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    # --- actor operations ---------------------------------------------------------
-    def act(self, op: str, actor: str, *, node: str | None = None,
-            wait: float = 1.0) -> dict[str, Any]:
-        """Restart, stop or crash one actor, on the one node that has it.
-
-        Without ``node`` the actor is first looked up on every node; a child found on
-        several nodes (``payment`` runs everywhere) needs ``node``.
-
-        Raises:
-            ControlFailed: when it is nowhere, ambiguous, or the node refused.
-        """
-        if node is None:
-            # Only where it is live: every node can fold an entity from the store.
-            found = [r for r in self.request("inspect", {"id": actor}, wait=wait)
-                     if r["ok"] and r["result"].get("live", True)]
-            if not found:
-                raise ControlFailed(f"{actor}: not live on any node")
-            if len(found) > 1:
-                names = ", ".join(str(r["node"]) for r in found)
-                raise ControlFailed(f"{actor} runs on {names}: choose one with --node")
-            node = str(found[0]["node"])
-        replies = self.request(op, {"id": actor, "by": self.user}, node=node, wait=wait)
-        if not replies:
-            raise ControlFailed(f"{node} did not answer")
-        reply = replies[0]
-        if not reply.get("ok"):
-            raise ControlFailed(f"{node}: {reply.get('error')}")
-        return reply
-
-
-# --- broker-side reads (no node needed) -----------------------------------------------
-def queue_names(topology: Topology) -> list[str]:
-    """Every durable Staybook queue."""
-    return [q.name for q in topology.queues()]
-
-
-def queue_stats(conn: pika.BlockingConnection, topology: Topology) -> list[dict[str, Any]]:
-    """Depth and consumers of every Staybook queue, by passive declare (no plugin)."""
-    out: list[dict[str, Any]] = []
-    ch = conn.channel()
-    for name in queue_names(topology):
-        try:
-            ok = ch.queue_declare(name, passive=True).method
-            out.append({"queue": name, "messages": ok.message_count,
-                        "consumers": ok.consumer_count})
-        except ChannelClosedByBroker as exc:
-            out.append({"queue": name, "messages": None, "consumers": None,
-                        "error": exc.reply_text})
-            ch = conn.channel()
-    with contextlib.suppress(AMQPError):
-        ch.close()
-    return out
-
-
-def dead_letter_depth(conn: pika.BlockingConnection, topology: Topology) -> int | None:
-    """Letters that landed but are not recorded yet (a passive declare: changes nothing)."""
-    ch = conn.channel()
-    try:
-        return int(ch.queue_declare(topology.dead_letter_queue, passive=True)
-                   .method.message_count)
-    except ChannelClosedByBroker:
-        return None
-    finally:
-        if ch.is_open:
-            with contextlib.suppress(AMQPError):
-                ch.close()
-
-
-# --- the typer app --------------------------------------------------------------------
 ctl_app = typer.Typer(help="Operate running nodes: tree, actors, queues, dead letters.",
                       no_args_is_help=True)
-dlq_app = typer.Typer(help="The dead-letter queue: list, show, replay, purge.",
-                      no_args_is_help=True)
 ctl_app.add_typer(dlq_app, name="dlq")
-
-
-@dataclass
-class _Ctx:
-    url: str
-    topology: Topology
-    node: str | None
-    wait: float
-    ttl: float
-
-    def client(self) -> ControlClient:
-        return ControlClient(self.url, self.topology, ttl=self.ttl)
-
-    def connection(self) -> pika.BlockingConnection:
-        return pika.BlockingConnection(connection_parameters(self.url))
-
-
-def console_url(settings: Settings, url: str | None = None) -> str:
-    """The operator's broker URL: ``--url``, ``STAYBOOK_CONSOLE_URL``, or the node's."""
-    return url or os.environ.get("STAYBOOK_CONSOLE_URL") or settings.broker.url
 
 
 @ctl_app.callback()
@@ -225,88 +48,24 @@ def _main(ctx: typer.Context,
     except ConfigError as exc:
         typer.echo(f"staybook: {exc}", err=True)
         raise typer.Exit(2) from None
-    ctx.obj = _Ctx(console_url(settings, url), topology_of(settings), node,
-                   wait if wait is not None else settings.control.broadcast_wait_seconds,
-                   settings.control.request_ttl_seconds)
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-def _obj(ctx: typer.Context) -> _Ctx:
-    obj = ctx.obj
-    assert isinstance(obj, _Ctx)
-    return obj
-
-
-def _ask(ctx: typer.Context, op: str, args: dict[str, Any] | None = None,
-         until_ok: bool = False) -> list[dict[str, Any]]:
-    c = _obj(ctx)
-    try:
-        with c.client() as client:
-            replies = client.request(op, args, node=c.node, wait=c.wait, until_ok=until_ok)
-    except (ControlFailed, AMQPError, OSError) as exc:
-        _broker_failed(ctx, exc)
-    if not replies:
-        _fail("no node answered")
-    for r in replies:
-        if not r.get("ok") and str(r.get("error", "")).startswith("forbidden"):
-            _fail(f"{r['node']}: {r['error']}")
-    return replies
-
-
-def _broker_failed(ctx: typer.Context, exc: BaseException) -> Any:
-    """One line for a request that failed: the control error, or why the broker is out
-    of reach (its URL without the password, and what to check)."""
-    if isinstance(exc, ControlFailed):
-        _fail(str(exc))
-    logging.getLogger(__name__).debug("ctl: broker request failed", exc_info=True)
-    _fail(f"cannot reach RabbitMQ at {redact_url(_obj(ctx).url)} ({connection_problem(exc)}); "
-          "check --url or STAYBOOK_CONSOLE_URL, and that the broker runs")
-
-
-def _fail(message: str) -> Any:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _dump(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> None:
-    if not rows:
-        typer.echo("(none)")
-        return
-    cells = [[_cell(r.get(c)) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    typer.echo("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True))
-               .rstrip())
-    for row in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, dict):
-        return f"{v.get('type')}: {v.get('message')}"[:60]
-    return str(v)
+    ctx.obj = CtlContext(console_url(settings, url), topology_of(settings), node,
+                         wait if wait is not None else settings.control.broadcast_wait_seconds,
+                         settings.control.request_ttl_seconds)
 
 
 @ctl_app.command()
 def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every node that answers: live actors against the cap, counters, backlogs."""
-    rows = [r["result"] for r in _ask(ctx, "status") if r.get("ok")]
+    rows = [r["result"] for r in ask(ctx, "status") if r.get("ok")]
     if as_json:
-        _dump(rows)
+        dump(rows)
         return
     for r in rows:
         r["live/cap"] = f"{r['live_actors']}/{r['max_live']}"
         held = r.get("partitions")
         r["partitions"] = "-" if held is None else f"{len(held)}: {_ranges(held)}"
-    _table(rows, ["node", "tree_status", "uptime", "live/cap", "commands", "p99_ms",
-                  "restarts", "dead_letters", "outbox_backlog", "partitions"])
+    table(rows, ["node", "tree_status", "uptime", "live/cap", "commands", "p99_ms",
+                 "restarts", "dead_letters", "outbox_backlog", "partitions"])
 
 
 def _ranges(ps: list[int]) -> str:
@@ -323,16 +82,16 @@ def _ranges(ps: list[int]) -> str:
 @ctl_app.command()
 def partitions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Each command partition: the node consuming it, its depth and consumers."""
-    c = _obj(ctx)
+    c = context_of(ctx)
     owner: dict[int, list[str]] = {}
-    for r in _ask(ctx, "status"):
+    for r in ask(ctx, "status"):
         if r.get("ok"):
             for p in r["result"].get("partitions") or []:
                 owner.setdefault(p, []).append(r["result"]["node"])
     try:
         conn = c.connection()
     except (AMQPError, OSError) as exc:
-        _broker_failed(ctx, exc)
+        broker_failed(ctx, exc)
     try:
         stats = {s["queue"]: s for s in queue_stats(conn, c.topology)}
     finally:
@@ -343,9 +102,9 @@ def partitions(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         rows.append({"partition": p, "queue": q, "node": ",".join(owner.get(p, [])) or "-",
                      "messages": s.get("messages"), "consumers": s.get("consumers")})
     if as_json:
-        _dump(rows)
+        dump(rows)
         return
-    _table(rows, ["partition", "queue", "node", "messages", "consumers"])
+    table(rows, ["partition", "queue", "node", "messages", "consumers"])
 
 
 def tree_lines(children: list[dict[str, Any]], depth: int = 0) -> Iterator[str]:
@@ -353,9 +112,9 @@ def tree_lines(children: list[dict[str, Any]], depth: int = 0) -> Iterator[str]:
     (and, under ``entities``, the first live entity actors and how many more there are)."""
     for c in children:
         lf = c.get("last_failure")
-        fail = f"  last: {lf['type']}: {lf['message']}" if lf else ""
+        last = f"  last: {lf['type']}: {lf['message']}" if lf else ""
         yield (f"{'  ' * depth}{'└─ ' if depth else ''}{c['id']} ({c.get('kind', '?')}, "
-               f"{c.get('restart', '?')}) {c['status']} restarts={c['restarts']}{fail}")
+               f"{c.get('restart', '?')}) {c['status']} restarts={c['restarts']}{last}")
         yield from tree_lines(c.get("children", []), depth + 1)
         if c.get("more"):
             yield f"{'  ' * (depth + 1)}└─ … and {c['more']} more"
@@ -364,9 +123,9 @@ def tree_lines(children: list[dict[str, Any]], depth: int = 0) -> Iterator[str]:
 @ctl_app.command()
 def tree(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The supervision tree of each node: status, restarts, last failure."""
-    replies = [r for r in _ask(ctx, "tree") if r.get("ok")]
+    replies = [r for r in ask(ctx, "tree") if r.get("ok")]
     if as_json:
-        _dump({r["node"]: r["result"] for r in replies})
+        dump({r["node"]: r["result"] for r in replies})
         return
     for r in replies:
         typer.echo(f"{r['node']}: root (supervisor)")
@@ -385,14 +144,14 @@ def actors(ctx: typer.Context, as_json: JsonOpt = False,
     if sort not in ("mailbox", "handled", "restarts", "pending"):
         raise typer.BadParameter("sort by mailbox, handled, restarts or pending")
     args = {"top": top, "sort": sort, "kind": kind}
-    rows = [a for r in _ask(ctx, "actors", args) if r.get("ok") for a in r["result"]]
+    rows = [a for r in ask(ctx, "actors", args) if r.get("ok") for a in r["result"]]
     rows.sort(key=lambda a: (-a[sort], a["id"]))
     rows = rows[:top]
     if as_json:
-        _dump(rows)
+        dump(rows)
         return
-    _table(rows, ["id", "node", "status", "mailbox", "pending", "handled", "restarts",
-                  "uptime", "last_failure"])
+    table(rows, ["id", "node", "status", "mailbox", "pending", "handled", "restarts",
+                 "uptime", "last_failure"])
 
 
 @ctl_app.command()
@@ -403,13 +162,13 @@ def inspect(ctx: typer.Context, actor: str, as_json: JsonOpt = False) -> None:
     events fold to, read from the store (``live: false``). ``apt-1`` alone finds
     ``apartment:apt-1`` (or ``reservation:apt-1``).
     """
-    answers = [r for r in _ask(ctx, "inspect", {"id": actor}) if r.get("ok")]
+    answers = [r for r in ask(ctx, "inspect", {"id": actor}) if r.get("ok")]
     live = [r for r in answers if r["result"].get("live", True)]
     found = live or answers[:1]  # every node reads the same store: one copy is enough
     if not found:
-        _fail(f"{actor}: no such actor on any node, and no such entity in the store")
+        fail(f"{actor}: no such actor on any node, and no such entity in the store")
     if as_json:
-        _dump(found[0]["result"] if len(found) == 1 else found)
+        dump(found[0]["result"] if len(found) == 1 else found)
         return
     for r in found:
         info = dict(r["result"])
@@ -431,13 +190,13 @@ def history(ctx: typer.Context, entity: str,
             limit: Annotated[int, typer.Option(help="the last N events")] = 50,
             as_json: JsonOpt = False) -> None:
     """An entity's recorded events, oldest first (``apt-1`` or ``reservation:r-1``)."""
-    found = [r for r in _ask(ctx, "history", {"id": entity, "limit": limit}, until_ok=True)
+    found = [r for r in ask(ctx, "history", {"id": entity, "limit": limit}, until_ok=True)
              if r.get("ok")]
     if not found:
-        _fail(f"{entity}: no such entity in the store")
+        fail(f"{entity}: no such entity in the store")
     result = found[0]["result"]
     if as_json:
-        _dump(result)
+        dump(result)
         return
     typer.echo(f"{result['id']}: {result['version']} events")
     for e in result["events"]:
@@ -447,12 +206,12 @@ def history(ctx: typer.Context, entity: str,
 
 
 def _act(ctx: typer.Context, op: str, actor: str) -> None:
-    c = _obj(ctx)
+    c = context_of(ctx)
     try:
         with c.client() as client:
             reply = client.act(op, actor, node=c.node, wait=c.wait)
     except (ControlFailed, AMQPError, OSError) as exc:
-        _broker_failed(ctx, exc)
+        broker_failed(ctx, exc)
     typer.echo(f"{reply['node']}: {reply['result']}")
 
 
@@ -477,140 +236,16 @@ def crash(ctx: typer.Context, actor: str) -> None:
 @ctl_app.command()
 def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Depth and consumers of every Staybook queue (passive declares, no plugin)."""
-    c = _obj(ctx)
+    c = context_of(ctx)
     try:
         conn = c.connection()
     except (AMQPError, OSError) as exc:
-        _broker_failed(ctx, exc)
+        broker_failed(ctx, exc)
     try:
         rows = queue_stats(conn, c.topology)
     finally:
         conn.close()
     if as_json:
-        _dump(rows)
+        dump(rows)
         return
-    _table(rows, ["queue", "messages", "consumers"])
-
-
-def _one_node(ctx: typer.Context) -> str:
-    """The node that carries out a dead-letter action: ``--node``, else the first to answer.
-
-    Every node reads the same book, and replaying on two at once would publish twice.
-    """
-    c = _obj(ctx)
-    if c.node:
-        return c.node
-    names = [str(r["node"]) for r in _ask(ctx, "status", until_ok=True) if r.get("ok")]
-    if not names:
-        _fail("no node answered")
-    return names[0]
-
-
-def _ask_one(ctx: typer.Context, op: str, args: dict[str, Any], wait: float) -> Any:
-    """``op`` on one node; its result, or one error line."""
-    c = _obj(ctx)
-    node = _one_node(ctx)
-    try:
-        with c.client() as client:
-            replies = client.request(op, args, node=node, wait=wait)
-    except (ControlFailed, AMQPError, OSError) as exc:
-        _broker_failed(ctx, exc)
-    if not replies:
-        _fail(f"{node} did not answer within {wait:g} s")
-    if not replies[0].get("ok"):
-        _fail(f"{node}: {replies[0].get('error')}")
-    return replies[0]["result"]
-
-
-def _unrecorded(ctx: typer.Context) -> int | None:
-    c = _obj(ctx)
-    try:
-        conn = c.connection()
-    except (AMQPError, OSError):
-        return None
-    try:
-        return dead_letter_depth(conn, c.topology)
-    finally:
-        with contextlib.suppress(AMQPError, OSError):
-            conn.close()
-
-
-@dlq_app.command("list")
-def dlq_list(ctx: typer.Context, as_json: JsonOpt = False,
-             limit: Annotated[int, typer.Option(help="at most this many")] = 100,
-             after: Annotated[int, typer.Option(help="only ids after this one")] = 0,
-             show_all: Annotated[bool, typer.Option("--all", help="replayed ones too")]
-             = False) -> None:
-    """Dead letters in the order they landed: id, origin queue, reason, type.
-
-    Read from the store, where every node records them as they land: listing never
-    moves, reorders or redelivers a letter.
-    """
-    if not 1 <= limit <= MAX_LETTERS:
-        _fail(f"--limit must be between 1 and {MAX_LETTERS}")
-    result = _ask_one(ctx, "dlq_list", {"limit": limit, "after": after, "all": show_all},
-                      _obj(ctx).wait)
-    rows = result["letters"]
-    if as_json:
-        _dump(rows)
-        return
-    _table(rows, ["id", "status", "queue", "reason", "type", "message_id", "detail"])
-    typer.echo(f"{result['dead']} dead, {result['replaying']} being replayed, "
-               f"{result['replayed']} replayed")
-    waiting = _unrecorded(ctx)
-    if waiting:
-        typer.echo(f"{waiting} more in {_obj(ctx).topology.dead_letter_queue}, "
-                   "not recorded yet (is a node running?)")
-
-
-@dlq_app.command("show")
-def dlq_show(ctx: typer.Context, letter: Annotated[str, typer.Argument(metavar="ID")],
-             as_json: JsonOpt = False) -> None:
-    """One dead letter (by id, or every one with that message id) with headers and body."""
-    found = _ask_one(ctx, "dlq_show", {"id": letter}, _obj(ctx).wait)
-    if not found:
-        _fail(f"no dead letter {letter}")
-    if as_json:
-        _dump(found[0] if len(found) == 1 else found)
-        return
-    for one in found:
-        for k, v in one.items():
-            typer.echo(f"{k}: {json.dumps(v, default=str) if isinstance(v, dict) else v}")
-
-
-@dlq_app.command("replay")
-def dlq_replay(ctx: typer.Context,
-               letter: Annotated[str | None, typer.Argument(metavar="[ID]")] = None,
-               replay_all: Annotated[bool, typer.Option("--all")] = False,
-               as_json: JsonOpt = False) -> None:
-    """Put a dead letter (or all) back on its original queue, headers included."""
-    if (letter is None) == (not replay_all):
-        _fail("give a dead letter ID or --all")
-    args: dict[str, Any] = {"all": True} if replay_all else {"id": letter}
-    results = _ask_one(ctx, "dlq_replay", args, max(_obj(ctx).wait, REPLAY_WAIT))
-    if as_json:
-        _dump(results)
-    else:
-        for r in results:
-            typer.echo(f"{r['id']}: " + (f"replayed to {r['queue']}" if r["replayed"]
-                                         else f"kept ({r.get('error')})"))
-        if replay_all and not results:
-            typer.echo("no dead letters to replay")
-    if letter is not None and not any(r["replayed"] for r in results):
-        _fail(f"{letter}: not replayed" + ("" if results else " (no such dead letter)"))
-
-
-@dlq_app.command("purge")
-def dlq_purge(ctx: typer.Context,
-              yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
-              replayed: Annotated[bool, typer.Option("--replayed",
-                                                     help="only the replayed ones")]
-              = False) -> None:
-    """Drop every dead letter (or only those already replayed) from the book."""
-    what = "replayed dead letters" if replayed else "dead letters"
-    if not yes and not sys.stdin.isatty():
-        _fail(f"purging {what} asks first: pass --yes (there is no terminal to ask on)")
-    if not yes and not typer.confirm(f"drop all {what}?"):
-        raise typer.Exit(1)
-    n = _ask_one(ctx, "dlq_purge", {"replayed_only": replayed}, _obj(ctx).wait)
-    typer.echo(f"purged {n} {what}")
+    table(rows, ["queue", "messages", "consumers"])

@@ -45,7 +45,8 @@ from textual.widgets.tree import TreeNode
 
 from broker.rabbitmq import connection_parameters
 from broker.topology import Topology
-from console.ctl import REPLAY_WAIT, ControlClient, ControlFailed, queue_stats
+from console.broker_reads import queue_stats
+from console.control_client import REPLAY_WAIT, ControlClient, ControlFailed
 
 SORTS = ("mailbox", "handled", "restarts", "pending")
 TREE_ENTITIES = 20  # entity actors listed under each node's `entities`

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from broker.client import Client
 from console.cli import app
-from console.ctl import ControlClient
+from console.control_client import ControlClient
 from messages import AddApartment, Envelope, new_id
 from node import Node
 from rules.clock import pinned
