@@ -66,18 +66,19 @@ class Intake:
     Args:
         directory: the entity actors.
         metrics: counts each command's outcome when it is settled.
+        counters: what the node has seen (commands, refusals, events).
         commands_exchange: where producers publish commands (the routing key is checked
             only for what came through it).
         max_bytes: the largest body accepted.
     """
 
-    def __init__(self, directory: Directory, metrics: NodeMetrics, *,
+    def __init__(self, directory: Directory, metrics: NodeMetrics, counters: Counters, *,
                  commands_exchange: str, max_bytes: int) -> None:
         self._directory = directory
         self._metrics = metrics
         self._commands_exchange = commands_exchange
         self._max_bytes = max_bytes
-        self.counters = Counters()
+        self.counters = counters
         self.routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
                                                                  "search")}
 

@@ -40,7 +40,7 @@ from messages import (
 )
 from node.control import ControlService, safe_tree, tree_restarts
 from node.deadletters import DeadLetterRecorder
-from node.intake import SEARCH_KINDS, Intake
+from node.intake import SEARCH_KINDS, Counters, Intake
 from node.metrics import MetricsServer, NodeGauges, NodeMetrics
 from node.relay import Relay
 from rules.clock import Clock, wall_clock
@@ -139,11 +139,11 @@ class Node:
             self.engine, self.writer, host=n.smtp_host, port=n.smtp_port, sender=n.sender,
             address_of=lambda who: f"{who}@{domain}", poll_interval=n.poll_seconds)
         self.consumers: dict[str, Any] = {}
+        self.counters = Counters()  # before the metrics: registering them reads the gauges
         self.metrics = NodeMetrics(settings.node_name, self._gauges)
-        self.intake = Intake(self.directory, self.metrics,
+        self.intake = Intake(self.directory, self.metrics, self.counters,
                              commands_exchange=self.topology.commands_exchange,
                              max_bytes=settings.broker.max_message_bytes)
-        self.counters = self.intake.counters
         self.partitions: PartitionIntake | None = None
         self.membership: Membership | None = None
         if ("commands" in settings.roles and isinstance(self.broker, RabbitBroker)
