@@ -3,7 +3,7 @@
 ``python -m bench.throughput --nodes N`` runs this. For each n in 1..N, on a fresh
 database and a fresh broker prefix, it starts n ``staybook serve`` processes (both
 roles, own names), waits until every command partition and event queue is consumed,
-publishes the seeded workload of :mod:`bench.throughput` pipelined, and reads from
+publishes the seeded workload of :mod:`bench.workload` pipelined, and reads from
 ``/proc`` the CPU time (user + system) spent meanwhile by
 
 * the node processes,
@@ -18,8 +18,11 @@ depend on the number of nodes. Nothing here asserts a time.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,9 +30,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bench.measure import run_end_to_end
+from bench.procs import NodeProcess, SetupFailed, delete_prefix, private_broker, start_node
+from bench.report import render_nodes
+from bench.workload import Command, build_workload
+from broker.membership import balanced
 from broker.rabbitmq import all_consumed
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
+from console.control_client import ControlClient, ControlFailed
 from console.localdb import create_database, local_postgresql
 from messages import new_id
 
@@ -111,10 +120,9 @@ class Meter:
 # --- the runs --------------------------------------------------------------------------
 @contextlib.contextmanager
 def _cluster(url: str, prefix: str, db_url: str, workdir: Path, n: int,
-             deadline: float) -> Iterator[list[Any]]:
-    from bench.throughput import SetupFailed, start_node
-
-    nodes = []
+             deadline: float) -> Iterator[list[NodeProcess]]:
+    """``n`` nodes on one prefix and store, each partition held once, stopped after."""
+    nodes: list[NodeProcess] = []
     try:
         for i in range(n):
             nodes.append(start_node(url, prefix, workdir, deadline, name=f"n{i + 1}",
@@ -130,9 +138,6 @@ def _cluster(url: str, prefix: str, db_url: str, workdir: Path, n: int,
 
 def wait_balanced(url: str, topology: Topology, n: int, deadline: float) -> bool:
     """Wait until ``n`` nodes answer and hold every partition once, evenly spread."""
-    from broker.membership import balanced
-    from console.control_client import ControlClient, ControlFailed
-
     with ControlClient(url, topology) as ctl:
         while time.monotonic() < deadline:
             try:
@@ -151,13 +156,14 @@ def wait_balanced(url: str, topology: Topology, n: int, deadline: float) -> bool
     return False
 
 
-def run_nodes(url: str, broker_name: str, commands: Sequence[Any], *, max_nodes: int,
+def run_nodes(url: str, broker_name: str, commands: Sequence[Command], *, max_nodes: int,
               window: int, workdir: Path, deadline: float) -> list[dict[str, Any]]:
-    """One row per node count: commands/s, latency, CPU ms per command by part."""
-    from bench.throughput import delete_prefix, run_end_to_end
+    """One row per node count: commands/s, latency, CPU ms per command by part.
 
+    ``broker_name`` is the broker's node name: its processes are found by it.
+    """
     rows: list[dict[str, Any]] = []
-    broker_pids = pids_matching(broker_name)
+    broker_pids = pids_matching(f"RABBITMQ_NODENAME={broker_name}")
     if not broker_pids:
         print(f"bench: no broker process matches {broker_name!r}; its CPU reads 0")
     with local_postgresql(workdir / "postgresql") as server_url:
@@ -193,32 +199,11 @@ def run_nodes(url: str, broker_name: str, commands: Sequence[Any], *, max_nodes:
     return rows
 
 
-def render_nodes(rows: Sequence[dict[str, Any]]) -> str:
-    """The scale-out table."""
-    head = (f"{'nodes':>5}  {'cmd/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  "
-            f"{'CPU ms/cmd: nodes':>17}  {'broker':>7}  {'nodes+broker':>12}  "
-            f"{'postgres':>8}  {'ratio to 1':>10}")
-    lines = ["Scale-out on one machine (PostgreSQL, one broker; CPU from /proc)", head]
-    for r in rows:
-        c = r["cpu_ms_per_command"]
-        lat = r["latency_ms"]
-        lines.append(f"{r['nodes']:>5}  {r['rate_per_s'] or 0:>8.1f}  "
-                     f"{lat['p50'] or 0:>8.1f}  {lat['p99'] or 0:>8.1f}  "
-                     f"{c['nodes']:>17.3f}  {c['broker']:>7.3f}  {c['nodes+broker']:>12.3f}  "
-                     f"{c['database']:>8.3f}  {r['cpu_ratio_to_1_node'] or 0:>10.2f}")
-    return "\n".join(lines)
-
-
-def main_nodes(args: Any) -> int:
+def main_nodes(args: argparse.Namespace) -> int:
     """``--nodes N``: a private broker and PostgreSQL, then 1..N nodes; the table.
 
     Exit status: 0 when every run answered every command, 1 otherwise, 2 on setup.
     """
-    import json
-    import tempfile
-
-    from bench.throughput import SetupFailed, build_workload, private_broker
-
     deadline = time.monotonic() + args.timeout * args.nodes
     commands = build_workload(apartments=args.apartments, hot=args.hot,
                               commands=args.commands, seed=args.seed,
@@ -226,9 +211,8 @@ def main_nodes(args: Any) -> int:
     with tempfile.TemporaryDirectory(prefix="staybook-bench-nodes-") as tmp:
         work = Path(tmp)
         try:
-            with private_broker(work / "rabbitmq", deadline) as url:
-                rows = run_nodes(url, f"RABBITMQ_NODENAME=staybook-bench-{os.getpid()}-",
-                                 commands,
+            with private_broker(work / "rabbitmq", deadline) as rabbit:
+                rows = run_nodes(rabbit.url, rabbit.node_name, commands,
                                  max_nodes=args.nodes, window=args.window, workdir=work,
                                  deadline=deadline)
         except SetupFailed as exc:

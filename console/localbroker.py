@@ -1,22 +1,39 @@
-"""Start a private RabbitMQ node for development, installing it when permitted.
+"""The one launcher of private RabbitMQ nodes run with Debian's binaries.
 
-``staybook demo`` and ``staybook serve --local-broker`` use this when no broker is
-configured (no ``STAYBOOK_BROKER__URL``): a node named ``staybook-dev`` on port 5672
-(or the next free one), with its data under ``.staybook/rabbitmq``. If Debian's
-``rabbitmq-server`` is missing and we run as root, it is installed with apt-get
-(the package's own service is not started; we start our own node).
+:class:`LocalRabbit` starts, stops, SIGKILLs and restarts one node whose data lives
+in a directory of ours, with the Staybook config and plugins (the consistent-hash
+exchange). Everything that needs a broker of its own uses it:
+
+* the development broker (``staybook broker start/stop``, ``staybook demo``,
+  ``staybook serve --local-broker``): :func:`start_local_broker` runs the node
+  ``staybook-dev`` on port 5672, detached so that it outlives the command, and
+  reuses a broker already listening there; :func:`stop_local_broker` ends it;
+* the fault drills (``tests/faults``), which SIGKILL and restart it on the same data;
+* the benchmark (``bench/``), which starts one in a temporary directory.
+
+Private nodes (:meth:`LocalRabbit.private`) take a free port pair and a node name
+holding this process's id and the port, so two launchers never share a node name,
+a port or a distribution port (the AMQP port + 20000, as RabbitMQ's default).
+
+If Debian's ``rabbitmq-server`` is missing and we run as root, a launcher built with
+``install=True`` installs it with apt-get (the package's own service is not started;
+we start our own node).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from broker.rabbitmq import wait_for_broker
 from config import CONFIG_DIR, RABBITMQ_PLUGINS_FILE
 
 log = logging.getLogger(__name__)
@@ -24,6 +41,9 @@ log = logging.getLogger(__name__)
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = RABBIT_BIN / "rabbitmq-server"
 CTL = RABBIT_BIN / "rabbitmqctl"
+DEV_NODE = "staybook-dev@localhost"
+DIST_OFFSET = 20000  # RabbitMQ's distribution port is the AMQP port + 20000
+HOST = "127.0.0.1"
 
 
 class BrokerUnavailable(Exception):
@@ -56,33 +76,230 @@ def ensure_installed(*, allow_install: bool = True) -> None:
                     "rabbitmq-server"], check=True, env=env)
 
 
+def free_port_pair(attempts: int = 200) -> int:
+    """A port p in 20000..40000 with p and p + 20000 both free on 127.0.0.1 now.
+
+    Random rather than the kernel's next ephemeral port, so that two processes
+    looking at once are unlikely to pick the same one.
+
+    Raises:
+        BrokerUnavailable: when none was found.
+    """
+    rng = random.SystemRandom()
+    for _ in range(attempts):
+        port = rng.randint(20000, 40000)
+        if _bindable(port) and _bindable(port + DIST_OFFSET):
+            return port
+    raise BrokerUnavailable("no free port pair for a private RabbitMQ")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The end of a log file, for the notes of an error."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"({path} unreadable)"
+    return f"{path}:\n" + "\n".join(text[-lines:])
+
+
+class LocalRabbit:
+    """One RabbitMQ node on 127.0.0.1 with its data, logs and output under ``state_dir``.
+
+    The data directory survives :meth:`stop`, :meth:`kill` and :meth:`restart`
+    (durable and quorum queues keep their messages). :meth:`kill` and waiting for
+    the process apply to a node this object started; :meth:`stop` also ends one
+    started by another process (``rabbitmqctl stop`` finds it by its name).
+    """
+
+    def __init__(self, state_dir: Path, *, port: int, node_name: str,
+                 install: bool = False) -> None:
+        """A launcher; nothing starts until :meth:`start`.
+
+        Args:
+            port: the AMQP port; the distribution port is ``port + 20000``.
+            node_name: ``name@localhost``, unique among the nodes on this machine.
+            install: install rabbitmq-server with apt-get when missing (as root).
+        """
+        self.state_dir = state_dir.resolve()
+        self.port = port
+        self.node_name = node_name
+        self.install = install
+        self.url = f"amqp://guest:guest@{HOST}:{port}/%2F"
+        self.log_path = self.state_dir / "rabbitmq.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def private(cls, state_dir: Path, name: str, *, install: bool = False) -> LocalRabbit:
+        """A node on a free port pair named ``<name>-<pid>-<port>@localhost``.
+
+        Raises:
+            BrokerUnavailable: when no free port pair was found.
+        """
+        port = free_port_pair()
+        return cls(state_dir, port=port, node_name=f"{name}-{os.getpid()}-{port}@localhost",
+                   install=install)
+
+    def env(self) -> dict[str, str]:
+        """The environment of rabbitmq-server and rabbitmqctl for this node.
+
+        Creates the data and log directories, which the server expects to exist.
+        """
+        for sub in ("log", "mnesia"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            **os.environ,
+            "HOME": os.environ.get("HOME") or str(self.state_dir),
+            "RABBITMQ_NODENAME": self.node_name,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.port + DIST_OFFSET),
+            "RABBITMQ_MNESIA_BASE": str(self.state_dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.state_dir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
+        }
+
+    def running(self) -> bool:
+        """True if something accepts connections on this node's port."""
+        return port_open(HOST, self.port)
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Start the node and wait until it answers AMQP.
+
+        The server runs in a session of its own, so it outlives this process unless
+        stopped; a node that fails to come up in time is killed.
+
+        Raises:
+            BrokerUnavailable: when rabbitmq-server is missing, the port is taken, or
+                the node exits or does not answer within ``timeout`` seconds (the
+                error's notes hold the end of its output).
+        """
+        ensure_installed(allow_install=self.install)
+        if self.running():
+            raise BrokerUnavailable(f"port {self.port} is taken; RabbitMQ {self.node_name} "
+                                    "cannot listen on it")
+        env = self.env()
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen([str(SERVER)], env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.running():
+                if (code := self.proc.poll()) is not None:
+                    raise self._failed(f"exited with status {code}")
+                if time.monotonic() > deadline:
+                    raise self._failed(f"did not start within {timeout:.0f}s")
+                time.sleep(0.2)
+            try:
+                wait_for_broker(self.url, timeout=max(1.0, deadline - time.monotonic()))
+            except TimeoutError as exc:
+                raise self._failed(f"did not answer AMQP within {timeout:.0f}s") from exc
+        except BrokerUnavailable:
+            self.kill()
+            raise
+
+    def _failed(self, what: str) -> BrokerUnavailable:
+        exc = BrokerUnavailable(f"RabbitMQ {self.node_name} on port {self.port} {what}; "
+                                f"see {self.log_path}")
+        exc.add_note(log_tail(self.log_path))
+        exc.add_note(log_tail(self.state_dir / "log" / f"{self.node_name}.log"))
+        return exc
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> int:
+        """Run ``rabbitmqctl`` against this node; its exit status (-1 on timeout)."""
+        if not CTL.exists():
+            return -1
+        try:
+            done = subprocess.run([str(CTL), "-n", self.node_name, *args], env=self.env(),
+                                  check=False, capture_output=True, text=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.debug("rabbitmqctl %s: no answer in %ss", " ".join(args), timeout)
+            return -1
+        if done.returncode != 0:
+            log.debug("rabbitmqctl %s: %s", " ".join(args), done.stdout + done.stderr)
+        return done.returncode
+
+    def close_all_connections(self, reason: str) -> None:
+        """Make the node close every client connection (nodes and producers alike)."""
+        self.ctl("close_all_connections", reason)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """A clean stop (``rabbitmqctl stop``); SIGKILL if our process does not end.
+
+        Returns:
+            False when the node did not acknowledge the stop (it was not running).
+        """
+        if self.proc is None and not self.running():
+            return False  # nothing listens: asking rabbitmqctl would only wait for it
+        stopped = self.ctl("stop") == 0
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=timeout)
+                self.proc = None
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return stopped
+
+    def kill(self) -> None:
+        """SIGKILL the node this object started (the Erlang VM and its helpers).
+
+        Waits for the port to close: the VM may hold it an instant after the kill.
+        """
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.proc = None
+        deadline = time.monotonic() + 15
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def restart(self, *, kill: bool = False, timeout: float = 120.0) -> None:
+        """Stop (or SIGKILL, with ``kill``) and start again on the same data."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start(timeout)
+
+
+def dev_broker(state_dir: Path, *, port: int = 5672, allow_install: bool = True) -> LocalRabbit:
+    """The development node ``staybook-dev`` with its data in ``state_dir``."""
+    return LocalRabbit(state_dir, port=port, node_name=DEV_NODE, install=allow_install)
+
+
 def start_local_broker(state_dir: Path, *, port: int = 5672, allow_install: bool = True,
                        timeout: float = 90.0) -> str:
     """Make sure a broker answers on localhost and return its AMQP URL.
 
-    Reuses one already listening on ``port``; otherwise starts ``staybook-dev``
-    detached (it keeps running for the next command; ``staybook broker stop`` ends it).
+    Reuses one already listening on ``port`` (and says so); otherwise starts
+    ``staybook-dev``, which keeps running for the next command until
+    ``staybook broker stop``.
 
     Raises:
         BrokerUnavailable: if it cannot be installed or does not come up in time.
     """
-    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
-    if port_open("127.0.0.1", port):
+    rabbit = dev_broker(state_dir, port=port, allow_install=allow_install)
+    if rabbit.running():
         print(f"found a RabbitMQ listening on port {port}; using it", flush=True)
-        return url
+        return rabbit.url
     ensure_installed(allow_install=allow_install)
-    env = _env(state_dir, port)
-    log = state_dir / "rabbitmq.out"
     print(f"starting a local RabbitMQ on port {port} (data in {state_dir}) ...", flush=True)
-    with log.open("ab") as out:
-        subprocess.Popen([str(SERVER)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_open("127.0.0.1", port):
-            return url
-        time.sleep(0.5)
-    raise BrokerUnavailable(f"RabbitMQ did not start within {timeout:.0f}s; see {log}")
+    rabbit.start(timeout)
+    return rabbit.url
 
 
 def stop_local_broker(state_dir: Path, *, port: int = 5672) -> bool:
@@ -91,28 +308,4 @@ def stop_local_broker(state_dir: Path, *, port: int = 5672) -> bool:
     Returns:
         False when there was none to stop (no RabbitMQ installed, or the node is down).
     """
-    if not CTL.exists():
-        return False
-    done = subprocess.run([str(CTL), "stop"], env=_env(state_dir, port), check=False,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        log.debug("rabbitmqctl stop: %s", done.stdout + done.stderr)
-    return done.returncode == 0
-
-
-def _env(state_dir: Path, port: int) -> dict[str, str]:
-    state_dir = state_dir.resolve()
-    (state_dir / "log").mkdir(parents=True, exist_ok=True)
-    (state_dir / "mnesia").mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "HOME": os.environ.get("HOME") or str(state_dir),
-        "RABBITMQ_NODENAME": "staybook-dev@localhost",
-        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-        "RABBITMQ_NODE_PORT": str(port),
-        "RABBITMQ_DIST_PORT": str(port + 20000),
-        "RABBITMQ_MNESIA_BASE": str(state_dir / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(state_dir / "log"),
-        "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
-    }
+    return dev_broker(state_dir, port=port, allow_install=False).stop()

@@ -39,7 +39,7 @@ from console.localdb import local_postgresql
 from messages import AddApartment, Envelope, new_id
 from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters
 from tests.faults.drill import Faults, finish, wait_quiet
-from tests.faults.procs import NodeProcess, Rabbit, queue_counts
+from tests.faults.procs import NodeProcess, private_rabbit, queue_counts
 from tests.faults.workload import History, Op, PoisonInjector, Producer
 
 log = logging.getLogger("cluster-drill")
@@ -102,7 +102,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
                       workdir: Path, nodes: int = 3, out: Callable[[str], None] = print
                       ) -> dict[str, Any]:
     """Run one cluster drill; the checker's figures plus failovers and faults."""
-    rabbit = Rabbit(workdir / "rabbitmq")
+    rabbit = private_rabbit(workdir / "rabbitmq")
     rabbit.start()
     prefix = f"cluster{new_id()[:8]}"
     topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)

@@ -33,7 +33,7 @@ from config import DEFAULT_PARTITIONS
 from messages import new_id
 from store.tables import events_table, outbox_table
 from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters, store_url
-from tests.faults.procs import NodeProcess, Rabbit, queue_depths
+from tests.faults.procs import NodeProcess, private_rabbit, queue_depths
 from tests.faults.workload import History, PoisonInjector, Producer
 
 log = logging.getLogger("drill")
@@ -90,7 +90,7 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
               broker_kill: bool = False, out: Callable[[str], None] = print
               ) -> dict[str, Any]:
     """Run one drill; return the checker's figures plus the faults injected."""
-    rabbit = Rabbit(workdir / "rabbitmq")
+    rabbit = private_rabbit(workdir / "rabbitmq")
     rabbit.start()
     prefix = f"drill{new_id()[:8]}"
     topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
@@ -126,7 +126,7 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
                 time.sleep(0.5)
                 node.start()
             elif kind == "close_connections":
-                rabbit.close_all_connections()
+                rabbit.close_all_connections("fault drill")
             else:
                 rabbit.restart(kill=broker_kill and faults.counts.get(kind, 0) % 2 == 1)
             faults.add(kind)

@@ -1,8 +1,8 @@
 """The processes a fault drill kills: a private RabbitMQ node and a Staybook node.
 
-Both run as subprocesses so the drill can SIGKILL them. The broker keeps its data
-directory across restarts (quorum queues keep their messages); the node keeps its
-SQLite file.
+Both run as subprocesses so the drill can SIGKILL them. The broker is
+:class:`console.localbroker.LocalRabbit`, which keeps its data directory across
+restarts (quorum queues keep their messages); the node keeps its SQLite file.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from pathlib import Path
 import pika
 from pika.exceptions import AMQPError
 
-from broker.rabbitmq import all_consumed, connection_parameters, wait_for_broker
+from broker.rabbitmq import all_consumed, connection_parameters
 from broker.topology import Topology
-from config import CONFIG_DIR, DEFAULT_PARTITIONS, RABBITMQ_PLUGINS_FILE
-from console.localbroker import CTL, SERVER, port_open
+from config import DEFAULT_PARTITIONS
+from console.localbroker import LocalRabbit, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,114 +30,13 @@ class DrillSetupFailed(Exception):
     """A process the drill needs did not start."""
 
 
-def _free_port() -> int:
-    """A port free now and with its distribution port (+20000) free too."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port < 40000 and not port_open("127.0.0.1", port + 20000):
-            return port
-    raise DrillSetupFailed("no free port pair")
+def private_rabbit(state_dir: Path) -> LocalRabbit:
+    """The drill's broker: a private node (free ports, a name of its own) on ``state_dir``.
 
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The end of a log file, for error messages."""
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"({path} unreadable)"
-    return f"{path}:\n" + "\n".join(text[-lines:])
-
-
-class Rabbit:
-    """A private RabbitMQ node whose data directory survives stop/start and SIGKILL."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.port = _free_port()
-        self.node = f"drill-{os.getpid()}-{self.port}@localhost"
-        for sub in ("log", "mnesia"):
-            (state_dir / sub).mkdir(parents=True, exist_ok=True)
-        self.env = {
-            **os.environ,
-            "HOME": os.environ.get("HOME") or str(state_dir),
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.port + 20000),
-            "RABBITMQ_MNESIA_BASE": str(state_dir / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(state_dir / "log"),
-            "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
-        }
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
-        self.log_path = state_dir / "rabbitmq.out"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the node and wait until it accepts AMQP connections."""
-        if not SERVER.exists():
-            raise DrillSetupFailed(f"{SERVER} is missing (apt-get install rabbitmq-server)")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([str(SERVER)], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not port_open("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise DrillSetupFailed(f"RabbitMQ did not start: {tail(self.log_path)}")
-            time.sleep(0.2)
-        try:
-            wait_for_broker(self.url, timeout=max(1.0, deadline - time.monotonic()))
-        except TimeoutError as exc:
-            raise DrillSetupFailed(str(exc)) from exc
-
-    def ctl(self, *args: str, timeout: float = 60.0) -> int:
-        """Run rabbitmqctl against this node; its exit status."""
-        try:
-            return subprocess.run([str(CTL), "-n", self.node, *args], env=self.env,
-                                  check=False, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            return -1
-
-    def close_all_connections(self) -> None:
-        """Make the broker close every client connection (nodes, producers alike)."""
-        self.ctl("close_all_connections", "fault drill")
-
-    def stop(self) -> None:
-        """A clean stop (rabbitmqctl stop), SIGKILL if it hangs."""
-        if self.proc is None:
-            return
-        self.ctl("stop")
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the whole node (the Erlang VM and its helpers)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        self.proc = None
-        # epmd and the port may linger an instant after a kill.
-        deadline = time.monotonic() + 15
-        while port_open("127.0.0.1", self.port) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop (or SIGKILL) and start again on the same data."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
+    Its data directory survives stop, restart and SIGKILL, so quorum queues keep
+    their messages across the broker faults the drill injects.
+    """
+    return LocalRabbit.private(state_dir, "drill")
 
 
 class NodeProcess:
@@ -189,9 +87,9 @@ class NodeProcess:
                    else self._serving(start)):
             if self.proc.poll() is not None:
                 raise DrillSetupFailed(f"the node exited with {self.proc.returncode}: "
-                                       f"{tail(self.log_path)}")
+                                       f"{log_tail(self.log_path)}")
             if time.monotonic() > deadline:
-                raise DrillSetupFailed(f"the node did not come up: {tail(self.log_path)}")
+                raise DrillSetupFailed(f"the node did not come up: {log_tail(self.log_path)}")
             time.sleep(0.2)
 
     def _serving(self, start: int) -> bool:

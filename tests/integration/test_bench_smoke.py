@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import throughput
+from bench import throughput, workload
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +40,8 @@ def test_the_workload_is_seeded_and_in_the_future() -> None:
     from datetime import date
 
     today = date(2030, 1, 7)
-    a = throughput.build_workload(apartments=10, hot=2, commands=300, seed=7, today=today)
-    b = throughput.build_workload(apartments=10, hot=2, commands=300, seed=7, today=today)
+    a = workload.build_workload(apartments=10, hot=2, commands=300, seed=7, today=today)
+    b = workload.build_workload(apartments=10, hot=2, commands=300, seed=7, today=today)
     assert len(a) == 300
     assert [(c.type, c.apartment_id) for c in a] == [(c.type, c.apartment_id) for c in b]
     assert [c.type for c in a[:10]] == ["AddApartment"] * 10

@@ -1,0 +1,140 @@
+"""The processes a benchmark run needs: a private RabbitMQ node and Staybook nodes.
+
+The broker is :class:`console.localbroker.LocalRabbit` on a free port pair with a
+node name of its own (never the developer's ``staybook-dev``), its data in the run's
+temporary directory. Each node is ``staybook serve`` in a child process on a unique
+prefix, so a run on a shared broker touches nothing else; :func:`delete_prefix`
+removes what it declared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pika
+from pika.exceptions import AMQPError
+
+from broker.rabbitmq import all_consumed, connection_parameters
+from broker.topology import Topology
+from config import DEFAULT_PARTITIONS
+from console.localbroker import BrokerUnavailable, LocalRabbit, log_tail
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class SetupFailed(Exception):
+    """The broker or the node could not be started."""
+
+
+@contextlib.contextmanager
+def private_broker(state_dir: Path, deadline: float) -> Iterator[LocalRabbit]:
+    """A RabbitMQ node of our own for the duration (installed first when permitted).
+
+    Started before ``deadline`` or not at all; stopped cleanly (SIGKILL if it hangs)
+    on the way out, so the caller can remove ``state_dir``.
+
+    Raises:
+        SetupFailed: when it cannot be installed or does not come up in time.
+    """
+    try:
+        rabbit = LocalRabbit.private(state_dir, "staybook-bench", install=True)
+        print(f"starting a private RabbitMQ {rabbit.node_name} on port {rabbit.port} ...",
+              file=sys.stderr, flush=True)
+        rabbit.start(timeout=max(1.0, min(120.0, deadline - time.monotonic())))
+    except BrokerUnavailable as exc:  # the report shows the end of the node's log too
+        raise SetupFailed("\n".join([str(exc), *getattr(exc, "__notes__", ())])) from exc
+    try:
+        yield rabbit
+    finally:
+        rabbit.stop()
+
+
+@dataclass
+class NodeProcess:
+    """``staybook serve`` in a child process."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    exit_code: int | None = None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait; SIGKILL if it does not stop in time. The exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+
+def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
+               roles: Sequence[str] = ("commands", "events"), name: str | None = None,
+               db_url: str | None = None, wait: bool = True) -> NodeProcess:
+    """Start a node and wait until each queue its roles consume has a consumer.
+
+    Args:
+        roles: what the node runs (``--split`` starts one node per role).
+        name: the node's name (default: from its roles).
+        db_url: the store (default: a SQLite file in ``workdir``).
+        wait: wait for its queues (False: only for the node's word that it serves,
+            as a node joining others finds the queues consumed already).
+    """
+    name = name or "bench-" + "-".join(roles)
+    env = {
+        **os.environ,
+        "STAYBOOK_BROKER__URL": url,
+        "STAYBOOK_BROKER__PREFIX": prefix,
+        "STAYBOOK_DATABASE_URL": db_url or f"sqlite:///{workdir / 'bench.db'}",
+        "STAYBOOK_STORE__SYNCHRONOUS": "FULL",
+        "STAYBOOK_LOG_LEVEL": "WARNING",
+        "STAYBOOK_NODE_NAME": name,
+        "STAYBOOK_ROLES": json.dumps(list(roles)),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = workdir / f"node-{name}.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
+                                 "--no-local-broker"], env=env, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    node = NodeProcess(proc, log_path)
+    topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
+    queues = topology.work_queues(tuple(roles))
+    limit = min(deadline, time.monotonic() + 120)
+    while True:
+        if proc.poll() is not None:
+            raise SetupFailed(f"the node exited with {proc.returncode}: {log_tail(log_path, 15)}")
+        if time.monotonic() > limit:
+            node.stop()
+            raise SetupFailed(f"the node did not come up in time: {log_tail(log_path, 15)}")
+        if (all_consumed(url, queues) if wait
+                else "serving on" in log_path.read_text(errors="replace")):
+            return node
+        time.sleep(0.2)
+
+
+def delete_prefix(url: str, topology: Topology, extra_queues: Sequence[str] = ()) -> None:
+    """Remove a run's queues and exchanges from a shared broker."""
+    with contextlib.suppress(AMQPError, OSError):
+        conn = pika.BlockingConnection(connection_parameters(url))
+        try:
+            ch = conn.channel()
+            for name in [q.name for q in topology.queues()] + list(extra_queues):
+                ch.queue_delete(name)
+            for ex in topology.exchanges():
+                ch.exchange_delete(ex.name)
+        finally:
+            with contextlib.suppress(AMQPError, OSError):
+                conn.close()
