@@ -1,4 +1,4 @@
-"""The ticket an actor settles.
+"""The ticket an actor settles, and how the intake passes its outcome to the delivery.
 
 A ticket takes one outcome, whoever gives it first (the actor's commit, a crash
 handler, a shutdown); its observers see it before it is passed on, once.
@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from actors.outcome import Outcome, Ticket
+from broker.base import DETAIL_HEADER, REASON_HEADER, Delivery
+from node.intake import ticket_for
 
 
 def test_the_first_outcome_wins_and_is_passed_on_once() -> None:
@@ -57,3 +62,38 @@ def test_racing_outcomes_settle_once() -> None:
         t.on_settled(observed.append)
         race(t)
         assert len(passed) == 1 and observed == [t] and t.outcome == passed[0]
+
+
+class Recorded(Delivery):
+    """A delivery that records what reached the broker."""
+
+    def __init__(self) -> None:
+        super().__init__(b"{}", queue="q", reply_to="amq.rabbitmq.reply-to",
+                         message_id="m9", redelivered=True)
+        self.sent: list[tuple[str, Any]] = []
+
+    def _ack(self, reply: bytes | None) -> None:
+        self.sent.append(("ack", reply))
+
+    def _requeue(self) -> None:
+        self.sent.append(("requeue", None))
+
+    def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
+        self.sent.append(("dead_letter", (headers[REASON_HEADER], headers[DETAIL_HEADER],
+                                          reply)))
+
+
+@pytest.mark.parametrize(("give", "sent"), [
+    (lambda t: t.ack(b"ok"), ("ack", b"ok")),
+    (lambda t: t.requeue(), ("requeue", None)),
+    (lambda t: t.refuse("poison", "it broke", b"err"),
+     ("dead_letter", ("poison", "it broke", b"err"))),
+])
+def test_the_intake_settles_the_delivery_with_the_tickets_outcome(
+        give: Any, sent: tuple[str, Any]) -> None:
+    d = Recorded()
+    t = ticket_for(d)
+    assert (t.message_id, t.redelivered) == ("m9", True)
+    give(t)
+    t.ack(b"again")  # ignored: the ticket is settled
+    assert d.sent == [sent] and d.settled
