@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import pykka
 
-from broker.base import Delivery
+from actors.outcome import Ticket
 from messages.base import Envelope, InvalidMessage, Message
 from messages.events import CommandRejected, ReservationRejected
 from messages.replies import CommandResult, Status, with_position
@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Handle:
-    """Tell an actor to handle one validated message from a delivery."""
+    """Tell an actor to handle one validated message; its ticket takes the outcome."""
 
     envelope: Envelope
-    delivery: Delivery
+    ticket: Ticket
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class EntityActor(SupervisedActor, Generic[S]):
     inbox row's primary key catches the duplicate at commit, and the actor reloads);
     otherwise ``decide`` yields events, ``evolve`` folds them into
     the state at once (so the next message sees them), and the events, the inbox row
-    and the reply go to the writer as one commit. The delivery is acked and the reply
+    and the reply go to the writer as one commit. The ticket is acked and the reply
     sent only after that commit is durable. A commit refused for a duplicate or a stale
     version means memory ran ahead of the store: the actor reloads it (producers
     retrying are normal and must not spend the restart intensity); any other failed
@@ -130,12 +130,12 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.state: S = self.initial()
         self.version = 0
         self._lock = threading.Lock()
-        self._inflight: dict[str, list[Delivery]] = {}
+        self._inflight: dict[str, list[Ticket]] = {}
         self._asked: dict[str, str | None] = {}  # in flight: message_id -> content hash
         self.last_active = time.monotonic()
         self.lineage = 0  # which memory this actor decides from (see Commit.lineage)
         self._stale = 0  # a lineage the writer refused a commit of (set on its thread)
-        self._retry: list[tuple[Envelope, Delivery]] = []  # refused, to decide again
+        self._retry: list[tuple[Envelope, Ticket]] = []  # refused, to decide again
         self._conflicts: OrderedDict[str, int] = OrderedDict()  # message_id -> refusals
 
     # --- to implement -------------------------------------------------------
@@ -178,7 +178,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         if isinstance(message, Handle):
             self.last_active = time.monotonic()
             self._catch_up()
-            self._handle(message.envelope, message.delivery)
+            self._handle(message.envelope, message.ticket)
             return None
         if isinstance(message, CommitFailed):
             raise message.error
@@ -191,7 +191,7 @@ class EntityActor(SupervisedActor, Generic[S]):
             return self.version
         raise ValueError(f"{self.name}: unexpected message {message!r}")
 
-    def _handle(self, env: Envelope, delivery: Delivery) -> None:
+    def _handle(self, env: Envelope, ticket: Ticket) -> None:
         mid = env.message_id
         # Producers' commands carry an idempotency key (their message_id): what they
         # asked is hashed, so a key re-used for another request is refused.
@@ -202,18 +202,18 @@ class EntityActor(SupervisedActor, Generic[S]):
                     conflict = True
                 else:
                     conflict = False
-                    delivery.submitted = True
-                    self._inflight[mid].append(delivery)
+                    ticket.submitted = True
+                    self._inflight[mid].append(ticket)
             else:
                 conflict = None
         if conflict:
-            self._refuse_conflict(env, delivery)
+            self._refuse_conflict(env, ticket)
         if conflict is not None:
             return
-        if delivery.redelivered:  # most likely handled before: ask the inbox first
+        if ticket.redelivered:  # most likely handled before: ask the inbox first
             found = self.ctx.store.handled(self.consumer, mid)
             if found is not None:
-                self._answer_again(env, asked, found, delivery)
+                self._answer_again(env, asked, found, ticket)
                 return
         if self.ctx.inject is not None:
             self.ctx.inject(self.entity_id, env)
@@ -236,9 +236,9 @@ class EntityActor(SupervisedActor, Generic[S]):
             effects=self.effects_for(events),
         )
         with self._lock:
-            self._inflight[mid] = [delivery]
+            self._inflight[mid] = [ticket]
             self._asked[mid] = asked
-        delivery.submitted = True
+        ticket.submitted = True
         self.state = state
         self.version += len(events)
         self.ctx.writer.submit(commit)
@@ -248,7 +248,7 @@ class EntityActor(SupervisedActor, Generic[S]):
 
         The writer refuses every later commit of a refused lineage, so once the memory
         is rebuilt (after a barrier: everything decided on the old memory has been
-        refused by then, and its deliveries are in ``_retry``) the refused commands are
+        refused by then, and its tickets are in ``_retry``) the refused commands are
         decided afresh, in their original order, before anything newer. A command
         refused ``MAX_CONFLICTS`` times goes back to the broker instead.
         """
@@ -257,8 +257,8 @@ class EntityActor(SupervisedActor, Generic[S]):
             self._rehydrate()
         with self._lock:
             retry, self._retry = self._retry, []
-        for env, delivery in retry:
-            if delivery.settled:
+        for env, ticket in retry:
+            if ticket.settled:
                 continue
             n = self._conflicts.get(env.message_id, 0) + 1
             self._conflicts[env.message_id] = n
@@ -268,18 +268,18 @@ class EntityActor(SupervisedActor, Generic[S]):
             if n > MAX_CONFLICTS:
                 log.warning("%s: %s refused %d times; back to the broker", self.name,
                             env.message_id, n - 1)
-                delivery.requeue()
+                ticket.requeue()
                 continue
-            self._handle(env, delivery)
+            self._handle(env, ticket)
 
     def _answer_again(self, env: Envelope, asked: str | None,
-                      found: tuple[bytes | None, str | None], delivery: Delivery) -> None:
+                      found: tuple[bytes | None, str | None], ticket: Ticket) -> None:
         """A message handled before: its stored reply, unless the id asked otherwise."""
         stored_reply, stored_hash = found
         if asked is not None and stored_hash is not None and stored_hash != asked:
-            self._refuse_conflict(env, delivery)
+            self._refuse_conflict(env, ticket)
         else:
-            delivery.ack(self._positioned(stored_reply))
+            ticket.ack(self._positioned(stored_reply))
 
     def _positioned(self, reply: bytes | None) -> bytes | None:
         """A stored reply; one stored before replies carried a position gets the head's.
@@ -297,21 +297,21 @@ class EntityActor(SupervisedActor, Generic[S]):
             return reply
         return with_position(reply, self.ctx.store.head(self.entity_id))
 
-    def _refuse_conflict(self, env: Envelope, delivery: Delivery) -> None:
+    def _refuse_conflict(self, env: Envelope, ticket: Ticket) -> None:
         """Dead-letter a message_id re-used for a different request, and say so."""
         detail = (f"message_id {env.message_id} was already used for a different "
                   f"request; send a new request with a new message_id")
         log.info("%s: %s", self.name, detail)
         reply = env.follow(CommandResult(status=Status.ERROR, reason=IDEMPOTENCY_CONFLICT,
                                          detail=detail)).to_json()
-        delivery.dead_letter(IDEMPOTENCY_CONFLICT, detail, reply)
+        ticket.refuse(IDEMPOTENCY_CONFLICT, detail, reply)
 
     def _give_back(self) -> None:
         """Requeue the refused commands this actor will not decide again."""
         with self._lock:
             retry, self._retry = self._retry, []
-        for _env, d in retry:
-            d.requeue()
+        for _env, t in retry:
+            t.requeue()
 
     def _on_crash(self, failure: Failure) -> None:
         self._give_back()
@@ -330,14 +330,14 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     def _committed(self, env: Envelope, lineage: int, reply: _Reply | None,
                    exc: BaseException | None) -> None:
-        """Writer thread: settle the deliveries of a commit."""
+        """Writer thread: settle the tickets of a commit."""
         mid = env.message_id
         with self._lock:
-            deliveries = self._inflight.pop(mid, [])
+            tickets = self._inflight.pop(mid, [])
             asked = self._asked.pop(mid, None)
         if exc is None:
-            for d in deliveries:
-                d.ack(None if reply is None else reply.stored)
+            for t in tickets:
+                t.ack(None if reply is None else reply.stored)
             return
         if isinstance(exc, DuplicateMessage):
             # A re-send that was not flagged redelivered: the inbox answers it (or
@@ -345,25 +345,25 @@ class EntityActor(SupervisedActor, Generic[S]):
             # time, reloads (no crash: a producer retrying is normal, and must not
             # spend the restart intensity).
             found = self.ctx.store.handled(self.consumer, mid)
-            for d in deliveries:
-                self._answer_again(env, asked, found or (None, None), d)
+            for t in tickets:
+                self._answer_again(env, asked, found or (None, None), t)
             self._stale = lineage
         elif isinstance(exc, ConcurrencyError):
             # Decided on memory the store does not share (another writer appended, or
             # an earlier commit of this memory was refused): reload and decide again.
             log.debug("%s: %s; reloading from the store", self.name, exc)
             with self._lock:
-                for d in deliveries:
-                    d.submitted = False  # a crash before the retry re-tells it
-                    self._retry.append((env, d))
+                for t in tickets:
+                    t.submitted = False  # a crash before the retry re-tells it
+                    self._retry.append((env, t))
             self._stale = lineage
             if self._reported:  # this incarnation crashed: nobody would retry them
                 self._give_back()
                 return
         else:
             log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
-            for d in deliveries:
-                d.requeue()
+            for t in tickets:
+                t.requeue()
             with contextlib.suppress(pykka.ActorDeadError):
                 self.actor_ref.tell(CommitFailed(exc))
             return

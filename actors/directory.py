@@ -5,20 +5,20 @@ children are added at run time and restarted as ``transient`` (only after a cras
 with their state rehydrated from the store, subject to a restart intensity and an
 optional backoff. Around a crash:
 
-* the deliveries that were queued for the dead actor are told to its successor, in
-  their original order (they stay unacked with the broker meanwhile, so nothing is
+* the messages (tickets) that were queued for the dead actor are told to its
+  successor, in their original order (they stay unsettled meanwhile, so nothing is
   lost and no redelivery count is spent on them);
 * the message that crashed it is retried up to ``poison_retries`` times, then
   dead-lettered as poison with a traceback summary, and its producer gets an error
   reply;
 * an actor busy longer than ``handler_timeout`` in one message is abandoned (marked
   dead, never sent to again) and treated as crashed on that message;
-* past the intensity, the directory stops every entity, hands their deliveries back to
-  the broker and reports itself dead, so its parent decides.
+* past the intensity, the directory stops every entity, requeues their unsettled
+  messages and reports itself dead, so its parent decides.
 
 A dict keyed by entity id (pykka's registry is a linear list) in LRU order: beyond
 ``max_live`` actors, the least recently used idle ones are passivated, and idle ones
-are passivated after ``idle_seconds``. An actor with unsettled deliveries is never
+are passivated after ``idle_seconds``. An actor with unsettled tickets is never
 passivated, so a re-activation can never read the store behind its predecessor.
 """
 
@@ -39,8 +39,8 @@ import pykka
 from actors.apartment import ApartmentActor
 from actors.base import EntityActor, EntityContext, Handle
 from actors.booking import ReservationActor
+from actors.outcome import Ticket
 from actors.poison import POISON, PoisonCounter
-from broker.base import Delivery
 from messages import Envelope
 from supervisor import (
     Backoff,
@@ -66,7 +66,7 @@ class _Entry:
     key: str
     ref: pykka.ActorRef[Any] | None = None
     link: Link | None = None
-    unsettled: dict[Delivery, Envelope] = field(default_factory=dict)
+    unsettled: dict[Ticket, Envelope] = field(default_factory=dict)
     last_used: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.time)
     restarts: int = 0
@@ -126,7 +126,7 @@ class Directory:
         threading.Thread(target=self._sweep, name="directory-sweeper", daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every entity; deliveries they had not handled go back to the broker."""
+        """Stop every entity; what they had not handled is requeued."""
         self._alive = False
         self._stop.set()
         with self._lock:
@@ -142,17 +142,17 @@ class Directory:
         for e in entries:
             if e.ref is not None:
                 e.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
-            for d in list(e.unsettled):
-                if not d.submitted:
-                    d.requeue()
+            for t in list(e.unsettled):
+                if not t.submitted:
+                    t.requeue()
 
     def is_alive(self) -> bool:
         """False after ``stop`` or after giving up."""
         return self._alive
 
     # --- routing ------------------------------------------------------------------
-    def dispatch(self, kind: str, key: str, envelope: Envelope, delivery: Delivery) -> None:
-        """Tell the entity ``kind:key`` to handle a delivery, activating it if needed.
+    def dispatch(self, kind: str, key: str, envelope: Envelope, ticket: Ticket) -> None:
+        """Tell the entity ``kind:key`` to handle a message, activating it if needed.
 
         Raises:
             RuntimeError: when the directory is not running (the caller requeues).
@@ -172,16 +172,16 @@ class Directory:
                     self._evict(len(self._entries) - self.max_live)
             else:
                 self._entries.move_to_end(eid)
-            entry.unsettled[delivery] = envelope
+            entry.unsettled[ticket] = envelope
             entry.last_used = time.monotonic()
             entry.handled += 1
             ref = entry.ref
-        delivery.on_settled(self._settler(entry))
+        ticket.on_settled(self._settler(entry))
         if ref is None:
             return  # restarting: told when the successor starts
         # A dead actor here has crashed: its report re-tells what it left unsettled.
         with contextlib.suppress(pykka.ActorDeadError):
-            ref.tell(Handle(envelope, delivery))
+            ref.tell(Handle(envelope, ticket))
 
     def _start_actor(self, eid: str, entry: _Entry, *, after_crash: bool) -> None:
         cls = KINDS[entry.kind]
@@ -230,10 +230,10 @@ class Directory:
                              f"busy {busy:.1f}s in one message (limit {self.handler_timeout}s)",
                              "", time.time(), ref.actor_urn, cause=link.current))
 
-    def _settler(self, entry: _Entry) -> Callable[[Delivery], None]:
-        def settled(d: Delivery) -> None:
+    def _settler(self, entry: _Entry) -> Callable[[Ticket], None]:
+        def settled(t: Ticket) -> None:
             with self._lock:
-                entry.unsettled.pop(d, None)
+                entry.unsettled.pop(t, None)
         return settled
 
     # --- supervision --------------------------------------------------------------
@@ -253,7 +253,7 @@ class Directory:
             self.restarts += 1
             self._remember(failure.name, entry)
             cause = failure.cause
-            if isinstance(cause, Handle) and not cause.delivery.submitted:
+            if isinstance(cause, Handle) and not cause.ticket.submitted:
                 self._count_attempt(cause, failure)
             if not self.intensity.allow():
                 self._give_up(failure)
@@ -268,7 +268,7 @@ class Directory:
             self.poisoned += 1
             log.error("dead-lettering poison message %s (%s)", cause.envelope.message_id,
                       cause.envelope.type)
-            cause.delivery.dead_letter(POISON, *letter)
+            cause.ticket.refuse(POISON, *letter)
 
     def _restart(self, eid: str, entry: _Entry) -> None:
         with self._lock:
@@ -277,10 +277,10 @@ class Directory:
             self._start_actor(eid, entry, after_crash=True)
             ref = entry.ref
             assert ref is not None
-            for d, env in list(entry.unsettled.items()):
-                if not d.submitted and not d.settled:
+            for t, env in list(entry.unsettled.items()):
+                if not t.submitted and not t.settled:
                     with contextlib.suppress(pykka.ActorDeadError):
-                        ref.tell(Handle(env, d))
+                        ref.tell(Handle(env, t))
 
     def _give_up(self, failure: Failure) -> None:
         self.gave_up = (f"more than {self.intensity.max_restarts} entity restarts in "
@@ -318,7 +318,7 @@ class Directory:
 
         The old actor finishes its current message and skips the rest of its mailbox;
         the successor rehydrates after the writer flushed what the old one submitted,
-        and is told the deliveries the old one left, in order.
+        and is told the messages the old one left, in order.
 
         Raises:
             KeyError: if the entity is not live.
@@ -328,7 +328,7 @@ class Directory:
             old, link = e.ref, e.link
             if old is None:
                 return False  # already restarting
-            e.ref = None  # new deliveries wait for the successor
+            e.ref = None  # new messages wait for the successor
             e.link = None
             e.restarts += 1
             if link is not None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from actors.base import Handle
-from broker.base import Delivery
+from actors.outcome import Ticket
 from messages import Envelope, Kind, Message
 from store import Commit, ConcurrencyError, DuplicateMessage, EventStore, InboxEntry, StoreWriter
 from store.writer import Effect
@@ -31,7 +31,7 @@ class HandlerActor(SupervisedActor):
     """Base of the notifier, payment and search actors.
 
     A handled event's id goes in the inbox in the same transaction as the effect, so
-    a redelivered event changes nothing. The delivery is acked only after the commit.
+    a redelivered event changes nothing. The ticket is acked only after the commit.
 
     Args:
         name: the supervisor's id for it.
@@ -60,42 +60,42 @@ class HandlerActor(SupervisedActor):
         """Hook, on the writer thread: a reaction's commit is done (None) or failed."""
 
     def receive(self, message: Any) -> Any:
-        """Handle one delivery."""
+        """Handle one message."""
         if not isinstance(message, Handle):
             raise ValueError(f"{self.name}: unexpected message {message!r}")
-        env, delivery = message.envelope, message.delivery
+        env, ticket = message.envelope, message.ticket
         if env.kind is Kind.QUERY:
-            delivery.ack(env.follow(self.answer(env)).to_json())
+            ticket.ack(env.follow(self.answer(env)).to_json())
             return None
-        if delivery.redelivered:  # otherwise the inbox row's key catches a duplicate
+        if ticket.redelivered:  # otherwise the inbox row's key catches a duplicate
             seen, _ = self.store.seen(self.consumer, env.message_id)
             if seen:
-                delivery.ack()
+                ticket.ack()
                 return None
         reaction = self.react(env)
         events = [env.follow(p) for p in reaction.events]
-        delivery.submitted = True
+        ticket.submitted = True
         self.writer.submit(Commit(
             stream_id=reaction.stream_id,
             expected_version=reaction.expected_version,
             events=events,
             inbox=InboxEntry(self.consumer, env.message_id),
             effects=reaction.effects,
-            on_done=lambda exc: self._done(delivery, exc),
+            on_done=lambda exc: self._done(ticket, exc),
         ))
         return None
 
-    def _done(self, delivery: Delivery, exc: BaseException | None) -> None:
-        _settle(delivery, exc)
+    def _done(self, ticket: Ticket, exc: BaseException | None) -> None:
+        _settle(ticket, exc)
         self.committed(exc)
 
 
-def _settle(delivery: Delivery, exc: BaseException | None) -> None:
+def _settle(ticket: Ticket, exc: BaseException | None) -> None:
     if exc is None or isinstance(exc, DuplicateMessage):
-        delivery.ack()  # done now, or done before
+        ticket.ack()  # done now, or done before
     elif isinstance(exc, ConcurrencyError):
         log.info("handler commit conflicted (%s); requeueing", exc)
-        delivery.requeue()
+        ticket.requeue()
     else:
         log.warning("handler commit failed (%r); requeueing", exc)
-        delivery.requeue()
+        ticket.requeue()

@@ -13,7 +13,7 @@ is applied (see :func:`applied_through` for why that test, and not a watermark o
 positions, is sound with several nodes), or, after ``wait_ms``, with ``caught_up``
 False. A waiting query does not block the actor: the events that would let it catch
 up come through this same mailbox. It is parked (a bounded number of them; the
-delivery stays unacked, so a crash hands it to another consumer) and checked again
+message stays unsettled, so a crash hands it to another consumer) and checked again
 after each of this actor's commits and on a short timer, for events that another
 node's search actor applied.
 """
@@ -45,7 +45,7 @@ from sqlalchemy import update as sql_update
 
 from actors.base import Handle
 from actors.handler import HandlerActor, Reaction
-from broker.base import Delivery
+from actors.outcome import Ticket
 from messages import (
     ApartmentAdded,
     ApartmentDelisted,
@@ -180,7 +180,7 @@ class Waiter:
     """A query parked until the read model includes the write at ``after``."""
 
     envelope: Envelope
-    delivery: Delivery
+    ticket: Ticket
     after: int
     deadline: float  # time.monotonic() seconds
 
@@ -189,7 +189,7 @@ class Waiters:
     """The parked queries: at most ``limit``, each answered once (pure bookkeeping).
 
     Args:
-        limit: how many may wait at once. Each holds an unacked delivery of the search
+        limit: how many may wait at once. Each holds an unsettled message of the search
             queue, so the limit must stay below its prefetch, or waiting queries would
             keep out the very events they wait for.
     """
@@ -271,7 +271,7 @@ class SearchActor(HandlerActor):
         if message == "waiting":
             return len(self.waiters)
         if isinstance(message, Handle) and message.envelope.kind is Kind.QUERY:
-            self._query(message.envelope, message.delivery)
+            self._query(message.envelope, message.ticket)
             return None
         return super().receive(message)
 
@@ -332,19 +332,19 @@ class SearchActor(HandlerActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 self.actor_ref.tell(Recheck())
 
-    def _query(self, env: Envelope, delivery: Delivery) -> None:
+    def _query(self, env: Envelope, ticket: Ticket) -> None:
         q = env.payload
         if not isinstance(q, SearchApartments):
             raise TypeError(f"search answers SearchApartments, not {env.type}")
         if q.after is None:
-            self._reply(env, delivery, None)
+            self._reply(env, ticket, None)
             return
         if self.catch_up.reached([q.after]):
-            self._reply(env, delivery, True)
+            self._reply(env, ticket, True)
             return
-        waiter = Waiter(env, delivery, q.after, time.monotonic() + q.wait_ms / 1000)
+        waiter = Waiter(env, ticket, q.after, time.monotonic() + q.wait_ms / 1000)
         if q.wait_ms == 0 or not self.waiters.add(waiter):
-            self._reply(env, delivery, False)
+            self._reply(env, ticket, False)
             return
         self._schedule()
 
@@ -354,9 +354,9 @@ class SearchActor(HandlerActor):
             return
         done, late = self.waiters.take(self.catch_up.reached(positions), time.monotonic())
         for w in done:
-            self._reply(w.envelope, w.delivery, True)
+            self._reply(w.envelope, w.ticket, True)
         for w in late:
-            self._reply(w.envelope, w.delivery, False)
+            self._reply(w.envelope, w.ticket, False)
         self._schedule()
 
     def _schedule(self) -> None:
@@ -375,11 +375,11 @@ class SearchActor(HandlerActor):
         self._timer.daemon = True
         self._timer.start()
 
-    def _reply(self, env: Envelope, delivery: Delivery, caught_up: bool | None) -> None:
+    def _reply(self, env: Envelope, ticket: Ticket, caught_up: bool | None) -> None:
         result = self.answer(env)
         if caught_up is not None and isinstance(result, SearchResults):
             result = result.model_copy(update={"caught_up": caught_up})
-        delivery.ack(env.follow(result).to_json())
+        ticket.ack(env.follow(result).to_json())
 
 
 def city_key(city: str) -> str:

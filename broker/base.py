@@ -77,7 +77,6 @@ class Delivery(ABC):
         self.headers = headers or {}
         self.exchange = exchange
         self.routing_key = routing_key
-        self.submitted = False
         # How it was settled ("ack", "requeue", "dead_letter") and the reply it carried,
         # set before the on_settled callbacks run, so an observer (metrics) reads them.
         self.outcome: str | None = None

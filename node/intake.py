@@ -4,6 +4,10 @@ Commands go to their apartment's actor, reservation events to their reservation'
 other events to the handler that consumes them. A body that cannot be handled is
 refused here, once: dead-lettered with its reason, and answered when the producer
 asked. It runs on the consumers' threads; the actors take it from there.
+
+Actors never see the delivery: each gets a :class:`actors.outcome.Ticket`
+(:func:`ticket_for`), and the outcome it gives the ticket is what settles the
+delivery, on that one path.
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import pykka
 
 from actors.base import Handle
 from actors.directory import Directory
+from actors.outcome import Outcome, Ticket
 from broker.base import Delivery
 from messages import (
     BadInput,
@@ -44,10 +49,10 @@ SEARCH_KINDS = frozenset({Kind.EVENT, Kind.QUERY})
 
 @dataclass
 class _Route:
-    """The current actor of a handler and the deliveries told to it, unsettled."""
+    """The current actor of a handler and the tickets told to it, unsettled."""
 
     ref: pykka.ActorRef[Any] | None = None
-    pending: set[Delivery] = field(default_factory=set)
+    pending: set[Ticket] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -102,11 +107,12 @@ class Intake:
                 {"message_id": env.message_id, "correlation_id": env.correlation_id}))
             return
         self.counters.commands += 1
-        self._metrics.measure(env.type, delivery)
+        ticket = ticket_for(delivery)
+        self._metrics.measure(env.type, ticket)
         try:
-            self._directory.dispatch("apartment", env.apartment_id, env, delivery)
+            self._directory.dispatch("apartment", env.apartment_id, env, ticket)
         except RuntimeError:
-            delivery.requeue()
+            ticket.requeue()
 
     def on_reservation_event(self, delivery: Delivery) -> None:
         env = self._parse(delivery, HANDLER_KINDS)
@@ -117,10 +123,11 @@ class Intake:
         if rid is None or spec is None or Consumer.RESERVATIONS not in spec.consumers:
             delivery.ack()
             return
+        ticket = ticket_for(delivery)
         try:
-            self._directory.dispatch("reservation", rid, env, delivery)
+            self._directory.dispatch("reservation", rid, env, ticket)
         except RuntimeError:
-            delivery.requeue()
+            ticket.requeue()
 
     def handler_delivery(self, name: str, kinds: frozenset[Kind] = HANDLER_KINDS
                           ) -> Callable[[Delivery], None]:
@@ -135,17 +142,18 @@ class Intake:
             if spec is None or consumer not in spec.consumers:
                 delivery.ack()  # an event of a family this handler ignores
                 return
+            ticket = ticket_for(delivery)
             with route.lock:
                 ref = route.ref
-                route.pending.add(delivery)
-            delivery.on_settled(lambda d: _discard(route, d))
+                route.pending.add(ticket)
+            ticket.on_settled(lambda t: _discard(route, t))
             self.counters.events_handled += 1
             try:
                 if ref is None:
                     raise pykka.ActorDeadError(name)
-                ref.tell(Handle(env, delivery))
+                ref.tell(Handle(env, ticket))
             except pykka.ActorDeadError:
-                delivery.requeue()
+                ticket.requeue()
 
         return on_delivery
 
@@ -178,9 +186,26 @@ class Intake:
         delivery.dead_letter(exc.reason.value, exc.detail, reply)
 
 
-def _discard(route: _Route, d: Delivery) -> None:
+def ticket_for(delivery: Delivery) -> Ticket:
+    """The ticket an actor gets for ``delivery``: its one outcome settles the delivery."""
+
+    def settle(outcome: Outcome) -> None:
+        match outcome.kind:
+            case "ack":
+                delivery.ack(outcome.reply)
+            case "requeue":
+                delivery.requeue()
+            case "refuse":
+                delivery.dead_letter(outcome.reason, outcome.detail, outcome.reply)
+            case _:
+                assert_never(outcome.kind)
+
+    return Ticket(settle, message_id=delivery.message_id, redelivered=delivery.redelivered)
+
+
+def _discard(route: _Route, t: Ticket) -> None:
     with route.lock:
-        route.pending.discard(d)
+        route.pending.discard(t)
 
 
 def _safe_id(value: object) -> str | None:

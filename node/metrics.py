@@ -5,7 +5,7 @@ Every node gets its own ``CollectorRegistry``: several nodes run in one test pro
 that the node already keeps (activations, restarts, dead letters, backlogs) are read
 at scrape time by a custom collector instead of being counted twice; only what no
 one else counts (each command's type, outcome and latency) is measured here, by
-wrapping the intake's delivery so its settlement is seen.
+observing the settlement of the ticket the intake hands the command's actor.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from broker.base import Delivery
+from actors.outcome import Ticket
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
@@ -92,20 +92,22 @@ class NodeMetrics:
         self._lock = threading.Lock()
         self.handled = 0
 
-    def measure(self, command_type: str, delivery: Delivery) -> None:
-        """Record an intake delivery's outcome and latency when it is settled.
+    def measure(self, command_type: str, ticket: Ticket) -> None:
+        """Record a command's outcome and latency when its ticket is settled.
 
-        An observer on the delivery's one settle path: whoever settles it (the actor's
+        An observer on the ticket's one settle path: whoever settles it (the actor's
         commit, a crash, a refusal), the outcome is counted once.
         """
         t0 = time.monotonic()
 
-        def settled(d: Delivery) -> None:
-            outcome = _status(d.reply) if d.outcome == "ack" else (
-                "requeued" if d.outcome == "requeue" else "dead_letter")
+        def settled(t: Ticket) -> None:
+            o = t.outcome
+            assert o is not None  # observers run once it is set
+            outcome = _status(o.reply) if o.kind == "ack" else (
+                "requeued" if o.kind == "requeue" else "dead_letter")
             self.record(command_type, outcome, time.monotonic() - t0)
 
-        delivery.on_settled(settled)
+        ticket.on_settled(settled)
 
     def record(self, command_type: str, outcome: str, seconds: float) -> None:
         """Count one settled command."""

@@ -266,9 +266,9 @@ class Node:
         def give_back() -> None:
             with route.lock:
                 pending = list(route.pending)
-            for d in pending:
-                if not d.submitted:
-                    d.requeue()
+            for t in pending:
+                if not t.submitted:
+                    t.requeue()
 
         def start_child(report: ReportFailure) -> Child:
             # What the previous incarnation left unhandled (it crashed, or skipped its

@@ -8,12 +8,11 @@ node. The parked-query bookkeeping is pure and runs on a fake clock.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Connection, Engine, insert
 
+from actors.outcome import Outcome, Ticket
 from actors.search import CatchUp, Waiter, Waiters, search_event_types
-from broker.base import Delivery
 from messages import (
     ApartmentAdded,
     DatesBooked,
@@ -119,26 +118,12 @@ def test_a_proven_stream_is_not_read_again(engine: Engine) -> None:
 
 
 # --- parked queries ----------------------------------------------------------------------
-class Parked(Delivery):
-    """A delivery that only records how it was settled (Waiters never settles one)."""
-
-    def __init__(self) -> None:
-        super().__init__(b"", queue="search")
-        self.outcome: str | None = None
-
-    def _ack(self, reply: bytes | None) -> None:
-        self.outcome = "ack"
-
-    def _requeue(self) -> None:
-        self.outcome = "requeue"
-
-    def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
-        self.outcome = "dead_letter"
+SETTLED: list[Outcome] = []  # what any parked query's ticket passed on (Waiters never settles)
 
 
 def waiter(after: int, deadline: float) -> Waiter:
     env = Envelope.new(SearchApartments(after=after))
-    return Waiter(env, Parked(), after, deadline)
+    return Waiter(env, Ticket(SETTLED.append), after, deadline)
 
 
 def test_waiters_are_bounded() -> None:
@@ -161,5 +146,4 @@ def test_waiters_hand_back_the_caught_up_and_the_late_once() -> None:
     assert w.positions() == {7} and w.next_deadline() == 20.0
     assert w.take(reached={7}, now=99.0) == ([third], [])  # caught up beats late
     assert len(w) == 0 and w.next_deadline() is None
-    assert all(isinstance(x.delivery, Parked) and x.delivery.outcome is None
-               for x in (first, second, third))
+    assert not any(x.ticket.settled for x in (first, second, third)) and SETTLED == []
