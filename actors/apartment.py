@@ -12,15 +12,8 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from actors.base import EntityActor, EntityContext
-from actors.timers import id_claims, timer_effects
-from messages import (
-    CancelUnpaidReservation,
-    CommandRejected,
-    Envelope,
-    Message,
-    PaymentFailed,
-    RequestReservation,
-)
+from actors.timers import timer_effects
+from messages import CancelUnpaidReservation, CommandRejected, Envelope, Message, PaymentFailed
 from rules.apartment import UNAUTHORIZED, Apartment, Rules, decide, evolve
 from store.writer import Effect
 from supervisor import ReportFailure
@@ -51,18 +44,12 @@ class ApartmentActor(EntityActor[Apartment]):
         """Apply the apartment rules with today's date and the configured lifecycle."""
         command = envelope.payload
         failed: frozenset[str] = frozenset()
-        elsewhere: frozenset[str] = frozenset()
         if isinstance(command, CancelUnpaidReservation):
             failed = self._failed_payment(command.reservation_id)
-        elif isinstance(command, RequestReservation):
-            owner = self.ctx.store.reservation_apartment(command.reservation_id)
-            if owner is not None and owner != self.key:
-                elsewhere = frozenset({command.reservation_id})
         now = self.ctx.clock()
         rules = Rules(today=now.date(), max_stay_nights=self.ctx.max_stay_nights,
                       now=now, request_ttl=self.lifecycle.request_ttl,
-                      policy=self.lifecycle.policy, failed_payments=failed,
-                      ids_elsewhere=elsewhere)
+                      policy=self.lifecycle.policy, failed_payments=failed)
         events = decide(self.state, command, rules)
         for e in events:
             if isinstance(e, CommandRejected) and e.reason in UNAUTHORIZED:
@@ -79,10 +66,8 @@ class ApartmentActor(EntityActor[Apartment]):
         return frozenset()
 
     def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
-        """In the same transaction: the request timers these events start or clear, and
-        each new request's id claimed for this apartment (its primary key settles a race
-        between two apartments: the loser's commit fails, it reloads and refuses)."""
-        return [*timer_effects(events), *id_claims(self.key, events)]
+        """The request timers these events start or clear, in the same transaction."""
+        return timer_effects(events)
 
     def apply(self, state: Apartment, event: Message) -> Apartment:
         """Fold one event."""

@@ -39,7 +39,7 @@ from messages import (
 )
 from rules.clock import Clock, wall_clock
 from store import Commit, StoreWriter
-from store.tables import outbox_table, reservation_ids_table, timers_table
+from store.tables import outbox_table, timers_table
 from store.writer import Effect
 from supervisor import PollingService
 
@@ -74,19 +74,6 @@ def timer_effects(events: Sequence[Envelope]) -> list[Effect]:
         elif isinstance(p, _ENDS_PENDING):
             effects.append(_clear(expiry_timer_id(p.reservation_id)))
     return effects
-
-
-def id_claims(apartment_id: str, events: Sequence[Envelope]) -> list[Effect]:
-    """The reservation ids these events claim for the apartment (each new request's)."""
-    return [_claim(p.reservation_id, apartment_id) for env in events
-            if isinstance(p := env.payload, ReservationRequested)]
-
-
-def _claim(reservation_id: str, apartment_id: str) -> Effect:
-    def effect(conn: Connection) -> None:
-        conn.execute(insert(reservation_ids_table).values(
-            reservation_id=reservation_id, apartment_id=apartment_id))
-    return effect
 
 
 def _start(timer_id: str, apartment_id: str, rid: str, due: datetime) -> Effect:

@@ -179,9 +179,7 @@ class Rules:
     ``now`` dates expiry deadlines; without it, requests do not expire.
     ``failed_payments`` holds the reservations whose charge is recorded as failed
     (the actor reads them from the payment streams), the proof a
-    ``CancelUnpaidReservation`` needs. ``ids_elsewhere`` holds the reservation ids a
-    request names that another apartment already uses (the actor reads them from the
-    store): an id is unique across apartments.
+    ``CancelUnpaidReservation`` needs.
     """
 
     today: date
@@ -190,7 +188,6 @@ class Rules:
     request_ttl: timedelta = timedelta(hours=24)
     policy: CancellationPolicy = field(default_factory=CancellationPolicy)
     failed_payments: frozenset[str] = frozenset()
-    ids_elsewhere: frozenset[str] = frozenset()
 
 
 def decide(state: Apartment, command: Message, rules: Rules) -> list[Message]:
@@ -336,10 +333,6 @@ def _request(state: Apartment, c: RequestReservation, rules: Rules) -> list[Mess
         return no(Reason.UNKNOWN_APARTMENT, f"no apartment {state.apartment_id}")
     if c.reservation_id in state.stays:
         return _refuse(c, Reason.DUPLICATE_RESERVATION, "this reservation id is taken",
-                       rid=c.reservation_id, actor=c.guest_id)
-    if c.reservation_id in rules.ids_elsewhere:
-        return _refuse(c, Reason.DUPLICATE_RESERVATION,
-                       "this reservation id is used by another apartment; choose a new one",
                        rid=c.reservation_id, actor=c.guest_id)
     if state.delisted:
         return no(Reason.APARTMENT_DELISTED, "the apartment takes no requests now")

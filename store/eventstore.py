@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, Select, select
 
 from messages.base import Envelope
-from store.tables import events_table, inbox_table, reservation_ids_table
+from store.tables import events_table, inbox_table
 
 _NOT_SEEN = object()
 
@@ -59,10 +59,3 @@ class EventStore:
         if row is None:
             return None
         return row[0], row[1]
-
-    def reservation_apartment(self, reservation_id: str) -> str | None:
-        """The apartment a reservation id belongs to; None while nobody uses it."""
-        q = select(reservation_ids_table.c.apartment_id).where(
-            reservation_ids_table.c.reservation_id == reservation_id)
-        with self.engine.connect() as conn:
-            return conn.execute(q).scalar()

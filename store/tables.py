@@ -200,21 +200,6 @@ class DeadLetterRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=1000)
 
 
-class ReservationIdRow(SQLModel, table=True):
-    """Which apartment a reservation id belongs to: ids are unique across apartments.
-
-    Written in the commit that records the request, so a second apartment can see that
-    an id is taken (and a race between two is settled by this primary key). Reservation
-    streams and request timers are keyed by the id alone, so two apartments sharing one
-    would mix their reservations.
-    """
-
-    __tablename__ = "reservation_ids"
-
-    reservation_id: str = Field(primary_key=True, max_length=100)
-    apartment_id: str = Field(max_length=100)
-
-
 events_table = EventRow.__table__  # type: ignore[attr-defined]
 outbox_table = OutboxRow.__table__  # type: ignore[attr-defined]
 inbox_table = InboxRow.__table__  # type: ignore[attr-defined]
@@ -227,4 +212,3 @@ search_delisted_table = SearchDelistedRow.__table__  # type: ignore[attr-defined
 timers_table = TimerRow.__table__  # type: ignore[attr-defined]
 email_deliveries_table = EmailDeliveryRow.__table__  # type: ignore[attr-defined]
 dead_letters_table = DeadLetterRow.__table__  # type: ignore[attr-defined]
-reservation_ids_table = ReservationIdRow.__table__  # type: ignore[attr-defined]

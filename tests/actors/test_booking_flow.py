@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import func, select
 
 from actors.notifier import notifications
-from actors.timers import pending_timers
 from broker.base import Outgoing
 from broker.memory import MemoryBroker
 from messages import (
@@ -254,22 +253,6 @@ def test_a_message_id_reused_for_another_request_is_refused(
     apartment: Any = state.ask("state")
     stays = apartment.stays
     assert (stays["r1"].start, stays["r1"].end) == (day(7), day(9))  # unchanged
-
-
-def test_a_reservation_id_belongs_to_one_apartment(
-        memory_node: Node, producer: MemoryProducer) -> None:
-    """Reservation streams and request timers are keyed by the id alone: a second
-    apartment asked for a taken id refuses it, cleanly (it used to crash to poison)."""
-    add(producer, "a1")
-    add(producer, "a2")
-    assert producer.send(req("r1", 7, 9), "a1")["status"] == "ok"
-    refused = producer.send(req("r1", 20, 22, guest="g2"), "a2")
-    assert (refused["status"], refused["reason"]) == ("rejected", "duplicate_reservation")
-    assert "another apartment" in refused["detail"]
-    assert memory_node.store.reservation_apartment("r1") == "a1"
-    assert [t["apartment_id"] for t in pending_timers(memory_node.engine)] == ["a1"]
-    assert memory_node.directory.poisoned == 0
-    assert producer.send(req("r2", 20, 22, guest="g2"), "a2")["status"] == "ok"
 
 
 def test_a_command_routed_by_another_key_is_refused(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import date
 from functools import reduce
 
@@ -178,15 +177,6 @@ def test_duplicate_reservation_id_is_refused() -> None:
     state = given(ADDED, requested("r1", day(7), day(14)))
     ev = only(decide(state, request("r1", day(20), day(21)), RULES))
     assert isinstance(ev, CommandRejected) and ev.reason is Reason.DUPLICATE_RESERVATION
-
-
-def test_a_reservation_id_another_apartment_uses_is_refused() -> None:
-    rules = dataclasses.replace(RULES, ids_elsewhere=frozenset({"r9"}))
-    ev = only(decide(given(ADDED), request("r9", day(7), day(9)), rules))
-    assert isinstance(ev, CommandRejected) and ev.reason is Reason.DUPLICATE_RESERVATION
-    assert "another apartment" in ev.detail
-    assert isinstance(only(decide(given(ADDED), request("r8", day(7), day(9)), rules)),
-                      ReservationRequested)
 
 
 def test_evolve_ignores_facts_about_unknown_reservations() -> None:

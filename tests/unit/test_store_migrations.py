@@ -8,7 +8,6 @@ nothing, concurrent starts (threads and processes) all succeed, and a store made
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
@@ -29,10 +28,10 @@ from store.db import (
     known_revisions,
     upgrade,
 )
-from store.tables import events_table, reservation_ids_table, search_apartments_table
+from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0005_reservation_ids"
+HEAD = "0004_dead_letters"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -57,7 +56,6 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
             c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
             c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
             c.execute(text("DROP TABLE dead_letters"))
-            c.execute(text("DROP TABLE reservation_ids"))
             for name in without:
                 c.execute(text(f"DROP TABLE {name}"))
             c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
@@ -74,14 +72,13 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
 # --- a fresh store -------------------------------------------------------------------
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
-    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
-                                 "0004_dead_letters", HEAD}
+    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
     assert current_revision(engine) == HEAD
     tables = set(inspect(engine).get_table_names())
-    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters", "reservation_ids"}
+    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters"}
 
 
 def test_the_migrated_schema_is_what_sqlmodel_declares(engine: Engine) -> None:
@@ -199,30 +196,6 @@ def test_a_create_all_store_is_stamped_and_upgraded(db_url: str) -> None:
                 search_apartments_table.c.apartment_id, search_apartments_table.c.city_key))}
             assert keys == {"a1": "strasse", "a2": "i̇stanbul"}  # backfilled by 0002
             assert c.execute(select(events_table.c.event_id)).scalars().all() == ["e1"]
-    finally:
-        eng.dispose()
-
-
-def test_reservation_ids_are_backfilled_from_the_recorded_requests(db_url: str) -> None:
-    """0005: each id goes to the first apartment that recorded a request for it."""
-    make_legacy_store(db_url)
-    eng = bare_engine(db_url)
-    try:
-        with eng.begin() as c:
-            for pos, (apt, rid) in enumerate([("a1", "r1"), ("a2", "r1"), ("a2", "r2")], 2):
-                body = json.dumps({"type": "ReservationRequested", "apartment_id": apt,
-                                   "payload": {"reservation_id": rid}}).encode()
-                c.execute(insert(events_table).values(
-                    stream_id=f"apartment:{apt}", version=pos, event_id=f"e{pos}",
-                    type="ReservationRequested", body=body, recorded_at=datetime.now(UTC)))
-    finally:
-        eng.dispose()
-    eng = make_engine(db_url)
-    try:
-        with eng.connect() as c:
-            owners: dict[str, str] = dict(c.execute(select(reservation_ids_table.c.reservation_id,
-                                           reservation_ids_table.c.apartment_id)).all())
-        assert owners == {"r1": "a1", "r2": "a2"}
     finally:
         eng.dispose()
 
