@@ -2,8 +2,8 @@
 
 Two defects slip past ruff and mypy and make a test pass whatever the code does:
 
-* an assert that cannot fail: ``assert True`` or ``assert x or True`` (any ``or``
-  with a truthy constant operand);
+* an assert that cannot fail: ``assert True``, or an ``or`` one of whose operands is
+  a truthy constant;
 * a test function (``def test_*`` in ``tests/**/test_*.py``) that checks nothing:
   no ``assert``, no ``pytest.raises``/``warns``/``fail``, and no call to a helper that
   does. Helpers are functions of the same module or imported from ``tests.*``
