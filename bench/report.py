@@ -10,14 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def redact(url: str) -> str:
-    """The URL without its credentials, for the report."""
-    if "@" in url and "//" in url:
-        scheme, rest = url.split("//", 1)
-        return f"{scheme}//***@{rest.split('@', 1)[1]}"
-    return url
-
-
 def exit_code(report: dict[str, Any], *, skip_raw: bool) -> int:
     """0 when every command was answered and none with ``error``; 2 on setup; else 1."""
     if report["setup_error"]:

@@ -54,9 +54,9 @@ from pika.exceptions import AMQPError
 from bench.measure import queue_depths, run_end_to_end, run_raw
 from bench.nodes import main_nodes
 from bench.procs import SetupFailed, delete_prefix, private_broker, start_node
-from bench.report import exit_code, redact, render
+from bench.report import exit_code, render
 from bench.workload import build_workload
-from broker.rabbitmq import wait_for_broker
+from broker.rabbitmq import redact_url, wait_for_broker
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
 from console.localbroker import log_tail
@@ -87,11 +87,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="staybook-bench-")))
         try:
             if url:
-                report["config"]["broker"] = redact(url)
+                report["config"]["broker"] = redact_url(url)
                 wait_for_broker(url, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
             else:
                 url = stack.enter_context(private_broker(work / "rabbitmq", deadline)).url
-                report["config"]["broker"] = f"private RabbitMQ at {redact(url)}"
+                report["config"]["broker"] = f"private RabbitMQ at {redact_url(url)}"
             raw_queue = f"{prefix}.bench-raw"
             stack.callback(delete_prefix, url, topology, [raw_queue])
             if not args.skip_raw:

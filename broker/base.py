@@ -77,10 +77,6 @@ class Delivery(ABC):
         self.headers = headers or {}
         self.exchange = exchange
         self.routing_key = routing_key
-        # How it was settled ("ack", "requeue", "dead_letter") and the reply it carried,
-        # set before the on_settled callbacks run, so an observer (metrics) reads them.
-        self.outcome: str | None = None
-        self.reply: bytes | None = None
         self._settled = False
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[Delivery], None]] = []
@@ -93,12 +89,11 @@ class Delivery(ABC):
                 return
         callback(self)
 
-    def _claim(self, outcome: str, reply: bytes | None = None) -> bool:
+    def _claim(self) -> bool:
         with self._lock:
             if self._settled:
                 return False
             self._settled = True
-            self.outcome, self.reply = outcome, reply
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb(self)
@@ -111,17 +106,17 @@ class Delivery(ABC):
 
     def ack(self, reply: bytes | None = None) -> None:
         """Send ``reply`` to ``reply_to`` (when both exist), then ack."""
-        if self._claim("ack", reply):
+        if self._claim():
             self._ack(reply if self.reply_to else None)
 
     def requeue(self) -> None:
         """Give the message back to the broker for redelivery."""
-        if self._claim("requeue"):
+        if self._claim():
             self._requeue()
 
     def dead_letter(self, reason: str, detail: str, reply: bytes | None = None) -> None:
         """Publish a copy to the dead-letter exchange with the reason, reply, then ack."""
-        if self._claim("dead_letter", reply):
+        if self._claim():
             headers = dict(self.headers)
             headers[REASON_HEADER] = reason
             headers[DETAIL_HEADER] = detail[:1000]
