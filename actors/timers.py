@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 
 from messages import (
     Envelope,
@@ -40,7 +40,7 @@ from messages import (
 from rules.clock import Clock, wall_clock
 from store import Commit, StoreWriter
 from store.tables import outbox_table, timers_table
-from store.writer import Effect
+from store.writer import DeleteRow, Effect, InsertRow
 from supervisor import PollingService
 
 log = logging.getLogger(__name__)
@@ -77,17 +77,14 @@ def timer_effects(events: Sequence[Envelope]) -> list[Effect]:
 
 
 def _start(timer_id: str, apartment_id: str, rid: str, due: datetime) -> Effect:
-    def effect(conn: Connection) -> None:
-        conn.execute(insert(timers_table).values(
-            timer_id=timer_id, apartment_id=apartment_id, reservation_id=rid,
-            command=ExpireReservation.__name__, due_at=due, attempts=0, fired_at=None))
-    return effect
+    return InsertRow(timers_table, {
+        "timer_id": timer_id, "apartment_id": apartment_id, "reservation_id": rid,
+        "command": ExpireReservation.__name__, "due_at": due, "attempts": 0,
+        "fired_at": None})
 
 
 def _clear(timer_id: str) -> Effect:
-    def effect(conn: Connection) -> None:
-        conn.execute(delete(timers_table).where(timers_table.c.timer_id == timer_id))
-    return effect
+    return DeleteRow(timers_table, timer_id)
 
 
 def pending_timers(engine: Engine) -> list[dict[str, Any]]:

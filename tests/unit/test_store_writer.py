@@ -630,3 +630,64 @@ def test_only_a_commit_with_something_to_publish_wakes_the_relay(writer: StoreWr
                                           effects=[insert_search_row("x2")],
                                           adds_outbox=True)) is None
     assert wakes == [1, 1]
+
+
+# --- row effects ---------------------------------------------------------------------
+def _search_row(apartment_id: str) -> dict[str, object]:
+    return {"apartment_id": apartment_id, "city": "Porto", "city_key": "porto", "title": "t",
+            "price_per_night": 1, "capacity": 1}
+
+
+def test_row_effects_of_a_batch_go_in_one_statement_per_table(
+        engine: Engine, writer: StoreWriter) -> None:
+    """Thirty commits' rows: one INSERT and one DELETE for the whole batch, not thirty."""
+    from sqlalchemy import event
+
+    from store.writer import DeleteRow, InsertRow
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0, effects=[
+        InsertRow(search_apartments_table, _search_row(f"old{i}")) for i in range(30)])) is None
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        statements.append(statement.split(maxsplit=1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        gate, outcomes = Gate(), Outcomes()
+        gate.close_on(writer)
+        for i in range(30):
+            writer.submit(Commit(stream_id=None, expected_version=0, effects=[
+                InsertRow(search_apartments_table, _search_row(f"new{i}")),
+                DeleteRow(search_apartments_table, f"old{i}")], on_done=outcomes.done(str(i))))
+        gate.open()
+        outcomes.wait_for([str(i) for i in range(30)])
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert all(outcomes.results[str(i)] is None for i in range(30))
+    assert search_rows(engine) == {f"new{i}" for i in range(30)}
+    assert statements.count("INSERT") == 1 and statements.count("DELETE") == 1
+
+
+def test_a_row_inserted_and_deleted_in_one_batch_is_never_written(
+        engine: Engine, writer: StoreWriter) -> None:
+    """A request accepted in the batch that made it leaves no timer; delete-then-insert
+    of one key (in that order) leaves the new row."""
+    from store.writer import DeleteRow, InsertRow
+    assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0, effects=[
+        InsertRow(search_apartments_table, _search_row("kept"))])) is None
+    gate, outcomes = Gate(), Outcomes()
+    gate.close_on(writer)
+    steps = [InsertRow(search_apartments_table, _search_row("gone")),
+             DeleteRow(search_apartments_table, "gone"),
+             DeleteRow(search_apartments_table, "kept"),
+             InsertRow(search_apartments_table, {**_search_row("kept"), "title": "again"})]
+    for i, step in enumerate(steps):
+        writer.submit(Commit(stream_id=None, expected_version=0, effects=[step],
+                             on_done=outcomes.done(str(i))))
+    gate.open()
+    outcomes.wait_for([str(i) for i in range(len(steps))])
+    assert all(r is None for r in outcomes.results.values())
+    with engine.connect() as c:
+        rows = {(str(r.apartment_id), str(r.title)) for r in c.execute(
+            select(search_apartments_table))}
+    assert rows == {("kept", "again")}
