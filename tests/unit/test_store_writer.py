@@ -672,12 +672,12 @@ def test_a_row_inserted_and_deleted_in_one_batch_is_never_written(
         engine: Engine, writer: StoreWriter) -> None:
     """A request accepted in the batch that made it leaves no timer; delete-then-insert
     of one key (in that order) leaves the new row."""
-    from store.writer import DeleteRow, InsertRow
+    from store.writer import DeleteRow, Effect, InsertRow
     assert commit_and_wait(writer, Commit(stream_id=None, expected_version=0, effects=[
         InsertRow(search_apartments_table, _search_row("kept"))])) is None
     gate, outcomes = Gate(), Outcomes()
     gate.close_on(writer)
-    steps = [InsertRow(search_apartments_table, _search_row("gone")),
+    steps: list[Effect] = [InsertRow(search_apartments_table, _search_row("gone")),
              DeleteRow(search_apartments_table, "gone"),
              DeleteRow(search_apartments_table, "kept"),
              InsertRow(search_apartments_table, {**_search_row("kept"), "title": "again"})]
