@@ -14,12 +14,11 @@ payment failure, an owner's cancellation, a refund and expiry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Engine, select
 
 from actors.handler import HandlerActor, Reaction
 from messages import (
@@ -39,6 +38,7 @@ from messages import (
     ReservationRequested,
 )
 from store.tables import notifications_table
+from store.writer import InsertRow
 
 
 @dataclass(frozen=True)
@@ -142,13 +142,8 @@ class NotifierActor(HandlerActor):
                                            event_type=envelope.type,
                                            event_id=envelope.message_id))
         return Reaction(stream_id=f"notifications:{envelope.message_id}", expected_version=0,
-                        events=events, effects=[_insert_rows(rows)])
-
-
-def _insert_rows(rows: list[dict[str, object]]) -> Callable[[Connection], None]:
-    def effect(conn: Connection) -> None:
-        conn.execute(insert(notifications_table), rows)
-    return effect
+                        events=events,
+                        effects=[InsertRow(notifications_table, r) for r in rows])
 
 
 def notifications(engine: Engine, recipient: str | None = None) -> list[dict[str, object]]:

@@ -24,7 +24,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -34,10 +34,8 @@ from sqlalchemy import (
     Connection,
     Executable,
     and_,
-    delete,
     exists,
     func,
-    insert,
     not_,
     select,
 )
@@ -70,6 +68,7 @@ from store.tables import inbox_table as inbox
 from store.tables import search_apartments_table as apts
 from store.tables import search_booked_table as booked
 from store.tables import search_delisted_table as delisted
+from store.writer import DeleteRow, InsertRow
 from supervisor import ReportFailure
 
 SEARCH = Consumer.SEARCH.value  # the consumer name of search's inbox rows
@@ -290,28 +289,26 @@ class SearchActor(HandlerActor):
                     "apartment_id": aid, "city": event.city, "city_key": city_key(event.city),
                     "title": event.title,
                     "price_per_night": event.price_per_night, "capacity": event.capacity}
-                return Reaction(effects=[_insert(apts, row)])
+                return Reaction(effects=[InsertRow(apts, row)])
             case DatesBooked():
                 booked_row: dict[str, object] = {
                     "apartment_id": aid, "reservation_id": event.reservation_id,
                     "start": event.start, "end": event.end}
-                return Reaction(effects=[_insert(booked, booked_row)])
+                return Reaction(effects=[InsertRow(booked, booked_row)])
             case ApartmentUpdated():
                 return Reaction(effects=[_run(sql_update(apts).where(
                     apts.c.apartment_id == aid).values(
                     price_per_night=event.price_per_night, capacity=event.capacity))])
             case ApartmentDelisted():
-                return Reaction(effects=[
-                    _run(delete(delisted).where(delisted.c.apartment_id == aid)),
-                    _run(insert(delisted).values(apartment_id=aid))])
+                return Reaction(effects=[DeleteRow(delisted, aid),
+                                         InsertRow(delisted, {"apartment_id": aid})])
             case ApartmentRelisted():
-                return Reaction(effects=[
-                    _run(delete(delisted).where(delisted.c.apartment_id == aid))])
+                return Reaction(effects=[DeleteRow(delisted, aid)])
             case DatesBlocked():
                 block_row: dict[str, object] = {
                     "apartment_id": aid, "reservation_id": f"block:{event.block_id}",
                     "start": event.start, "end": event.end}
-                return Reaction(effects=[_insert(booked, block_row)])
+                return Reaction(effects=[InsertRow(booked, block_row)])
             case DatesUnblocked():
                 return Reaction(effects=[_release(aid, f"block:{event.block_id}")])
             case DatesReleased():
@@ -392,21 +389,14 @@ def city_key(city: str) -> str:
     return city.casefold()
 
 
-def _insert(table: object, row: Mapping[str, object]) -> Callable[[Connection], None]:
-    def effect(conn: Connection) -> None:
-        conn.execute(insert(table).values(**row))  # type: ignore[arg-type]
-    return effect
-
-
 def _run(statement: Executable) -> Callable[[Connection], None]:
     def effect(conn: Connection) -> None:
         conn.execute(statement)
     return effect
 
 
-def _release(apartment_id: str | None, key: str) -> Callable[[Connection], None]:
-    return _run(delete(booked).where(booked.c.apartment_id == apartment_id,
-                                     booked.c.reservation_id == key))
+def _release(apartment_id: str | None, key: str) -> DeleteRow:
+    return DeleteRow(booked, (apartment_id, key))
 
 
 def matching(q: SearchApartments) -> ColumnElement[bool]:

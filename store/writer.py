@@ -46,10 +46,12 @@ class InsertRow:
 
 @dataclass(frozen=True)
 class DeleteRow:
-    """An effect: delete the row of ``table`` whose (single-column) primary key is ``key``.
+    """An effect: delete the row of ``table`` whose primary key is ``key``.
 
-    Batched like :class:`InsertRow`. A row inserted earlier in the same batch is simply
-    not inserted: a request accepted in the batch that made it leaves no timer behind.
+    ``key`` is the key's value, or a tuple of values in the key's column order for a
+    composite key. Batched like :class:`InsertRow`: a row inserted earlier in the same
+    batch is simply not inserted (a request accepted in the batch that made it leaves
+    no timer behind).
     """
 
     table: Table
@@ -464,51 +466,54 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
         conn.execute(insert(inbox_table), inbox)
     if outbox:
         conn.execute(insert(outbox_table), outbox)
-    statements = _run_rows(conn, [e for c in batch if c not in refused for e in c.effects])
-    for effect in statements:
-        effect(conn)
+    apply_effects(conn, [e for c in batch if c not in refused for e in c.effects])
     return refused, versions
+
+
+def apply_effects(conn: Connection, effects: Sequence[Effect]) -> None:
+    """Run ``effects`` in ``conn``'s transaction as the writer does: rows batched per
+    table (see :func:`_run_rows`), then the statements in order."""
+    for statement in _run_rows(conn, effects):
+        statement(conn)
 
 
 def _run_rows(conn: Connection, effects: Sequence[Effect]
               ) -> list[Callable[[Connection], None]]:
-    """Run the batch's row effects, one statement per table; the other effects, in order.
+    """Run the batch's row effects, one statement per table; return the other effects.
 
     Walked in commit order: a delete of a row inserted earlier in the batch cancels the
     insert. Deletes run before inserts, so a row deleted and inserted again (in that
-    order) ends up inserted. The statement effects run after the rows.
+    order) ends up inserted. The statement effects run after the rows, in order.
     """
-    inserts: dict[Table, dict[Any, Mapping[str, Any]]] = {}
+    inserts: dict[Table, dict[Any, list[Mapping[str, Any]]]] = {}
     deletes: dict[Table, set[Any]] = {}
     statements: list[Callable[[Connection], None]] = []
     for e in effects:
         if isinstance(e, InsertRow):
-            key = e.row[_key_column(e.table).name]
-            inserts.setdefault(e.table, {})[key] = e.row
+            names = [c.name for c in e.table.primary_key.columns]
+            key = e.row[names[0]] if len(names) == 1 else tuple(e.row[n] for n in names)
+            # Two inserts of one key stay two: the database refuses the second, as it
+            # would have without batching.
+            inserts.setdefault(e.table, {}).setdefault(key, []).append(e.row)
         elif isinstance(e, DeleteRow):
-            pending = inserts.get(e.table)
-            if pending is not None and e.key in pending:
-                del pending[e.key]
+            pending = inserts.get(e.table, {}).get(e.key)
+            if pending:
+                pending.pop()
             else:
                 deletes.setdefault(e.table, set()).add(e.key)
         else:
             statements.append(e)
     for table, keys in deletes.items():
-        ordered = sorted(keys)
+        cols = list(table.primary_key.columns)
+        key = cols[0] if len(cols) == 1 else tuple_(*cols)
+        ordered = list(keys)
         for i in range(0, len(ordered), 500):
-            conn.execute(delete(table).where(_key_column(table).in_(ordered[i:i + 500])))
-    for table, rows in inserts.items():
+            conn.execute(delete(table).where(key.in_(ordered[i:i + 500])))
+    for table, by_key in inserts.items():
+        rows = [r for pending in by_key.values() for r in pending]
         if rows:
-            conn.execute(insert(table), list(rows.values()))
+            conn.execute(insert(table), rows)
     return statements
-
-
-def _key_column(table: Table) -> Any:
-    """The table's one primary-key column (row effects need a single-column key)."""
-    cols = list(table.primary_key.columns)
-    if len(cols) != 1:
-        raise ValueError(f"{table.name}: row effects need a single-column primary key")
-    return cols[0]
 
 
 def _inbox_row(conn: Connection, commit: Commit, positions: Mapping[str, int],

@@ -13,6 +13,7 @@ from actors.search import SearchActor, city_key, matching, search
 from messages import ApartmentAdded, Envelope, SearchApartments
 from store import EventStore, StoreWriter
 from store.tables import search_apartments_table as apts
+from store.writer import apply_effects
 
 CITIES = {"s1": "Straße", "s2": "STRASSE", "s3": "strasse", "i1": "İstanbul",
           "i2": "İSTANBUL", "e1": "Évora", "e2": "évora", "p1": "Porto"}
@@ -26,8 +27,7 @@ def listed(engine: Engine) -> Engine:
         for aid, city in CITIES.items():
             added = ApartmentAdded(owner_id="o1", city=city, title=f"Flat in {city}",
                                    price_per_night=5000, capacity=2)
-            for effect in actor.react(Envelope.new(added, apartment_id=aid)).effects:
-                effect(conn)
+            apply_effects(conn, actor.react(Envelope.new(added, apartment_id=aid)).effects)
     return engine
 
 
