@@ -77,7 +77,8 @@ def broker_pids(node_name: str | None) -> list[int] | None:
     """
     if node_name is None:
         return None
-    return pids_matching(f"RABBITMQ_NODENAME={node_name}") or None
+    # NUL ends each entry of /proc/<pid>/environ: no node whose name merely starts so.
+    return pids_matching(f"RABBITMQ_NODENAME={node_name}\0") or None
 
 
 def postmaster_pid(datadir: Path) -> list[int]:

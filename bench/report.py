@@ -131,9 +131,10 @@ def render(report: dict[str, Any]) -> str:
     for r in report.get("paced") or []:
         row(f"Staybook paced {r['rate']:g}/s", r, "commands", "replies",
             _procs(r["cpu_ms_per_command"], "nodes"))
-    lines.append("  (procs: the responders or the node processes; CPU from /proc, user + "
-                 "system, until the work is drained; '-': not visible, e.g. an external "
-                 "broker)")
+    lines.append("  (CPU from /proc, user + system, per answered message. procs: the "
+                 "responders or the node processes, never this benchmark's own;")
+    lines.append("   Staybook's counted until its events are drained; '-': not visible, "
+                 "e.g. an external broker)")
     ratio = report["ratio"]
     lines.append(f"  ratio end-to-end / raw publish/consume: "
                  f"{'-' if ratio is None else f'{ratio:.3f}'}"
