@@ -4,7 +4,7 @@
 database and a fresh broker prefix, it starts n ``staybook serve`` processes (both
 roles, own names), waits until every command partition and event queue is consumed,
 publishes the seeded workload of :mod:`bench.workload` pipelined, and reads from
-``/proc`` the CPU time (user + system) spent meanwhile by
+``/proc`` (:mod:`bench.cpu`) the CPU time (user + system) spent meanwhile by
 
 * the node processes,
 * the RabbitMQ node (``beam.smp`` and its children),
@@ -21,15 +21,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import Meter, ms_per, pids_matching, postmaster_pid, total
 from bench.measure import run_end_to_end
 from bench.procs import NodeProcess, SetupFailed, delete_prefix, private_broker, start_node
 from bench.report import render_nodes
@@ -42,82 +41,7 @@ from console.control_client import ControlClient, ControlFailed
 from console.localdb import create_database, local_postgresql
 from messages import new_id
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-
-# --- CPU from /proc --------------------------------------------------------------------
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of one process, or None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces; the fields after ')' are fixed.
-    fields = raw[raw.rindex(")") + 2:].split()
-    ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
-    return ppid, (utime + stime) / CLK_TCK
-
-
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def _pids() -> list[int]:
-    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
-
-
-def tree_cpu(roots: Sequence[int]) -> float:
-    """CPU seconds of ``roots`` and all their live descendants."""
-    stats = {pid: s for pid in _pids() if (s := _stat(pid)) is not None}
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _cpu) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo, seen = 0.0, list(roots), set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in stats:
-            continue
-        seen.add(pid)
-        total += stats[pid][1]
-        todo.extend(children.get(pid, []))
-    return total
-
-
-def pids_matching(needle: str) -> list[int]:
-    """Processes whose environment contains ``needle`` (e.g. a RabbitMQ node name).
-
-    RabbitMQ 3.10 takes its node name from the environment, not the command line.
-    """
-    me = os.getpid()
-    return [p for p in _pids() if p != me and needle.encode() in _environ(p)]
-
-
-def postmaster_pid(datadir: Path) -> list[int]:
-    """The PostgreSQL server's main pid, from its ``postmaster.pid``."""
-    try:
-        return [int((datadir / "postmaster.pid").read_text().split()[0])]
-    except (OSError, ValueError, IndexError):
-        return []
-
-
-@dataclass
-class Meter:
-    """CPU seconds of the node processes, the broker and the database, by snapshot."""
-
-    nodes: list[int]
-    broker: list[int]
-    database: list[int]
-
-    def read(self) -> dict[str, float]:
-        """The current totals."""
-        return {"nodes": tree_cpu(self.nodes), "broker": tree_cpu(self.broker),
-                "database": tree_cpu(self.database)}
-
-
-# --- the runs --------------------------------------------------------------------------
 @contextlib.contextmanager
 def _cluster(url: str, prefix: str, db_url: str, workdir: Path, n: int,
              deadline: float) -> Iterator[list[NodeProcess]]:
@@ -176,21 +100,21 @@ def run_nodes(url: str, broker_name: str, commands: Sequence[Command], *, max_no
             topo = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
             try:
                 with _cluster(url, prefix, db_url, workdir, n, deadline) as nodes:
-                    meter = Meter([p.proc.pid for p in nodes], broker_pids, database)
+                    meter = Meter({"nodes": [p.proc.pid for p in nodes],
+                                   "broker": broker_pids, "database": database})
                     before = meter.read()
                     e2e = run_end_to_end(url, topo, commands, window, deadline)
                     after = meter.read()
             finally:
                 delete_prefix(url, topo)
-            done = max(1, int(e2e["replies"]))
-            cpu = {k: round((after[k] - before[k]) * 1000 / done, 3) for k in after}
+            cpu = ms_per(before, after, int(e2e["replies"]))
             rows.append({
                 "nodes": n, "commands": e2e["commands"], "replies": e2e["replies"],
                 "rate_per_s": e2e["rate_per_s"], "latency_ms": e2e["latency_ms"],
                 "status": e2e["status"],
                 "cpu_ms_per_command": {
-                    **cpu, "nodes+broker": round(cpu["nodes"] + cpu["broker"], 3),
-                    "total": round(sum(cpu.values()), 3)},
+                    **cpu, "nodes+broker": total(cpu, ("nodes", "broker")),
+                    "total": total(cpu, ("nodes", "broker", "database"))},
             })
     base = rows[0]["cpu_ms_per_command"]["nodes+broker"] if rows else None
     for r in rows:

@@ -1,10 +1,11 @@
-"""The processes a benchmark run needs: a private RabbitMQ node and Staybook nodes.
+"""The processes a benchmark run needs: a private RabbitMQ node, Staybook nodes, responders.
 
 The broker is :class:`console.localbroker.LocalRabbit` on a free port pair with a
 node name of its own (never the developer's ``staybook-dev``), its data in the run's
 temporary directory. Each node is ``staybook serve`` in a child process on a unique
 prefix, so a run on a shared broker touches nothing else; :func:`delete_prefix`
-removes what it declared.
+removes what it declared. :func:`responders` runs the raw ceiling's answering side,
+:mod:`bench.responder`, in processes of its own, as a node would be.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class NodeProcess:
 
     proc: subprocess.Popen[bytes]
     log_path: Path
+    name: str = ""
     exit_code: int | None = None
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -109,7 +111,7 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
                                  "--no-local-broker"], env=env, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    node = NodeProcess(proc, log_path)
+    node = NodeProcess(proc, log_path, name)
     topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
     queues = topology.work_queues(tuple(roles))
     limit = min(deadline, time.monotonic() + 120)
@@ -123,6 +125,62 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
                 else "serving on" in log_path.read_text(errors="replace")):
             return node
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def responders(url: str, queue: str, n: int, workdir: Path, deadline: float, *,
+               prefetch: int = 512) -> Iterator[list[int]]:
+    """``n`` :mod:`bench.responder` processes answering ``queue``; their pids.
+
+    Yields once all ``n`` consume the queue; stops them (SIGTERM, then SIGKILL) after.
+
+    Raises:
+        SetupFailed: when one exits, or they are not all consuming in time.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(n):
+            log_path = workdir / f"responder-{i + 1}.log"
+            with log_path.open("ab") as log:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "bench.responder", "--url", url, "--queue", queue,
+                     "--prefetch", str(prefetch)], cwd=REPO, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True))
+        limit = min(deadline, time.monotonic() + 60)
+        while _consumers(url, queue) < n:
+            if (gone := next((p for p in procs if p.poll() is not None), None)) is not None:
+                raise SetupFailed(f"a responder exited with {gone.returncode}: "
+                                  f"{log_tail(workdir / 'responder-1.log', 15)}")
+            if time.monotonic() > limit:
+                raise SetupFailed(f"the responders did not consume {queue} in time")
+            time.sleep(0.1)
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+
+def _consumers(url: str, queue: str) -> int:
+    """Consumers of ``queue`` now (0 if it or the broker cannot be reached)."""
+    try:
+        conn = pika.BlockingConnection(connection_parameters(url))
+    except (AMQPError, OSError):
+        return 0
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    except AMQPError:
+        return 0
+    finally:
+        with contextlib.suppress(AMQPError, OSError):
+            conn.close()
 
 
 def delete_prefix(url: str, topology: Topology, extra_queues: Sequence[str] = ()) -> None:

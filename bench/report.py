@@ -9,19 +9,88 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+# The targets of issue 12: information next to the figures, never the exit status.
+CPU_VS_RAW_MAX = 2.0  # Staybook CPU per command <= 2x the raw request/reply's
+RATE_VS_RAW_MIN = 0.6  # Staybook commands/s >= 60% of the raw ceiling
+PACED_P99_MAX_MS = 50.0  # reply p99 at the highest paced rate (500/s)
+PACED_CPU_MAX = 1.5  # CPU per command at the lowest paced rate (150/s) <= 1.5x saturation
+
 
 def exit_code(report: dict[str, Any], *, skip_raw: bool) -> int:
-    """0 when every command was answered and none with ``error``; 2 on setup; else 1."""
+    """0 when every command was answered and none with ``error``; 2 on setup; else 1.
+
+    Every run counts: the raw ones (unless skipped), saturation and each paced rate.
+    """
     if report["setup_error"]:
         return 2
-    e2e, raw = report["end_to_end"], report["raw"]
+    e2e, raw, rpc = report["end_to_end"], report["raw"], report.get("raw_rpc") or []
+    paced = report.get("paced") or []
     ok = (e2e is not None and not report["timed_out"] and report["error"] is None
-          and e2e["missing"] == 0 and e2e["replies"] == e2e["commands"]
-          and e2e["status"]["error"] == 0
-          and e2e["status"]["ok"] + e2e["status"]["rejected"] == e2e["commands"]
+          and all(_answered(r) for r in (e2e, *paced))
+          and len(paced) == len(report["config"].get("paced_rates", []))
           and report["node_exit_code"] == 0
-          and (skip_raw or (raw is not None and raw["received"] == raw["messages"])))
+          and (skip_raw or (raw is not None and raw["received"] == raw["messages"]
+                            and len(rpc) == len(report["config"].get("responders", []))
+                            and all(r["replies"] == r["commands"] for r in rpc))))
     return 0 if ok else 1
+
+
+def _answered(r: dict[str, Any]) -> bool:
+    """Every command of a Staybook run answered, ok or rejected, none missing."""
+    return bool(r["missing"] == 0 and r["replies"] == r["commands"]
+                and r["status"]["error"] == 0
+                and r["status"]["ok"] + r["status"]["rejected"] == r["commands"])
+
+
+def against_ceiling(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Staybook against the raw request/reply ceiling, each figure with its target.
+
+    Rows of ``name``, ``value`` (None when a part is missing or its CPU unreadable),
+    ``target`` (text) and ``met`` (None with no value). The paced targets take the
+    lowest rate run for CPU and the highest for p99 (150 and 500/s by default).
+    """
+    e2e = report["end_to_end"] or {}
+    rpc = report.get("raw_rpc") or []
+    paced = sorted(report.get("paced") or [], key=lambda r: r["rate"])
+    sat_cpu = _cpu(e2e)
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, target: str, met: bool | None) -> None:
+        rows.append({"name": name, "value": value, "target": target,
+                     "met": None if value is None else met})
+
+    for r in rpc:
+        v = _ratio(sat_cpu, _cpu(r))
+        add(f"CPU/cmd saturation / raw, {_responders(r['responders'])}", v,
+            f"<= {CPU_VS_RAW_MAX:g}", v is not None and v <= CPU_VS_RAW_MAX)
+    best = max((r["rate_per_s"] for r in rpc if r.get("rate_per_s")), default=None)
+    v = _ratio(e2e.get("rate_per_s"), best)
+    add("cmd/s saturation / best raw cmd/s", v, f">= {RATE_VS_RAW_MIN:g}",
+        v is not None and v >= RATE_VS_RAW_MIN)
+    if paced:
+        hi, lo = paced[-1], paced[0]
+        p99 = hi["latency_ms"]["p99"]
+        add(f"reply p99 ms at paced {hi['rate']:g}/s", p99, f"< {PACED_P99_MAX_MS:g} ms",
+            p99 is not None and p99 < PACED_P99_MAX_MS)
+        v = _ratio(_cpu(lo), sat_cpu)
+        add(f"CPU/cmd paced {lo['rate']:g}/s / saturation", v, f"<= {PACED_CPU_MAX:g}",
+            v is not None and v <= PACED_CPU_MAX)
+    return rows
+
+
+def _cpu(run: dict[str, Any]) -> float | None:
+    """A run's CPU ms per message of its processes plus the broker."""
+    cpu = run.get("cpu_ms_per_message") or run.get("cpu_ms_per_command") or {}
+    value = cpu.get("sum")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _responders(n: int) -> str:
+    return f"{n} responder" + ("" if n == 1 else "s")
 
 
 def render(report: dict[str, Any]) -> str:
@@ -34,26 +103,52 @@ def render(report: dict[str, Any]) -> str:
         f"node: {cfg['node']}",
         "  workload: " + ", ".join(f"{n} {t}" for t, n in report["workload"].items()),
         "",
-        f"  {'run':<28}{'msgs':>8}{'answered':>10}{'msgs/s':>10}{'p50 ms':>10}"
-        f"{'p99 ms':>10}{'max ms':>10}",
+        f"  {'run':<34}{'msgs':>7}{'answered':>9}{'msgs/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'CPU ms/msg: procs':>20}{'broker':>8}{'sum':>7}",
     ]
 
-    def row(name: str, r: dict[str, Any] | None, total_key: str, done_key: str) -> None:
+    def row(name: str, r: dict[str, Any] | None, total_key: str, done_key: str,
+            cpu: dict[str, Any] | None = None) -> None:
         if r is None:
-            lines.append(f"  {name:<28}{'-':>8}")
+            lines.append(f"  {name:<34}{'-':>7}")
             return
-        lat = r["latency_ms"]
-        lines.append(f"  {name:<28}{r[total_key]:>8}{r[done_key]:>10}"
-                     f"{_fmt(r['rate_per_s']):>10}{_fmt(lat['p50']):>10}{_fmt(lat['p99']):>10}"
-                     f"{_fmt(lat['max']):>10}")
+        lat, cpu = r["latency_ms"], cpu or {}
+        lines.append(f"  {name:<34}{r[total_key]:>7}{r[done_key]:>9}"
+                     f"{_fmt(r['rate_per_s']):>9}{_fmt(lat['p50']):>9}{_fmt(lat['p99']):>9}"
+                     f"{_fmt(lat['max']):>9}{_fmt(cpu.get('procs')):>20}"
+                     f"{_fmt(cpu.get('broker')):>8}{_fmt(cpu.get('sum')):>7}")
 
     e2e, raw = report["end_to_end"], report["raw"]
-    row("end to end (node)", e2e, "commands", "replies")
-    row("raw quorum queue (ceiling)", raw, "messages", "received")
+    if raw is not None:
+        row("raw publish/consume (no reply)", raw, "messages", "received",
+            raw.get("cpu_ms_per_message"))
+    for r in report.get("raw_rpc") or []:
+        row(f"raw request/reply, {_responders(r['responders'])}", r, "commands", "replies",
+            _procs(r["cpu_ms_per_message"], "responders"))
+    row("Staybook at saturation", e2e, "commands", "replies",
+        _procs(e2e["cpu_ms_per_command"], "nodes") if e2e and "cpu_ms_per_command" in e2e
+        else None)
+    for r in report.get("paced") or []:
+        row(f"Staybook paced {r['rate']:g}/s", r, "commands", "replies",
+            _procs(r["cpu_ms_per_command"], "nodes"))
+    lines.append("  (CPU from /proc, user + system, per answered message. procs: the "
+                 "responders or the node processes, never this benchmark's own;")
+    lines.append("   Staybook's counted until its events are drained; '-': not visible, "
+                 "e.g. an external broker)")
     ratio = report["ratio"]
-    lines.append(f"  ratio end-to-end / raw: {'-' if ratio is None else f'{ratio:.3f}'}"
+    lines.append(f"  ratio end-to-end / raw publish/consume: "
+                 f"{'-' if ratio is None else f'{ratio:.3f}'}"
                  + (" (partial: timed out)" if report["timed_out"] and ratio is not None
                     else ""))
+    ceiling = report.get("against_ceiling") or []
+    if ceiling:
+        lines.append("")
+        lines.append("  against the raw request/reply ceiling (targets of issue 12, "
+                     "information only):")
+        for c in ceiling:
+            mark = {True: "✓", False: "✗", None: "-"}[c["met"]]
+            lines.append(f"    {c['name']:<46}{_fmt(c['value']):>9}   target "
+                         f"{c['target']:<10}{mark}")
     if e2e is not None:
         lines.append("")
         lines.append("  replies: " + ", ".join(f"{k} {v}" for k, v in e2e["status"].items())
@@ -65,6 +160,20 @@ def render(report: dict[str, Any]) -> str:
         backlog = e2e.get("backlog_after_last_reply") or {}
         lines.append("  queued when the last reply came: "
                      + ", ".join(f"{k.split('.', 1)[-1]} {v}" for k, v in backlog.items()))
+        cpu = e2e.get("cpu_ms_per_command")
+        if cpu:
+            at_reply = (e2e.get("cpu_ms_per_command_at_last_reply") or {}).get("sum")
+            lines.append("  saturation CPU ms/cmd by node process: "
+                         + ", ".join(f"{k} {_fmt(v)}" for k, v in cpu["by_node"].items())
+                         + f"; nodes+broker {_fmt(at_reply)} at the last reply, "
+                         f"{_fmt(cpu['sum'])} once drained ({_fmt(e2e.get('drained_s'))} s)")
+    for r in report.get("paced") or []:
+        pace = r["pacing"]
+        lines.append(f"  paced {r['rate']:g}/s: "
+                     + ", ".join(f"{k} {v}" for k, v in r["status"].items())
+                     + f"; missing {r['missing']}; publisher stalls {pace['stalls']} "
+                     f"(window {pace['bound']}), max lag {_fmt(pace['max_lag_ms'])} ms; "
+                     f"drained in {_fmt(r.get('drained_s'))} s")
     lines.append("")
     lines.append(f"  node exit code {report['node_exit_code']}, total {report['total_s']} s"
                  + (", TIMED OUT" if report["timed_out"] else "")
@@ -73,6 +182,11 @@ def render(report: dict[str, Any]) -> str:
     if report.get("node_log_tail"):
         lines.append(report["node_log_tail"])
     return "\n".join(lines)
+
+
+def _procs(cpu: dict[str, Any], part: str) -> dict[str, Any]:
+    """A run's CPU row with its own processes (``part``) under the common name."""
+    return {"procs": cpu.get(part), "broker": cpu.get("broker"), "sum": cpu.get("sum")}
 
 
 def _fmt(v: float | None) -> str:

@@ -1,70 +1,102 @@
-"""End-to-end command throughput of a running node, next to the raw broker ceiling.
+"""Staybook's command throughput and CPU per command, against the physical limit, in one run.
 
 Run it with ``python -m bench.throughput [--options]``. It:
 
 1. uses the broker named by ``--amqp-url`` (or ``STAYBOOK_BROKER__URL``), or starts a
-   private RabbitMQ node on a free port with its data in a temporary directory;
+   private RabbitMQ node on a free port with its data in a temporary directory (only
+   then is the broker's CPU visible: its processes are found by its node name);
 2. builds a seeded workload with the ``messages`` models: ``--apartments``
    AddApartment, then RequestReservation in bursts of overlapping dates on ``--hot``
    apartments plus requests spread over the rest, then Accept/RejectReservation for
    some of the requests (``--commands`` in all);
-3. measures the raw ceiling (unless ``--skip-raw``): the SAME bodies published to and
-   consumed from a plain durable quorum queue ``<prefix>.bench-raw``, same window,
-   the consumer acking each message and doing nothing else;
-4. starts ``staybook serve`` as a separate process (unique prefix, a fresh durable
-   SQLite store), waits for its consumers, publishes the workload pipelined (at most
-   ``--window`` commands awaiting their reply) with ``reply_to`` an exclusive
-   auto-delete queue on the same connection and ``correlation_id = message_id``,
-   and times every reply;
-5. prints a table (and ``--json-out``), stops the node with SIGTERM, and cleans up.
+3. measures the raw ceilings (unless ``--skip-raw``), with the SAME bodies and window:
+   publish/consume through a durable quorum queue ``<prefix>.bench-raw``, acked here;
+   then request/reply, as a node is driven: the bodies to the durable quorum queue
+   ``<prefix>.bench-rpc``, answered by 1, then 2 :mod:`bench.responder` processes
+   (one constant reply, an ack, nothing else);
+4. starts ``staybook serve`` (or, with ``--split``, a commands and an events process)
+   on a unique prefix and a fresh durable SQLite store, waits for its consumers, and
+   publishes the workload pipelined (at most ``--window`` awaiting their reply),
+   ``reply_to`` an exclusive auto-delete queue, ``correlation_id = message_id``,
+   timing every reply: Staybook at saturation;
+5. then, on the same node(s), for each ``--paced`` rate a fresh workload (its own
+   apartments and reservations) published at that fixed rate for ``--paced-seconds``;
+6. prints a table (and ``--json-out``), stops the node(s) with SIGTERM, cleans up.
 
-This module is the run and its command line; the parts are :mod:`bench.workload`
-(the seeded commands), :mod:`bench.measure` (pipelined publishing, timing, the raw
-ceiling), :mod:`bench.procs` (the private broker, the nodes) and :mod:`bench.report`
-(exit status, tables). ``--nodes N`` hands over to :mod:`bench.nodes` (scale-out).
+Every run but publish/consume reports CPU milliseconds per message of its processes
+(responders or nodes) plus the broker, read from ``/proc`` (:mod:`bench.cpu`); a
+Staybook run's CPU is counted until the node(s) drained the events its commands left,
+so it is what a command costs, and nothing leaks into the next run. The table ends
+with Staybook against the best raw figures and the targets of issue 12; those are
+information, not the exit status.
 
-Both runs publish persistent messages *without* publisher confirms: a blocking pika
-channel in confirm mode waits for each confirm, which would defeat the pipelining.
-Every command is instead accounted for by its reply (or, in the raw run, by its
-delivery); ``mandatory`` returns are counted. Latency is publish -> reply (or
-delivery) as seen by this process. Nothing here asserts a time.
+The parts: :mod:`bench.workload` (the seeded commands), :mod:`bench.measure`
+(pipelined and paced publishing, timing), :mod:`bench.procs` (the private broker, the
+nodes, the responders), :mod:`bench.cpu` and :mod:`bench.report` (exit status,
+tables). ``--nodes N`` hands over to :mod:`bench.nodes` (scale-out).
 
-Exit status: 0 when every command was answered and none with ``error``; 1 when
-something is missing, wrong or ``--timeout`` passed (the partial figures are still
-reported); 2 when the broker or the node could not be started.
+No run uses publisher confirms: a blocking pika channel in confirm mode waits for each
+confirm, which would defeat the pipelining. Every command is instead accounted for by
+its reply (or, publish/consume, its delivery); ``mandatory`` returns are counted.
+Latency is publish -> reply (or delivery) as seen by this process. Nothing here
+asserts a time.
+
+Exit status: 0 when every command of every run was answered and none with ``error``
+and the node(s) stopped with 0; 1 when something is missing, wrong or ``--timeout``
+passed (the partial figures are still reported); 2 when the broker, the node or the
+responders could not be started.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import math
 import os
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from pika.exceptions import AMQPError
 
-from bench.measure import queue_depths, run_end_to_end, run_raw
+from bench.cpu import Meter, Reading, broker_pids, ms_per, total
+from bench.measure import (
+    queue_depths,
+    run_end_to_end,
+    run_raw,
+    run_request_reply,
+    wait_drained,
+)
 from bench.nodes import main_nodes
-from bench.procs import SetupFailed, delete_prefix, private_broker, start_node
-from bench.report import exit_code, render
-from bench.workload import build_workload
+from bench.procs import (
+    NodeProcess,
+    SetupFailed,
+    delete_prefix,
+    private_broker,
+    responders,
+    start_node,
+)
+from bench.report import against_ceiling, exit_code, render
+from bench.workload import Command, build_workload
 from broker.rabbitmq import redact_url, wait_for_broker
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
 from console.localbroker import log_tail
 from messages import new_id
 
+RESPONDERS = (1, 2)  # the raw request/reply ceiling, with one and two responder processes
+PACED_BOUND_S = 10.0  # a paced run holds back only with this many seconds' worth unanswered
+
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything: broker, raw ceiling, node, end to end. The report."""
+    """Everything: broker, raw ceilings, node, saturation, paced rates. The report."""
     t0 = time.monotonic()
     deadline = t0 + args.timeout
     prefix = f"bench{new_id()[:10]}"
@@ -76,9 +108,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "prefix": prefix, "publisher_confirms": False,
                    "store": "sqlite, synchronous=FULL",
                    "node": "two processes (commands, events)" if args.split
-                   else "one process"},
+                   else "one process",
+                   "responders": [] if args.skip_raw else list(RESPONDERS),
+                   "paced_rates": args.paced, "paced_seconds": args.paced_seconds},
         "workload": dict(Counter(c.type for c in commands)),
-        "end_to_end": None, "raw": None, "ratio": None, "timed_out": False,
+        "end_to_end": None, "raw": None, "raw_rpc": [], "paced": [], "ratio": None,
+        "against_ceiling": [], "timed_out": False,
         "node_exit_code": None, "setup_error": None, "error": None,
     }
     url = args.amqp_url or os.environ.get("STAYBOOK_BROKER__URL")
@@ -86,51 +121,131 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="staybook-bench-")))
         try:
+            broker: list[int] | None = None  # an external broker's CPU is not ours to see
             if url:
                 report["config"]["broker"] = redact_url(url)
                 wait_for_broker(url, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
             else:
-                url = stack.enter_context(private_broker(work / "rabbitmq", deadline)).url
+                rabbit = stack.enter_context(private_broker(work / "rabbitmq", deadline))
+                url = rabbit.url
                 report["config"]["broker"] = f"private RabbitMQ at {redact_url(url)}"
-            raw_queue = f"{prefix}.bench-raw"
-            stack.callback(delete_prefix, url, topology, [raw_queue])
+                broker = broker_pids(rabbit.node_name)
+                if broker is None:
+                    print(f"bench: no process of {rabbit.node_name}; its CPU reads '-'",
+                          file=sys.stderr)
+            raw_queue, rpc_queue = f"{prefix}.bench-raw", f"{prefix}.bench-rpc"
+            stack.callback(delete_prefix, url, topology, [raw_queue, rpc_queue])
             if not args.skip_raw:
-                report["raw"] = run_raw(url, raw_queue, commands, args.window, deadline)
+                _raw_runs(report, url, raw_queue, rpc_queue, commands, args, work, deadline,
+                          broker)
             if time.monotonic() < deadline:
-                nodes = ([start_node(url, prefix, work, deadline, roles=["events"]),
-                          start_node(url, prefix, work, deadline, roles=["commands"])]
-                         if args.split else [start_node(url, prefix, work, deadline)])
-                try:
-                    e2e = run_end_to_end(url, topology, commands, args.window, deadline)
-                    e2e["backlog_after_last_reply"] = queue_depths(
-                        url, [*topology.work_queues(), topology.dead_letter_queue])
-                    report["end_to_end"] = e2e
-                finally:
-                    began = time.monotonic()
-                    # A graceful stop drains what is in flight; on a loaded 2-core CI
-                    # machine that can take a while, so wait for it rather than kill.
-                    codes = [n.stop(timeout=90) for n in reversed(nodes)]
-                    report["node_stop_s"] = round(time.monotonic() - began, 1)
-                    code = next((c for c in codes if c != 0), 0)
-                    report["node_exit_code"] = code
-                    if code != 0:
-                        report["node_log_tail"] = "\n".join(log_tail(n.log_path, 30)
-                                                             for n in nodes)
+                _staybook_runs(report, url, topology, commands, args, work, deadline, broker)
         except SetupFailed as exc:
             report["setup_error"] = str(exc)
         except (TimeoutError, AMQPError, OSError) as exc:
             report["error"] = f"{type(exc).__name__}: {exc}"
     e2e, raw = report["end_to_end"], report["raw"]
+    runs = [e2e, raw, *report["raw_rpc"], *report["paced"]]
     report["timed_out"] = (time.monotonic() > deadline
-                           or any(r is not None and not r["completed_in_time"]
-                                  for r in (e2e, raw))
+                           or any(r is not None and not r["completed_in_time"] for r in runs)
                            or (e2e is None and report["setup_error"] is None
                                and report["error"] is None))
     if e2e and raw and e2e["rate_per_s"] and raw["rate_per_s"]:
         report["ratio"] = round(e2e["rate_per_s"] / raw["rate_per_s"], 4)
+    report["against_ceiling"] = against_ceiling(report)
     report["total_s"] = round(time.monotonic() - t0, 1)
     report["exit_code"] = exit_code(report, skip_raw=args.skip_raw)
     return report
+
+
+def _raw_runs(report: dict[str, Any], url: str, raw_queue: str, rpc_queue: str,
+              commands: Sequence[Command], args: argparse.Namespace, work: Path,
+              deadline: float, broker: list[int] | None) -> None:
+    """The ceilings: publish/consume in this process, then request/reply by responders."""
+    meter = Meter({"broker": broker})
+    before = meter.read()
+    raw = run_raw(url, raw_queue, commands, args.window, deadline)
+    raw["cpu_ms_per_message"] = ms_per(before, meter.read(), raw["received"])
+    report["raw"] = raw
+    for n in RESPONDERS:
+        if time.monotonic() > deadline:
+            break
+        with responders(url, rpc_queue, n, work, deadline) as pids:
+            meter = Meter({"responders": pids, "broker": broker})
+            before = meter.read()
+            rpc = run_request_reply(url, rpc_queue, commands, args.window, deadline)
+            cpu = ms_per(before, meter.read(), rpc["replies"])
+        rpc["cpu_ms_per_message"] = {**cpu, "sum": total(cpu, ("responders", "broker"))}
+        report["raw_rpc"].append({"responders": n, **rpc})
+
+
+def _staybook_runs(report: dict[str, Any], url: str, topology: Topology,
+                   commands: Sequence[Command], args: argparse.Namespace, work: Path,
+                   deadline: float, broker: list[int] | None) -> None:
+    """Start the node(s); saturation, then each paced rate on the same node(s); stop."""
+    nodes = ([start_node(url, topology.prefix, work, deadline, roles=["events"]),
+              start_node(url, topology.prefix, work, deadline, roles=["commands"])]
+             if args.split else [start_node(url, topology.prefix, work, deadline)])
+    try:
+        meter = Meter({"nodes": [n.proc.pid for n in nodes], "broker": broker,
+                       **{n.name: [n.proc.pid] for n in nodes}})
+
+        def saturate() -> dict[str, Any]:
+            e2e = run_end_to_end(url, topology, commands, args.window, deadline)
+            e2e["backlog_after_last_reply"] = queue_depths(
+                url, [*topology.work_queues(), topology.dead_letter_queue])
+            return e2e
+
+        report["end_to_end"] = _metered(meter, nodes, saturate, url, topology, deadline)
+        for i, rate in enumerate(args.paced):
+            if time.monotonic() > deadline:
+                break
+            n = max(1, math.ceil(rate * args.paced_seconds))
+            apartments = min(args.apartments, n)
+            paced = build_workload(apartments=apartments, hot=min(args.hot, apartments),
+                                   commands=n, seed=args.seed + i + 1, today=date.today(),
+                                   id_prefix=f"p{i + 1}-")
+            bound = max(args.window, math.ceil(rate * PACED_BOUND_S))
+            run_paced = functools.partial(run_end_to_end, url, topology, paced, bound,
+                                          deadline, rate=rate)
+            report["paced"].append(
+                {"rate": rate, **_metered(meter, nodes, run_paced, url, topology, deadline)})
+    finally:
+        began = time.monotonic()
+        # A graceful stop drains what is in flight; on a loaded 2-core CI
+        # machine that can take a while, so wait for it rather than kill.
+        codes = [n.stop(timeout=90) for n in reversed(nodes)]
+        report["node_stop_s"] = round(time.monotonic() - began, 1)
+        code = next((c for c in codes if c != 0), 0)
+        report["node_exit_code"] = code
+        if code != 0:
+            report["node_log_tail"] = "\n".join(log_tail(n.log_path, 30) for n in nodes)
+
+
+def _metered(meter: Meter, nodes: Sequence[NodeProcess], measure: Callable[[], dict[str, Any]],
+             url: str, topology: Topology, deadline: float) -> dict[str, Any]:
+    """One Staybook run with the CPU it cost per command, counted until it is drained.
+
+    The events a command leaves behind are part of its cost, and must not leak into
+    the next run: the CPU is read at the last reply and once the nodes are idle.
+    """
+    before = meter.read()
+    out = measure()
+    at_reply = meter.read()
+    out["drained_s"] = wait_drained(url, topology, [n.name for n in nodes], deadline)
+    after = meter.read()
+    out["cpu_ms_per_command"] = _node_cpu(before, after, out["replies"], nodes)
+    out["cpu_ms_per_command_at_last_reply"] = _node_cpu(before, at_reply, out["replies"],
+                                                        nodes)
+    return out
+
+
+def _node_cpu(before: Reading, after: Reading, count: int,
+              nodes: Sequence[NodeProcess]) -> dict[str, Any]:
+    cpu = ms_per(before, after, count)
+    return {"nodes": cpu["nodes"], "broker": cpu["broker"],
+            "sum": total(cpu, ("nodes", "broker")),
+            "by_node": {n.name: cpu[n.name] for n in nodes}}
 
 
 def _positive(text: str) -> int:
@@ -138,6 +253,17 @@ def _positive(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text} is not >= 1")
     return n
+
+
+def _rates(text: str) -> list[float]:
+    """``"150,500"`` -> [150.0, 500.0]; ``""`` -> [] (no paced runs)."""
+    try:
+        rates = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of rates") from None
+    if any(not (r > 0 and math.isfinite(r)) for r in rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: every rate must be > 0")
+    return rates
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -161,6 +287,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "other, and print commands/s and CPU per command for each")
     p.add_argument("--split", action="store_true",
                    help="run the node as two processes: the commands role and the events role")
+    p.add_argument("--paced", type=_rates, default=[150.0, 500.0], metavar="RATES",
+                   help="commands/s of the paced runs after saturation, comma-separated "
+                        "(default 150,500; '' for none)")
+    p.add_argument("--paced-seconds", type=float, default=15.0,
+                   help="how long each paced run publishes")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds for the whole run; then report what was measured, exit 1")
     args = p.parse_args(argv)
@@ -168,6 +299,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--commands must be >= --apartments")
     if args.hot < 0:
         p.error("--hot must be >= 0")
+    if not args.paced_seconds > 0:
+        p.error("--paced-seconds must be > 0")
     return args
 
 

@@ -3,7 +3,8 @@
 ``--apartments`` AddApartment, then RequestReservation in bursts of overlapping dates
 on ``--hot`` apartments plus requests spread over the rest, then Accept/Reject for
 some of the requests. The same seed gives the same stream (only message ids are
-fresh), so runs and node counts compare like with like.
+fresh), so runs and node counts compare like with like; an ``id_prefix`` gives a
+later phase on the same node apartments and reservations of its own.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Command:
 
 
 def build_workload(*, apartments: int, hot: int, commands: int, seed: int,
-                   today: date) -> list[Command]:
+                   today: date, id_prefix: str = "") -> list[Command]:
     """The seeded command stream, in publishing order.
 
     ``apartments`` AddApartment first; then RequestReservation (half of them in bursts
@@ -44,6 +45,8 @@ def build_workload(*, apartments: int, hot: int, commands: int, seed: int,
     the other apartments); then AcceptReservation / RejectReservation for a fifth of
     what is left, picked among the requests. Every date is at least two days ahead of
     ``today``. Message ids are fresh; everything else follows from ``seed``.
+    ``id_prefix`` starts every apartment, owner and reservation id, so two workloads
+    sent to the same node do not touch each other's entities.
     """
     if apartments < 1 or commands < apartments:
         raise ValueError("need apartments >= 1 and commands >= apartments")
@@ -55,8 +58,8 @@ def build_workload(*, apartments: int, hot: int, commands: int, seed: int,
         env = Envelope.new(payload, apartment_id=apartment_id)
         out.append(Command(env.type, apartment_id, env.message_id, env.to_json()))
 
-    ids = [f"apt-{i:05d}" for i in range(apartments)]
-    owner = {a: f"owner-{i:05d}" for i, a in enumerate(ids)}
+    ids = [f"{id_prefix}apt-{i:05d}" for i in range(apartments)]
+    owner = {a: f"{id_prefix}owner-{i:05d}" for i, a in enumerate(ids)}
     capacity: dict[str, int] = {}
     for a in ids:
         capacity[a] = rng.randint(2, 6)
@@ -72,7 +75,7 @@ def build_workload(*, apartments: int, hot: int, commands: int, seed: int,
     requests: list[tuple[str, str]] = []  # (apartment_id, reservation_id)
 
     def request(a: str, start: date, nights: int) -> None:
-        rid = f"res-{len(requests):06d}"
+        rid = f"{id_prefix}res-{len(requests):06d}"
         add(RequestReservation(reservation_id=rid, guest_id=f"guest-{rng.randint(0, 9999):04d}",
                                start=start, end=start + timedelta(days=nights),
                                guests=rng.randint(1, capacity[a])), a)

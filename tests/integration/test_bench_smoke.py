@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ def test_the_benchmark_gets_a_reply_for_every_command(
     out = tmp_path / "bench.json"
     rc = throughput.main(["--amqp-url", amqp_url, "--apartments", "10", "--hot", "2",
                           "--commands", "300", "--window", "64", "--timeout", "90",
+                          "--paced", "200", "--paced-seconds", "2",
                           "--json-out", str(out), *(["--split"] if split else [])])
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -34,6 +36,44 @@ def test_the_benchmark_gets_a_reply_for_every_command(
     assert "ratio end-to-end / raw" in printed
     assert report["node_exit_code"] == 0
     assert rc == 0
+    _assert_ceiling_and_paced(report, printed, split)
+
+
+def _assert_ceiling_and_paced(report: dict[str, Any], printed: str, split: bool) -> None:
+    """The raw request/reply runs, the CPU figures and the paced run, by structure."""
+    rpc = report["raw_rpc"]
+    assert [r["responders"] for r in rpc] == [1, 2]
+    for r in rpc:
+        assert r["replies"] == r["commands"] == 300 and r["missing"] == 0
+        assert r["status"] == {"ok": 300, "rejected": 0, "error": 0}
+        cpu = r["cpu_ms_per_message"]
+        assert isinstance(cpu["responders"], float) and cpu["responders"] >= 0
+        assert cpu["broker"] is None and cpu["sum"] is None  # an external broker: unseen
+    e2e = report["end_to_end"]
+    names = ["bench-events", "bench-commands"] if split else ["bench-commands-events"]
+    for run in [e2e, *report["paced"]]:
+        cpu = run["cpu_ms_per_command"]
+        assert isinstance(cpu["nodes"], float) and cpu["nodes"] >= 0
+        assert cpu["broker"] is None and cpu["sum"] is None
+        assert sorted(cpu["by_node"]) == sorted(names)
+        assert run["drained_s"] is not None
+    [paced] = report["paced"]
+    assert paced["rate"] == 200 and paced["commands"] == 400
+    assert paced["replies"] == 400 and paced["missing"] == 0 and paced["unexpected"] == 0
+    assert paced["status"]["error"] == 0
+    assert paced["status"]["ok"] + paced["status"]["rejected"] == 400
+    assert paced["by_type"]["AddApartment"] == {"ok": 10}  # its own apartments: all new
+    assert paced["pacing"]["rate_per_s"] == 200 and paced["pacing"]["bound"] >= 64
+    ceiling = report["against_ceiling"]
+    assert [c["name"] for c in ceiling] == [
+        "CPU/cmd saturation / raw, 1 responder", "CPU/cmd saturation / raw, 2 responders",
+        "cmd/s saturation / best raw cmd/s", "reply p99 ms at paced 200/s",
+        "CPU/cmd paced 200/s / saturation"]
+    assert ceiling[0]["value"] is None and ceiling[0]["met"] is None  # no broker CPU
+    for label in ("raw request/reply, 1 responder", "raw request/reply, 2 responders",
+                  "Staybook at saturation", "Staybook paced 200/s",
+                  "against the raw request/reply ceiling"):
+        assert label in printed
 
 
 def test_the_workload_is_seeded_and_in_the_future() -> None:

@@ -1,0 +1,245 @@
+"""The benchmark's pure parts: the paced schedule, CPU arithmetic, the ceiling ratios
+and their targets, the table, the exit status. Never a measured time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from typing import Any
+
+import pytest
+
+from bench import cpu, report
+from bench.measure import Pacer
+from bench.throughput import parse_args
+from bench.workload import build_workload
+
+
+# --- the paced schedule -------------------------------------------------------------
+def test_message_i_is_due_at_t0_plus_i_over_rate() -> None:
+    p = Pacer(rate=100.0, bound=1000)
+    assert p.take(10.0, 0, 50) == 1  # the first goes at once and starts the schedule
+    assert p.take(10.005, 1, 50) == 0
+    assert p.due_at() == pytest.approx(10.01)
+    assert p.take(10.01, 1, 50) == 1
+    assert p.take(10.0399, 2, 50) == 2  # #2 at 10.02, #3 at 10.03
+    assert p.due_at() == pytest.approx(10.04)
+    assert p.sent == 4
+
+
+def test_a_late_publisher_sends_what_is_overdue_and_keeps_the_schedule() -> None:
+    p = Pacer(rate=100.0, bound=1000)
+    p.take(0.0, 0, 1000)
+    assert p.take(0.1, 1, 1000) == 10  # #1..#10, due 0.01..0.10
+    assert p.max_lag_s == pytest.approx(0.09)
+    assert p.take(0.11, 11, 1000) == 1  # back on the original schedule
+    assert p.stalls == 0
+
+
+def test_never_more_than_the_total() -> None:
+    p = Pacer(rate=1000.0, bound=1000)
+    p.take(0.0, 0, 5)
+    assert p.take(1.0, 0, 5) == 4
+    assert p.take(2.0, 0, 5) == 0 and p.sent == 5
+
+
+def test_a_full_window_holds_the_schedule_back_instead_of_bursting_after() -> None:
+    p = Pacer(rate=100.0, bound=3)
+    p.take(0.0, 0, 1000)
+    assert p.take(0.05, 1, 1000) == 2  # room for two more only: #1, #2
+    assert p.take(0.06, 3, 1000) == 0  # full while #3 is due: a stall
+    assert p.take(0.5, 3, 1000) == 0
+    assert p.stalls == 1
+    # Room again at 1.0: one message now, then one per 10 ms, not the 95 owed.
+    assert p.take(1.0, 0, 1000) == 1
+    assert p.stalled_s == pytest.approx(0.94)
+    assert p.take(1.005, 0, 1000) == 0
+    assert p.take(1.01, 1, 1000) == 1
+    assert p.stalls == 1
+
+
+def test_a_full_window_with_nothing_due_is_no_stall() -> None:
+    p = Pacer(rate=10.0, bound=1)
+    p.take(0.0, 0, 100)
+    assert p.take(0.05, 1, 100) == 0
+    assert p.stalls == 0
+    assert p.take(0.1, 0, 100) == 1  # on schedule: #1 at 0.1
+    assert p.figures() == {"rate_per_s": 10.0, "bound": 1, "stalls": 0, "stalled_s": 0.0,
+                           "max_lag_ms": 0.0}
+
+
+# --- the command line and the workload ----------------------------------------------
+def test_paced_rates_parse_and_an_empty_value_skips_them() -> None:
+    assert parse_args([]).paced == [150.0, 500.0]
+    assert parse_args([]).paced_seconds == 15.0
+    assert parse_args(["--paced", ""]).paced == []
+    assert parse_args(["--paced", "200, 50.5"]).paced == [200.0, 50.5]
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "fast", "150,nan"])
+def test_a_paced_rate_must_be_a_positive_number(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--paced", bad])
+
+
+def test_an_id_prefix_gives_a_workload_entities_of_its_own() -> None:
+    today = date(2030, 1, 7)
+    a = build_workload(apartments=5, hot=1, commands=60, seed=1, today=today)
+    b = build_workload(apartments=5, hot=1, commands=60, seed=1, today=today,
+                       id_prefix="p1-")
+    assert {c.apartment_id for c in a}.isdisjoint({c.apartment_id for c in b})
+    assert {c.message_id for c in a}.isdisjoint({c.message_id for c in b})
+    assert all(c.apartment_id.startswith("p1-apt-") for c in b)
+    assert all(b"p1-res-" in c.body for c in b if c.type != "AddApartment")
+    assert [c.type for c in a] == [c.type for c in b]
+
+
+# --- CPU from /proc -----------------------------------------------------------------
+def test_cpu_per_message_by_part_and_unavailable_parts() -> None:
+    before = {"nodes": 1.0, "broker": None, "db": 2.0}
+    after = {"nodes": 1.5, "broker": None, "db": 2.25}
+    per = cpu.ms_per(before, after, 250)
+    assert per == {"nodes": 2.0, "broker": None, "db": 1.0}
+    assert cpu.total(per, ("nodes", "db")) == 3.0
+    assert cpu.total(per, ("nodes", "broker")) is None
+    assert cpu.ms_per({"x": 1.0}, {"x": 1.0}, 0) == {"x": 0.0}
+
+
+def test_a_process_is_found_by_its_environment_and_its_tree_read() -> None:
+    needle = f"BENCH_TEST_MARK={os.getpid()}-{time.time_ns()}"
+    key, value = needle.split("=")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                             env={**os.environ, key: value})
+    try:
+        found: list[int] = []
+        for _ in range(50):  # until the child has exec'd
+            if found := cpu.pids_matching(needle):
+                break
+            time.sleep(0.05)
+        assert found == [child.pid]
+        reading = cpu.Meter({"child": found, "external": None}).read()
+        assert reading["external"] is None
+        assert isinstance(reading["child"], float) and reading["child"] >= 0
+    finally:
+        child.kill()
+        child.wait()
+    assert cpu.broker_pids(None) is None
+    assert cpu.broker_pids(f"no-such-node-{time.time_ns()}@localhost") is None
+
+
+# --- the ratios and their targets ---------------------------------------------------
+def _lat(p50: float, p99: float) -> dict[str, float]:
+    return {"p50": p50, "p99": p99, "max": p99 * 2, "mean": p50}
+
+
+def _staybook(n: int, rate: float, p99: float, cpu_sum: float | None,
+              **extra: Any) -> dict[str, Any]:
+    return {"commands": n, "replies": n, "missing": 0, "unexpected": 0, "returned": 0,
+            "completed_in_time": True, "rate_per_s": rate, "latency_ms": _lat(p99 / 4, p99),
+            "status": {"ok": n - 10, "rejected": 10, "error": 0},
+            "by_type": {"AddApartment": {"ok": 10}}, "reasons": {"rejected:full": 10},
+            "cpu_ms_per_command": {"nodes": None if cpu_sum is None else cpu_sum - 1,
+                                   "broker": None if cpu_sum is None else 1.0,
+                                   "sum": cpu_sum, "by_node": {"bench-a": cpu_sum}},
+            "cpu_ms_per_command_at_last_reply": {"sum": cpu_sum},
+            "drained_s": 0.4, **extra}
+
+
+def _report(*, sat_cpu: float | None = 4.0, raw_cpu: tuple[float | None, ...] = (1.0, 2.5),
+            paced: tuple[tuple[float, float, float | None], ...] = ((150, 12.0, 5.0),
+                                                                   (500, 80.0, 4.0))
+            ) -> dict[str, Any]:
+    rpc = [{"responders": i + 1, "commands": 1000, "replies": 1000, "missing": 0,
+            "completed_in_time": True, "rate_per_s": 2000.0 * (i + 1),
+            "latency_ms": _lat(5, 9),
+            "cpu_ms_per_message": {"responders": c, "broker": c, "sum": c}}
+           for i, c in enumerate(raw_cpu)]
+    pacing = {"rate_per_s": 0, "bound": 1500, "stalls": 0, "stalled_s": 0.0,
+              "max_lag_ms": 1.5}
+    return {
+        "config": {"broker": "amqp://guest@x", "prefix": "benchX", "seed": 1, "window": 64,
+                   "store": "sqlite", "node": "one process", "responders": [1, 2][:len(rpc)],
+                   "paced_rates": [p[0] for p in paced], "paced_seconds": 15},
+        "workload": {"AddApartment": 10, "RequestReservation": 990},
+        "raw": {"messages": 1000, "received": 1000, "completed_in_time": True,
+                "rate_per_s": 5000.0, "latency_ms": _lat(3, 6),
+                "cpu_ms_per_message": {"broker": None}},
+        "raw_rpc": rpc,
+        "end_to_end": _staybook(1000, 1500.0, 900.0, sat_cpu,
+                                backlog_after_last_reply={"benchX.search": 3}),
+        "paced": [{"rate": r, **_staybook(int(r * 15), r, p99, c, pacing=pacing)}
+                  for r, p99, c in paced],
+        "ratio": 0.3, "timed_out": False, "node_exit_code": 0, "setup_error": None,
+        "error": None, "total_s": 12.0,
+    }
+
+
+def test_staybook_against_the_ceiling_with_the_targets() -> None:
+    rows = {r["name"]: r for r in report.against_ceiling(_report())}
+    assert list(rows) == [
+        "CPU/cmd saturation / raw, 1 responder", "CPU/cmd saturation / raw, 2 responders",
+        "cmd/s saturation / best raw cmd/s", "reply p99 ms at paced 500/s",
+        "CPU/cmd paced 150/s / saturation"]
+    one, two = rows["CPU/cmd saturation / raw, 1 responder"], \
+        rows["CPU/cmd saturation / raw, 2 responders"]
+    assert (one["value"], one["met"]) == (4.0, False)
+    assert (two["value"], two["met"]) == (1.6, True)
+    rate = rows["cmd/s saturation / best raw cmd/s"]
+    assert (rate["value"], rate["met"]) == (0.375, False)  # best raw: 4000/s, 2 responders
+    p99 = rows["reply p99 ms at paced 500/s"]
+    assert (p99["value"], p99["met"], p99["target"]) == (80.0, False, "< 50 ms")
+    paced = rows["CPU/cmd paced 150/s / saturation"]
+    assert (paced["value"], paced["met"]) == (1.25, True)
+
+
+def test_no_ratio_and_no_verdict_where_a_cpu_is_unavailable() -> None:
+    rows = {r["name"]: r for r in report.against_ceiling(_report(sat_cpu=None))}
+    for name in ("CPU/cmd saturation / raw, 1 responder", "CPU/cmd paced 150/s / saturation"):
+        assert rows[name]["value"] is None and rows[name]["met"] is None
+    assert rows["cmd/s saturation / best raw cmd/s"]["met"] is False  # rates still compare
+
+
+def test_without_raw_or_paced_runs_only_what_can_be_compared() -> None:
+    rows = report.against_ceiling(_report(raw_cpu=(), paced=()))
+    assert [(r["name"], r["value"], r["met"]) for r in rows] == [
+        ("cmd/s saturation / best raw cmd/s", None, None)]
+
+
+def test_the_table_shows_every_run_the_ratios_and_their_markers() -> None:
+    r = _report()
+    r["against_ceiling"] = report.against_ceiling(r)
+    text = report.render(r)
+    lines = text.splitlines()
+    for name in ("raw publish/consume (no reply)", "raw request/reply, 1 responder",
+                 "raw request/reply, 2 responders", "Staybook at saturation",
+                 "Staybook paced 150/s", "Staybook paced 500/s"):
+        assert sum(line.strip().startswith(name) for line in lines) == 1, name
+    raw = next(line for line in lines if "raw publish/consume" in line)
+    assert raw.split()[-3:] == ["-", "-", "-"]  # no procs, an unreadable broker, no sum
+    sat = next(line for line in lines if line.strip().startswith("Staybook at saturation"))
+    assert sat.split()[-3:] == ["3.00", "1.00", "4.00"]
+    marks = [line for line in lines if "target" in line and line.startswith("    ")]
+    assert len(marks) == 5
+    assert [m.split()[-1] for m in marks] == ["✗", "✓", "✗", "✗", "✓"]
+    assert "paced 500/s: ok 7490, rejected 10, error 0; missing 0" in text
+
+
+def test_the_exit_status_is_about_answers_not_targets() -> None:
+    assert report.exit_code(_report(), skip_raw=False) == 0  # every target but two missed
+    missing = _report()
+    missing["paced"][0]["replies"] -= 1
+    missing["paced"][0]["missing"] = 1
+    assert report.exit_code(missing, skip_raw=False) == 1
+    erred = _report()
+    erred["paced"][1]["status"]["error"] = 1
+    assert report.exit_code(erred, skip_raw=False) == 1
+    short_rpc = _report()
+    short_rpc["raw_rpc"][1]["replies"] = 999
+    assert report.exit_code(short_rpc, skip_raw=False) == 1
+    assert report.exit_code(short_rpc, skip_raw=True) == 0
+    skipped = _report()
+    skipped["paced"].pop()
+    assert report.exit_code(skipped, skip_raw=False) == 1  # a paced rate never ran
