@@ -1,16 +1,20 @@
 """The outbox relay: publish recorded events, persistent and confirmed, in order.
 
-It reads unpublished outbox rows in id order, publishes a batch, waits for the
-broker's confirms, then marks the rows published. A crash between confirm and mark
-republishes those rows; consumers are idempotent, so that is safe. A broker failure
-keeps the rows and retries with bounded backoff.
+It reads outbox rows in id order, publishes a batch, waits for the broker's
+confirms, then deletes the rows: the outbox holds only what is still to publish, so
+it does not grow with history (the events table keeps every event). A crash between
+confirm and delete republishes those rows; consumers are idempotent, so that is
+safe. A broker failure keeps the rows and retries with bounded backoff.
 
 Two ways, by database:
 
-* SQLite (one node): rows are read past a cursor and marked through the store
-  writer, so the file keeps one writer and publishing never holds its lock.
+* SQLite (one node): rows are read past a cursor and deleted through the store
+  writer, so the file keeps one writer and publishing never holds its lock. The
+  delete is a ``lazy`` commit: it rides in the writer's next transaction rather
+  than paying a transaction and an fsync of its own. (SQLite ids never repeat:
+  the table is ``AUTOINCREMENT``, so a cursor past deleted rows stays right.)
 * PostgreSQL (several nodes share the outbox): each round claims a batch with
-  ``SELECT ... FOR UPDATE SKIP LOCKED``, publishes it and marks it in that same
+  ``SELECT ... FOR UPDATE SKIP LOCKED``, publishes it and deletes it in that same
   transaction. Every node's relay thus publishes a disjoint share, nothing is
   published by two relays at once, and, with no cursor, a row whose id was taken
   before an earlier-committed row's (ids are handed out at insert, not at commit) is
@@ -22,14 +26,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Engine, delete, func, select, text
 
 from broker.base import Broker, Outgoing, Publisher
 from store import Commit, StoreWriter
 from store.tables import outbox_table
+from store.writer import DeleteRow
 from supervisor import PollingService
 
 log = logging.getLogger(__name__)
@@ -61,10 +65,11 @@ class Relay(PollingService):
         self.published = 0
 
     def backlog(self) -> int:
-        """Rows not yet published."""
-        q = select(outbox_table.c.id).where(outbox_table.c.published_at.is_(None))
+        """Rows not yet published (counted by the database, not fetched)."""
+        q = (select(func.count()).select_from(outbox_table)
+             .where(outbox_table.c.published_at.is_(None), outbox_table.c.id > self._cursor))
         with self._engine.connect() as conn:
-            return len(conn.execute(q).all())
+            return int(conn.execute(q).scalar() or 0)
 
     def poll(self) -> bool:
         """Publish one batch; True while full batches keep coming."""
@@ -93,26 +98,27 @@ class Relay(PollingService):
         ids = [r.id for r in rows]
         self._cursor = ids[-1]
         self.published += len(ids)
-        self._writer.submit(Commit(stream_id=None, expected_version=0,
-                                   effects=[_mark(ids)], on_done=self._marked))
+        self._writer.submit(Commit(stream_id=None, expected_version=0, lazy=True,
+                                   effects=[DeleteRow(outbox_table, i) for i in ids],
+                                   on_done=self._removed))
         return len(rows) == self._batch
 
     def _claimed_round(self) -> bool:
-        """Claim, publish and mark one batch in one transaction (PostgreSQL)."""
+        """Claim, publish and delete one batch in one transaction (PostgreSQL)."""
         q = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
                     outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
              .where(outbox_table.c.published_at.is_(None))
              .order_by(outbox_table.c.id).limit(self._batch)
              .with_for_update(skip_locked=True))
         with self._engine.begin() as conn:
-            # The mark is a hint: if a crash loses it, the rows are published again,
+            # The delete is a hint: if a crash loses it, the rows are published again,
             # which consumers shrug off. So the commit need not wait for the WAL flush.
             conn.execute(text("SET LOCAL synchronous_commit = off"))
             rows = conn.execute(q).all()
             if not rows:
                 return False
             self._publish(rows)
-            _mark([r.id for r in rows])(conn)
+            conn.execute(delete(outbox_table).where(outbox_table.c.id.in_([r.id for r in rows])))
         self.published += len(rows)
         return len(rows) == self._batch
 
@@ -125,14 +131,14 @@ class Relay(PollingService):
                      body=r.body, message_id=r.event_id, type=r.type)
             for r in rows])
 
-    def _marked(self, exc: BaseException | None) -> None:
-        """Writer thread: if the rows could not be marked, publish them again.
+    def _removed(self, exc: BaseException | None) -> None:
+        """Writer thread: if the published rows could not be deleted, publish them again.
 
-        The cursor already moved past them, so without a rewind they would stay
-        unmarked until the node restarts; republishing is safe (consumers dedupe).
+        The cursor already moved past them, so without a rewind they would stay until
+        the node restarts; republishing is safe (consumers dedupe).
         """
         if exc is not None:
-            log.warning("relay: marking rows published failed (%r); republishing them", exc)
+            log.warning("relay: deleting published rows failed (%r); republishing them", exc)
             self._cursor = 0
             self.wake()
 
@@ -141,13 +147,3 @@ class Relay(PollingService):
             with contextlib.suppress(Exception):
                 self._publisher.close()
             self._publisher = None
-
-
-def _mark(ids: Sequence[int]) -> Any:
-    now = datetime.now(UTC)
-
-    def effect(conn: Connection) -> None:
-        conn.execute(update(outbox_table).where(outbox_table.c.id.in_(ids))
-                     .values(published_at=now))
-    return effect
-

@@ -29,7 +29,11 @@ class EventRow(SQLModel, table=True):
 
 
 class OutboxRow(SQLModel, table=True):
-    """An event waiting for the relay; ``published_at`` is set only after the confirm."""
+    """An event waiting for the relay, deleted once the broker confirmed it.
+
+    ``AUTOINCREMENT`` on SQLite: ids are never reused after deletes, so the relay's
+    cursor stays right. (``published_at`` is left from when rows were marked.)
+    """
 
     __tablename__ = "outbox"
     __table_args__ = (
@@ -39,6 +43,7 @@ class OutboxRow(SQLModel, table=True):
             sqlite_where=text("published_at IS NULL"),
             postgresql_where=text("published_at IS NULL"),
         ),
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -115,7 +115,10 @@ class Commit:
             that included the refused events.
         adds_outbox: whether its effects put rows in the outbox (a fired timer's
             command); its events' rows count without it. A commit that adds none
-            (the relay marking rows published) does not wake the relay.
+            (the relay removing published rows) does not wake the relay.
+        lazy: it may wait, up to the writer's ``lazy_delay``, to ride in a transaction
+            the writer makes anyway (the relay's clean-up: at a low rate, a
+            transaction and an fsync of its own per command otherwise).
     """
 
     stream_id: str | None
@@ -128,6 +131,7 @@ class Commit:
     keep_private: int = 0
     lineage: int = 0
     adds_outbox: bool = False
+    lazy: bool = False
     _rows: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = field(
         default=None, repr=False
     )
@@ -178,6 +182,7 @@ class StoreWriter:
         queue_max: bound on waiting commits; ``submit`` blocks when full (backpressure).
         on_committed: called after a successful transaction that put rows in the
             outbox (wakes the relay).
+        lazy_delay: how long a ``lazy`` commit may wait for company (seconds).
     """
 
     name = "store"
@@ -189,8 +194,12 @@ class StoreWriter:
         batch_max: int = 256,
         queue_max: int = 10_000,
         on_committed: Callable[[], None] | None = None,
+        lazy_delay: float = 0.5,
     ) -> None:
         self._engine = engine
+        self._lazy: list[Commit] = []  # writer thread only
+        self._lazy_since = 0.0
+        self._lazy_delay = lazy_delay
         self._batch_max = batch_max
         self._items: deque[Any] = deque()
         self._queue_max = queue_max
@@ -269,9 +278,12 @@ class StoreWriter:
         items = self._items
         while True:
             if not items:
+                if self._lazy and time.monotonic() - self._lazy_since >= self._lazy_delay:
+                    self._write(self._take_lazy([]))
+                    continue
                 self._sleeping = True
                 if not items:  # re-check: a submit may have missed the flag
-                    self._wake.wait(0.5)
+                    self._wake.wait(self._lazy_delay if self._lazy else 0.5)
                 self._sleeping = False
                 self._wake.clear()
                 continue
@@ -282,16 +294,31 @@ class StoreWriter:
                 if nxt is _STOP:
                     stop = True
                     break
+                if nxt.lazy:
+                    if not self._lazy:
+                        self._lazy_since = time.monotonic()
+                    self._lazy.append(nxt)
+                    continue
                 batch.append(nxt)
             if batch:
-                self._write(batch)
+                self._write(self._take_lazy(batch))
             if stop:
+                while self._lazy:
+                    self._write(self._take_lazy([]))
                 break
         # Fail whatever is left so no caller waits forever.
         while items:
             item = items.popleft()
             if isinstance(item, Commit):
                 _call(item, WriterStopped("store writer stopped"))
+
+    def _take_lazy(self, batch: list[Commit]) -> list[Commit]:
+        """``batch`` with the waiting lazy commits (as many as ``batch_max`` allows)."""
+        room = max(1, self._batch_max - len(batch))
+        taken, self._lazy = self._lazy[:room], self._lazy[room:]
+        if self._lazy:
+            self._lazy_since = time.monotonic()
+        return batch + taken
 
     def _write(self, batch: list[Commit]) -> None:
         if not self._attempt(batch):

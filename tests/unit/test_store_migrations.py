@@ -31,7 +31,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0004_dead_letters"
+HEAD = "0005_outbox_prune"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -72,7 +72,8 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
 # --- a fresh store -------------------------------------------------------------------
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
-    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash", HEAD}
+    assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
+                                 "0004_dead_letters", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
@@ -208,5 +209,38 @@ def test_an_older_create_all_store_gets_its_missing_tables(db_url: str) -> None:
         assert schema_diff(eng) == []
         with eng.connect() as c:
             assert c.execute(select(events_table.c.event_id)).scalars().all() == ["e1"]
+    finally:
+        eng.dispose()
+
+
+def test_0005_drops_published_outbox_rows_and_ids_never_repeat(db_url: str) -> None:
+    """Rows published before 0005 are deleted, unpublished ones kept; afterwards a new
+    row never takes the id of a deleted one (the relay's cursor relies on it)."""
+    from alembic import command
+
+    from store.db import _config
+    from store.tables import outbox_table
+    eng = bare_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            command.upgrade(_config(conn), "0004_dead_letters")
+        row = {"type": "ApartmentAdded", "exchange": "ApartmentAdded", "routing_key": "a1",
+               "body": b"{}"}
+        with eng.begin() as c:
+            c.execute(insert(outbox_table), [
+                {**row, "event_id": "sent", "published_at": datetime.now(UTC)},
+                {**row, "event_id": "due", "published_at": None},
+                {**row, "event_id": "last", "published_at": None}])
+        upgrade(eng)
+        assert current_revision(eng) == HEAD
+        with eng.begin() as c:
+            left: dict[str, int] = {str(r[0]): int(r[1]) for r in c.execute(
+                select(outbox_table.c.event_id, outbox_table.c.id))}
+            assert set(left) == {"due", "last"}
+            c.execute(outbox_table.delete().where(outbox_table.c.event_id == "last"))
+            c.execute(insert(outbox_table).values(**row, event_id="new", published_at=None))
+            new_id = c.execute(select(outbox_table.c.id).where(
+                outbox_table.c.event_id == "new")).scalar_one()
+        assert new_id > left["last"]
     finally:
         eng.dispose()

@@ -691,3 +691,37 @@ def test_a_row_inserted_and_deleted_in_one_batch_is_never_written(
         rows = {(str(r.apartment_id), str(r.title)) for r in c.execute(
             select(search_apartments_table))}
     assert rows == {("kept", "again")}
+
+
+# --- lazy commits --------------------------------------------------------------------
+def test_a_lazy_commit_rides_in_the_next_transaction(engine: Engine) -> None:
+    """The relay's clean-up waits for company: no transaction of its own while commits
+    come; alone, it is written once ``lazy_delay`` passed; stopping writes it."""
+    from store.writer import InsertRow
+    w = StoreWriter(engine, lazy_delay=3600)
+    w.start()
+    try:
+        outcomes = Outcomes()
+        w.submit(Commit(stream_id=None, expected_version=0, lazy=True, effects=[
+            InsertRow(search_apartments_table, _search_row("lazy"))],
+            on_done=outcomes.done("lazy")))
+        w.barrier()  # a barrier is a commit: the lazy one rides with it
+        assert outcomes.results == {"lazy": None} and w.batches == 1
+        assert search_rows(engine) == {"lazy"}
+        w.submit(Commit(stream_id=None, expected_version=0, lazy=True, effects=[
+            InsertRow(search_apartments_table, _search_row("at-stop"))],
+            on_done=outcomes.done("at-stop")))
+    finally:
+        w.stop()
+    assert outcomes.results["at-stop"] is None and "at-stop" in search_rows(engine)
+    quick = StoreWriter(engine, lazy_delay=0.05)
+    quick.start()
+    try:
+        late = Outcomes()
+        quick.submit(Commit(stream_id=None, expected_version=0, lazy=True, effects=[
+            InsertRow(search_apartments_table, _search_row("alone"))],
+            on_done=late.done("alone")))
+        late.wait_for(["alone"])  # nothing else comes: written after the delay
+        assert late.results["alone"] is None and quick.batches == 1
+    finally:
+        quick.stop()
