@@ -96,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("profile-out"),
                    help="where the collapsed stacks go")
     p.add_argument("--rate", type=int, default=100, help="samples per second")
+    p.add_argument("--paced", type=int, default=None,
+                   help="profile a paced run at this many commands/s instead of saturation "
+                        "(a short saturation run comes first: sampling starts --delay "
+                        "seconds after the nodes serve, so give it ~10)")
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -103,8 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BENCH_PROFILE_PARENT": str(os.getpid())}
+    run = (["--commands", "400", "--paced", str(args.paced),
+            "--paced-seconds", str(args.seconds + args.delay + 5)] if args.paced
+           else ["--commands", str(args.commands), "--paced", ""])
     bench = subprocess.Popen([sys.executable, "-m", "bench.throughput", "--split", "--skip-raw",
-                              "--commands", str(args.commands)], env=env,
+                              *run], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pids: dict[str, int] = {}
     limit = time.monotonic() + 180

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, tuple_
+from sqlalchemy import Connection, Engine, Table, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from messages.base import Envelope
 from messages.registry import spec_of
 from store.eventstore import head_query
+from store.rawsql import delete_keys, insert_returning, insert_rows
 from store.tables import events_table, inbox_table, outbox_table
 
 log = logging.getLogger(__name__)
@@ -482,17 +483,13 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
         outbox.extend(out)
     positions: dict[str, int] = {}
     if events:
-        # RETURNING matched by event_id: no reliance on the rows coming back in order.
-        returning = insert(events_table).returning(events_table.c.event_id,
-                                                   events_table.c.position)
-        positions = {r[0]: int(r[1]) for r in conn.execute(returning, events)}
+        generated = insert_returning(conn, events_table, events, events_table.c.position)
+        positions = {row["event_id"]: int(p) for row, p in zip(events, generated, strict=True)}
     for commit in batch:
         if commit not in refused and (row := _inbox_row(conn, commit, positions, now)):
             inbox.append(row)
-    if inbox:
-        conn.execute(insert(inbox_table), inbox)
-    if outbox:
-        conn.execute(insert(outbox_table), outbox)
+    insert_rows(conn, inbox_table, inbox)
+    insert_rows(conn, outbox_table, outbox)
     apply_effects(conn, [e for c in batch if c not in refused for e in c.effects])
     return refused, versions
 
@@ -531,15 +528,9 @@ def _run_rows(conn: Connection, effects: Sequence[Effect]
         else:
             statements.append(e)
     for table, keys in deletes.items():
-        cols = list(table.primary_key.columns)
-        key = cols[0] if len(cols) == 1 else tuple_(*cols)
-        ordered = list(keys)
-        for i in range(0, len(ordered), 500):
-            conn.execute(delete(table).where(key.in_(ordered[i:i + 500])))
+        delete_keys(conn, table, list(keys))
     for table, by_key in inserts.items():
-        rows = [r for pending in by_key.values() for r in pending]
-        if rows:
-            conn.execute(insert(table), rows)
+        insert_rows(conn, table, [r for pending in by_key.values() for r in pending])
     return statements
 
 
