@@ -167,6 +167,7 @@ def render(report: dict[str, Any]) -> str:
                          + ", ".join(f"{k} {_fmt(v)}" for k, v in cpu["by_node"].items())
                          + f"; nodes+broker {_fmt(at_reply)} at the last reply, "
                          f"{_fmt(cpu['sum'])} once drained ({_fmt(e2e.get('drained_s'))} s)")
+        lines.extend(_thread_lines("saturation", e2e))
     for r in report.get("paced") or []:
         pace = r["pacing"]
         lines.append(f"  paced {r['rate']:g}/s: "
@@ -174,6 +175,7 @@ def render(report: dict[str, Any]) -> str:
                      + f"; missing {r['missing']}; publisher stalls {pace['stalls']} "
                      f"(window {pace['bound']}), max lag {_fmt(pace['max_lag_ms'])} ms; "
                      f"drained in {_fmt(r.get('drained_s'))} s")
+        lines.extend(_thread_lines(f"paced {r['rate']:g}/s", r))
     lines.append("")
     lines.append(f"  node exit code {report['node_exit_code']}, total {report['total_s']} s"
                  + (", TIMED OUT" if report["timed_out"] else "")
@@ -187,6 +189,13 @@ def render(report: dict[str, Any]) -> str:
 def _procs(cpu: dict[str, Any], part: str) -> dict[str, Any]:
     """A run's CPU row with its own processes (``part``) under the common name."""
     return {"procs": cpu.get(part), "broker": cpu.get("broker"), "sum": cpu.get("sum")}
+
+
+def _thread_lines(run: str, r: dict[str, Any]) -> list[str]:
+    """The busiest thread groups of each node in one run (``ctl threads``)."""
+    return [f"    {run}, {node} threads, CPU ms/cmd: "
+            + ", ".join(f"{g} {v:.3f}" for g, v in groups)
+            for node, groups in (r.get("cpu_ms_per_command_by_thread") or {}).items()]
 
 
 def _fmt(v: float | None) -> str:

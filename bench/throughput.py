@@ -88,6 +88,7 @@ from bench.workload import Command, build_workload
 from broker.rabbitmq import redact_url, wait_for_broker
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
+from console.control_client import ControlClient, ControlFailed
 from console.localbroker import log_tail
 from messages import new_id
 
@@ -229,14 +230,44 @@ def _metered(meter: Meter, nodes: Sequence[NodeProcess], measure: Callable[[], d
     The events a command leaves behind are part of its cost, and must not leak into
     the next run: the CPU is read at the last reply and once the nodes are idle.
     """
+    threads_before = _threads(url, topology)
     before = meter.read()
     out = measure()
     at_reply = meter.read()
     out["drained_s"] = wait_drained(url, topology, [n.name for n in nodes], deadline)
     after = meter.read()
+    out["cpu_ms_per_command_by_thread"] = thread_shares(
+        threads_before, _threads(url, topology), out["replies"])
     out["cpu_ms_per_command"] = _node_cpu(before, after, out["replies"], nodes)
     out["cpu_ms_per_command_at_last_reply"] = _node_cpu(before, at_reply, out["replies"],
                                                         nodes)
+    return out
+
+
+def _threads(url: str, topology: Topology) -> dict[str, dict[str, float]]:
+    """Each node's CPU seconds by thread group (``ctl threads``); empty if none answers."""
+    try:
+        with ControlClient(url, topology) as ctl:
+            answers = ctl.request("threads", wait=1.0)
+    except (ControlFailed, AMQPError, OSError):
+        return {}
+    return {a["node"]: {t["thread"]: float(t["cpu_s"]) for t in a["result"]}
+            for a in answers if a.get("ok")}
+
+
+def thread_shares(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                  count: int, top: int = 6) -> dict[str, list[tuple[str, float]]]:
+    """Per node, the busiest thread groups between two readings, in CPU ms per command.
+
+    A group whose threads ended in between (passivated actors) counts only what its
+    live threads used, so the figures are a floor; the process total is exact.
+    """
+    out: dict[str, list[tuple[str, float]]] = {}
+    for node, groups in after.items():
+        was = before.get(node, {})
+        ms = {g: (cpu - was.get(g, 0.0)) * 1000 / max(1, count) for g, cpu in groups.items()}
+        out[node] = [(g, round(v, 3)) for g, v in
+                     sorted(ms.items(), key=lambda kv: -kv[1])[:top] if v > 0]
     return out
 
 

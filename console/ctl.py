@@ -234,6 +234,17 @@ def crash(ctx: typer.Context, actor: str) -> None:
 
 
 @ctl_app.command()
+def threads(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Each node's threads by group with the CPU seconds they used: where a node spends."""
+    rows = [{"node": r["node"], **t} for r in ask(ctx, "threads") if r.get("ok")
+            for t in r["result"]]
+    if as_json:
+        dump(rows)
+        return
+    table(rows, ["node", "thread", "threads", "cpu_s"])
+
+
+@ctl_app.command()
 def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Depth and consumers of every Staybook queue (passive declares, no plugin)."""
     c = context_of(ctx)

@@ -42,6 +42,7 @@ from actors.lookup import resolve, stored_state
 from broker.rabbitmq import RabbitConsumer, ReconnectingService, connection_parameters
 from broker.topology import control_key
 from node.deadletters import replay
+from node.threads import thread_cpu
 from store.deadletters import DEAD, REPLAYED, REPLAYING
 from supervisor import Crash
 
@@ -156,7 +157,8 @@ class ControlService(ReconnectingService):
                 "stop": self.passivate, "crash": self.crash, "overview": self.overview,
                 "history": self.history, "queues": lambda _a: consumer_counts(self._node),
                 "dlq_list": self.dlq_list, "dlq_show": self.dlq_show,
-                "dlq_replay": self.dlq_replay, "dlq_purge": self.dlq_purge}
+                "dlq_replay": self.dlq_replay, "dlq_purge": self.dlq_purge,
+                "threads": lambda _a: thread_cpu()}
 
     def overview(self, args: dict[str, Any]) -> dict[str, Any]:
         """Status, tree, top actors and consumer counts in one reply: one round trip per

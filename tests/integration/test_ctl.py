@@ -78,6 +78,9 @@ def test_ctl_lists_nodes_tree_actors_and_inspects(node: Node, client: Client) ->
     info = ctl_json(node, "inspect", "apartment:apt-1")
     assert info["state"]["city"] == "Lisbon" and info["version"] == 1
     assert "apartment:apt-1 on" in ctl(node, "inspect", "apartment:apt-1")
+    groups = {t["thread"]: t for t in ctl_json(node, "threads")}
+    assert groups["store-writer"]["threads"] == 1 and groups["consumer-pN"]["threads"] >= 1
+    assert all(t["cpu_s"] >= 0 for t in groups.values())
     ctl(node, "inspect", "apartment:nowhere", code=1)
 
 

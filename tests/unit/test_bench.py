@@ -243,3 +243,13 @@ def test_the_exit_status_is_about_answers_not_targets() -> None:
     skipped = _report()
     skipped["paced"].pop()
     assert report.exit_code(skipped, skip_raw=False) == 1  # a paced rate never ran
+
+
+def test_thread_shares_are_the_busiest_groups_per_command() -> None:
+    from bench.throughput import thread_shares
+    before = {"n1": {"store-writer": 1.0, "consumer-pN": 2.0, "idle": 0.5}}
+    after = {"n1": {"store-writer": 1.5, "consumer-pN": 3.0, "idle": 0.5, "new-N": 0.1},
+             "n2": {"relay": 0.2}}
+    shares = thread_shares(before, after, 1000, top=2)
+    assert shares == {"n1": [("consumer-pN", 1.0), ("store-writer", 0.5)],
+                      "n2": [("relay", 0.2)]}

@@ -42,7 +42,7 @@ CTL_DOWN = ["cannot reach RabbitMQ at amqp://user:***@127.0.0.1:1/%2F (connectio
 @pytest.mark.parametrize("args", [
     ["nodes"], ["partitions"], ["tree"], ["actors"], ["inspect", "apt-1"],
     ["history", "apt-1"], ["restart", "apt-1"], ["stop", "apt-1"], ["crash", "apt-1"],
-    ["queues"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay", "1"],
+    ["queues"], ["threads"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay", "1"],
     ["dlq", "replay", "--all"], ["dlq", "purge", "--yes"],
 ])
 def test_every_ctl_command_says_in_one_line_that_the_broker_is_out_of_reach(
