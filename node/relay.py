@@ -26,17 +26,35 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, bindparam, delete, func, select, text
 
 from broker.base import Broker, Outgoing, Publisher
 from store import Commit, StoreWriter
+from store.rawsql import fetch
 from store.tables import outbox_table
 from store.writer import DeleteRow
 from supervisor import PollingService
 
 log = logging.getLogger(__name__)
+
+
+class _Row(NamedTuple):
+    id: int
+    event_id: str
+    type: str
+    exchange: str
+    routing_key: str
+    body: bytes
+
+
+# One round on SQLite: compiled once, run on the DBAPI cursor (store.rawsql), as this
+# runs once per command at a low rate.
+_ROUND = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
+                 outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
+          .where(outbox_table.c.published_at.is_(None), outbox_table.c.id > bindparam("cursor"))
+          .order_by(outbox_table.c.id).limit(bindparam("n")))
 
 
 class Relay(PollingService):
@@ -86,12 +104,9 @@ class Relay(PollingService):
     def _round(self) -> bool:
         if self._claims:
             return self._claimed_round()
-        q = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
-                    outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
-             .where(outbox_table.c.published_at.is_(None), outbox_table.c.id > self._cursor)
-             .order_by(outbox_table.c.id).limit(self._batch))
         with self._engine.connect() as conn:
-            rows = conn.execute(q).all()
+            rows = [_Row(*r) for r in fetch(conn, "relay-round", _ROUND,
+                                            {"cursor": self._cursor, "n": self._batch})]
         if not rows:
             return False
         self._publish(rows)

@@ -32,7 +32,8 @@ class _Compiled:
         # SQLite's driver takes positional parameters, psycopg's named ones.
         self.positional = bool(compiled.positional)
         names = list(compiled.positiontup) if self.positional else list(procs)
-        self.params: list[tuple[str, _Processor]] = [(n, procs[n]) for n in names]
+        self.params: list[tuple[str, _Processor]] = [(n, procs.get(n)) for n in names]
+        self.defaults: dict[str, Any] = dict(compiled.params)  # e.g. an OFFSET's 0
 
     def bind(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Each row's parameters, converted as SQLAlchemy would convert them."""
@@ -130,3 +131,18 @@ def delete_keys(conn: Connection, table: Table, keys: Sequence[Any]) -> None:
     rows = [dict(zip(names, k if len(names) > 1 else (k,), strict=True)) for k in keys]
     with _cursor(conn, c.sql) as cursor:
         cursor.executemany(c.sql, c.bind(rows))
+
+
+def fetch(conn: Connection, key: str, statement: Any, params: Mapping[str, Any]
+          ) -> list[tuple[Any, ...]]:
+    """Run a ``SELECT`` (compiled once per ``key``) and return its rows as plain tuples.
+
+    Only for columns whose driver values are already what the caller wants (numbers,
+    text, bytes): no result processing is applied.
+    """
+    c = _compiled(conn, ("select", key), statement, [])
+    values = {**c.defaults, **params}
+    bound: Any = tuple(values[n] for n, _p in c.params) if c.positional else values
+    with _cursor(conn, c.sql) as cursor:
+        cursor.execute(c.sql, bound)
+        return [tuple(r) for r in cursor.fetchall()]

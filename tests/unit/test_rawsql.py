@@ -62,3 +62,18 @@ def test_a_violation_is_sqlalchemys_integrity_error(engine: Engine) -> None:
         insert_rows(conn, events_table, [_event(1), {**_event(1), "event_id": "other"}])
     with engine.connect() as conn:
         assert conn.execute(select(events_table)).all() == []  # rolled back, all of it
+
+
+def test_fetch_runs_a_compiled_select_with_its_limit(engine: Engine) -> None:
+    from sqlalchemy import bindparam
+
+    from store.rawsql import fetch
+    q = (select(events_table.c.version, events_table.c.body)
+         .where(events_table.c.version > bindparam("after"))
+         .order_by(events_table.c.version).limit(bindparam("n")))
+    with engine.begin() as conn:
+        insert_rows(conn, events_table, [_event(n) for n in range(1, 6)])
+    with engine.connect() as conn:
+        assert fetch(conn, "test", q, {"after": 2, "n": 2}) == [(3, b"\x00{}\xff"),
+                                                              (4, b"\x00{}\xff")]
+        assert fetch(conn, "test", q, {"after": 4, "n": 10}) == [(5, b"\x00{}\xff")]
