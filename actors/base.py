@@ -222,7 +222,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         state = self.state
         for e in events:
             state = self.apply(state, e.payload)
-        reply = _Reply(self.reply_for(env, events)) if self.replies else None
+        reply = _Reply(*self.reply_for(env, events)) if self.replies else None
         lineage = self.lineage
         commit = Commit(
             stream_id=self.entity_id,
@@ -324,9 +324,10 @@ class EntityActor(SupervisedActor, Generic[S]):
         """The partition key of the events (the command's apartment)."""
         return env.apartment_id
 
-    def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> bytes:
-        """The CommandResult for a command and the events it produced."""
-        return env.follow(command_result(env.payload, events)).to_json()
+    def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> tuple[bytes, str]:
+        """The CommandResult for a command and the events it produced, and its status."""
+        result = command_result(env.payload, events)
+        return env.follow(result).to_json(), result.status.value
 
     def _committed(self, env: Envelope, lineage: int, reply: _Reply | None,
                    exc: BaseException | None) -> None:
@@ -337,7 +338,10 @@ class EntityActor(SupervisedActor, Generic[S]):
             asked = self._asked.pop(mid, None)
         if exc is None:
             for t in tickets:
-                t.ack(None if reply is None else reply.stored)
+                if reply is None:
+                    t.ack()
+                else:
+                    t.ack(reply.stored, reply.status)
             return
         if isinstance(exc, DuplicateMessage):
             # A re-send that was not flagged redelivered: the inbox answers it (or
@@ -378,9 +382,10 @@ class _Reply:
     its last call made, the reply the inbox holds once the commit succeeded.
     """
 
-    def __init__(self, template: bytes) -> None:
+    def __init__(self, template: bytes, status: str) -> None:
         self.template = template
         self.stored = template
+        self.status = status
 
     def finish(self, position: int | None) -> bytes:
         """Writer thread: the reply with ``position``, remembered as ``stored``."""

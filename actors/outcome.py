@@ -24,12 +24,15 @@ class Outcome:
             ``requeue`` (give it back for redelivery) or ``refuse`` (dead-letter it
             with ``reason`` and ``detail``, answering with the reply).
         reply: the answer for the producer (sent only if it asked for one).
+        status: the reply's status when the actor knows it (``ok``, ``rejected``), so
+            an observer need not parse the reply; None: unknown.
     """
 
     kind: OutcomeKind
     reply: bytes | None = None
     reason: str = ""
     detail: str = ""
+    status: str | None = None
 
 
 class Ticket:
@@ -74,9 +77,13 @@ class Ticket:
                 return
         callback(self)
 
-    def ack(self, reply: bytes | None = None) -> None:
-        """Done: answer with ``reply`` (when the producer asked), then acknowledge."""
-        self._give(Outcome("ack", reply))
+    def ack(self, reply: bytes | None = None, status: str | None = None) -> None:
+        """Done: answer with ``reply`` (when the producer asked), then acknowledge.
+
+        Args:
+            status: the reply's status, if the caller knows it (see :class:`Outcome`).
+        """
+        self._give(Outcome("ack", reply, status=status))
 
     def requeue(self) -> None:
         """Not done here: give the message back for redelivery."""

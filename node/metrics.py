@@ -103,7 +103,7 @@ class NodeMetrics:
         def settled(t: Ticket) -> None:
             o = t.outcome
             assert o is not None  # observers run once it is set
-            outcome = _status(o.reply) if o.kind == "ack" else (
+            outcome = (o.status or _status(o.reply)) if o.kind == "ack" else (
                 "requeued" if o.kind == "requeue" else "dead_letter")
             self.record(command_type, outcome, time.monotonic() - t0)
 

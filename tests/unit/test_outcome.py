@@ -97,3 +97,17 @@ def test_the_intake_settles_the_delivery_with_the_tickets_outcome(
     give(t)
     t.ack(b"again")  # ignored: the ticket is settled
     assert d.sent == [sent] and d.settled
+
+
+def test_metrics_count_the_status_the_actor_gave_without_parsing_the_reply() -> None:
+    """An ack with a status is counted by it (the reply is not read); one without is
+    counted by the reply's own status."""
+    from node.metrics import NodeMetrics
+    m = NodeMetrics("n1")
+    told = Ticket(lambda _o: None)
+    m.measure("AddApartment", told)
+    told.ack(b"not json at all", status="rejected")
+    parsed = Ticket(lambda _o: None)
+    m.measure("AddApartment", parsed)
+    parsed.ack(b'{"payload": {"status": "rejected"}}')
+    assert m.commands.labels("AddApartment", "rejected")._value.get() == 2
