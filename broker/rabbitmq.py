@@ -10,6 +10,7 @@ publisher confirms are pipelined rather than awaited one by one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -546,7 +547,10 @@ class AsyncConfirmPublisher(Publisher):
         method = frame.method
         nack = isinstance(method, pika.spec.Basic.Nack)
         tag = method.delivery_tag
-        tags = [t for t in self._pending if t <= tag] if method.multiple else [tag]
+        # Sequence numbers are inserted in increasing order: a ``multiple`` ack covers a
+        # prefix of the pending ones, so stop at the first beyond it (no full scan).
+        tags = list(itertools.takewhile(lambda t: t <= tag, self._pending)) \
+            if method.multiple else [tag]
         anonymous = self._returned
         self._returned = None
         for t in tags:

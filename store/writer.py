@@ -205,6 +205,7 @@ class StoreWriter:
         self._items: deque[Any] = deque()
         self._queue_max = queue_max
         self._wake = threading.Event()
+        self._space = threading.Event()  # set when the writer took a batch off the queue
         self._sleeping = False
         self._on_committed = on_committed
         self._versions: OrderedDict[str, int] = OrderedDict()  # stream -> version (LRU)
@@ -246,7 +247,8 @@ class StoreWriter:
         Lock-free on the hot path: a deque append (atomic in CPython) and a wake-up
         only when the writer sleeps. With hundreds of actor threads submitting, a
         ``queue.Queue`` mutex became the bottleneck (a lock convoy under the GIL).
-        When ``queue_max`` commits wait, the caller is slowed down (backpressure).
+        When ``queue_max`` commits wait, the caller waits until the writer takes a
+        batch (backpressure), woken by the writer rather than polling.
 
         Raises:
             WriterStopped: when the writer is not running.
@@ -254,7 +256,9 @@ class StoreWriter:
         if not self._running:
             raise WriterStopped("the store writer is not running")
         while len(self._items) >= self._queue_max and self._running:
-            time.sleep(0.001)
+            self._space.clear()
+            if len(self._items) >= self._queue_max:  # re-check: the writer may have taken
+                self._space.wait(0.1)
         self._items.append(commit)
         if self._sleeping:
             self._wake.set()
@@ -301,6 +305,8 @@ class StoreWriter:
                     self._lazy.append(nxt)
                     continue
                 batch.append(nxt)
+            if len(items) < self._queue_max and not self._space.is_set():
+                self._space.set()  # a submitter held back by a full queue may go on
             if batch:
                 self._write(self._take_lazy(batch))
             if stop:

@@ -715,3 +715,27 @@ def test_a_lazy_commit_rides_in_the_next_transaction(engine: Engine) -> None:
         assert late.results["alone"] is None and quick.batches == 1
     finally:
         quick.stop()
+
+
+def test_a_full_queue_holds_the_submitter_until_the_writer_takes_a_batch(
+        engine: Engine) -> None:
+    """Backpressure: with ``queue_max`` commits waiting, ``submit`` blocks (it does not
+    drop nor grow the queue) and goes on once the writer has taken them."""
+    w = StoreWriter(engine, batch_max=256, queue_max=3)
+    w.start()
+    try:
+        gate, outcomes = Gate(), Outcomes()
+        gate.close_on(w)
+        for i in range(3):
+            w.submit(Commit(stream_id=None, expected_version=0, on_done=outcomes.done(str(i))))
+        held = threading.Thread(target=lambda: w.submit(Commit(
+            stream_id=None, expected_version=0, on_done=outcomes.done("held"))))
+        held.start()
+        held.join(0.3)
+        assert held.is_alive() and w.backlog == 3  # waiting for room, nothing dropped
+        gate.open()
+        held.join(DEADLINE)
+        assert not held.is_alive()
+        outcomes.wait_for(["0", "1", "2", "held"])
+    finally:
+        w.stop()
