@@ -72,11 +72,14 @@ class StoreSettings(BaseModel):
 
 
 class ActorSettings(BaseModel):
-    """Bounds on live entity actors, and the rules' stay limit."""
+    """Bounds on live entity actors, the rules' stay limit, and snapshots."""
 
     max_live: int = Field(10_000, ge=1)
     idle_seconds: float = Field(300.0, gt=0)
     max_stay_nights: int = Field(30, ge=1)
+    # An apartment writes its state every this many events; rehydrating reads the
+    # latest and the events after it (0: no new snapshots).
+    snapshot_every: int = Field(100, ge=0)
 
 
 class SupervisorSettings(BaseModel):
