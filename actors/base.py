@@ -89,7 +89,7 @@ class EntityContext:
     clock: Clock = wall_clock
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     inject: Callable[[str, Envelope], None] | None = None
-    snapshot_every: int = 100
+    snapshot_every: int = 50
 
 
 S = TypeVar("S")
