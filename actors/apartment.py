@@ -15,6 +15,7 @@ from actors.base import EntityActor, EntityContext
 from actors.timers import timer_effects
 from messages import CancelUnpaidReservation, CommandRejected, Envelope, Message, PaymentFailed
 from rules.apartment import UNAUTHORIZED, Apartment, Rules, decide, evolve
+from rules.snapshot import SCHEMA, SnapshotError, from_snapshot, snapshot_of
 from store.writer import Effect
 from supervisor import ReportFailure
 
@@ -26,10 +27,13 @@ class ApartmentActor(EntityActor[Apartment]):
 
     Every commit also writes or clears the request's expiry timer (see
     :mod:`actors.timers`), so a timer exists exactly while its request is pending.
+    An apartment's stream grows with every request it is sent, so it takes snapshots
+    (:mod:`rules.snapshot`).
     """
 
     kind: ClassVar[str] = "apartment"
     consumer: ClassVar[str] = "intake"
+    snapshot_tag: ClassVar[str | None] = SCHEMA
 
     def __init__(self, entity_id: str, key: str, ctx: EntityContext,
                  report: ReportFailure) -> None:
@@ -72,3 +76,14 @@ class ApartmentActor(EntityActor[Apartment]):
     def apply(self, state: Apartment, event: Message) -> Apartment:
         """Fold one event."""
         return evolve(state, event)
+
+    def encode_state(self, state: Apartment) -> tuple[bytes, Apartment]:
+        """The apartment as a snapshot's body, and as read back from it."""
+        return snapshot_of(state)
+
+    def decode_state(self, body: bytes) -> Apartment:
+        """The apartment in a snapshot's body, which must be this apartment's."""
+        state = from_snapshot(body)
+        if state.apartment_id != self.key:
+            raise SnapshotError(f"a snapshot of apartment {state.apartment_id!r}")
+        return state

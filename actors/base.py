@@ -2,7 +2,8 @@
 
 Crash reporting (:class:`supervisor.SupervisedActor`) is the supervision runtime's;
 this module adds what an entity needs on top: its memory, the commit fence, the
-inbox replies and the messages (:class:`Handle`, :class:`Reload`) that drive it.
+inbox replies, its snapshots and the messages (:class:`Handle`, :class:`Reload`)
+that drive it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from store import (
     InboxEntry,
     StoreWriter,
 )
-from store.writer import Effect
+from store.eventstore import Snapshot
+from store.writer import Effect, snapshot_effects
 from supervisor import Failure, ReportFailure, SupervisedActor
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class EntityContext:
         clock: the rules' one clock (``now``; today is its date), injectable.
         inject: a fault-injection hook called before ``decide`` (drills and tests
             make it raise to crash the actor on chosen messages); None in production.
+        snapshot_every: an entity that takes snapshots writes one when its stream
+            has grown by this many events since its last (0: never).
     """
 
     store: EventStore
@@ -85,6 +89,7 @@ class EntityContext:
     clock: Clock = wall_clock
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     inject: Callable[[str, Envelope], None] | None = None
+    snapshot_every: int = 50
 
 
 S = TypeVar("S")
@@ -112,6 +117,11 @@ class EntityActor(SupervisedActor, Generic[S]):
     reacts to as its first event, so it can be rehydrated; only what it decides is
     published.
 
+    An entity whose stream grows without bound (an apartment) sets ``snapshot_tag``
+    and implements :meth:`encode_state` and :meth:`decode_state`: every
+    ``snapshot_every`` events it writes its state in the same commit as the events
+    (see :meth:`rehydrate`).
+
     Subclasses set ``kind`` and implement :meth:`initial`, :meth:`decide_payloads`
     and :meth:`apply`.
     """
@@ -120,6 +130,7 @@ class EntityActor(SupervisedActor, Generic[S]):
     consumer: ClassVar[str] = "entity"
     replies: ClassVar[bool] = True
     records_input: ClassVar[bool] = False
+    snapshot_tag: ClassVar[str | None] = None  # the format of its snapshots; None: none
 
     def __init__(self, entity_id: str, key: str, ctx: EntityContext,
                  report: ReportFailure) -> None:
@@ -129,6 +140,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.ctx = ctx
         self.state: S = self.initial()
         self.version = 0
+        self.snapshot_version = 0  # of the stream's snapshot it read or wrote last (0: none)
         self._lock = threading.Lock()
         self._inflight: dict[str, list[Ticket]] = {}
         self._asked: dict[str, str | None] = {}  # in flight: message_id -> content hash
@@ -151,6 +163,15 @@ class EntityActor(SupervisedActor, Generic[S]):
         """Run the pure ``evolve`` for this entity."""
         raise NotImplementedError
 
+    def encode_state(self, state: S) -> tuple[bytes, S]:
+        """A snapshot's body of ``state`` in the ``snapshot_tag`` format, and the state
+        :meth:`decode_state` would read back from it (equal to ``state``)."""
+        raise NotImplementedError
+
+    def decode_state(self, body: bytes) -> S:
+        """The state :meth:`encode_state` made ``body`` of; raises if it is not one."""
+        raise NotImplementedError
+
     # --- life ---------------------------------------------------------------
     def started(self) -> None:
         """Rehydrate from the store.
@@ -162,15 +183,38 @@ class EntityActor(SupervisedActor, Generic[S]):
         """
         if self._link is None or self._link.after_crash:
             self.ctx.writer.barrier()
-        self._rehydrate()
+        self.rehydrate()
 
-    def _rehydrate(self) -> None:
-        events = self.ctx.store.load(self.entity_id)
+    def rehydrate(self) -> None:
+        """Rebuild memory from the store: the stream's snapshot and the events after it.
+
+        A snapshot is written in the commit of the events it covers, so it is the state
+        of exactly those. One in another format (``snapshot_tag``: written by other
+        code) or that does not decode is not used: the actor logs a warning and folds
+        the whole stream, and its next commit writes a new snapshot. Whatever is in the
+        snapshots table, rehydration never fails because of it.
+        """
+        snapped = 0
         state = self.initial()
+        if self.snapshot_tag is None:
+            events = self.ctx.store.load(self.entity_id)
+        else:
+            snapshot, events = self.ctx.store.resume(self.entity_id)
+            if snapshot is not None:
+                try:
+                    if snapshot.schema_tag != self.snapshot_tag:
+                        raise ValueError(f"its format is {snapshot.schema_tag!r}, "
+                                         f"this code's {self.snapshot_tag!r}")
+                    state, snapped = self.decode_state(snapshot.body), snapshot.version
+                except Exception as exc:  # noqa: BLE001 - any bad snapshot: replay instead
+                    log.warning("%s: not using the snapshot at version %d (%s); replaying "
+                                "the stream", self.name, snapshot.version, exc)
+                    events = self.ctx.store.load(self.entity_id)
         for env in events:
             state = self.apply(state, env.payload)
         self.state = state
-        self.version = len(events)
+        self.version = snapped + len(events)
+        self.snapshot_version = snapped
         self.lineage = next(_LINEAGES)
 
     def receive(self, message: Any) -> Any:
@@ -224,6 +268,12 @@ class EntityActor(SupervisedActor, Generic[S]):
             state = self.apply(state, e.payload)
         reply = _Reply(*self.reply_for(env, events)) if self.replies else None
         lineage = self.lineage
+        effects = list(self.effects_for(events))
+        version = self.version + len(events)
+        every = self.ctx.snapshot_every
+        if events and self.snapshot_tag and every and version - self.snapshot_version >= every:
+            state, taken = self._snapshot(state, version)
+            effects += taken
         commit = Commit(
             stream_id=self.entity_id,
             expected_version=self.version,
@@ -233,15 +283,33 @@ class EntityActor(SupervisedActor, Generic[S]):
             on_done=lambda exc: self._committed(env, lineage, reply, exc),
             keep_private=1 if self.records_input else 0,
             lineage=lineage,
-            effects=self.effects_for(events),
+            effects=effects,
         )
         with self._lock:
             self._inflight[mid] = [ticket]
             self._asked[mid] = asked
         ticket.submitted = True
         self.state = state
-        self.version += len(events)
+        self.version = version
         self.ctx.writer.submit(commit)
+
+    def _snapshot(self, state: S, version: int) -> tuple[S, list[Effect]]:
+        """``state`` as its snapshot at ``version`` holds it, and the rows that write it.
+
+        The state as read back from the body equals ``state``; keeping it instead means
+        what the snapshot holds stays encoded, so the next snapshot encodes only what
+        changed since. A snapshot that cannot be made is skipped (it is only a
+        shortcut), and tried again ``snapshot_every`` events later.
+        """
+        assert self.snapshot_tag is not None
+        self.snapshot_version = version
+        try:
+            body, again = self.encode_state(state)
+        except Exception:
+            log.exception("%s: no snapshot at version %d", self.name, version)
+            return state, []
+        return again, snapshot_effects(Snapshot(self.entity_id, version, self.snapshot_tag,
+                                                body))
 
     def _catch_up(self) -> None:
         """After a refused commit: reload from the store, then decide the refused again.
@@ -254,7 +322,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         """
         if self._stale and self._stale == self.lineage:
             self.ctx.writer.barrier()
-            self._rehydrate()
+            self.rehydrate()
         with self._lock:
             retry, self._retry = self._retry, []
         for env, ticket in retry:

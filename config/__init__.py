@@ -72,11 +72,17 @@ class StoreSettings(BaseModel):
 
 
 class ActorSettings(BaseModel):
-    """Bounds on live entity actors, and the rules' stay limit."""
+    """Bounds on live entity actors, the rules' stay limit, and snapshots."""
 
     max_live: int = Field(10_000, ge=1)
     idle_seconds: float = Field(300.0, gt=0)
     max_stay_nights: int = Field(30, ge=1)
+    # An apartment writes its state every this many events; rehydrating reads the
+    # latest and the events after it (0: no new snapshots). Each event of that tail
+    # costs about a tenth of a fresh apartment's whole rehydration, and a snapshot
+    # mostly the encoding of the stays changed since the last one: at 50, rehydration
+    # stays within a few times a fresh apartment's (python -m bench.history).
+    snapshot_every: int = Field(50, ge=0)
 
 
 class SupervisorSettings(BaseModel):

@@ -126,7 +126,8 @@ class Node:
         sup = settings.supervision
         self.directory = Directory(
             EntityContext(self.store, self.writer, max_stay_nights=a.max_stay_nights,
-                          clock=clock, inject=inject, lifecycle=lifecycle),
+                          clock=clock, inject=inject, lifecycle=lifecycle,
+                          snapshot_every=a.snapshot_every),
             max_live=a.max_live, idle_seconds=a.idle_seconds,
             intensity=intensity_of(sup.entities), backoff=backoff_of(sup.entities),
             poison_retries=sup.poison_retries, handler_timeout=sup.handler_timeout_seconds)

@@ -1,7 +1,7 @@
 """Staybook's store: SQLModel tables, the group-committing writer, and reads."""
 
 from store.db import make_engine
-from store.eventstore import EventStore
+from store.eventstore import EventStore, Snapshot
 from store.writer import (
     Commit,
     ConcurrencyError,
@@ -17,6 +17,7 @@ __all__ = [
     "DuplicateMessage",
     "EventStore",
     "InboxEntry",
+    "Snapshot",
     "StoreWriter",
     "WriterStopped",
     "make_engine",

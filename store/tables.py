@@ -1,4 +1,4 @@
-"""SQLModel tables: event store, outbox, inbox, and the handlers' own tables.
+"""SQLModel tables: event store, outbox, inbox, snapshots, and the handlers' own tables.
 
 The event store's unique ``(stream_id, version)`` is the last guard against two
 writers; the inbox's primary key ``(consumer, message_id)`` makes every consumer
@@ -176,6 +176,24 @@ class EmailDeliveryRow(SQLModel, table=True):
     delivered_at: datetime
 
 
+class SnapshotRow(SQLModel, table=True):
+    """An entity's state at ``version`` of its stream: rehydration reads only what follows.
+
+    One row per stream, replaced (deleted and inserted again, as the writer's batched
+    row effects) in the commit that appends the events it covers, so it never runs
+    ahead of them. ``schema_tag`` names the format of ``body``: a row of another format
+    is not read.
+    """
+
+    __tablename__ = "snapshots"
+
+    stream_id: str = Field(primary_key=True, max_length=200)
+    version: int
+    schema_tag: str = Field(max_length=50)
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    taken_at: datetime
+
+
 class DeadLetterRow(SQLModel, table=True):
     """A message a consumer could not handle, recorded as it landed in the dead letters.
 
@@ -217,3 +235,4 @@ search_delisted_table = SearchDelistedRow.__table__  # type: ignore[attr-defined
 timers_table = TimerRow.__table__  # type: ignore[attr-defined]
 email_deliveries_table = EmailDeliveryRow.__table__  # type: ignore[attr-defined]
 dead_letters_table = DeadLetterRow.__table__  # type: ignore[attr-defined]
+snapshots_table = SnapshotRow.__table__  # type: ignore[attr-defined]

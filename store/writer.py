@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError
 
 from messages.base import Envelope
 from messages.registry import spec_of
-from store.eventstore import head_query
+from store.eventstore import Snapshot, head_query
 from store.rawsql import delete_keys, insert_returning, insert_rows
-from store.tables import events_table, inbox_table, outbox_table
+from store.tables import events_table, inbox_table, outbox_table, snapshots_table
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,20 @@ class DeleteRow:
 
 Effect = Callable[[Connection], None] | InsertRow | DeleteRow
 """An extra change a commit makes in its transaction: rows (batched) or a statement."""
+
+
+def snapshot_effects(snapshot: Snapshot) -> list[Effect]:
+    """The row effects that make ``snapshot`` its stream's only one (delete, insert).
+
+    Put in the commit that appends the snapshot's last event, so it is written exactly
+    when that event is; the writer's batching keeps the last of several in one batch.
+    """
+    return [DeleteRow(snapshots_table, snapshot.stream_id),
+            InsertRow(snapshots_table, {"stream_id": snapshot.stream_id,
+                                        "version": snapshot.version,
+                                        "schema_tag": snapshot.schema_tag,
+                                        "body": snapshot.body,
+                                        "taken_at": datetime.now(UTC)})]
 
 
 class ConcurrencyError(Exception):

@@ -31,7 +31,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0005_outbox_prune"
+HEAD = "0006_snapshots"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -47,7 +47,7 @@ def schema_diff(engine: Engine) -> list[object]:
 
 def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
     """The store as ``create_all`` made it before migrations: no city_key, no inbox
-    body_hash, no version."""
+    body_hash, none of the later tables (dead_letters, snapshots), no version."""
     eng = bare_engine(db_url)
     try:
         SQLModel.metadata.create_all(eng)
@@ -56,6 +56,7 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
             c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
             c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
             c.execute(text("DROP TABLE dead_letters"))
+            c.execute(text("DROP TABLE snapshots"))
             for name in without:
                 c.execute(text(f"DROP TABLE {name}"))
             c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
@@ -73,13 +74,13 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
     assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
-                                 "0004_dead_letters", HEAD}
+                                 "0004_dead_letters", "0005_outbox_prune", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
     assert current_revision(engine) == HEAD
     tables = set(inspect(engine).get_table_names())
-    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters"}
+    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters", "snapshots"}
 
 
 def test_the_migrated_schema_is_what_sqlmodel_declares(engine: Engine) -> None:
@@ -242,5 +243,25 @@ def test_0005_drops_published_outbox_rows_and_ids_never_repeat(db_url: str) -> N
             new_id = c.execute(select(outbox_table.c.id).where(
                 outbox_table.c.event_id == "new")).scalar_one()
         assert new_id > left["last"]
+    finally:
+        eng.dispose()
+
+
+def test_0006_adds_the_snapshots_table_and_its_downgrade_drops_it(db_url: str) -> None:
+    from alembic import command
+
+    from store.db import _config
+    eng = bare_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            command.upgrade(_config(conn), "0005_outbox_prune")
+        assert "snapshots" not in inspect(eng).get_table_names()
+        upgrade(eng)
+        assert "snapshots" in inspect(eng).get_table_names()
+        assert schema_diff(eng) == []
+        with eng.begin() as conn:
+            command.downgrade(_config(conn), "0005_outbox_prune")
+        assert "snapshots" not in inspect(eng).get_table_names()
+        assert current_revision(eng) == "0005_outbox_prune"
     finally:
         eng.dispose()

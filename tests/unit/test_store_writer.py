@@ -739,3 +739,65 @@ def test_a_full_queue_holds_the_submitter_until_the_writer_takes_a_batch(
         outcomes.wait_for(["0", "1", "2", "held"])
     finally:
         w.stop()
+
+
+# --- snapshots -----------------------------------------------------------------------
+def snapshot_commit(stream: str, version: int, n: int, body: bytes | None,
+                    done: Done | None = None) -> Commit:
+    """``n`` events on ``stream`` after ``version``, and a snapshot at their end."""
+    from store import Snapshot
+    from store.writer import snapshot_effects
+    effects = [] if body is None else snapshot_effects(
+        Snapshot(stream, version + n, "test/1", body))
+    commit = Commit(stream_id=stream, expected_version=version,
+                    events=[env_of(apartment_added(version + i)) for i in range(n)],
+                    effects=effects)
+    return commit if done is None else dataclasses.replace(commit, on_done=done)
+
+
+def test_the_last_snapshot_of_a_batch_is_the_one_kept(engine: Engine,
+                                                      writer: StoreWriter) -> None:
+    """Each snapshot deletes its stream's row and inserts its own; in one batch the
+    writer cancels all but the last insert."""
+    assert commit_and_wait(writer, snapshot_commit("s", 0, 2, b"first")) is None
+    gate, outcomes = Gate(), Outcomes()
+    gate.close_on(writer)
+    writer.submit(snapshot_commit("s", 2, 1, b"second", outcomes.done("2")))
+    writer.submit(snapshot_commit("s", 3, 2, b"third", outcomes.done("3")))
+    writer.submit(snapshot_commit("s", 5, 1, None, outcomes.done("4")))
+    gate.open()
+    outcomes.wait_for(["2", "3", "4"])
+    assert set(outcomes.results.values()) == {None}
+    snapshot, tail = EventStore(engine).resume("s")
+    assert snapshot is not None and (snapshot.version, snapshot.body) == (5, b"third")
+    assert snapshot.schema_tag == "test/1"
+    assert [e.payload for e in tail] == [apartment_added(5)]
+
+
+def test_a_refused_commit_writes_no_snapshot(engine: Engine, writer: StoreWriter) -> None:
+    assert commit_and_wait(writer, snapshot_commit("s", 0, 2, b"kept")) is None
+    assert isinstance(commit_and_wait(writer, snapshot_commit("s", 1, 2, b"stale")),
+                      ConcurrencyError)
+    snapshot, tail = EventStore(engine).resume("s")
+    assert snapshot is not None and (snapshot.version, snapshot.body, tail) == (2, b"kept", [])
+
+
+def test_resume_reads_a_whole_stream_without_a_snapshot_it_can_use(
+        engine: Engine, writer: StoreWriter) -> None:
+    """No snapshot, or one at a version the stream does not reach: every event."""
+    store = EventStore(engine)
+    assert store.resume("s") == (None, [])
+    assert commit_and_wait(writer, snapshot_commit("s", 0, 3, None)) is None
+    snapshot, tail = store.resume("s")
+    assert snapshot is None and [e.payload for e in tail] == [apartment_added(i)
+                                                              for i in range(3)]
+    assert commit_and_wait(writer, snapshot_commit("other", 0, 4, b"ahead")) is None
+    with engine.begin() as c:  # a row claiming more than "s" holds
+        from store.tables import snapshots_table
+        c.execute(insert(snapshots_table).values(stream_id="s", version=4, schema_tag="test/1",
+                                                 body=b"ahead", taken_at=datetime.now(UTC)))
+    snapshot, tail = store.resume("s")
+    assert snapshot is None and len(tail) == 3
+    assert [e.payload for e in store.load("s", after=1)] == [apartment_added(1),
+                                                             apartment_added(2)]
+    assert store.load("s", after=3) == []
