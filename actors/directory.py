@@ -174,14 +174,13 @@ class Directory:
             if not self._alive:
                 raise RuntimeError("the entity directory is not running")
             entry = self._entries.get(eid)
+            new = entry is None
             if entry is None:
                 entry = _Entry(kind=kind, key=key)
                 restarts, last = self._history.get(eid, (0, None))
                 entry.restarts, entry.last_failure = restarts, last
                 self._entries[eid] = entry
                 self._start_actor(eid, entry, after_crash=False)
-                if len(self._entries) > self.max_live:
-                    self._evict(len(self._entries) - self.max_live)
             else:
                 self._entries.move_to_end(eid)
             entry.unsettled[ticket] = envelope
@@ -189,6 +188,10 @@ class Directory:
             entry.last_used = time.monotonic()
             entry.handled += 1
             ref = entry.ref
+            # Only now, with its ticket held: were every other entry busy, an eviction
+            # before would have taken this new one, and its message with it.
+            if new and len(self._entries) > self.max_live:
+                self._evict(len(self._entries) - self.max_live)
         ticket.on_settled(self._settler(entry))
         if ref is None:
             return  # restarting: told when the successor starts

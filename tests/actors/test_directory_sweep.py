@@ -1,4 +1,4 @@
-"""The directory's sweeper: what it does under the dispatch lock stays bounded.
+"""The directory's sweeper and its cap, with many actors and with all of them busy.
 
 The sweeper shares the lock that every dispatch takes. These tests count the entries
 it looks at while holding it (``Directory.swept``), never a time: idle actors that
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,14 +29,23 @@ from tests.conftest import eventually
 
 @dataclass
 class Stall:
-    """A fault hook: the first message to ``entity`` hangs until released, then crashes."""
+    """A fault hook: the first message to ``entity`` hangs until released, then crashes.
+
+    ``held``: entities whose messages wait for ``release`` and then pass.
+    """
 
     entity: str
+    held: set[str] = field(default_factory=set)
     entered: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    waiting: set[str] = field(default_factory=set)
     calls: int = 0
 
     def __call__(self, entity_id: str, _env: Envelope) -> None:
+        if entity_id in self.held:
+            self.waiting.add(entity_id)
+            self.release.wait(30)
+            return
         if entity_id != self.entity:
             return
         self.calls += 1
@@ -53,19 +63,32 @@ def stall() -> Iterator[Stall]:
 
 
 @pytest.fixture
-def directory(tmp_path: Path, stall: Stall) -> Iterator[Directory]:
-    """A directory on a real store, its sweeper thread stopped: the test sweeps."""
+def make_directory(tmp_path: Path, stall: Stall) -> Iterator[Callable[..., Directory]]:
+    """Directories on a real store, their sweeper threads stopped: the test sweeps."""
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     writer = StoreWriter(engine)
     writer.start()
-    d = Directory(EntityContext(EventStore(engine), writer, inject=stall),
-                  idle_seconds=300.0, handler_timeout=1.0)
-    d.start()
-    d._stop.set()  # the sweeper thread ends at its first wake-up; only the test sweeps
-    yield d
-    d.stop()
+    made: list[Directory] = []
+
+    def make(**kwargs: Any) -> Directory:
+        d = Directory(EntityContext(EventStore(engine), writer, inject=stall),
+                      idle_seconds=300.0, handler_timeout=1.0, **kwargs)
+        d.start()
+        d._stop.set()  # the sweeper thread ends at its first wake-up; only tests sweep
+        made.append(d)
+        return d
+
+    yield make
+    stall.release.set()
+    for d in made:
+        d.stop()
     writer.stop()
     engine.dispose()
+
+
+@pytest.fixture
+def directory(make_directory: Callable[..., Directory]) -> Directory:
+    return make_directory()
 
 
 def send(d: Directory, keys: list[str]) -> list[Ticket]:
@@ -128,3 +151,23 @@ def test_stuck_detection_looks_at_the_busy_actors_only(directory: Directory,
     assert d.restarts == 1 and stall.calls == 2
     assert d.ref("apartment:slow") not in (None, first)
     eventually(lambda: swept_by(d, time.monotonic()) == 1)  # settled: busy no more
+
+
+def test_a_new_actor_is_not_evicted_when_every_other_one_is_busy(
+        make_directory: Callable[..., Directory], stall: Stall) -> None:
+    """At the cap with all busy, the newcomer goes over it rather than lose its message."""
+    d = make_directory(max_live=2)
+    stall.held = {"apartment:b0", "apartment:b1"}
+    busy = send(d, ["b0", "b1"])
+    eventually(lambda: stall.waiting == stall.held)
+    [newcomer] = send(d, ["c"])
+    eventually(lambda: newcomer.outcome is not None)
+    assert newcomer.outcome is not None and newcomer.outcome.kind == "ack"
+    assert d.live == 3 and d.passivations == 0  # over the cap: nothing idle to evict
+    stall.release.set()
+    eventually(lambda: settled(busy))
+    [later] = send(d, ["d"])
+    eventually(lambda: settled([later]))
+    assert d.live == 2 and d.passivations == 2  # back to the cap, least recent first
+    assert d.ref("apartment:d") is not None
+    assert all(t.outcome is not None and t.outcome.kind == "ack" for t in [*busy, later])
