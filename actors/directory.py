@@ -21,11 +21,14 @@ A dict keyed by entity id (pykka's registry is a linear list) in LRU order: beyo
 are passivated after ``idle_seconds``. An actor with unsettled tickets is never
 passivated, so a re-activation can never read the store behind its predecessor.
 
+With every actor busy the cap is exceeded rather than a message held back; the
+sweeper brings the directory back under it once they are idle.
+
 The sweeper shares the dispatch lock, so what it does under it must not grow with
-the live actors (10 000 by default): idle eviction walks the LRU order only up to the
-first recently used entry, a bounded chunk at a time; stuck detection looks only at
-the busy entries (those with unsettled tickets, kept in a set on dispatch and
-settle), copied under the lock and checked outside it.
+the live actors (10 000 by default): eviction walks the LRU order only up to the
+first recently used entry (once under the cap), a bounded chunk at a time; stuck
+detection looks only at the busy entries (those with unsettled tickets, kept in a set
+on dispatch and settle), copied under the lock and checked outside it.
 """
 
 from __future__ import annotations
@@ -267,15 +270,19 @@ class Directory:
                          "", time.time(), ref.actor_urn, cause=link.current))
 
     def _idle_victims(self, idle_before: float) -> tuple[list[str], bool]:
-        """Up to :data:`SWEEP_CHUNK` entries idle since before ``idle_before``; more left?
+        """Up to :data:`SWEEP_CHUNK` entries to passivate now; whether more may follow.
 
-        Walks the LRU order and stops at the first entry used since: the rest were used
-        later. Only busy entries (bounded by what is in flight) are stepped over.
+        Those over the cap (it is exceeded while every actor is busy, and dispatch
+        trims it only when it starts another), then those idle since before
+        ``idle_before``. Walks the LRU order and stops at the first entry used since
+        once under the cap: the rest were used later. Only busy entries (bounded by
+        what is in flight) are stepped over.
         """
         victims: list[str] = []
+        excess = len(self._entries) - self.max_live
         for eid, e in self._entries.items():
             self.swept += 1
-            if e.last_used > idle_before:
+            if e.last_used > idle_before and len(victims) >= excess:
                 return victims, False
             if e.unsettled or e.ref is None:
                 continue

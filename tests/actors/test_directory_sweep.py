@@ -164,10 +164,14 @@ def test_a_new_actor_is_not_evicted_when_every_other_one_is_busy(
     eventually(lambda: newcomer.outcome is not None)
     assert newcomer.outcome is not None and newcomer.outcome.kind == "ack"
     assert d.live == 3 and d.passivations == 0  # over the cap: nothing idle to evict
+    # The sweep trims to the cap: the newcomer, answered, is the one idle actor.
+    assert swept_by(d, time.monotonic()) == 3 + 2  # the walk, then the two busy ones
+    assert d.live == 2 and d.passivations == 1 and d.ref("apartment:c") is None
     stall.release.set()
     eventually(lambda: settled(busy))
+    assert swept_by(d, time.monotonic()) == 1
     [later] = send(d, ["d"])
     eventually(lambda: settled([later]))
-    assert d.live == 2 and d.passivations == 2  # back to the cap, least recent first
-    assert d.ref("apartment:d") is not None
+    assert d.live == 2 and d.passivations == 2  # dispatch keeps to the cap: b0 went
+    assert d.ref("apartment:b0") is None and d.ref("apartment:d") is not None
     assert all(t.outcome is not None and t.outcome.kind == "ack" for t in [*busy, later])
