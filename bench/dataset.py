@@ -32,7 +32,7 @@ import os
 import random
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
@@ -57,6 +57,7 @@ from messages.registry import spec_of
 from messages.replies import Status, with_position
 from rules.apartment import Apartment, Rules, decide, evolve
 from store import make_engine
+from store.rawsql import insert_rows
 from store.tables import events_table, inbox_table, search_apartments_table, search_booked_table
 from store.writer import Commit
 
@@ -131,11 +132,11 @@ class _Chunk:
     booked: int = 0
     stays: int = 0
     published: int = 0
-    events: list[tuple[Any, ...]] = field(default_factory=list)  # (rel position, ...)
-    intake: list[tuple[str, bytes, int, str]] = field(default_factory=list)
-    search_inbox: list[str] = field(default_factory=list)
-    read_model: list[tuple[Any, ...]] = field(default_factory=list)
-    booked_nights: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # "position": relative
+    intake: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (row, position)
+    inbox: list[dict[str, Any]] = field(default_factory=list)  # search's
+    read_model: list[dict[str, Any]] = field(default_factory=list)
+    booked_nights: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Apartments:
@@ -147,6 +148,7 @@ class _Apartments:
         self.booked_share = booked_share
         self.seed = seed
         self.today = today
+        self.now = now
         self.rules = Rules(today=today, now=now)
 
     def chunk(self, first: int, last: int) -> _Chunk:
@@ -193,27 +195,32 @@ class _Apartments:
             ev, published = Commit(stream_id=stream, expected_version=version,
                                    events=events).rows()
             for row in ev:
-                out.events.append((len(out.events) + 1, stream, row["version"],
-                                   row["event_id"], row["type"], row["body"]))
+                row["position"] = len(out.events) + 1
+                out.events.append(row)
             out.published += len(published)
             version += len(events)
-            out.intake.append((env.message_id, env.follow(result).to_json(), len(out.events),
-                               env.content_hash()))
+            out.intake.append(({"consumer": ApartmentActor.consumer,
+                                "message_id": env.message_id,
+                                "reply": env.follow(result).to_json(), "recorded_at": self.now,
+                                "body_hash": env.content_hash()}, len(out.events)))
             for e in events:
                 self._search(out, key, e)
 
-    @staticmethod
-    def _search(out: _Chunk, key: str, e: Envelope) -> None:
+    def _search(self, out: _Chunk, key: str, e: Envelope) -> None:
         """What search writes for an event it consumes: its inbox row and read model."""
         if Consumer.SEARCH not in spec_of(e.payload).consumers:
             return
-        out.search_inbox.append(e.message_id)
+        out.inbox.append({"consumer": SEARCH, "message_id": e.message_id, "reply": None,
+                          "recorded_at": self.now, "body_hash": None})
         p = e.payload
         if isinstance(p, ApartmentAdded):
-            out.read_model.append((key, p.city, city_key(p.city), p.title, p.price_per_night,
-                                   p.capacity))
+            out.read_model.append({
+                "apartment_id": key, "city": p.city, "city_key": city_key(p.city),
+                "title": p.title, "price_per_night": p.price_per_night,
+                "capacity": p.capacity})
         elif isinstance(p, DatesBooked):
-            out.booked_nights.append((key, p.reservation_id, p.start, p.end))
+            out.booked_nights.append({"apartment_id": key, "reservation_id": p.reservation_id,
+                                      "start": p.start, "end": p.end})
 
 
 def _stays(rng: random.Random, today: date) -> list[tuple[date, date]]:
@@ -263,9 +270,8 @@ def load(url: str, cat: Catalog, *, booked_share: float, seed: int, today: date,
                 raise RuntimeError("the store is not empty")
             if engine.dialect.name == "sqlite":
                 conn.exec_driver_sql("PRAGMA cache_size=-262144")  # 256 MiB for the load
-            rows = _Inserts(conn, now)
             for chunk in chunks:
-                out.rows += rows.write(chunk, base=out.events)
+                out.rows += _write(conn, chunk, base=out.events)
                 out.events += len(chunk.events)
                 out.apartments += chunk.apartments
                 out.booked += chunk.booked
@@ -297,50 +303,24 @@ def _chunks(maker: _Apartments, bounds: list[tuple[int, int]], workers: int | No
         yield pool.imap(_make_chunk, bounds)
 
 
-class _Inserts:
-    """Bulk inserts through the driver, values converted once by the column types."""
-
-    def __init__(self, conn: Connection, now: datetime) -> None:
-        self.conn = conn
-        d = conn.dialect
-        self.now = _processor(events_table.c.recorded_at, d)(now)
-        self.date = _processor(search_booked_table.c.start, d)
-        self.blob = _processor(events_table.c.body, d)
-        mark = "?" if d.paramstyle == "qmark" else "%s"
-        self.sql = {t.name: (f"INSERT INTO {t.name} ("
-                             + ", ".join(d.identifier_preparer.quote(c.name) for c in t.c)
-                             + ") VALUES (" + ", ".join(mark for _ in t.c) + ")")
-                    for t in (events_table, inbox_table, search_apartments_table,
-                              search_booked_table)}
-
-    def write(self, chunk: _Chunk, *, base: int) -> int:
-        """Insert a chunk whose first event takes position ``base + 1``; the row count.
-
-        Column order is the tables' (``store/tables.py``).
-        """
-        now, blob, day = self.now, self.blob, self.date
-        batches: dict[str, list[tuple[Any, ...]]] = {
-            "events": [(base + p, s, v, eid, t, blob(body), now)
-                       for p, s, v, eid, t, body in chunk.events],
-            "inbox": [(ApartmentActor.consumer, mid, blob(with_position(reply, base + p)), now,
-                       h) for mid, reply, p, h in chunk.intake]
-                     + [(SEARCH, eid, None, now, None) for eid in chunk.search_inbox],
-            "search_apartments": chunk.read_model,
-            "search_booked": [(a, r, day(s), day(e)) for a, r, s, e in chunk.booked_nights],
-        }
-        n = 0
-        for table, rows in batches.items():
-            if rows:
-                self.conn.exec_driver_sql(self.sql[table], rows)
-                n += len(rows)
-        self.conn.commit()
-        return n
-
-
-def _processor(column: Any, dialect: Any) -> Callable[[Any], Any]:
-    """How SQLAlchemy would hand a value of ``column`` to the driver."""
-    proc = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return proc if proc is not None else (lambda v: v)
+def _write(conn: Connection, chunk: _Chunk, *, base: int) -> int:
+    """Insert a chunk whose first event takes position ``base + 1``, in one transaction;
+    the row count. The rows go through the writer's own statements (:mod:`store.rawsql`).
+    """
+    for row in chunk.events:
+        row["position"] += base
+    intake = []
+    for row, position in chunk.intake:
+        row["reply"] = with_position(row["reply"], base + position)
+        intake.append(row)
+    n = 0
+    for table, rows in ((events_table, chunk.events), (inbox_table, intake + chunk.inbox),
+                        (search_apartments_table, chunk.read_model),
+                        (search_booked_table, chunk.booked_nights)):
+        insert_rows(conn, table, rows)
+        n += len(rows)
+    conn.commit()
+    return n
 
 
 def _counters(conn: Connection, events: int, published: int) -> None:
