@@ -20,7 +20,9 @@ Run it with ``python -m bench.scale [--apartments 1000000]``. It:
    after ``--warmup`` untimed ones; and runs the same queries' statements in this
    process against the store, to tell the database's share from the broker's;
 5. prints the figures against issue 12's targets (RSS < 1 GiB, threads bounded by
-   the cap, search p99 < 50 ms), marked ✓ or ✗; ``--json-out`` writes them all.
+   the cap: at most the idle node's plus the cap plus 1% for passivated actors'
+   threads still exiting; search p99 < 50 ms), marked ✓ or ✗; ``--json-out`` writes
+   them all.
 
 The targets are information. Exit status: 0 when every command and every query was
 answered and none with ``error`` and the node stopped cleanly; 1 otherwise; 2 when
@@ -333,6 +335,11 @@ def exit_code(report: dict[str, Any]) -> int:
     return 0 if ok else 1
 
 
+def _exiting(cap: int) -> int:
+    """Threads allowed beyond the idle node's and the cap: passivated actors exiting."""
+    return max(1, cap // 100)
+
+
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """(name, value, target, met) for each target of issue 12 this run measures."""
     node, q, c = report["node"] or {}, report["queries"] or {}, report["commands"] or {}
@@ -340,13 +347,15 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     rss = node.get("rss_max_bytes")
     threads, idle, cap = node.get("threads_max"), node.get("threads_idle"), node.get(
         "max_live")
-    bound = None if idle is None or cap is None else idle + cap
+    # Passivated actors' threads exit a moment after they are told to stop, while new
+    # ones start: 1% of the cap is left for those.
+    bound = None if idle is None or cap is None else idle + cap + _exiting(cap)
     p99 = (q.get("latency_ms") or {}).get("p99")
     return [
         ("node RSS max", "-" if rss is None else f"{rss / MiB:,.0f} MiB",
          f"< {RSS_TARGET // MiB:,} MiB", None if rss is None else rss < RSS_TARGET),
         ("node threads max", "-" if threads is None else f"{threads:,}",
-         "-" if bound is None else f"<= {idle} idle + {cap:,} cap",
+         "-" if bound is None else f"<= {idle} idle + {cap:,} cap + 1%",
          None if threads is None or bound is None else threads <= bound),
         ("search p99 (city + dates)", "-" if p99 is None else f"{p99} ms",
          f"< {P99_TARGET_MS:.0f} ms", None if p99 is None else p99 < P99_TARGET_MS),
