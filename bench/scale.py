@@ -20,9 +20,9 @@ Run it with ``python -m bench.scale [--apartments 1000000]``. It:
    after ``--warmup`` untimed ones; and runs the same queries' statements in this
    process against the store, to tell the database's share from the broker's;
 5. prints the figures against issue 12's targets (RSS < 1 GiB, threads bounded by
-   the cap: at most the idle node's plus the cap plus 1% for passivated actors'
-   threads still exiting; search p99 < 50 ms), marked ✓ or ✗; ``--json-out`` writes
-   them all.
+   the cap: at most the idle node's plus the cap plus 1% of it, at least 10, for
+   passivated actors' threads still exiting; search p99 < 50 ms), marked ✓ or ✗;
+   ``--json-out`` writes them all.
 
 The targets are information. Exit status: 0 when every command and every query was
 answered and none with ``error`` and the node stopped cleanly; 1 otherwise; 2 when
@@ -122,14 +122,18 @@ class Plan:
 def search_plan(conn: Connection, q: SearchApartments) -> Plan:
     """The plans of both of ``q``'s statements (SQLite: EXPLAIN QUERY PLAN; PostgreSQL:
     EXPLAIN), and whether they find the city by ``city_key``'s index and each
-    apartment's taken nights by key, never by scanning a table."""
+    apartment's taken nights by key, never scanning the apartments or taken nights.
+
+    PostgreSQL plans by its statistics: on a small store it may rightly scan."""
     sqlite = conn.dialect.name == "sqlite"
     lines: list[str] = []
     for stmt in statements(q):
         sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
         rows = conn.exec_driver_sql(("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN ") + sql)
         lines += [str(r[-1]).strip() for r in rows]
-    scans = [s for s in lines if s.startswith("SCAN search_") or "Seq Scan on search_" in s]
+    # The tables that grow with the apartments; a tiny one (delistings) may be scanned.
+    scans = [s for s in lines for t in ("search_apartments", "search_booked")
+             if s.startswith(f"SCAN {t}") or f"Seq Scan on {t}" in s]
     return Plan(lines,
                 city_by_index=not scans and any("ix_search_apartments_city_key" in s
                                                 for s in lines),
@@ -337,7 +341,7 @@ def exit_code(report: dict[str, Any]) -> int:
 
 def _exiting(cap: int) -> int:
     """Threads allowed beyond the idle node's and the cap: passivated actors exiting."""
-    return max(1, cap // 100)
+    return max(10, cap // 100)
 
 
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
@@ -348,14 +352,15 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     threads, idle, cap = node.get("threads_max"), node.get("threads_idle"), node.get(
         "max_live")
     # Passivated actors' threads exit a moment after they are told to stop, while new
-    # ones start: 1% of the cap is left for those.
-    bound = None if idle is None or cap is None else idle + cap + _exiting(cap)
+    # ones start: 1% of the cap (at least 10) is left for those.
+    slack = None if cap is None else _exiting(cap)
+    bound = None if idle is None or cap is None or slack is None else idle + cap + slack
     p99 = (q.get("latency_ms") or {}).get("p99")
     return [
         ("node RSS max", "-" if rss is None else f"{rss / MiB:,.0f} MiB",
          f"< {RSS_TARGET // MiB:,} MiB", None if rss is None else rss < RSS_TARGET),
         ("node threads max", "-" if threads is None else f"{threads:,}",
-         "-" if bound is None else f"<= {idle} idle + {cap:,} cap + 1%",
+         "-" if bound is None else f"<= {idle} idle + {cap:,} cap + {slack} exiting",
          None if threads is None or bound is None else threads <= bound),
         ("search p99 (city + dates)", "-" if p99 is None else f"{p99} ms",
          f"< {P99_TARGET_MS:.0f} ms", None if p99 is None else p99 < P99_TARGET_MS),
@@ -417,7 +422,7 @@ def render(report: dict[str, Any]) -> str:
     out.append("  against issue 12's targets")
     for name, value, target, met in targets(report):
         mark = "-" if met is None else ("✓" if met else "✗")
-        out.append(f"    {name:<28} {value:<32} {target:<28} {mark}")
+        out.append(f"    {name:<28} {value:<32} {target:<40} {mark}")
     return "\n".join(out)
 
 
