@@ -20,6 +20,15 @@ A dict keyed by entity id (pykka's registry is a linear list) in LRU order: beyo
 ``max_live`` actors, the least recently used idle ones are passivated, and idle ones
 are passivated after ``idle_seconds``. An actor with unsettled tickets is never
 passivated, so a re-activation can never read the store behind its predecessor.
+
+With every actor busy the cap is exceeded rather than a message held back; the
+sweeper brings the directory back under it once they are idle.
+
+The sweeper shares the dispatch lock, so what it does under it must not grow with
+the live actors (10 000 by default): eviction walks the LRU order only up to the
+first recently used entry (once under the cap), a bounded chunk at a time; stuck
+detection looks only at the busy entries (those with unsettled tickets, kept in a set
+on dispatch and settle), copied under the lock and checked outside it.
 """
 
 from __future__ import annotations
@@ -60,7 +69,10 @@ KINDS: dict[str, type[EntityActor[Any]]] = {
     "reservation": ReservationActor,
 }
 
-@dataclass
+SWEEP_CHUNK = 256  # idle entries passivated per hold of the lock by the sweeper
+
+
+@dataclass(eq=False)  # hashed by identity: the busy set holds entries, not ids
 class _Entry:
     kind: str
     key: str
@@ -106,7 +118,9 @@ class Directory:
         self._scheduler = scheduler or ThreadScheduler()
         self._rng = rng or random.Random()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._busy: set[_Entry] = set()  # live entries with unsettled tickets
         self._lock = threading.RLock()
+        self.swept = 0  # entries the sweeper looked at under the lock (tests read it)
         self._poison = PoisonCounter(poison_retries)
         self._history: OrderedDict[str, tuple[int, Failure | None]] = OrderedDict()
         self._alive = False
@@ -132,6 +146,7 @@ class Directory:
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
+            self._busy.clear()
         deadline = time.monotonic() + timeout
         for e in entries:  # all at once: each skips its mailbox and ends
             if e.link is not None:
@@ -162,20 +177,24 @@ class Directory:
             if not self._alive:
                 raise RuntimeError("the entity directory is not running")
             entry = self._entries.get(eid)
+            new = entry is None
             if entry is None:
                 entry = _Entry(kind=kind, key=key)
                 restarts, last = self._history.get(eid, (0, None))
                 entry.restarts, entry.last_failure = restarts, last
                 self._entries[eid] = entry
                 self._start_actor(eid, entry, after_crash=False)
-                if len(self._entries) > self.max_live:
-                    self._evict(len(self._entries) - self.max_live)
             else:
                 self._entries.move_to_end(eid)
             entry.unsettled[ticket] = envelope
+            self._busy.add(entry)
             entry.last_used = time.monotonic()
             entry.handled += 1
             ref = entry.ref
+            # Only now, with its ticket held: were every other entry busy, an eviction
+            # before would have taken this new one, and its message with it.
+            if new and len(self._entries) > self.max_live:
+                self._evict(len(self._entries) - self.max_live)
         ticket.on_settled(self._settler(entry))
         if ref is None:
             return  # restarting: told when the successor starts
@@ -191,49 +210,93 @@ class Directory:
         entry.started_at = time.time()
         self.activations += 1
 
-    def _evict(self, n: int, *, idle_before: float | None = None) -> None:
+    def _evict(self, n: int) -> None:
+        """Passivate up to ``n`` idle entries, least recently used first (under the lock)."""
         victims: list[str] = []
         for eid, e in self._entries.items():
             if len(victims) >= n:
                 break
-            if e.unsettled or e.ref is None:
-                continue
-            if idle_before is not None and e.last_used > idle_before:
-                break  # LRU order: the rest were used later
-            victims.append(eid)
+            if not (e.unsettled or e.ref is None):
+                victims.append(eid)
+        for ref in self._pop(victims):
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.stop(block=False)
+        if len(self._entries) > self.max_live:
+            log.debug("directory over its cap (%d live, all busy)", len(self._entries))
+
+    def _pop(self, victims: list[str]) -> list[pykka.ActorRef[Any]]:
+        """Remove idle entries (under the lock); the actors to stop."""
+        refs = []
         for eid in victims:
             e = self._entries.pop(eid)
             self.passivations += 1
             if e.ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    e.ref.stop(block=False)
-        if len(self._entries) > self.max_live:
-            log.debug("directory over its cap (%d live, all busy)", len(self._entries))
+                refs.append(e.ref)
+        return refs
 
     def _sweep(self) -> None:
         interval = max(0.05, min(self.idle_seconds / 4, 1.0))
         while not self._stop.wait(interval):
-            now = time.monotonic()
-            stuck: list[tuple[_Entry, Link, float]] = []
+            self._sweep_once(time.monotonic())
+
+    def _sweep_once(self, now: float) -> None:
+        """Passivate the entries idle too long, then abandon the actors stuck too long."""
+        idle_before = now - self.idle_seconds
+        more = True
+        while more:
             with self._lock:
-                self._evict(len(self._entries), idle_before=now - self.idle_seconds)
-                if self.handler_timeout is not None:
-                    for e in self._entries.values():
-                        if e.link is not None and e.link.busy_for(now) > self.handler_timeout:
-                            stuck.append((e, e.link, e.link.busy_for(now)))
-            for e, link, busy in stuck:
-                ref = e.ref
-                if ref is None:
+                victims, more = self._idle_victims(idle_before)
+                refs = self._pop(victims)
+            for idle in refs:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    idle.stop(block=False)
+        limit = self.handler_timeout
+        if limit is None:
+            return
+        with self._lock:
+            busy = list(self._busy)
+            self.swept += len(busy)
+        for e in busy:
+            link, ref = e.link, e.ref
+            if link is None or ref is None or link.busy_for(now) <= limit:
+                continue
+            with self._lock:  # rare: make sure it is still that actor, not a successor
+                if e.link is not link or e.ref is not ref:
                     continue
-                abandon_actor(ref)  # never sent to again
-                link(Failure(f"{e.kind}:{e.key}", "receive", "Stuck",
-                             f"busy {busy:.1f}s in one message (limit {self.handler_timeout}s)",
-                             "", time.time(), ref.actor_urn, cause=link.current))
+            busy_s = link.busy_for(now)
+            abandon_actor(ref)  # never sent to again
+            link(Failure(f"{e.kind}:{e.key}", "receive", "Stuck",
+                         f"busy {busy_s:.1f}s in one message (limit {limit}s)",
+                         "", time.time(), ref.actor_urn, cause=link.current))
+
+    def _idle_victims(self, idle_before: float) -> tuple[list[str], bool]:
+        """Up to :data:`SWEEP_CHUNK` entries to passivate now; whether more may follow.
+
+        Those over the cap (it is exceeded while every actor is busy, and dispatch
+        trims it only when it starts another), then those idle since before
+        ``idle_before``. Walks the LRU order and stops at the first entry used since
+        once under the cap: the rest were used later. Only busy entries (bounded by
+        what is in flight) are stepped over.
+        """
+        victims: list[str] = []
+        excess = len(self._entries) - self.max_live
+        for eid, e in self._entries.items():
+            self.swept += 1
+            if e.last_used > idle_before and len(victims) >= excess:
+                return victims, False
+            if e.unsettled or e.ref is None:
+                continue
+            victims.append(eid)
+            if len(victims) >= SWEEP_CHUNK:
+                return victims, True
+        return victims, False
 
     def _settler(self, entry: _Entry) -> Callable[[Ticket], None]:
         def settled(t: Ticket) -> None:
             with self._lock:
                 entry.unsettled.pop(t, None)
+                if not entry.unsettled:
+                    self._busy.discard(entry)
         return settled
 
     # --- supervision --------------------------------------------------------------

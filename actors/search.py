@@ -33,6 +33,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Executable,
+    Select,
     and_,
     exists,
     func,
@@ -417,17 +418,26 @@ def matching(q: SearchApartments) -> ColumnElement[bool]:
     return and_(*cond)
 
 
-def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResults:
-    """Apartments matching ``q``, by price (cheapest first unless asked), paginated."""
-    conn = connect()
+def statements(q: SearchApartments) -> tuple[Select[Any], Select[Any]]:
+    """What :func:`search` runs for ``q``: the count of hits, and the page of them.
+
+    Apart so that a benchmark can ask the database for their plans.
+    """
     where = matching(q)
     price = (apts.c.price_per_night.desc() if q.sort == "price_desc"
              else apts.c.price_per_night.asc())
+    return (select(func.count()).select_from(apts).where(where),
+            select(apts).where(where).order_by(price, apts.c.apartment_id)
+            .limit(q.limit).offset(q.offset))
+
+
+def search(connect: Callable[[], Connection], q: SearchApartments) -> SearchResults:
+    """Apartments matching ``q``, by price (cheapest first unless asked), paginated."""
+    conn = connect()
+    count, page = statements(q)
     with conn:
-        total = conn.execute(select(func.count()).select_from(apts).where(where)).scalar_one()
-        rows = conn.execute(select(apts).where(where)
-                            .order_by(price, apts.c.apartment_id)
-                            .limit(q.limit).offset(q.offset)).all()
+        total = conn.execute(count).scalar_one()
+        rows = conn.execute(page).all()
     hits = [ApartmentHit(apartment_id=r.apartment_id, city=r.city, title=r.title,
                          price_per_night=r.price_per_night, capacity=r.capacity) for r in rows]
     return SearchResults(apartments=hits, total=total, start=q.start, end=q.end)

@@ -1,11 +1,12 @@
-"""CPU time of process trees, read from ``/proc``, so a run can say what its work cost.
+"""CPU time of process trees (and a process's memory), read from ``/proc``.
 
 Wall throughput on a shared 2-core machine moves with whatever else runs; CPU time
 spent per message by the processes doing the work does much less, so the benchmarks
 report it: a :class:`Meter` reads named process trees (user + system time of each root
 and its live descendants) before and after a run, and :func:`ms_per` turns two
 readings into milliseconds per message. A part whose processes cannot be seen (an
-external broker) reads None, shown as "-", never as 0.
+external broker) reads None, shown as "-", never as 0. :func:`memory_and_threads`
+reads a node's resident memory and thread count (the scale benchmark's bounds).
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def _stat(pid: int) -> tuple[int, float] | None:
     fields = raw[raw.rindex(")") + 2:].split()
     ppid, utime, stime = int(fields[1]), int(fields[11]), int(fields[12])
     return ppid, (utime + stime) / CLK_TCK
+
+
+def memory_and_threads(pid: int) -> tuple[int, int] | None:
+    """Resident memory (bytes) and thread count of one process; None if it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    try:  # "VmRSS:     12345 kB", "Threads:  17"
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["Threads"])
+    except (KeyError, ValueError, IndexError):
+        return None  # a zombie has no VmRSS
 
 
 def _environ(pid: int) -> bytes:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +83,8 @@ class NodeProcess:
 
 def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
                roles: Sequence[str] = ("commands", "events"), name: str | None = None,
-               db_url: str | None = None, wait: bool = True) -> NodeProcess:
+               db_url: str | None = None, wait: bool = True,
+               settings: Mapping[str, str] | None = None) -> NodeProcess:
     """Start a node and wait until each queue its roles consume has a consumer.
 
     Args:
@@ -92,6 +93,7 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
         db_url: the store (default: a SQLite file in ``workdir``).
         wait: wait for its queues (False: only for the node's word that it serves,
             as a node joining others finds the queues consumed already).
+        settings: more ``STAYBOOK_*`` variables (e.g. ``STAYBOOK_ACTORS__MAX_LIVE``).
     """
     name = name or "bench-" + "-".join(roles)
     env = {
@@ -104,6 +106,7 @@ def start_node(url: str, prefix: str, workdir: Path, deadline: float, *,
         "STAYBOOK_NODE_NAME": name,
         "STAYBOOK_ROLES": json.dumps(list(roles)),
         "PYTHONUNBUFFERED": "1",
+        **(settings or {}),
     }
     log_path = workdir / f"node-{name}.log"
     with log_path.open("ab") as log:
