@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, bindparam, delete, insert
+from sqlalchemy import Column, Connection, LargeBinary, Table, bindparam, delete, insert
 from sqlalchemy.exc import DBAPIError
 
 _Processor = Callable[[Any], Any] | None
@@ -28,7 +28,7 @@ class _Compiled:
                  ) -> None:
         compiled = statement.compile(dialect=conn.dialect)
         self.sql = str(compiled)
-        procs = {c.name: c.type._cached_bind_processor(conn.dialect) for c in columns}
+        procs = {c.name: _processor(c, conn.dialect) for c in columns}
         # SQLite's driver takes positional parameters, psycopg's named ones.
         self.positional = bool(compiled.positional)
         names = list(compiled.positiontup) if self.positional else list(procs)
@@ -36,12 +36,37 @@ class _Compiled:
         self.defaults: dict[str, Any] = dict(compiled.params)  # e.g. an OFFSET's 0
 
     def bind(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Each row's parameters, converted as SQLAlchemy would convert them."""
-        params = self.params
+        """Each row's parameters, converted as SQLAlchemy would convert them.
+
+        A batch's rows share values (one timestamp per commit): a converted value is
+        reused while the next row holds the very same object.
+        """
+        params = [(n, p, [_UNSET, None]) for n, p in self.params]
+
+        def value(row: Mapping[str, Any], name: str, proc: _Processor,
+                  last: list[Any]) -> Any:
+            v = row[name]
+            if proc is None:
+                return v
+            if v is not last[0]:
+                last[0], last[1] = v, proc(v)
+            return last[1]
+
         if self.positional:
-            return [tuple(row[n] if p is None else p(row[n]) for n, p in params)
-                    for row in rows]
-        return [{n: (row[n] if p is None else p(row[n])) for n, p in params} for row in rows]
+            return [tuple(value(row, n, p, last) for n, p, last in params) for row in rows]
+        return [{n: value(row, n, p, last) for n, p, last in params} for row in rows]
+
+
+_UNSET = object()
+
+
+def _processor(column: Column[Any], dialect: Any) -> _Processor:
+    """The column's bind processor, but none for bytes on SQLite, whose driver takes
+    ``bytes`` as they are (SQLAlchemy wraps them in a ``memoryview`` first)."""
+    if dialect.name == "sqlite" and isinstance(column.type, LargeBinary):
+        return None
+    processor: _Processor = column.type._cached_bind_processor(dialect)
+    return processor
 
 
 _cache: dict[tuple[Any, ...], _Compiled] = {}
