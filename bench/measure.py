@@ -60,6 +60,16 @@ class Tracker:
         return cls(ids={c.message_id: i for i, c in enumerate(commands)},
                    sent=[0.0] * len(commands))
 
+    def send(self, i: int, publish: Callable[[int], None]) -> int:
+        """Publish message ``i``, timing it from now; the next index."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.sent[i] = now
+        publish(i)
+        self.published = i + 1
+        return i + 1
+
     def complete(self, message_id: str | None) -> int | None:
         """Record the answer to ``message_id``; its index, or None if not awaited."""
         i = self.ids.pop(message_id, None) if message_id else None
@@ -119,13 +129,7 @@ def drive(conn: pika.BlockingConnection, tracker: Tracker, publish: Callable[[in
             return False
         budget = min(total - nxt, window - (nxt - tracker.completed), CHUNK)
         for _ in range(max(0, budget)):
-            now = time.perf_counter()
-            if tracker.first is None:
-                tracker.first = now
-            tracker.sent[nxt] = now
-            publish(nxt)
-            nxt += 1
-            tracker.published = nxt
+            nxt = tracker.send(nxt, publish)
         idle = nxt >= total or nxt - tracker.completed >= window
         # With a time limit, this returns as soon as any callback is ready to run.
         conn.process_data_events(time_limit=min(0.05, left) if idle else 0)
@@ -198,13 +202,7 @@ def drive_paced(conn: pika.BlockingConnection, tracker: Tracker,
             return False
         now = time.perf_counter()
         for _ in range(pacer.take(now, nxt - tracker.completed, total)):
-            now = time.perf_counter()
-            if tracker.first is None:
-                tracker.first = now
-            tracker.sent[nxt] = now
-            publish(nxt)
-            nxt += 1
-            tracker.published = nxt
+            nxt = tracker.send(nxt, publish)
         waiting = nxt >= total or nxt - tracker.completed >= pacer.bound
         # A full window waits for a reply (which ends the wait), as does the tail.
         wait = 0.05 if waiting else pacer.due_at() - time.perf_counter()

@@ -57,6 +57,7 @@ from bench.cpu import memory_and_threads
 from bench.dataset import Catalog, apartment_id, catalog, load
 from bench.measure import run_end_to_end, wait_drained
 from bench.procs import SetupFailed, delete_prefix, private_broker, start_node
+from bench.throughput import positive
 from bench.workload import Command
 from broker.client import Client, NoReply, NotConfirmed
 from broker.rabbitmq import redact_url, wait_for_broker
@@ -433,35 +434,28 @@ def _access_paths(lines: Sequence[str]) -> list[str]:
                               for line in lines if any(k in line for k in keep)))
 
 
-def _positive(text_: str) -> int:
-    n = int(text_)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text_} is not >= 1")
-    return n
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench.scale",
                                 description="A node over many apartments: memory, threads "
                                             "and search latency against issue 12's targets.")
-    p.add_argument("--apartments", type=_positive, default=1_000_000)
-    p.add_argument("--max-live", type=_positive, default=ActorSettings().max_live,
+    p.add_argument("--apartments", type=positive, default=1_000_000)
+    p.add_argument("--max-live", type=positive, default=ActorSettings().max_live,
                    help="the node's live-actor cap (default: the configured one)")
-    p.add_argument("--commands", type=_positive, default=None,
+    p.add_argument("--commands", type=positive, default=None,
                    help="RequestReservation to distinct apartments (default: 3x the cap)")
-    p.add_argument("--queries", type=_positive, default=1000)
+    p.add_argument("--queries", type=positive, default=1000)
     p.add_argument("--warmup", type=int, default=20, help="untimed queries first")
     p.add_argument("--booked-share", type=float, default=0.3,
                    help="share of apartments with stays booked (1 to 3 each)")
-    p.add_argument("--window", type=_positive, default=500,
+    p.add_argument("--window", type=positive, default=500,
                    help="commands in flight (published, not yet answered)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--postgres", action="store_true",
                    help="the store on a private PostgreSQL instead of a SQLite file")
     p.add_argument("--amqp-url", default=None,
                    help="a running broker (default: $STAYBOOK_BROKER__URL, else a private one)")
-    p.add_argument("--workers", type=_positive, default=None,
+    p.add_argument("--workers", type=positive, default=None,
                    help="processes making the rows to load (default: one per core)")
     p.add_argument("--progress", action="store_true", help="report the load as it goes")
     p.add_argument("--json-out", type=Path, default=None)

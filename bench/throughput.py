@@ -279,7 +279,8 @@ def _node_cpu(before: Reading, after: Reading, count: int,
             "by_node": {n.name: cpu[n.name] for n in nodes}}
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+    """An argument type: an integer >= 1."""
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"{text} is not >= 1")
@@ -302,18 +303,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.throughput",
                                 description="End-to-end command throughput of a Staybook "
                                             "node next to the raw quorum-queue ceiling.")
-    p.add_argument("--apartments", type=_positive, default=200)
+    p.add_argument("--apartments", type=positive, default=200)
     p.add_argument("--hot", type=int, default=5, help="apartments taking the bursts")
-    p.add_argument("--commands", type=_positive, default=20_000,
+    p.add_argument("--commands", type=positive, default=20_000,
                    help="commands in all, AddApartment included")
-    p.add_argument("--window", type=_positive, default=1000,
+    p.add_argument("--window", type=positive, default=1000,
                    help="commands in flight (published, not yet answered)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--amqp-url", default=None,
                    help="a running broker (default: $STAYBOOK_BROKER__URL, else a private one)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--skip-raw", action="store_true", help="skip the raw quorum-queue run")
-    p.add_argument("--nodes", type=_positive, default=None,
+    p.add_argument("--nodes", type=positive, default=None,
                    help="scale-out: run 1..N nodes on a private PostgreSQL, one after the "
                         "other, and print commands/s and CPU per command for each")
     p.add_argument("--split", action="store_true",
