@@ -23,6 +23,7 @@ import contextlib
 import json
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -39,7 +40,6 @@ from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
 from console.control_client import ControlClient, ControlFailed
 from console.localdb import create_database, local_postgresql
-from messages import new_id
 
 
 @contextlib.contextmanager
@@ -95,8 +95,8 @@ def run_nodes(url: str, broker_name: str, commands: Sequence[Command], *, max_no
         for n in range(1, max_nodes + 1):
             if time.monotonic() > deadline:
                 break
-            prefix = f"bench{new_id()[:10]}"
-            db_url = create_database(server_url, f"bench_{n}_{new_id()[:8]}")
+            prefix = f"bench{uuid.uuid4().hex[:10]}"  # new_id()[:10] is fixed per process
+            db_url = create_database(server_url, f"bench_{n}_{uuid.uuid4().hex[:8]}")
             topo = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
             try:
                 with _cluster(url, prefix, db_url, workdir, n, deadline) as nodes:

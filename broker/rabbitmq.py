@@ -1,8 +1,9 @@
-"""RabbitMQ through pika: topology, consumers on their own threads, confirmed publishing.
+"""RabbitMQ through pika: topology, consumers on one thread, confirmed publishing.
 
-pika connections are not thread-safe, so every consumer owns a connection on its own
-thread; actors settle deliveries from other threads through
-``add_callback_threadsafe``, batched so one wake-up sends many replies and acks. The
+pika connections are not thread-safe, so a broker's consumers share one connection
+held by one thread (:class:`ConsumerHub`), a channel per queue; actors settle
+deliveries from other threads through ``add_callback_threadsafe``, batched so one
+wake-up sends many replies and acks. The
 relay's publisher runs pika's asynchronous ``SelectConnection`` on its own thread so
 publisher confirms are pipelined rather than awaited one by one.
 """
@@ -108,6 +109,8 @@ class RabbitBroker(Broker):
         self.drain_seconds = drain_seconds
         self.heartbeat = heartbeat
         self.reconnect_max_delay = reconnect_max_delay
+        self._hub_lock = threading.Lock()
+        self._hub: ConsumerHub | None = None
 
     def params(self) -> pika.URLParameters:
         """Fresh connection parameters."""
@@ -141,10 +144,21 @@ class RabbitBroker(Broker):
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
         drain_seconds: float | None = None,
     ) -> RabbitConsumer:
-        """A consumer service for ``queue`` with its own connection and thread."""
-        return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name,
-                              drain_seconds=self.drain_seconds if drain_seconds is None
-                              else drain_seconds)
+        """A consumer service for ``queue``, on this broker's one :class:`ConsumerHub`."""
+        with self._hub_lock:
+            if self._hub is None:
+                self._hub = ConsumerHub(self)
+            hub = self._hub
+        return hub.subscribe(queue, on_delivery, prefetch=prefetch, name=name,
+                             drain_seconds=self.drain_seconds if drain_seconds is None
+                             else drain_seconds)
+
+    def close(self) -> None:
+        """Stop the consumers' hub (its consumers were stopped, and drained, before)."""
+        with self._hub_lock:
+            hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.stop()
 
     def publisher(self) -> Publisher:
         """An asynchronous-confirm publisher (connects on first use)."""
@@ -210,93 +224,307 @@ class ReconnectingService:
         self.connected.clear()
 
 
-class RabbitConsumer(ReconnectingService):
-    """Consumes one queue on its own thread; reconnects with bounded backoff.
+class ConsumerHub(ReconnectingService):
+    """One connection and one thread that consume any number of queues, a channel each.
 
-    Deliveries are settled from any thread: the work goes on a queue and the
-    consumer's connection is woken with ``add_callback_threadsafe``. Settlements for
-    a connection that has since died are dropped: the broker redelivers those
-    messages, and the inbox makes the redelivery harmless.
+    Every queue a node consumes (its command partitions, the handlers' queues, the
+    dead letters) is a :class:`RabbitConsumer` on the broker's one hub. A thread per
+    queue used to cost a wake-up per delivery and per settle on each of them; here one
+    ``process_data_events`` round reads the frames of every queue, and one wake-up
+    sends a burst of replies and acks, whichever queues they are for.
 
-    Stopping is a handoff: the consumer is cancelled (no new deliveries), then the
-    connection stays open until every delivery already handed out is settled, up to
+    A channel per queue keeps what a queue needs of its own: its prefetch, its
+    consumer (single-active-consumer ownership is per consumer), and a cancel that
+    drains that queue alone. A channel the broker closes is opened again after a
+    backoff, without touching the others; a lost connection ends the session, and the
+    next one re-subscribes every queue still wanted.
+
+    Args:
+        broker: the broker (its connection parameters and topology).
+        name: the thread name.
+    """
+
+    def __init__(self, broker: RabbitBroker, name: str = "consumers") -> None:
+        super().__init__(name, broker.reconnect_max_delay)
+        self._broker = broker
+        self._lock = threading.Lock()
+        self._subs: list[RabbitConsumer] = []
+        self._conn: pika.BlockingConnection | None = None
+        self._dl_channel: BlockingChannel | None = None
+        self._pending: deque[Callable[[], None]] = deque()
+        self._wake_scheduled = False
+
+    # --- from any thread -------------------------------------------------------------
+    def subscribe(self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
+                  drain_seconds: float) -> RabbitConsumer:
+        """A consumer of ``queue`` on this hub (consuming once started)."""
+        return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name,
+                              drain_seconds=drain_seconds)
+
+    def ensure_started(self) -> None:
+        """Start the thread unless it runs (a subscription's start restarts a dead hub)."""
+        with self._lock:
+            if not self.is_alive():
+                self.start()
+
+    def _attach(self, sub: RabbitConsumer) -> None:
+        with self._lock:
+            if sub not in self._subs:
+                self._subs.append(sub)
+        self._wake()
+
+    def _detach(self, sub: RabbitConsumer) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def _wake(self) -> None:
+        """Have the thread run a round now (it reconciles every subscription)."""
+        self._submit(lambda: None)
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on the hub's thread, soon (now, if this is that thread)."""
+        if threading.current_thread() is self._thread:
+            work()
+            return
+        conn = self._conn
+        if conn is None:
+            return  # no connection: settlements are moot, the broker redelivers
+        # Lock-free: deque appends are atomic; one wake-up serves a whole burst.
+        self._pending.append(work)
+        if self._wake_scheduled:
+            return
+        self._wake_scheduled = True
+        try:
+            conn.add_callback_threadsafe(self._drain)
+        except (AMQPError, OSError, RuntimeError):
+            log.debug("%s: connection closed before the wake-up", self.name)
+
+    # --- on the hub's thread ---------------------------------------------------------
+    def session(self) -> None:
+        """One connection's life: consume every wanted queue until stopped or the link fails."""
+        conn = pika.BlockingConnection(self._broker.params())
+        try:
+            dl = conn.channel()
+            dl.confirm_delivery()
+            with self._lock:
+                self._conn, self._dl_channel = conn, dl
+                self._pending.clear()
+                self._wake_scheduled = False
+            self.connected.set()
+            while not self._stop.is_set():
+                draining = self._reconcile(conn)
+                conn.process_data_events(time_limit=0.02 if draining else 0.2)
+                self._drain()
+            with contextlib.suppress(AMQPError, OSError):
+                self._drain_all(conn)
+        finally:
+            with self._lock:
+                self._conn, self._dl_channel = None, None
+                subs = list(self._subs)
+            for sub in subs:
+                sub._lost()
+            if conn.is_open:
+                with contextlib.suppress(AMQPError, OSError):
+                    conn.close()
+
+    def _reconcile(self, conn: pika.BlockingConnection) -> bool:
+        """Open the channels wanted, drain and close the rest; True while one drains."""
+        now = time.monotonic()
+        draining = False
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            if sub._wanted:
+                sub._resume(conn, now)
+            elif sub._wind_down(now):
+                self._detach(sub)
+            else:
+                draining = True
+        return draining
+
+    def _drain_all(self, conn: pika.BlockingConnection) -> None:
+        """Stopping: hand out what arrived, cancel every consumer, let them settle."""
+        conn.process_data_events(time_limit=0)
+        self._drain()
+        with self._lock:
+            subs = list(self._subs)
+        now = time.monotonic()
+        for sub in subs:
+            sub._cancel(now)
+        deadline = now + max((s._drain_seconds for s in subs), default=0.0)
+        while any(s._outstanding for s in subs) and time.monotonic() < deadline:
+            conn.process_data_events(time_limit=0.02)
+            self._drain()
+        for sub in subs:
+            if sub._outstanding:
+                log.warning("%s: %d deliveries unsettled at stop; the broker redelivers "
+                            "them", sub.name, sub._outstanding)
+
+    def _drain(self) -> None:
+        # Clear the flag first: anything appended after this point schedules a new
+        # wake-up, anything before it is drained below.
+        self._wake_scheduled = False
+        pending = self._pending
+        while pending:
+            work = pending.popleft()
+            try:
+                work()
+            except pika.exceptions.AMQPChannelError as exc:
+                # That queue's channel is gone (the broker closed it): its deliveries
+                # come again on the next one. The connection and the others are fine.
+                log.debug("%s: settling on a closed channel (%r)", self.name, exc)
+
+    def _publish_confirmed(self, out: Outgoing) -> None:
+        if self._dl_channel is None or self._dl_channel.is_closed:
+            assert self._conn is not None
+            self._dl_channel = self._conn.channel()
+            self._dl_channel.confirm_delivery()
+        self._dl_channel.basic_publish(
+            out.exchange, out.routing_key, out.body, properties_of(out), mandatory=True
+        )
+
+
+class RabbitConsumer:
+    """One queue consumed on a :class:`ConsumerHub`; a supervised service.
+
+    Deliveries are settled from any thread: the work goes to the hub's thread, which
+    holds the channel. Settlements for a channel that has since closed are dropped: the
+    broker redelivers those messages, and the inbox makes the redelivery harmless.
+
+    Stopping is a handoff: the consumer is cancelled (no new deliveries), then its
+    channel stays open until every delivery already handed out is settled, up to
     ``drain_seconds``, so a graceful stop or a partition handed to another node
     requeues nothing that was being handled.
     """
 
-    def __init__(
-        self,
-        broker: RabbitBroker,
-        queue: str,
-        on_delivery: OnDelivery,
-        *,
-        prefetch: int,
-        name: str,
-        drain_seconds: float = 10.0,
-    ) -> None:
-        super().__init__(name, broker.reconnect_max_delay)
+    def __init__(self, hub: ConsumerHub, queue: str, on_delivery: OnDelivery, *,
+                 prefetch: int, name: str, drain_seconds: float = 10.0) -> None:
+        self.name = name
         self.queue = queue
-        self._drain_seconds = drain_seconds
-        self._outstanding = 0  # delivered and not yet settled on the wire (own thread)
-        self.delivered = 0
-        self.acked = 0  # taken off the queue for good (handled or dead-lettered)
-        self._broker = broker
+        self._hub = hub
         self._on_delivery = on_delivery
         self._prefetch = prefetch
-        self._conn: pika.BlockingConnection | None = None
+        self._drain_seconds = drain_seconds
+        self._wanted = False
+        self._done = threading.Event()
+        self._done.set()
         self._channel: BlockingChannel | None = None
-        self._dl_channel: BlockingChannel | None = None
-        self._generation = 0
-        self._pending: deque[tuple[int, Callable[[], None]]] = deque()
-        self._wake_lock = threading.Lock()
-        self._wake_scheduled = False
+        self._cancelled = False
+        self._deadline = 0.0
+        self._retry_at = 0.0
+        self._backoff = 0.1
+        self._outstanding = 0  # delivered and not yet settled on the wire (hub's thread)
+        self.delivered = 0
+        self.acked = 0  # taken off the queue for good (handled or dead-lettered)
 
     @property
     def unacked(self) -> int:
         """Deliveries this consumer holds unsettled now (for the operator console)."""
         return self._outstanding
 
-    def session(self) -> None:
-        """One connection's life: consume until stopped or the link fails."""
-        self._consume()
+    @property
+    def draining(self) -> bool:
+        """Cancelled and waiting for its handed-out deliveries to settle."""
+        return self._cancelled and self._channel is not None
 
-    def _consume(self) -> None:
-        conn = pika.BlockingConnection(self._broker.params())
+    @property
+    def reconnects(self) -> int:
+        """How often the hub's connection was lost and opened again."""
+        return self._hub.reconnects
+
+    def start(self) -> None:
+        """Consume from now on (the hub opens the channel at its next round)."""
+        self._done.clear()
+        self._wanted = True
+        self._hub.ensure_started()
+        self._hub._attach(self)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel, then wait up to ``timeout`` for the deliveries handed out to settle."""
+        self._wanted = False  # first: a session that connects after the check sees it
+        if not self._hub.is_alive() or self._hub._conn is None:
+            # No connection, so no channel: nothing of this queue is held here.
+            self._done.set()
+            return
+        self._hub._wake()
+        self._done.wait(timeout)
+
+    def is_alive(self) -> bool:
+        """True while wanted and the hub's thread runs (connected or reconnecting)."""
+        return self._wanted and self._hub.is_alive()
+
+    # --- on the hub's thread ---------------------------------------------------------
+    def _resume(self, conn: pika.BlockingConnection, now: float) -> None:
+        ch = self._channel
+        if ch is not None and ch.is_open:
+            if self._cancelled:  # wanted again while it drained: consume again
+                ch.basic_consume(self.queue, on_message_callback=self._on_message)
+                self._cancelled = False
+            return
+        if ch is not None:  # the broker closed it (or cancelled the consumer)
+            log.warning("%s: channel closed by the broker; consuming again in %.1fs",
+                        self.name, self._backoff)
+            self._lost()
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, self._hub._max_delay)
+            return
+        if now < self._retry_at:
+            return
+        ch = conn.channel()
         try:
-            ch = conn.channel()
             ch.basic_qos(prefetch_count=self._prefetch)
-            dl = conn.channel()
-            dl.confirm_delivery()
-            with self._wake_lock:
-                self._generation += 1
-                self._conn, self._channel, self._dl_channel = conn, ch, dl
-                self._pending.clear()
-                self._wake_scheduled = False
-                self._outstanding = 0
+            ch.add_on_cancel_callback(lambda _frame: self._on_cancelled(ch))
             ch.basic_consume(self.queue, on_message_callback=self._on_message)
-            self.connected.set()
-            while not self._stop.is_set():
-                conn.process_data_events(time_limit=0.2)
-                self._drain()
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            log.warning("%s: cannot consume %s (%s); trying again in %.1fs",
+                        self.name, self.queue, exc.reply_text, self._backoff)
+            self._retry_at = now + self._backoff
+            self._backoff = min(self._backoff * 2, self._hub._max_delay)
+            return
+        self._channel, self._cancelled, self._outstanding = ch, False, 0
+
+    def _on_cancelled(self, ch: BlockingChannel) -> None:
+        # The broker cancelled us (queue deleted, leader gone): close the channel so
+        # the next round consumes again, after the backoff.
+        own = self._channel
+        if self._wanted and own is not None and own is ch and own.is_open:
             with contextlib.suppress(AMQPError, OSError):
-                conn.process_data_events(time_limit=0)  # hand out what already arrived
-                self._drain()
-                ch.stop_consuming()  # no more deliveries
-                deadline = time.monotonic() + self._drain_seconds
-                while self._outstanding > 0 and time.monotonic() < deadline:
-                    conn.process_data_events(time_limit=0.02)
-                    self._drain()
-                if self._outstanding:
-                    log.warning("%s: %d deliveries unsettled after %.0fs; the broker "
-                                "redelivers them", self.name, self._outstanding,
-                                self._drain_seconds)
-        finally:
-            with self._wake_lock:
-                self._conn = None
-                self._channel = None
-            if conn.is_open:
-                with contextlib.suppress(AMQPError, OSError):
-                    conn.close()
+                own.close()
+
+    def _cancel(self, now: float) -> None:
+        ch = self._channel
+        if ch is None or self._cancelled:
+            return
+        self._cancelled = True
+        self._deadline = now + self._drain_seconds
+        with contextlib.suppress(AMQPError, OSError):
+            ch.stop_consuming()  # no more deliveries; those not handed out go back
+
+    def _wind_down(self, now: float) -> bool:
+        """Drain towards closing; True once the channel is closed and stop may return."""
+        ch = self._channel
+        if ch is not None and ch.is_open:
+            self._cancel(now)
+            if self._outstanding and now < self._deadline:
+                return False
+            if self._outstanding:
+                log.warning("%s: %d deliveries unsettled after %.0fs; the broker "
+                            "redelivers them", self.name, self._outstanding,
+                            self._drain_seconds)
+            with contextlib.suppress(AMQPError, OSError):
+                ch.close()
+        self._lost()
+        self._done.set()
+        return True
+
+    def _lost(self) -> None:
+        """The channel is gone: what it handed out is the broker's to redeliver."""
+        self._channel = None
+        self._outstanding = 0
+        self._cancelled = False
+        if not self._wanted:
+            self._done.set()
 
     def _on_message(
         self,
@@ -305,45 +533,24 @@ class RabbitConsumer(ReconnectingService):
         props: BasicProperties,
         body: bytes,
     ) -> None:
-        delivery = RabbitDelivery(self, self._generation, method, props, body)
+        delivery = RabbitDelivery(self, channel, method, props, body)
         self._outstanding += 1
         self.delivered += 1
+        self._backoff = 0.1
         try:
             self._on_delivery(delivery)
         except Exception:
             log.exception("%s: handler raised; requeueing the delivery", self.name)
             delivery.requeue()
 
-    def _submit(self, generation: int, work: Callable[[], None]) -> None:
-        """Run ``work`` on the consumer thread if ``generation`` is still connected."""
-        if threading.current_thread() is self._thread:
-            if generation == self._generation and self._channel is not None:
+    def _settle(self, channel: BlockingChannel, work: Callable[[], None]) -> None:
+        """Run ``work`` on the hub's thread if ``channel`` is still this consumer's."""
+        def guarded() -> None:
+            if channel is self._channel:
                 work()
-            return
-        conn = self._conn
-        if generation != self._generation or conn is None:
-            return  # that connection is gone; the broker redelivers
-        # Lock-free: deque appends are atomic; one wake-up serves a whole burst.
-        self._pending.append((generation, work))
-        if self._wake_scheduled:
-            return
-        self._wake_scheduled = True
-        try:
-            conn.add_callback_threadsafe(self._drain)
-        except (AMQPError, OSError, RuntimeError):
-            log.debug("%s: connection closed before settling", self.name)
+        self._hub._submit(guarded)
 
-    def _drain(self) -> None:
-        # Clear the flag first: anything appended after this point schedules a new
-        # wake-up, anything before it is drained below.
-        self._wake_scheduled = False
-        pending = self._pending
-        while pending:
-            generation, work = pending.popleft()
-            if generation == self._generation:
-                work()
-
-    # Called on the consumer thread only.
+    # Called on the hub's thread only, through _settle.
     def _publish(self, out: Outgoing) -> None:
         assert self._channel is not None
         self._channel.basic_publish(
@@ -361,20 +568,14 @@ class RabbitConsumer(ReconnectingService):
         self._outstanding -= 1
         self._channel.basic_nack(tag, requeue=True)
 
-    def _publish_confirmed(self, out: Outgoing) -> None:
-        assert self._dl_channel is not None
-        self._dl_channel.basic_publish(
-            out.exchange, out.routing_key, out.body, properties_of(out), mandatory=True
-        )
-
 
 class RabbitDelivery(Delivery):
-    """A delivery from :class:`RabbitConsumer`; settled on the consumer's thread."""
+    """A delivery from :class:`RabbitConsumer`; settled on its hub's thread."""
 
     def __init__(
         self,
         consumer: RabbitConsumer,
-        generation: int,
+        channel: BlockingChannel,
         method: Basic.Deliver,
         props: BasicProperties,
         body: bytes,
@@ -391,7 +592,7 @@ class RabbitDelivery(Delivery):
             routing_key=method.routing_key,
         )
         self._consumer = consumer
-        self._generation = generation
+        self._channel = channel
         self._tag = method.delivery_tag
 
     def _ack(self, reply: bytes | None) -> None:
@@ -405,18 +606,18 @@ class RabbitDelivery(Delivery):
                     log.warning("could not send a reply to %s", self.reply_to)
             c._ack(self._tag)
 
-        c._submit(self._generation, work)
+        c._settle(self._channel, work)
 
     def _requeue(self) -> None:
         c = self._consumer
-        c._submit(self._generation, lambda: c._nack(self._tag))
+        c._settle(self._channel, lambda: c._nack(self._tag))
 
     def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
         c = self._consumer
 
         def work() -> None:
             out = Outgoing(
-                exchange=c._broker.topology.dead_letter_exchange,
+                exchange=c._hub._broker.topology.dead_letter_exchange,
                 routing_key=self.routing_key,
                 body=self.body,
                 message_id=self.message_id,
@@ -425,7 +626,7 @@ class RabbitDelivery(Delivery):
                 headers=headers,
             )
             try:
-                c._publish_confirmed(out)
+                c._hub._publish_confirmed(out)
             except (AMQPError, OSError) as exc:
                 # Not dead-lettered: give it back rather than lose it.
                 log.error("dead-lettering failed (%r); requeueing", exc)
@@ -436,7 +637,7 @@ class RabbitDelivery(Delivery):
                     c._publish(self.reply_outgoing(reply))
             c._ack(self._tag)
 
-        c._submit(self._generation, work)
+        c._settle(self._channel, work)
 
 
 class PublishFailed(Exception):

@@ -34,6 +34,14 @@ from store.deadletters import Recorded
 TODAY = date(2030, 1, 7)  # a Monday; the rules' clock in tests
 
 
+def unique(base: str) -> str:
+    """``base`` and 8 random hex digits: a broker prefix or name no other test shares.
+
+    (``new_id()[:8]`` is not: its first half is fixed for the whole process.)
+    """
+    return f"{base}{uuid.uuid4().hex[:8]}"
+
+
 def day(n: int) -> date:
     """``n`` days after the tests' today."""
     return TODAY + timedelta(days=n)

@@ -36,7 +36,8 @@ from broker.rabbitmq import all_consumed
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
 from console.localdb import local_postgresql
-from messages import AddApartment, Envelope, new_id
+from messages import AddApartment, Envelope
+from tests.conftest import unique
 from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters
 from tests.faults.drill import Faults, finish, wait_quiet
 from tests.faults.procs import NodeProcess, private_rabbit, queue_counts
@@ -104,7 +105,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
     """Run one cluster drill; the checker's figures plus failovers and faults."""
     rabbit = private_rabbit(workdir / "rabbitmq")
     rabbit.start()
-    prefix = f"cluster{new_id()[:8]}"
+    prefix = unique("cluster")
     topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
     history = History()
     stop = threading.Event()

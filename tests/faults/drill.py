@@ -30,8 +30,8 @@ from sqlalchemy import create_engine, func, select
 
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
-from messages import new_id
 from store.tables import events_table, outbox_table
+from tests.conftest import unique
 from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters, store_url
 from tests.faults.procs import NodeProcess, private_rabbit, queue_depths
 from tests.faults.workload import History, PoisonInjector, Producer
@@ -92,7 +92,7 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
     """Run one drill; return the checker's figures plus the faults injected."""
     rabbit = private_rabbit(workdir / "rabbitmq")
     rabbit.start()
-    prefix = f"drill{new_id()[:8]}"
+    prefix = unique("drill")
     topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
     node = NodeProcess(rabbit.url, prefix, workdir)
     history = History()

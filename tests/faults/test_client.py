@@ -20,10 +20,10 @@ from pika.exceptions import AMQPError
 from broker.client import Client, NotConfirmed
 from broker.rabbitmq import wait_for_broker
 from broker.topology import Topology
-from messages import AddApartment, Envelope, RequestReservation, new_id
+from messages import AddApartment, Envelope, RequestReservation
 from node import Node
 from rules.clock import pinned
-from tests.conftest import TODAY, day, make_settings
+from tests.conftest import TODAY, day, make_settings, unique
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def live_node(rabbitmq_proc: Any, tmp_path: Path) -> Iterator[tuple[Node, str]]:
     wait_for_broker(url, timeout=60)
     settings = make_settings(tmp_path)
     settings.broker.url = url
-    settings.broker.prefix = f"cl{new_id()[:10]}"
+    settings.broker.prefix = unique("cl")
     settings.broker.reconnect_max_delay = 0.5
     node = Node(settings, clock=pinned(TODAY))
     node.start()
@@ -82,7 +82,7 @@ def test_requests_survive_closed_connections_and_resends_change_nothing(
 def test_a_publish_nobody_confirms_is_reported_not_retried_forever(
         live_node: tuple[Node, str]) -> None:
     _node, url = live_node
-    missing = Topology(prefix=f"nowhere{new_id()[:8]}")  # its exchange does not exist
+    missing = Topology(prefix=unique("nowhere"))  # its exchange does not exist
     env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=1,
                                     capacity=1), apartment_id="c2")
     with Client(url, missing) as client, pytest.raises(NotConfirmed):

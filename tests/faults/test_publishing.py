@@ -25,6 +25,7 @@ from messages import new_id
 from node.relay import Relay
 from store import StoreWriter, make_engine
 from store.tables import outbox_table
+from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def broker_url(rabbitmq_proc: Any) -> str:
 @pytest.fixture
 def names(broker_url: str) -> Iterator[dict[str, str]]:
     """A fresh exchange and bounded queue for one test; deleted after it."""
-    p = f"pub{new_id()[:10]}"
+    p = unique("pub")
     out = {"exchange": f"{p}.ex", "queue": f"{p}.q", "lonely": f"{p}.lonely"}
     conn = pika.BlockingConnection(pika.URLParameters(broker_url))
     ch = conn.channel()

@@ -16,10 +16,9 @@ import pytest
 
 from broker.client import Client
 from broker.rabbitmq import wait_for_broker
-from messages import new_id
 from node import Node
 from rules.clock import pinned
-from tests.conftest import TODAY, make_settings
+from tests.conftest import TODAY, make_settings, unique
 
 _HERE = Path(__file__).parent
 
@@ -48,7 +47,7 @@ def amqp_url(rabbitmq_proc: Any) -> str:
 @pytest.fixture
 def node_factory(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Start nodes on the private broker with a per-test prefix; stop and clean up after."""
-    prefix = f"t{new_id()[:8]}"
+    prefix = unique("t")
     nodes: list[Node] = []
 
     def make(**overrides: Any) -> Node:

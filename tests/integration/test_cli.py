@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from console.cli import app
-from messages import new_id
 from node import Node
+from tests.conftest import unique
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_serve_says_in_one_line_what_it_runs_and_stops_cleanly(
         amqp_url: str, tmp_path: Path) -> None:
     """Name, roles, broker and store without passwords, metrics; SIGTERM exits 0."""
     env = {**os.environ, "STAYBOOK_BROKER__URL": amqp_url, "PYTHONUNBUFFERED": "1",
-           "STAYBOOK_BROKER__PREFIX": f"t{new_id()[:8]}", "STAYBOOK_NODE_NAME": "cli-n1",
+           "STAYBOOK_BROKER__PREFIX": unique("t"), "STAYBOOK_NODE_NAME": "cli-n1",
            "STAYBOOK_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}",
            "STAYBOOK_METRICS__PORT": "0", "STAYBOOK_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
