@@ -230,13 +230,13 @@ def run_end_to_end(url: str, topology: Topology, commands: Sequence[Command], wi
 
 
 def run_request_reply(url: str, queue: str, commands: Sequence[Command], window: int,
-                      deadline: float) -> dict[str, Any]:
+                      deadline: float, *, rate: float | None = None) -> dict[str, Any]:
     """The workload as requests on a durable quorum queue, answered by responders.
 
-    The same publishing, window and reply timing as :func:`run_end_to_end`; whoever
-    consumes ``queue`` (:mod:`bench.responder`) answers. The queue must exist.
+    The same publishing, window, pacing and reply timing as :func:`run_end_to_end`;
+    whoever consumes ``queue`` (:mod:`bench.responder`) answers. The queue must exist.
     """
-    return _request_reply(url, "", lambda _c: queue, commands, window, deadline, None)
+    return _request_reply(url, "", lambda _c: queue, commands, window, deadline, rate)
 
 
 def _request_reply(url: str, exchange: str, routing: Callable[[Command], str],

@@ -30,7 +30,10 @@ def exit_code(report: dict[str, Any], *, skip_raw: bool) -> int:
           and len(paced) == len(report["config"].get("paced_rates", []))
           and report["node_exit_code"] == 0
           and (skip_raw or (raw is not None and raw["received"] == raw["messages"]
-                            and len(rpc) == len(report["config"].get("responders", []))
+                            and sum(not r.get("rate") for r in rpc)
+                            == len(report["config"].get("responders", []))
+                            and sum(bool(r.get("rate")) for r in rpc)
+                            == len(report["config"].get("paced_rates", []))
                             and all(r["replies"] == r["commands"] for r in rpc))))
     return 0 if ok else 1
 
@@ -50,7 +53,8 @@ def against_ceiling(report: dict[str, Any]) -> list[dict[str, Any]]:
     lowest rate run for CPU and the highest for p99 (150 and 500/s by default).
     """
     e2e = report["end_to_end"] or {}
-    rpc = report.get("raw_rpc") or []
+    rpc = [r for r in report.get("raw_rpc") or [] if r.get("rate") is None]
+    raw_paced = {r["rate"]: r for r in report.get("raw_rpc") or [] if r.get("rate")}
     paced = sorted(report.get("paced") or [], key=lambda r: r["rate"])
     sat_cpu = _cpu(e2e)
     rows: list[dict[str, Any]] = []
@@ -75,6 +79,16 @@ def against_ceiling(report: dict[str, Any]) -> list[dict[str, Any]]:
         v = _ratio(_cpu(lo), sat_cpu)
         add(f"CPU/cmd paced {lo['rate']:g}/s / saturation", v, f"<= {PACED_CPU_MAX:g}",
             v is not None and v <= PACED_CPU_MAX)
+        # The same figures of the bare responder: the floor's own low-rate factor and
+        # latency, measured in this run (no target: they say what the targets ask of
+        # pika and the broker alone).
+        one = next((r for r in rpc if r["responders"] == 1), None)
+        if (raw_lo := raw_paced.get(lo["rate"])) is not None and one is not None:
+            add(f"raw: CPU/msg paced {lo['rate']:g}/s / saturation",
+                _ratio(_cpu(raw_lo), _cpu(one)), "reference", None)
+        if (raw_hi := raw_paced.get(hi["rate"])) is not None:
+            add(f"raw: reply p99 ms at paced {hi['rate']:g}/s",
+                raw_hi["latency_ms"]["p99"], "reference", None)
     return rows
 
 
@@ -123,8 +137,9 @@ def render(report: dict[str, Any]) -> str:
         row("raw publish/consume (no reply)", raw, "messages", "received",
             raw.get("cpu_ms_per_message"))
     for r in report.get("raw_rpc") or []:
-        row(f"raw request/reply, {_responders(r['responders'])}", r, "commands", "replies",
-            _procs(r["cpu_ms_per_message"], "responders"))
+        name = (f"raw request/reply, {_responders(r['responders'])}" if not r.get("rate")
+                else f"raw paced {r['rate']:g}/s, {_responders(r['responders'])}")
+        row(name, r, "commands", "replies", _procs(r["cpu_ms_per_message"], "responders"))
     row("Staybook at saturation", e2e, "commands", "replies",
         _procs(e2e["cpu_ms_per_command"], "nodes") if e2e and "cpu_ms_per_command" in e2e
         else None)
@@ -146,7 +161,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append("  against the raw request/reply ceiling (targets of issue 12, "
                      "information only):")
         for c in ceiling:
-            mark = {True: "✓", False: "✗", None: "-"}[c["met"]]
+            mark = {True: "✓", False: "✗", None: ""}[c["met"]]
             lines.append(f"    {c['name']:<46}{_fmt(c['value']):>9}   target "
                          f"{c['target']:<10}{mark}")
     if e2e is not None:

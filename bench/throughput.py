@@ -13,7 +13,8 @@ Run it with ``python -m bench.throughput [--options]``. It:
    publish/consume through a durable quorum queue ``<prefix>.bench-raw``, acked here;
    then request/reply, as a node is driven: the bodies to the durable quorum queue
    ``<prefix>.bench-rpc``, answered by 1, then 2 :mod:`bench.responder` processes
-   (one constant reply, an ack, nothing else);
+   (one constant reply, an ack, nothing else); then 1 responder at each ``--paced``
+   rate, the floor of the low-rate figures;
 4. starts ``staybook serve`` (or, with ``--split``, a commands and an events process)
    on a unique prefix and a fresh durable SQLite store, waits for its consumers, and
    publishes the workload pipelined (at most ``--window`` awaiting their reply),
@@ -178,6 +179,33 @@ def _raw_runs(report: dict[str, Any], url: str, raw_queue: str, rpc_queue: str,
             cpu = ms_per(before, meter.read(), rpc["replies"])
         rpc["cpu_ms_per_message"] = {**cpu, "sum": total(cpu, ("responders", "broker"))}
         report["raw_rpc"].append({"responders": n, **rpc})
+    # The floor at the paced rates too: what pika and the broker alone cost per message
+    # when messages come one at a time, so Staybook's low-rate factor has a baseline.
+    for i, rate in enumerate(args.paced):
+        if time.monotonic() > deadline:
+            break
+        paced = _paced_workload(args, i, rate)
+        with responders(url, rpc_queue, 1, work, deadline) as pids:
+            meter = Meter({"responders": pids, "broker": broker})
+            before = meter.read()
+            rpc = run_request_reply(url, rpc_queue, paced, _paced_bound(args, rate), deadline,
+                                    rate=rate)
+            cpu = ms_per(before, meter.read(), rpc["replies"])
+        rpc["cpu_ms_per_message"] = {**cpu, "sum": total(cpu, ("responders", "broker"))}
+        report["raw_rpc"].append({"responders": 1, "rate": rate, **rpc})
+
+
+def _paced_workload(args: argparse.Namespace, i: int, rate: float) -> list[Command]:
+    """The ``i``-th paced rate's workload: ``paced_seconds`` worth of commands."""
+    n = max(1, math.ceil(rate * args.paced_seconds))
+    apartments = min(args.apartments, n)
+    return build_workload(apartments=apartments, hot=min(args.hot, apartments), commands=n,
+                          seed=args.seed + i + 1, today=date.today(), id_prefix=f"p{i + 1}-")
+
+
+def _paced_bound(args: argparse.Namespace, rate: float) -> int:
+    """How many may await a reply in a paced run before the publisher holds back."""
+    return max(int(args.window), math.ceil(rate * PACED_BOUND_S))
 
 
 def _staybook_runs(report: dict[str, Any], url: str, topology: Topology,
@@ -201,14 +229,9 @@ def _staybook_runs(report: dict[str, Any], url: str, topology: Topology,
         for i, rate in enumerate(args.paced):
             if time.monotonic() > deadline:
                 break
-            n = max(1, math.ceil(rate * args.paced_seconds))
-            apartments = min(args.apartments, n)
-            paced = build_workload(apartments=apartments, hot=min(args.hot, apartments),
-                                   commands=n, seed=args.seed + i + 1, today=date.today(),
-                                   id_prefix=f"p{i + 1}-")
-            bound = max(args.window, math.ceil(rate * PACED_BOUND_S))
-            run_paced = functools.partial(run_end_to_end, url, topology, paced, bound,
-                                          deadline, rate=rate)
+            run_paced = functools.partial(run_end_to_end, url, topology,
+                                          _paced_workload(args, i, rate),
+                                          _paced_bound(args, rate), deadline, rate=rate)
             report["paced"].append(
                 {"rate": rate, **_metered(meter, nodes, run_paced, url, topology, deadline)})
     finally:

@@ -42,10 +42,11 @@ def test_the_benchmark_gets_a_reply_for_every_command(
 def _assert_ceiling_and_paced(report: dict[str, Any], printed: str, split: bool) -> None:
     """The raw request/reply runs, the CPU figures and the paced run, by structure."""
     rpc = report["raw_rpc"]
-    assert [r["responders"] for r in rpc] == [1, 2]
+    assert [(r["responders"], r.get("rate")) for r in rpc] == [(1, None), (2, None), (1, 200)]
     for r in rpc:
-        assert r["replies"] == r["commands"] == 300 and r["missing"] == 0
-        assert r["status"] == {"ok": 300, "rejected": 0, "error": 0}
+        n = 400 if r.get("rate") else 300  # the paced run: 2 s at 200/s
+        assert r["replies"] == r["commands"] == n and r["missing"] == 0
+        assert r["status"] == {"ok": n, "rejected": 0, "error": 0}
         cpu = r["cpu_ms_per_message"]
         assert isinstance(cpu["responders"], float) and cpu["responders"] >= 0
         assert cpu["broker"] is None and cpu["sum"] is None  # an external broker: unseen
@@ -68,9 +69,11 @@ def _assert_ceiling_and_paced(report: dict[str, Any], printed: str, split: bool)
     assert [c["name"] for c in ceiling] == [
         "CPU/cmd saturation / raw, 1 responder", "CPU/cmd saturation / raw, 2 responders",
         "cmd/s saturation / best raw cmd/s", "reply p99 ms at paced 200/s",
-        "CPU/cmd paced 200/s / saturation"]
+        "CPU/cmd paced 200/s / saturation", "raw: CPU/msg paced 200/s / saturation",
+        "raw: reply p99 ms at paced 200/s"]
     assert ceiling[0]["value"] is None and ceiling[0]["met"] is None  # no broker CPU
     for label in ("raw request/reply, 1 responder", "raw request/reply, 2 responders",
+                  "raw paced 200/s, 1 responder",
                   "Staybook at saturation", "Staybook paced 200/s",
                   "against the raw request/reply ceiling"):
         assert label in printed

@@ -150,13 +150,20 @@ def _staybook(n: int, rate: float, p99: float, cpu_sum: float | None,
 
 def _report(*, sat_cpu: float | None = 4.0, raw_cpu: tuple[float | None, ...] = (1.0, 2.5),
             paced: tuple[tuple[float, float, float | None], ...] = ((150, 12.0, 5.0),
-                                                                   (500, 80.0, 4.0))
+                                                                   (500, 80.0, 4.0)),
+            raw_paced: tuple[tuple[float, float, float], ...] = ((150, 20.0, 3.0),
+                                                                 (500, 30.0, 2.0))
             ) -> dict[str, Any]:
     rpc = [{"responders": i + 1, "commands": 1000, "replies": 1000, "missing": 0,
             "completed_in_time": True, "rate_per_s": 2000.0 * (i + 1),
             "latency_ms": _lat(5, 9),
             "cpu_ms_per_message": {"responders": c, "broker": c, "sum": c}}
            for i, c in enumerate(raw_cpu)]
+    rpc += [{"responders": 1, "rate": r, "commands": int(r * 15), "replies": int(r * 15),
+             "missing": 0, "completed_in_time": True, "rate_per_s": r,
+             "latency_ms": _lat(p99 / 4, p99),
+             "cpu_ms_per_message": {"responders": c / 2, "broker": c / 2, "sum": c}}
+            for r, p99, c in raw_paced]
     pacing = {"rate_per_s": 0, "bound": 1500, "stalls": 0, "stalled_s": 0.0,
               "max_lag_ms": 1.5}
     return {
@@ -182,7 +189,8 @@ def test_staybook_against_the_ceiling_with_the_targets() -> None:
     assert list(rows) == [
         "CPU/cmd saturation / raw, 1 responder", "CPU/cmd saturation / raw, 2 responders",
         "cmd/s saturation / best raw cmd/s", "reply p99 ms at paced 500/s",
-        "CPU/cmd paced 150/s / saturation"]
+        "CPU/cmd paced 150/s / saturation", "raw: CPU/msg paced 150/s / saturation",
+        "raw: reply p99 ms at paced 500/s"]
     one, two = rows["CPU/cmd saturation / raw, 1 responder"], \
         rows["CPU/cmd saturation / raw, 2 responders"]
     assert (one["value"], one["met"]) == (4.0, False)
@@ -193,6 +201,10 @@ def test_staybook_against_the_ceiling_with_the_targets() -> None:
     assert (p99["value"], p99["met"], p99["target"]) == (80.0, False, "< 50 ms")
     paced = rows["CPU/cmd paced 150/s / saturation"]
     assert (paced["value"], paced["met"]) == (1.25, True)
+    # The bare responder's own figures at the paced rates: a reference, no verdict.
+    floor = rows["raw: CPU/msg paced 150/s / saturation"]
+    assert (floor["value"], floor["met"], floor["target"]) == (3.0, None, "reference")
+    assert rows["raw: reply p99 ms at paced 500/s"]["value"] == 30.0
 
 
 def test_no_ratio_and_no_verdict_where_a_cpu_is_unavailable() -> None:
@@ -203,7 +215,7 @@ def test_no_ratio_and_no_verdict_where_a_cpu_is_unavailable() -> None:
 
 
 def test_without_raw_or_paced_runs_only_what_can_be_compared() -> None:
-    rows = report.against_ceiling(_report(raw_cpu=(), paced=()))
+    rows = report.against_ceiling(_report(raw_cpu=(), paced=(), raw_paced=()))
     assert [(r["name"], r["value"], r["met"]) for r in rows] == [
         ("cmd/s saturation / best raw cmd/s", None, None)]
 
@@ -214,7 +226,8 @@ def test_the_table_shows_every_run_the_ratios_and_their_markers() -> None:
     text = report.render(r)
     lines = text.splitlines()
     for name in ("raw publish/consume (no reply)", "raw request/reply, 1 responder",
-                 "raw request/reply, 2 responders", "Staybook at saturation",
+                 "raw request/reply, 2 responders", "raw paced 150/s, 1 responder",
+                 "raw paced 500/s, 1 responder", "Staybook at saturation",
                  "Staybook paced 150/s", "Staybook paced 500/s"):
         assert sum(line.strip().startswith(name) for line in lines) == 1, name
     raw = next(line for line in lines if "raw publish/consume" in line)
@@ -222,8 +235,9 @@ def test_the_table_shows_every_run_the_ratios_and_their_markers() -> None:
     sat = next(line for line in lines if line.strip().startswith("Staybook at saturation"))
     assert sat.split()[-3:] == ["3.00", "1.00", "4.00"]
     marks = [line for line in lines if "target" in line and line.startswith("    ")]
-    assert len(marks) == 5
-    assert [m.split()[-1] for m in marks] == ["✗", "✓", "✗", "✗", "✓"]
+    assert len(marks) == 7
+    assert [m.split()[-1] for m in marks] == ["✗", "✓", "✗", "✗", "✓", "reference",
+                                              "reference"]
     assert "paced 500/s: ok 7490, rejected 10, error 0; missing 0" in text
 
 
@@ -240,6 +254,9 @@ def test_the_exit_status_is_about_answers_not_targets() -> None:
     short_rpc["raw_rpc"][1]["replies"] = 999
     assert report.exit_code(short_rpc, skip_raw=False) == 1
     assert report.exit_code(short_rpc, skip_raw=True) == 0
+    no_raw_paced = _report()
+    no_raw_paced["raw_rpc"].pop()
+    assert report.exit_code(no_raw_paced, skip_raw=False) == 1  # a raw paced rate never ran
     skipped = _report()
     skipped["paced"].pop()
     assert report.exit_code(skipped, skip_raw=False) == 1  # a paced rate never ran
