@@ -286,7 +286,8 @@ class PartitionIntake:
     others: a release cancels the consumer and lets its deliveries settle (on a thread
     of its own, so the membership loop never waits), and the partition counts as held
     until that is done. It is called at every beat, so it also restarts a consumer
-    whose thread died (the consumers reconnect by themselves; this is for the rest).
+    that stopped or whose hub's thread died (the hub reconnects by itself; this is for
+    the rest). Every partition is a channel on the broker's one consumer connection.
 
     Args:
         broker: the RabbitMQ broker.
@@ -353,7 +354,7 @@ class PartitionIntake:
                 log.info("releasing partition %d", p)
                 t.start()
             for p in sorted(partitions & set(self._active)):
-                if not self._active[p].is_alive():  # its thread died: start it again
+                if not self._active[p].is_alive():  # it stopped, or the hub died: start it again
                     log.warning("partition %d: consumer died; restarting it", p)
                     self._active[p].start()
                     self.restarted += 1

@@ -114,14 +114,14 @@ def test_a_handoff_requeues_nothing_that_was_handled(
     assert a.partitions.released >= parts_n // 2 - 1
 
 
-def test_a_partition_consumer_whose_thread_ended_is_started_again(
+def test_a_partition_consumer_that_stopped_is_started_again(
         node_factory: Callable[..., Node], amqp_url: str) -> None:
     a = node_factory(node_name="a", roles=["commands"], cluster=FAST)
     parts = a.partitions
     assert parts is not None
     eventually(lambda: _settled([a], a.topology.partitions))
     victim = parts.consumers()[0]
-    victim.stop(0.0)  # its thread ends, as if it had died
+    victim.stop(0.0)  # it stops consuming, as if it had died
     eventually(lambda: parts.restarted >= 1 and victim.is_alive(), timeout=15)
     eventually(lambda: _consumers(amqp_url, a.topology.intake_queues()[:1]) == [1])
 
