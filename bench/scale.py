@@ -122,7 +122,8 @@ class Plan:
 
 def search_plan(conn: Connection, q: SearchApartments) -> Plan:
     """The plans of both of ``q``'s statements (SQLite: EXPLAIN QUERY PLAN; PostgreSQL:
-    EXPLAIN), and whether they find the city by ``city_key``'s index and each
+    EXPLAIN), and whether they find the city by the index on ``city_key`` (the covering
+    ``ix_search_apartments_city_price``) and each
     apartment's taken nights by key, never scanning the apartments or taken nights.
 
     PostgreSQL plans by its statistics: on a small store it may rightly scan."""
@@ -136,7 +137,7 @@ def search_plan(conn: Connection, q: SearchApartments) -> Plan:
     scans = [s for s in lines for t in ("search_apartments", "search_booked")
              if s.startswith(f"SCAN {t}") or f"Seq Scan on {t}" in s]
     return Plan(lines,
-                city_by_index=not scans and any("ix_search_apartments_city_key" in s
+                city_by_index=not scans and any("ix_search_apartments_city_price" in s
                                                 for s in lines),
                 nights_by_key=not scans and any(
                     ("SEARCH search_booked USING" in s) if sqlite

@@ -95,10 +95,15 @@ class SearchApartmentRow(SQLModel, table=True):
     """
 
     __tablename__ = "search_apartments"
+    # A city's hits in price order, with what the filter reads (capacity; the id for
+    # the booked and delisted probes), from the index alone: no table row is read and
+    # nothing sorted until the page's own rows are fetched (migration 0007).
+    __table_args__ = (Index("ix_search_apartments_city_price", "city_key", "price_per_night",
+                            "apartment_id", "capacity"),)
 
     apartment_id: str = Field(primary_key=True, max_length=100)
     city: str = Field(max_length=100, index=True)
-    city_key: str = Field(max_length=300, index=True)
+    city_key: str = Field(max_length=300)  # indexed first in ix_search_apartments_city_price
     title: str = Field(max_length=200)
     price_per_night: int = Field(index=True)
     capacity: int
