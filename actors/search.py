@@ -412,8 +412,10 @@ def matching(q: SearchApartments) -> ColumnElement[bool]:
     if q.max_price is not None:
         cond.append(apts.c.price_per_night <= q.max_price)
     if q.start is not None and q.end is not None:
-        taken = exists().where(and_(booked.c.apartment_id == apts.c.apartment_id,
-                                    booked.c.start < q.end, q.start < booked.c.end))
+        # Only the key selected, so the index on (apartment_id, start, end) answers it.
+        taken = select(booked.c.apartment_id).where(and_(
+            booked.c.apartment_id == apts.c.apartment_id,
+            booked.c.start < q.end, q.start < booked.c.end)).exists()
         cond.append(not_(taken))
     return and_(*cond)
 

@@ -141,7 +141,8 @@ def search_plan(conn: Connection, q: SearchApartments) -> Plan:
                                                 for s in lines),
                 nights_by_key=not scans and any(
                     ("SEARCH search_booked USING" in s) if sqlite
-                    else ("search_booked_pkey" in s) for s in lines))
+                    else ("search_booked_pkey" in s or "ix_search_booked_nights" in s)
+                    for s in lines))
 
 
 def requests(cat: Catalog, n: int, seed: int, today: date) -> list[Command]:

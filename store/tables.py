@@ -113,6 +113,8 @@ class SearchBookedRow(SQLModel, table=True):
     """Nights [start, end) an apartment is not offered for."""
 
     __tablename__ = "search_booked"
+    # The search's "taken for these dates?" probe, from the index alone (migration 0008).
+    __table_args__ = (Index("ix_search_booked_nights", "apartment_id", "start", "end"),)
 
     apartment_id: str = Field(primary_key=True, max_length=100)
     reservation_id: str = Field(primary_key=True, max_length=100)

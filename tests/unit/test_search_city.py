@@ -76,6 +76,7 @@ def test_city_search_pages_from_the_covering_index(listed: Engine) -> None:
     assert "ix_search_apartments_city_price" in plan, plan
     if c.dialect.name == "sqlite":  # the page of ids and the total: no table row read
         assert "COVERING INDEX ix_search_apartments_city_price" in plan, plan
+        assert "COVERING INDEX ix_search_booked_nights" in plan, plan
 
 
 def test_city_key_is_python_casefold() -> None:

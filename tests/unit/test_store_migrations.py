@@ -31,7 +31,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0007_search_covering"
+HEAD = "0008_search_booked_nights"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -53,6 +53,7 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
         SQLModel.metadata.create_all(eng)
         with eng.begin() as c:
             c.execute(text("DROP INDEX ix_search_apartments_city_price"))
+            c.execute(text("DROP INDEX ix_search_booked_nights"))
             c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
             c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
             c.execute(text("DROP TABLE dead_letters"))
@@ -74,7 +75,8 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
     assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
-                                 "0004_dead_letters", "0005_outbox_prune", "0006_snapshots", HEAD}
+                                 "0004_dead_letters", "0005_outbox_prune", "0006_snapshots",
+                                 "0007_search_covering", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
