@@ -466,8 +466,7 @@ class RabbitConsumer:
             log.warning("%s: channel closed by the broker; consuming again in %.1fs",
                         self.name, self._backoff)
             self._lost()
-            self._retry_at = now + self._backoff
-            self._backoff = min(self._backoff * 2, self._hub._max_delay)
+            self._retry_later(now)
             return
         if now < self._retry_at:
             return
@@ -479,10 +478,14 @@ class RabbitConsumer:
         except pika.exceptions.ChannelClosedByBroker as exc:
             log.warning("%s: cannot consume %s (%s); trying again in %.1fs",
                         self.name, self.queue, exc.reply_text, self._backoff)
-            self._retry_at = now + self._backoff
-            self._backoff = min(self._backoff * 2, self._hub._max_delay)
+            self._retry_later(now)
             return
         self._channel, self._cancelled, self._outstanding = ch, False, 0
+
+    def _retry_later(self, now: float) -> None:
+        """Open the channel again after the backoff, which doubles up to the hub's cap."""
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self._hub._max_delay)
 
     def _on_cancelled(self, ch: BlockingChannel) -> None:
         # The broker cancelled us (queue deleted, leader gone): close the channel so
@@ -514,8 +517,7 @@ class RabbitConsumer:
                             self._drain_seconds)
             with contextlib.suppress(AMQPError, OSError):
                 ch.close()
-        self._lost()
-        self._done.set()
+        self._lost()  # not wanted, so this also lets stop return
         return True
 
     def _lost(self) -> None:
