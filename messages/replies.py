@@ -80,10 +80,16 @@ class SearchResults(Message):
     ``wait_ms`` (or too many queries were already waiting): the hits are then the read
     model as it stood and may miss that write, so search again later or show them as
     possibly stale. None when the query gave no ``after``.
+
+    ``total`` is exact up to 1,000 matches (or up to the query's ``offset + limit``,
+    when that is more). Past it, counting every match of a large city would cost more
+    than the page itself, so ``total`` is that bound and ``total_exact`` is False:
+    show "1,000+". Paging is unaffected.
     """
 
     apartments: list[ApartmentHit]
     total: int
+    total_exact: bool = True
     start: date | None = None
     end: date | None = None
     caught_up: bool | None = None

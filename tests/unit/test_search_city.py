@@ -82,3 +82,36 @@ def test_city_search_pages_from_the_covering_index(listed: Engine) -> None:
 def test_city_key_is_python_casefold() -> None:
     assert city_key("Straße") == "strasse"
     assert city_key("ΣΊΣΥΦΟΣ") == "σίσυφοσ"
+
+
+@pytest.fixture
+def porto(engine: Engine) -> Engine:
+    """Seven apartments in Porto at prices 100..700, written by search's reactions."""
+    actor = SearchActor("search", EventStore(engine), StoreWriter(engine), lambda _f: None)
+    with engine.begin() as conn:
+        for n in range(1, 8):
+            added = ApartmentAdded(owner_id="o1", city="Porto", title=f"Flat {n}",
+                                   price_per_night=100 * n, capacity=2)
+            apply_effects(conn, actor.react(Envelope.new(added, apartment_id=f"p{n}")).effects)
+    return engine
+
+
+@pytest.mark.parametrize(("offset", "limit", "bound", "total", "exact", "page"), [
+    (0, 2, 10, 7, True, [100, 200]),     # under the bound: exact
+    (0, 2, 7, 7, True, [100, 200]),      # exactly at it: still exact
+    (0, 2, 3, 3, False, [100, 200]),     # past it: the bound, marked inexact
+    (2, 2, 3, 4, False, [300, 400]),     # a deeper page counts as far as it reaches
+    (4, 3, 3, 7, True, [500, 600, 700]),
+    (6, 2, 3, 7, True, [700]),           # the last page: exact again
+    (8, 2, 3, 7, True, []),              # past the last hit: the count alone answers
+])
+def test_the_total_is_exact_up_to_a_bound(porto: Engine, offset: int, limit: int, bound: int,
+                                          total: int, exact: bool, page: list[int]) -> None:
+    q = SearchApartments(city="porto", offset=offset, limit=limit)
+    results = search(porto.connect, q, total_limit=bound)
+    assert (results.total, results.total_exact) == (total, exact)
+    assert [a.price_per_night for a in results.apartments] == page
+    desc = search(porto.connect, q.model_copy(update={"sort": "price_desc"}), total_limit=bound)
+    assert (desc.total, desc.total_exact) == (total, exact)
+    prices = [100 * n for n in range(7, 0, -1)]
+    assert [a.price_per_night for a in desc.apartments] == prices[offset:offset + limit]
