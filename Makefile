@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RABBIT := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: demo serve cluster test unit lint bench bench-nodes drill drill-cluster rabbitmq postgresql clean
+.PHONY: demo serve cluster broker-cluster test unit lint bench bench-nodes drill drill-cluster drill-broker rabbitmq postgresql clean
 
 $(BIN)/staybook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ serve: $(BIN)/staybook
 # Three nodes on one local RabbitMQ and one store; Ctrl-C stops them all.
 cluster: $(BIN)/staybook
 	$(BIN)/staybook cluster --nodes 3
+
+# A 3-node RabbitMQ cluster on ports 5701-5703 (stop: staybook broker cluster stop).
+broker-cluster: $(BIN)/staybook rabbitmq
+	$(BIN)/staybook broker cluster start
 
 # Debian's rabbitmq-server: the tests start private nodes with its binaries.
 rabbitmq:
@@ -67,6 +71,11 @@ drill: $(BIN)/staybook rabbitmq
 CLUSTER_DRILL_SECONDS ?= 600
 drill-cluster: $(BIN)/staybook rabbitmq postgresql
 	$(BIN)/python -m tests.faults.cluster_drill --seconds $(CLUSTER_DRILL_SECONDS)
+
+# Two nodes on PostgreSQL and a 3-node RabbitMQ cluster: the broker's leader node
+# killed, a rolling restart, a broker node and a Staybook node down at once.
+drill-broker: $(BIN)/staybook rabbitmq postgresql
+	$(BIN)/python -m tests.faults.broker_drill
 
 clean:
 	rm -rf $(VENV) .staybook *.egg-info

@@ -60,9 +60,9 @@ from bench.procs import SetupFailed, delete_prefix, private_broker, start_node
 from bench.throughput import positive
 from bench.workload import Command
 from broker.client import Client, NoReply, NotConfirmed
-from broker.rabbitmq import redact_url, wait_for_broker
+from broker.rabbitmq import wait_for_broker
 from broker.topology import Topology
-from config import DEFAULT_PARTITIONS, ActorSettings
+from config import DEFAULT_PARTITIONS, ActorSettings, redact_url
 from console.control_client import ControlClient, ControlFailed
 from console.localbroker import log_tail
 from console.localdb import create_database, local_postgresql

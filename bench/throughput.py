@@ -86,9 +86,9 @@ from bench.procs import (
 )
 from bench.report import against_ceiling, exit_code, render
 from bench.workload import Command, build_workload
-from broker.rabbitmq import redact_url, wait_for_broker
+from broker.rabbitmq import wait_for_broker
 from broker.topology import Topology
-from config import DEFAULT_PARTITIONS
+from config import DEFAULT_PARTITIONS, redact_url
 from console.control_client import ControlClient, ControlFailed
 from console.localbroker import log_tail
 from messages import new_id

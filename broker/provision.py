@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import subprocess
@@ -61,6 +62,23 @@ def plan(prefix: str, vhost: str, accounts: list[Account], *,
         steps.append(["add_user", a.user, a.password])
         steps.append(["set_permissions", "-p", vhost, a.user, *permissions(prefix, a.role)])
     return steps
+
+
+def replication_plan(prefix: str, vhost: str, nodes: list[str]) -> list[list[str]]:
+    """The ``rabbitmq-queues`` argument lists that give every ``<prefix>.`` quorum queue
+    of ``vhost`` a replica on each of ``nodes`` (a cluster's members).
+
+    Queues declared after a cluster formed already have one on every member; this
+    is for those declared before a node joined (run it again after adding one).
+    """
+    return [["grow", node, "all", "--vhost-pattern", f"^{re.escape(vhost)}$",
+             "--queue-pattern", rf"^{re.escape(prefix)}\."] for node in sorted(nodes)]
+
+
+def cluster_nodes(run: Callable[..., str]) -> list[str]:
+    """The running members of the cluster ``run`` (a ``rabbitmqctl`` runner) reaches."""
+    status = json.loads(run("cluster_status", "--formatter", "json"))
+    return sorted(status.get("running_nodes", []))
 
 
 def apply(steps: list[list[str]], run: Callable[..., str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from pika.spec import Basic, BasicProperties
 
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
 from broker.topology import HASH_EXCHANGE_TYPE, HASH_PLUGIN, Topology
+from config import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +37,36 @@ class BrokerSetupError(Exception):
     """The broker cannot hold Staybook's topology (one line saying what to do)."""
 
 
-def connection_parameters(url: str, *, heartbeat: int = 30) -> pika.URLParameters:
-    """Parameters for ``url`` with Staybook's heartbeat and timeouts."""
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = 60
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    return params
+def broker_urls(url: str) -> list[str]:
+    """The broker URLs in ``url``: one AMQP URL, or a cluster's, separated by commas.
+
+    Raises:
+        ValueError: when there is none.
+    """
+    urls = [u.strip() for u in url.split(",") if u.strip()]
+    if not urls:
+        raise ValueError("no RabbitMQ URL given; set STAYBOOK_BROKER__URL")
+    return urls
 
 
-def redact_url(url: str) -> str:
-    """``url`` for messages and logs: the user kept, the password replaced by ``***``."""
-    scheme, sep, rest = url.partition("//")
-    if not sep or "@" not in rest:
-        return url
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}//{user}:***@{host}" if user else f"{scheme}//***@{host}"
+def connection_parameters(url: str, *, heartbeat: int = 30) -> list[pika.URLParameters]:
+    """Parameters for each broker in ``url``, with Staybook's heartbeat and timeouts.
+
+    With a cluster's URLs the list starts at a random one and wraps around: pika's
+    ``BlockingConnection`` tries them in order, so clients spread over the nodes, and
+    one that reconnects after its node went away does not always try that node first.
+    """
+    urls = broker_urls(url)
+    start = random.randrange(len(urls))
+    out = []
+    for u in urls[start:] + urls[:start]:
+        params = pika.URLParameters(u)
+        params.heartbeat = heartbeat
+        params.blocked_connection_timeout = 60
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        out.append(params)
+    return out
 
 
 def connection_problem(exc: BaseException) -> str:
@@ -112,8 +126,8 @@ class RabbitBroker(Broker):
         self._hub_lock = threading.Lock()
         self._hub: ConsumerHub | None = None
 
-    def params(self) -> pika.URLParameters:
-        """Fresh connection parameters."""
+    def params(self) -> list[pika.URLParameters]:
+        """Fresh connection parameters, one per broker of the cluster (random start)."""
         return connection_parameters(self.url, heartbeat=self.heartbeat)
 
     def declare(self) -> None:
@@ -152,6 +166,12 @@ class RabbitBroker(Broker):
         return hub.subscribe(queue, on_delivery, prefetch=prefetch, name=name,
                              drain_seconds=self.drain_seconds if drain_seconds is None
                              else drain_seconds)
+
+    @property
+    def reconnects(self) -> int:
+        """How often the consumers' connection was lost and opened again."""
+        hub = self._hub
+        return 0 if hub is None else hub.reconnects
 
     def close(self) -> None:
         """Stop the consumers' hub (its consumers were stopped, and drained, before)."""
@@ -674,11 +694,13 @@ class AsyncConfirmPublisher(Publisher):
     are published ``mandatory``: an unroutable one fails its batch.
 
     Args:
-        params: connection parameters.
+        params: connection parameters, one per broker of a cluster: tried in order
+            until one opens.
     """
 
-    def __init__(self, params: pika.ConnectionParameters) -> None:
-        self._params = params
+    def __init__(self, params: Sequence[pika.ConnectionParameters]) -> None:
+        self._params = list(params)
+        self._opened = False
         self._ready = threading.Event()
         self._closed = threading.Event()
         self._error: str | None = None
@@ -695,13 +717,19 @@ class AsyncConfirmPublisher(Publisher):
 
     def _run(self) -> None:
         try:
-            self._conn = pika.SelectConnection(
-                self._params,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_close,
-            )
-            self._conn.ioloop.start()
+            # A broker that refuses is left for the next; one that opened and then
+            # closed ends this publisher (its owner makes a new one, from the start).
+            for params in self._params:
+                self._error = None
+                self._conn = pika.SelectConnection(
+                    params,
+                    on_open_callback=self._on_open,
+                    on_open_error_callback=self._on_open_error,
+                    on_close_callback=self._on_close,
+                )
+                self._conn.ioloop.start()
+                if self._opened:
+                    break
         except Exception as exc:  # noqa: BLE001 - reported through _error
             self._error = repr(exc)
         finally:
@@ -710,6 +738,7 @@ class AsyncConfirmPublisher(Publisher):
             self._ready.set()
 
     def _on_open(self, conn: pika.SelectConnection) -> None:
+        self._opened = True
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException) -> None:
@@ -840,7 +869,8 @@ def wait_for_broker(url: str, timeout: float = 60.0) -> None:
         except (AMQPError, OSError) as exc:
             last = exc
             time.sleep(0.5)
-    raise TimeoutError(f"RabbitMQ at {url} did not answer in {timeout}s: {last!r}")
+    raise TimeoutError(f"RabbitMQ at {redact_url(url)} did not answer in {timeout}s: "
+                       f"{connection_problem(last) if last else 'no attempt'}")
 
 
 def all_consumed(url: str, queues: Sequence[str]) -> bool:

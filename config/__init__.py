@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,8 @@ CONFIG_DIR = Path(__file__).resolve().parent
 DEFAULT_TOML = CONFIG_DIR / "default.toml"
 # The plugins every RabbitMQ node Staybook starts enables (the consistent-hash exchange).
 RABBITMQ_PLUGINS_FILE = CONFIG_DIR / "rabbitmq" / "plugins"
+# A local cluster's nodes add the management API (ctl queues reads leaders from it).
+RABBITMQ_CLUSTER_PLUGINS_FILE = CONFIG_DIR / "rabbitmq" / "plugins-cluster"
 
 
 DEFAULT_PARTITIONS = 16
@@ -36,8 +38,14 @@ ROLES: tuple[Role, ...] = ("commands", "events")
 class BrokerSettings(BaseModel):
     """How to reach RabbitMQ and how hard to push it."""
 
+    # One AMQP URL, or a cluster's nodes separated by commas: clients connect to any
+    # of them and move to another when theirs goes away.
     url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     prefix: str = "staybook"
+    # The RabbitMQ management API (http://user:password@host:15672, or a cluster's,
+    # comma-separated): where `staybook ctl queues` reads each queue's leader and
+    # replicas. Optional: depths and consumers need only AMQP.
+    management_url: str | None = None
     prefetch: int = Field(512, ge=1, le=10_000)
     handler_prefetch: int = Field(256, ge=1, le=10_000)
     heartbeat: int = Field(30, ge=0, le=600)
@@ -53,6 +61,18 @@ class BrokerSettings(BaseModel):
     # queue that every node consumes at once (no per-apartment order across nodes; the
     # store's fence still prevents double bookings; used to test exactly that).
     partitions: int = Field(DEFAULT_PARTITIONS, ge=0, le=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_urls(cls, url: str) -> str:
+        """Each of the comma-separated URLs is an AMQP one (no password in the error)."""
+        urls = [u.strip() for u in url.split(",") if u.strip()]
+        if not urls:
+            raise ValueError("give at least one amqp:// URL")
+        for u in urls:
+            if not u.startswith(("amqp://", "amqps://")):
+                raise ValueError(f"'{u.split('@')[-1]}' is not an amqp:// or amqps:// URL")
+        return ",".join(urls)
 
 
 class ClusterSettings(BaseModel):
@@ -276,10 +296,25 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         first = exc.errors()[0]
         where = "STAYBOOK_" + "__".join(str(p).upper() for p in first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"bad setting {where}: {first['msg']}, got "
-                          f"{str(first.get('input'))[:60]!r}{more}") from None
+        got = redact_url(str(first.get("input")))[:60]
+        raise ConfigError(f"bad setting {where}: {first['msg']}, got {got!r}{more}") from None
     except (OSError, ValueError) as exc:  # an unreadable or malformed TOML file
         raise ConfigError(f"cannot read the configuration: {exc}") from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or several, comma-separated) for messages and logs: each user kept, each
+    password replaced by ``***``."""
+    return ",".join(_redact_one(u) for u in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("//")
+    if not sep or "@" not in rest:
+        return url
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}//{user}:***@{host}" if user else f"{scheme}//***@{host}"
 
 
 __all__ = [
@@ -298,5 +333,6 @@ __all__ = [
     "SupervisionSettings",
     "SupervisorSettings",
     "load_settings",
+    "redact_url",
     "unknown_variables",
 ]

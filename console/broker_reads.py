@@ -6,13 +6,21 @@ are known while every node is down (which is when they matter most).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
 
 import pika
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 
 from broker.topology import Topology
+
+log = logging.getLogger(__name__)
 
 
 def queue_names(topology: Topology) -> list[str]:
@@ -50,3 +58,38 @@ def dead_letter_depth(conn: pika.BlockingConnection, topology: Topology) -> int 
         if ch.is_open:
             with contextlib.suppress(AMQPError):
                 ch.close()
+
+
+def queue_replicas(management_url: str, vhost: str, prefix: str, *,
+                   timeout: float = 5.0) -> dict[str, dict[str, Any]] | None:
+    """Each ``<prefix>.`` quorum queue's leader, members and online members, from the
+    management API of the first node of ``management_url`` that answers.
+
+    None when no node answered (the reason goes to the log at DEBUG).
+    """
+    for base in [u.strip() for u in management_url.split(",") if u.strip()]:
+        parts = urllib.parse.urlsplit(base)
+        if parts.scheme not in ("http", "https"):
+            log.debug("management URL %s: not http(s)", parts.hostname)
+            continue
+        host = parts.hostname or "localhost"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        path = (f"/api/queues/{urllib.parse.quote(vhost, safe='')}"
+                "?columns=name,type,leader,members,online")
+        request = urllib.request.Request(f"{parts.scheme}://{netloc}{path}")  # noqa: S310
+        if parts.username:
+            token = f"{urllib.parse.unquote(parts.username)}:" \
+                    f"{urllib.parse.unquote(parts.password or '')}"
+            request.add_header("Authorization",
+                               "Basic " + base64.b64encode(token.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                rows = json.load(response)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.debug("management API at %s: %r", netloc, exc)
+            continue
+        return {r["name"]: {"leader": r.get("leader"), "members": sorted(r.get("members", [])),
+                            "online": sorted(r.get("online", []))}
+                for r in rows if r.get("type") == "quorum"
+                and str(r.get("name", "")).startswith(f"{prefix}.")}
+    return None

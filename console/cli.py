@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from datetime import date
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -370,6 +371,55 @@ def broker_stop() -> None:
         typer.echo("no local RabbitMQ was running (staybook-dev@localhost): nothing to stop")
 
 
+class ClusterAction(StrEnum):
+    """What ``staybook broker cluster`` does."""
+
+    START = "start"
+    STOP = "stop"
+    STATUS = "status"
+    REBALANCE = "rebalance"
+
+
+@broker_app.command("cluster")
+def broker_cluster(action: Annotated[ClusterAction, typer.Argument(
+        help="start (the default), stop, status (members, queue leaders and replicas), "
+             "or rebalance (spread queue leaders over the nodes)")]
+        = ClusterAction.START) -> None:
+    """A 3-node RabbitMQ cluster on this machine (ports 5701-5703), for development.
+
+    Every quorum queue declared once it runs has a replica on all three nodes.
+    """
+    from console.localbroker import BrokerUnavailable
+    from console.localcluster import LocalCluster
+    cluster = LocalCluster.dev(STATE_DIR / "cluster")
+    try:
+        if action is ClusterAction.STOP:
+            stopped = cluster.stop()
+            typer.echo("stopped the local cluster" if stopped
+                       else "no node of the local cluster was running: nothing to stop")
+            return
+        if action is ClusterAction.START:
+            typer.echo(f"starting a 3-node RabbitMQ cluster (data in {cluster.state_dir}) ...")
+            cluster.start()
+        if action is ClusterAction.REBALANCE and not cluster.rebalance():
+            typer.echo("staybook: rebalancing failed; is the local cluster running? "
+                       "(staybook broker cluster status)", err=True)
+            raise typer.Exit(1)
+        members = cluster.members()
+        if not members:
+            typer.echo("staybook: no node of the local cluster is running; start it with: "
+                       "staybook broker cluster start", err=True)
+            raise typer.Exit(2)
+        typer.echo(f"running: {', '.join(members)}")
+        for name, q in sorted(cluster.quorum_queues().items()):
+            typer.echo(f"  {name}: leader {q.leader}, {len(q.members)} replicas")
+        typer.echo(f"export STAYBOOK_BROKER__URL='{cluster.url}'")
+        typer.echo(f"export STAYBOOK_BROKER__MANAGEMENT_URL='{cluster.management_url}'")
+    except BrokerUnavailable as exc:
+        typer.echo(f"staybook: {str(exc).splitlines()[0]}", err=True)
+        raise typer.Exit(2) from None
+
+
 # --- operator console: broker provisioning (broker/provision.py) ---------------------
 def _password(role: str) -> str:
     env = f"STAYBOOK_PROVISION_{role.upper()}_PASSWORD"
@@ -394,12 +444,16 @@ def broker_provision(
     definitions: Annotated[Path | None, typer.Option(
         help="write a definitions file instead (load: rabbitmqctl import_definitions FILE)")]
     = None,
+    replicate: Annotated[bool, typer.Option(
+        help="give every quorum queue a replica on each cluster node (rabbitmq-queues grow)")]
+    = True,
 ) -> None:
     """Create the vhost, the node / operator / producer users and their permissions.
 
+    On a cluster, also give every Staybook quorum queue a replica on each running node.
     Passwords come from STAYBOOK_PROVISION_{NODE,OPERATOR,PRODUCER}_PASSWORD or a prompt.
     """
-    from broker.provision import Account, apply, plan, rabbitmqctl
+    from broker.provision import Account, apply, cluster_nodes, plan, rabbitmqctl
     from broker.provision import definitions as make_definitions
 
     prefix = _settings().broker.prefix
@@ -414,7 +468,27 @@ def broker_provision(
         return
     for line in apply(plan(prefix, vhost, accounts), rabbitmqctl(ctl)):
         typer.echo(line)
+    if replicate:
+        _replicate(prefix, vhost, cluster_nodes(rabbitmqctl(ctl)),
+                   str(Path(ctl).with_name("rabbitmq-queues")))
     typer.echo(f"add {operator_user} to control.operators on every node")
+def _replicate(prefix: str, vhost: str, nodes: list[str], queues_ctl: str) -> None:
+    """Grow every Staybook quorum queue onto each of ``nodes`` (one line per node)."""
+    import subprocess
+
+    from broker.provision import rabbitmqctl, replication_plan
+    if len(nodes) < 2:
+        typer.echo("one broker node: no replicas to add")
+        return
+    run = rabbitmqctl(queues_ctl)
+    for step in replication_plan(prefix, vhost, nodes):
+        try:
+            run(*step)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            typer.echo(f"staybook: rabbitmq-queues grow {step[1]} failed ({exc}); "
+                       "run it again once that node is up", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"replicas of {prefix}.* on {step[1]}")
 # --- end broker provisioning ---------------------------------------------------------
 
 
@@ -573,7 +647,7 @@ def _redact_store(url: str) -> str:
 
 
 def _redact(url: str) -> str:
-    from broker.rabbitmq import redact_url
+    from config import redact_url
 
     return redact_url(url)
 

@@ -42,7 +42,7 @@ class ControlClient:
 
     def __init__(self, url: str, topology: Topology, *, ttl: float = 10.0) -> None:
         params = connection_parameters(url)
-        self.user: str = params.credentials.username
+        self.user: str = params[0].credentials.username
         self.topology = topology
         self._ttl = ttl
         self._conn = pika.BlockingConnection(params)

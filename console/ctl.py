@@ -22,9 +22,10 @@ from typing import Annotated, Any
 import typer
 from pika.exceptions import AMQPError
 
+from broker.rabbitmq import connection_parameters
 from broker.topology import topology_of
-from config import ConfigError, load_settings
-from console.broker_reads import queue_stats
+from config import ConfigError, load_settings, redact_url
+from console.broker_reads import queue_replicas, queue_stats
 from console.control_client import ControlFailed
 from console.ctl_context import CtlContext, ask, broker_failed, console_url, context_of
 from console.ctl_dlq import dlq_app
@@ -50,7 +51,8 @@ def _main(ctx: typer.Context,
         raise typer.Exit(2) from None
     ctx.obj = CtlContext(console_url(settings, url), topology_of(settings), node,
                          wait if wait is not None else settings.control.broadcast_wait_seconds,
-                         settings.control.request_ttl_seconds)
+                         settings.control.request_ttl_seconds,
+                         settings.broker.management_url)
 
 
 @ctl_app.command()
@@ -246,7 +248,11 @@ def threads(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 @ctl_app.command()
 def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Depth and consumers of every Staybook queue (passive declares, no plugin)."""
+    """Depth and consumers of every Staybook queue (passive declares, no plugin).
+
+    With ``STAYBOOK_BROKER__MANAGEMENT_URL`` set, also each quorum queue's leader and
+    its replicas online out of its members (RabbitMQ's management API).
+    """
     c = context_of(ctx)
     try:
         conn = c.connection()
@@ -256,7 +262,21 @@ def queues(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         rows = queue_stats(conn, c.topology)
     finally:
         conn.close()
+    cols = ["queue", "messages", "consumers"]
+    if c.management_url:
+        vhost = connection_parameters(c.url)[0].virtual_host
+        replicas = queue_replicas(c.management_url, vhost, c.topology.prefix)
+        if replicas is None:
+            fail("the management API did not answer at "
+                 f"{redact_url(c.management_url)}; check STAYBOOK_BROKER__MANAGEMENT_URL")
+            return
+        for r in rows:
+            q = replicas.get(r["queue"], {})
+            r.update(leader=q.get("leader"), members=q.get("members", []),
+                     online=q.get("online", []),
+                     replicas=f"{len(q.get('online', []))}/{len(q.get('members', []))}")
+        cols += ["leader", "replicas"]
     if as_json:
         dump(rows)
         return
-    table(rows, ["queue", "messages", "consumers"])
+    table(rows, cols)

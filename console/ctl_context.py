@@ -17,9 +17,9 @@ import pika
 import typer
 from pika.exceptions import AMQPError
 
-from broker.rabbitmq import connection_parameters, connection_problem, redact_url
+from broker.rabbitmq import connection_parameters, connection_problem
 from broker.topology import Topology
-from config import Settings
+from config import Settings, redact_url
 from console.control_client import ControlClient, ControlFailed
 from console.ctl_output import fail
 
@@ -33,6 +33,7 @@ class CtlContext:
     node: str | None
     wait: float
     ttl: float
+    management_url: str | None = None
 
     def client(self) -> ControlClient:
         """A control client for the operator's URL (close it: use ``with``)."""

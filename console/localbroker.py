@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 SERVER = RABBIT_BIN / "rabbitmq-server"
 CTL = RABBIT_BIN / "rabbitmqctl"
+QUEUES_CTL = RABBIT_BIN / "rabbitmq-queues"
+UPGRADE_CTL = RABBIT_BIN / "rabbitmq-upgrade"
 DEV_NODE = "staybook-dev@localhost"
 DIST_OFFSET = 20000  # RabbitMQ's distribution port is the AMQP port + 20000
 HOST = "127.0.0.1"
@@ -88,12 +90,13 @@ def free_port_pair(attempts: int = 200) -> int:
     rng = random.SystemRandom()
     for _ in range(attempts):
         port = rng.randint(20000, 40000)
-        if _bindable(port) and _bindable(port + DIST_OFFSET):
+        if bindable(port) and bindable(port + DIST_OFFSET):
             return port
     raise BrokerUnavailable("no free port pair for a private RabbitMQ")
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """True if nothing listens on (or holds) ``port`` on 127.0.0.1 now."""
     with socket.socket() as s:
         try:
             s.bind((HOST, port))
@@ -121,18 +124,27 @@ class LocalRabbit:
     """
 
     def __init__(self, state_dir: Path, *, port: int, node_name: str,
-                 install: bool = False) -> None:
+                 install: bool = False, home: Path | None = None,
+                 plugins: Path = RABBITMQ_PLUGINS_FILE, management_port: int | None = None
+                 ) -> None:
         """A launcher; nothing starts until :meth:`start`.
 
         Args:
             port: the AMQP port; the distribution port is ``port + 20000``.
             node_name: ``name@localhost``, unique among the nodes on this machine.
             install: install rabbitmq-server with apt-get when missing (as root).
+            home: the ``HOME`` of the server and of rabbitmqctl, whose
+                ``.erlang.cookie`` they use (a cluster's nodes share one); default: ours.
+            plugins: the enabled-plugins file.
+            management_port: the management API's port, when ``plugins`` enables it.
         """
         self.state_dir = state_dir.resolve()
         self.port = port
         self.node_name = node_name
         self.install = install
+        self.home = home
+        self.plugins = plugins
+        self.management_port = management_port
         self.url = f"amqp://guest:guest@{HOST}:{port}/%2F"
         self.log_path = self.state_dir / "rabbitmq.out"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -157,7 +169,8 @@ class LocalRabbit:
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         return {
             **os.environ,
-            "HOME": os.environ.get("HOME") or str(self.state_dir),
+            "HOME": str(self.home) if self.home else (os.environ.get("HOME")
+                                                      or str(self.state_dir)),
             "RABBITMQ_NODENAME": self.node_name,
             "RABBITMQ_NODE_IP_ADDRESS": HOST,
             "RABBITMQ_NODE_PORT": str(self.port),
@@ -165,7 +178,10 @@ class LocalRabbit:
             "RABBITMQ_MNESIA_BASE": str(self.state_dir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.state_dir / "log"),
             "RABBITMQ_CONFIG_FILE": str(CONFIG_DIR / "rabbitmq" / "rabbitmq.conf"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBITMQ_PLUGINS_FILE),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.plugins),
+            **({"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
+                f"-rabbitmq_management tcp_config [{{port,{self.management_port}}}]"}
+               if self.management_port else {}),
         }
 
     def running(self) -> bool:
@@ -183,6 +199,15 @@ class LocalRabbit:
                 the node exits or does not answer within ``timeout`` seconds (the
                 error's notes hold the end of its output).
         """
+        self.launch()
+        self.wait_started(timeout)
+
+    def launch(self) -> None:
+        """Start the server process and return at once (:meth:`wait_started` waits).
+
+        Raises:
+            BrokerUnavailable: when rabbitmq-server is missing or the port is taken.
+        """
         ensure_installed(allow_install=self.install)
         if self.running():
             raise BrokerUnavailable(f"port {self.port} is taken; RabbitMQ {self.node_name} "
@@ -192,6 +217,14 @@ class LocalRabbit:
             self.proc = subprocess.Popen([str(SERVER)], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        """Wait until the launched node answers AMQP; kill it if it does not in time.
+
+        Raises:
+            BrokerUnavailable: when it exits or does not answer within ``timeout``.
+        """
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         try:
             while not self.running():
@@ -215,20 +248,26 @@ class LocalRabbit:
         exc.add_note(log_tail(self.state_dir / "log" / f"{self.node_name}.log"))
         return exc
 
-    def ctl(self, *args: str, timeout: float = 60.0) -> int:
-        """Run ``rabbitmqctl`` against this node; its exit status (-1 on timeout)."""
-        if not CTL.exists():
-            return -1
+    def ctl(self, *args: str, timeout: float = 60.0, tool: Path = CTL) -> int:
+        """Run ``rabbitmqctl`` (or another CLI ``tool``) against this node; its exit
+        status (-1 on timeout)."""
+        return self.ctl_output(*args, timeout=timeout, tool=tool)[0]
+
+    def ctl_output(self, *args: str, timeout: float = 60.0,
+                   tool: Path = CTL) -> tuple[int, str]:
+        """Like :meth:`ctl`, with what the tool printed on stdout."""
+        if not tool.exists():
+            return -1, ""
         try:
-            done = subprocess.run([str(CTL), "-n", self.node_name, *args], env=self.env(),
+            done = subprocess.run([str(tool), "-n", self.node_name, *args], env=self.env(),
                                   check=False, capture_output=True, text=True,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
-            log.debug("rabbitmqctl %s: no answer in %ss", " ".join(args), timeout)
-            return -1
+            log.debug("%s %s: no answer in %ss", tool.name, " ".join(args), timeout)
+            return -1, ""
         if done.returncode != 0:
-            log.debug("rabbitmqctl %s: %s", " ".join(args), done.stdout + done.stderr)
-        return done.returncode
+            log.debug("%s %s: %s", tool.name, " ".join(args), done.stdout + done.stderr)
+        return done.returncode, done.stdout
 
     def close_all_connections(self, reason: str) -> None:
         """Make the node close every client connection (nodes and producers alike)."""
