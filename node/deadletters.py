@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REPLAYED_HEADER = "x-staybook-replayed"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+DELIVERY_LIMIT = "delivery_limit"  # the x-death reason of a quorum queue's limit
 MAX_REPLAY = 10_000
 REPLAY_BATCH = 100
 _RETRY_MAX = 5.0
@@ -125,6 +126,7 @@ class DeadLetterRecorder:
         self._thread: threading.Thread | None = None
         self.recorded = 0
         self.duplicates = 0
+        self.spare_copies = 0
         self.failures = 0
 
     def on_delivery(self, delivery: Delivery) -> None:
@@ -164,11 +166,24 @@ class DeadLetterRecorder:
                 d.requeue()  # stopping: the broker keeps it for the next recorder
 
     def _record(self, d: Delivery) -> bool:
-        """Record ``d``, retrying until it is in the book or the recorder stops."""
+        """Record ``d``, retrying until it is in the book or the recorder stops.
+
+        A copy the broker dead-lettered at its delivery limit, of a message a consumer
+        already handled, is dropped instead (counted in ``spare_copies``). Each lost
+        connection returns a consumer's unacked deliveries with their count raised, and
+        an ack can be lost with its connection after the commit: in a broker cluster,
+        where connections are lost more often, a handled command can reach the limit.
+        It took effect once and was answered, so it is not a dead letter.
+        """
         letter = letter_of(d)
         delay, warned = 0.1, 0.0
         while not self._stop.is_set():
             try:
+                if _spare_copy(d, letter) and self.book.handled(letter.message_id or ""):
+                    self.spare_copies += 1
+                    log.info("dropped a spare copy of handled message %s from the "
+                             "dead-letter queue (%s)", letter.message_id, letter.reason)
+                    return True
                 if self.book.record(letter):
                     self.recorded += 1
                 else:
@@ -186,6 +201,12 @@ class DeadLetterRecorder:
             self._stop.wait(delay)
             delay = min(delay * 2, _RETRY_MAX)
         return False
+
+
+def _spare_copy(d: Delivery, letter: Letter) -> bool:
+    """A letter the broker, not a node, dead-lettered for its delivery count."""
+    return (letter.message_id is not None and letter.reason == DELIVERY_LIMIT
+            and REASON_HEADER not in d.headers)
 
 
 def outgoing_of(letter: Letter) -> Outgoing:

@@ -23,7 +23,9 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from messages.registry import Consumer
 from store.tables import dead_letters_table as t
+from store.tables import inbox_table as inbox
 
 DEAD, REPLAYING, REPLAYED = "dead", "replaying", "replayed"
 STALE_CLAIM = timedelta(seconds=60)
@@ -139,6 +141,17 @@ class DeadLetterBook:
         except IntegrityError:
             return False  # another node's recorder got the same redelivered letter first
         return True
+
+    def handled(self, message_id: str) -> bool:
+        """Whether a consumer's inbox holds ``message_id``: the message took effect.
+
+        Keyed by the inbox's primary key ``(consumer, message_id)``, for every consumer.
+        """
+        q = (select(inbox.c.message_id)
+             .where(inbox.c.consumer.in_([c.value for c in Consumer]),
+                    inbox.c.message_id == message_id).limit(1))
+        with self._engine.connect() as c:
+            return c.execute(q).first() is not None
 
     def count(self, status: str | None = None) -> int:
         """Letters in the book (with ``status``, when given)."""

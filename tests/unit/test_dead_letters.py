@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 
 from broker.base import DEAD_ID_HEADER, QUEUE_HEADER, REASON_HEADER, Outgoing
 from broker.memory import MemoryBroker
 from messages import Consumer
 from node.deadletters import REPLAYED_HEADER, DeadLetterRecorder, letter_of, replay
 from store.deadletters import DEAD, REPLAYED, REPLAYING, BookFull, DeadLetterBook, Letter
-from store.tables import dead_letters_table
+from store.tables import dead_letters_table, inbox_table
 from tests.conftest import eventually
 
 
@@ -200,6 +201,36 @@ def test_the_recorder_empties_the_queue_into_the_book(engine: Engine) -> None:
         rec.stop()
     assert [r.letter.message_id for r in book.page()] == [f"m{i}" for i in range(5)]
     assert rec.recorded == 5
+
+
+def test_a_spare_copy_of_a_handled_message_is_not_a_dead_letter(engine: Engine) -> None:
+    """The broker dead-letters copies at its delivery limit; lost connections raise the
+    count (a broker node going away), so a handled command can reach it. Only a copy
+    of a message some consumer handled, dead-lettered by the broker, is dropped."""
+    broker = MemoryBroker()
+    broker.declare()
+    topo = broker.topology
+    with engine.begin() as c:
+        c.execute(insert(inbox_table).values(consumer="intake", message_id="done",
+                                             recorded_at=datetime.now(UTC)))
+    limit = [{"reason": "delivery_limit", "queue": topo.queue(Consumer.INTAKE), "count": 1}]
+    for mid, headers in [("done", {"x-death": limit}),          # handled: a spare copy
+                         ("new", {"x-death": limit}),           # never handled: a letter
+                         ("done", {DEAD_ID_HEADER: "refused", REASON_HEADER: "not_json",
+                                   QUEUE_HEADER: topo.queue(Consumer.INTAKE)})]:
+        broker.publish(Outgoing(topo.dead_letter_exchange, "", b"{}", message_id=mid,
+                                headers=headers))
+    book = DeadLetterBook(engine)
+    rec, consumer = recording(broker, book)
+    try:
+        eventually(lambda: broker.depth(topo.dead_letter_queue) == 0)
+        eventually(lambda: rec.recorded + rec.spare_copies == 3)
+    finally:
+        consumer.stop()
+        rec.stop()
+    assert rec.spare_copies == 1
+    assert sorted((r.letter.message_id, r.letter.reason) for r in book.page()) == [
+        ("done", "not_json"), ("new", "delivery_limit")]
 
 
 def test_a_full_book_holds_letters_in_the_queue_until_purged(engine: Engine) -> None:
