@@ -453,7 +453,7 @@ def broker_provision(
     On a cluster, also give every Staybook quorum queue a replica on each running node.
     Passwords come from STAYBOOK_PROVISION_{NODE,OPERATOR,PRODUCER}_PASSWORD or a prompt.
     """
-    from broker.provision import Account, apply, cluster_nodes, plan, rabbitmqctl
+    from broker.provision import Account, apply, plan, rabbitmqctl
     from broker.provision import definitions as make_definitions
 
     prefix = _settings().broker.prefix
@@ -469,18 +469,26 @@ def broker_provision(
     for line in apply(plan(prefix, vhost, accounts), rabbitmqctl(ctl)):
         typer.echo(line)
     if replicate:
-        _replicate(prefix, vhost, cluster_nodes(rabbitmqctl(ctl)),
-                   str(Path(ctl).with_name("rabbitmq-queues")))
+        _replicate(prefix, vhost, ctl)
     typer.echo(f"add {operator_user} to control.operators on every node")
-def _replicate(prefix: str, vhost: str, nodes: list[str], queues_ctl: str) -> None:
-    """Grow every Staybook quorum queue onto each of ``nodes`` (one line per node)."""
+
+
+def _replicate(prefix: str, vhost: str, ctl: str) -> None:
+    """Grow every Staybook quorum queue onto each running cluster node (a line each)."""
     import subprocess
 
-    from broker.provision import rabbitmqctl, replication_plan
+    from broker.provision import cluster_nodes, rabbitmqctl, replication_plan
+    try:
+        nodes = cluster_nodes(rabbitmqctl(ctl))
+    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        logging.getLogger(__name__).debug("cluster_status failed", exc_info=True)
+        typer.echo(f"staybook: cannot read the cluster's members ({type(exc).__name__}); "
+                   "run rabbitmqctl cluster_status to see why", err=True)
+        raise typer.Exit(1) from None
     if len(nodes) < 2:
         typer.echo("one broker node: no replicas to add")
         return
-    run = rabbitmqctl(queues_ctl)
+    run = rabbitmqctl(str(Path(ctl).with_name("rabbitmq-queues")))
     for step in replication_plan(prefix, vhost, nodes):
         try:
             run(*step)

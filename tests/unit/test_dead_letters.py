@@ -214,10 +214,12 @@ def test_a_spare_copy_of_a_handled_message_is_not_a_dead_letter(engine: Engine) 
         c.execute(insert(inbox_table).values(consumer="intake", message_id="done",
                                              recorded_at=datetime.now(UTC)))
     limit = [{"reason": "delivery_limit", "queue": topo.queue(Consumer.INTAKE), "count": 1}]
-    for mid, headers in [("done", {"x-death": limit}),          # handled: a spare copy
-                         ("new", {"x-death": limit}),           # never handled: a letter
-                         ("done", {DEAD_ID_HEADER: "refused", REASON_HEADER: "not_json",
-                                   QUEUE_HEADER: topo.queue(Consumer.INTAKE)})]:
+    letters: list[tuple[str, dict[str, Any]]] = [
+        ("done", {"x-death": limit}),  # handled: a spare copy
+        ("new", {"x-death": limit}),   # never handled: a dead letter
+        ("done", {DEAD_ID_HEADER: "refused", REASON_HEADER: "not_json",  # refused by a node
+                  QUEUE_HEADER: topo.queue(Consumer.INTAKE)})]
+    for mid, headers in letters:
         broker.publish(Outgoing(topo.dead_letter_exchange, "", b"{}", message_id=mid,
                                 headers=headers))
     book = DeadLetterBook(engine)
