@@ -694,12 +694,14 @@ class AsyncConfirmPublisher(Publisher):
     are published ``mandatory``: an unroutable one fails its batch.
 
     Args:
-        params: connection parameters, one per broker of a cluster: tried in order
-            until one opens.
+        params: connection parameters, or one per broker of a cluster: tried in
+            order until one opens (as pika's ``BlockingConnection`` takes them).
     """
 
-    def __init__(self, params: Sequence[pika.ConnectionParameters]) -> None:
-        self._params = list(params)
+    def __init__(self, params: pika.connection.Parameters
+                 | Sequence[pika.connection.Parameters]) -> None:
+        self._params = ([params] if isinstance(params, pika.connection.Parameters)
+                        else list(params))
         self._opened = False
         self._ready = threading.Event()
         self._closed = threading.Event()
