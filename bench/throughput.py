@@ -169,30 +169,27 @@ def _raw_runs(report: dict[str, Any], url: str, raw_queue: str, rpc_queue: str,
     raw = run_raw(url, raw_queue, commands, args.window, deadline)
     raw["cpu_ms_per_message"] = ms_per(before, meter.read(), raw["received"])
     report["raw"] = raw
-    for n in RESPONDERS:
-        if time.monotonic() > deadline:
-            break
+    def request_reply(n: int, todo: Sequence[Command], window: int,
+                      rate: float | None = None) -> None:
+        """One request/reply run against ``n`` responders, its CPU read around it."""
         with responders(url, rpc_queue, n, work, deadline) as pids:
             meter = Meter({"responders": pids, "broker": broker})
             before = meter.read()
-            rpc = run_request_reply(url, rpc_queue, commands, args.window, deadline)
+            rpc = run_request_reply(url, rpc_queue, todo, window, deadline, rate=rate)
             cpu = ms_per(before, meter.read(), rpc["replies"])
         rpc["cpu_ms_per_message"] = {**cpu, "sum": total(cpu, ("responders", "broker"))}
-        report["raw_rpc"].append({"responders": n, **rpc})
+        report["raw_rpc"].append({"responders": n, **({"rate": rate} if rate else {}), **rpc})
+
+    for n in RESPONDERS:
+        if time.monotonic() > deadline:
+            break
+        request_reply(n, commands, args.window)
     # The floor at the paced rates too: what pika and the broker alone cost per message
     # when messages come one at a time, so Staybook's low-rate factor has a baseline.
     for i, rate in enumerate(args.paced):
         if time.monotonic() > deadline:
             break
-        paced = _paced_workload(args, i, rate)
-        with responders(url, rpc_queue, 1, work, deadline) as pids:
-            meter = Meter({"responders": pids, "broker": broker})
-            before = meter.read()
-            rpc = run_request_reply(url, rpc_queue, paced, _paced_bound(args, rate), deadline,
-                                    rate=rate)
-            cpu = ms_per(before, meter.read(), rpc["replies"])
-        rpc["cpu_ms_per_message"] = {**cpu, "sum": total(cpu, ("responders", "broker"))}
-        report["raw_rpc"].append({"responders": 1, "rate": rate, **rpc})
+        request_reply(1, _paced_workload(args, i, rate), _paced_bound(args, rate), rate)
 
 
 def _paced_workload(args: argparse.Namespace, i: int, rate: float) -> list[Command]:

@@ -185,9 +185,9 @@ class Client:
                 last = exc
                 log.info("publish of %s not confirmed (%r); retrying", env.message_id, exc)
                 if not isinstance(exc, UnroutableError):
-                    # Reconnect on the next attempt. After a cluster node went away a
-                    # channel can keep nacking one queue for tens of seconds (measured:
-                    # 9 attempts over 30 s) while a new channel's publish is confirmed.
+                    # Reconnect on the next attempt. After a cluster node went away one
+                    # channel kept nacking one queue for 9 attempts (about 30 s) though
+                    # the queue had a new leader (docs/cluster.md).
                     self.close()
                 time.sleep(delay)
                 delay = min(delay * 2, max_backoff)

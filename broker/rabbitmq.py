@@ -28,7 +28,7 @@ from pika.spec import Basic, BasicProperties
 
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
 from broker.topology import HASH_EXCHANGE_TYPE, HASH_PLUGIN, Topology
-from config import redact_url
+from config import redact_url, split_urls
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def broker_urls(url: str) -> list[str]:
     Raises:
         ValueError: when there is none.
     """
-    urls = [u.strip() for u in url.split(",") if u.strip()]
+    urls = split_urls(url)
     if not urls:
         raise ValueError("no RabbitMQ URL given; set STAYBOOK_BROKER__URL")
     return urls

@@ -66,7 +66,7 @@ class BrokerSettings(BaseModel):
     @classmethod
     def _amqp_urls(cls, url: str) -> str:
         """Each of the comma-separated URLs is an AMQP one (no password in the error)."""
-        urls = [u.strip() for u in url.split(",") if u.strip()]
+        urls = split_urls(url)
         if not urls:
             raise ValueError("give at least one amqp:// URL")
         for u in urls:
@@ -302,6 +302,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"cannot read the configuration: {exc}") from None
 
 
+def split_urls(text: str) -> list[str]:
+    """The URLs in ``text``: one, or a cluster's nodes' separated by commas."""
+    return [u.strip() for u in text.split(",") if u.strip()]
+
+
 def redact_url(url: str) -> str:
     """``url`` (or several, comma-separated) for messages and logs: each user kept, each
     password replaced by ``***``."""
@@ -334,5 +339,6 @@ __all__ = [
     "SupervisorSettings",
     "load_settings",
     "redact_url",
+    "split_urls",
     "unknown_variables",
 ]

@@ -19,6 +19,7 @@ import pika
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 
 from broker.topology import Topology
+from config import split_urls
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def queue_replicas(management_url: str, vhost: str, prefix: str, *,
 
     None when no node answered (the reason goes to the log at DEBUG).
     """
-    for base in [u.strip() for u in management_url.split(",") if u.strip()]:
+    for base in split_urls(management_url):
         parts = urllib.parse.urlsplit(base)
         if parts.scheme not in ("http", "https"):
             log.debug("management URL %s: not http(s)", parts.hostname)

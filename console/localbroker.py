@@ -90,13 +90,12 @@ def free_port_pair(attempts: int = 200) -> int:
     rng = random.SystemRandom()
     for _ in range(attempts):
         port = rng.randint(20000, 40000)
-        if bindable(port) and bindable(port + DIST_OFFSET):
+        if _bindable(port) and _bindable(port + DIST_OFFSET):
             return port
     raise BrokerUnavailable("no free port pair for a private RabbitMQ")
 
 
-def bindable(port: int) -> bool:
-    """True if nothing listens on (or holds) ``port`` on 127.0.0.1 now."""
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
             s.bind((HOST, port))

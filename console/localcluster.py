@@ -30,7 +30,6 @@ from console.localbroker import (
     UPGRADE_CTL,
     BrokerUnavailable,
     LocalRabbit,
-    bindable,
     ensure_installed,
     free_port_pair,
 )
@@ -73,14 +72,16 @@ class LocalCluster:
         Raises:
             BrokerUnavailable: when no free port pairs were found.
         """
-        ports: list[int] = []
+        # Each node's AMQP port and distribution port (+20000), then a management port
+        # per node: all free now and all distinct.
+        picked: list[int] = []
         taken: set[int] = set()
-        while len(ports) < size:
+        while len(picked) < 2 * size:
             port = free_port_pair()
             if not {port, port + DIST_OFFSET} & taken:
-                ports.append(port)
+                picked.append(port)
                 taken |= {port, port + DIST_OFFSET}
-        management = [_free_port(taken) for _ in range(size)]
+        ports, management = picked[:size], picked[size:]
         return cls(state_dir, ports=ports, management_ports=management,
                    name=f"{name}-{ports[0]}-", install=install)
 
@@ -121,8 +122,9 @@ class LocalCluster:
             node.launch()
         for node in launched:
             node.wait_started(max(1.0, deadline - time.monotonic()))
+        joined = self.members(self.seed)
         for node in self.nodes[1:]:
-            if node.node_name not in self.members(self.seed):
+            if node.node_name not in joined:
                 self._join(node)
         self.wait_members(len(self.nodes), max(1.0, deadline - time.monotonic()))
 
@@ -216,17 +218,3 @@ class QueueReplicas:
     leader: str
     members: list[str]
 
-
-def _free_port(taken: set[int]) -> int:
-    """A free port in 20000..60000, not in ``taken`` (which it joins).
-
-    Raises:
-        BrokerUnavailable: when none was found.
-    """
-    rng = secrets.SystemRandom()
-    for _ in range(200):
-        port = rng.randint(20000, 60000)
-        if port not in taken and bindable(port):
-            taken.add(port)
-            return port
-    raise BrokerUnavailable("no free port for a management API")

@@ -179,7 +179,10 @@ class DeadLetterRecorder:
         delay, warned = 0.1, 0.0
         while not self._stop.is_set():
             try:
-                if _spare_copy(d, letter) and self.book.handled(letter.message_id or ""):
+                # The reason is a node's own when it refused the message, so only the
+                # broker's delivery limit gives this one.
+                if (letter.reason == DELIVERY_LIMIT and letter.message_id
+                        and self.book.handled(letter.message_id)):
                     self.spare_copies += 1
                     log.info("dropped a spare copy of handled message %s from the "
                              "dead-letter queue (%s)", letter.message_id, letter.reason)
@@ -201,12 +204,6 @@ class DeadLetterRecorder:
             self._stop.wait(delay)
             delay = min(delay * 2, _RETRY_MAX)
         return False
-
-
-def _spare_copy(d: Delivery, letter: Letter) -> bool:
-    """A letter the broker, not a node, dead-lettered for its delivery count."""
-    return (letter.message_id is not None and letter.reason == DELIVERY_LIMIT
-            and REASON_HEADER not in d.headers)
 
 
 def outgoing_of(letter: Letter) -> Outgoing:

@@ -47,7 +47,7 @@ from console.localdb import local_postgresql
 from messages import AddApartment, Envelope
 from tests.conftest import unique
 from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters
-from tests.faults.cluster_drill import consumers_per_partition
+from tests.faults.cluster_drill import unowned_partitions
 from tests.faults.drill import Faults, finish, wait_quiet
 from tests.faults.procs import NodeProcess
 from tests.faults.workload import History, Op, Producer
@@ -202,21 +202,14 @@ def run_broker_drill(*, db_url: str, workdir: Path, producers: int = 4, seed: in
             t.join(240)
         quiet = wait_quiet(cluster.url, topology, db_url)
         # Single-active-consumer ownership survived: each partition has one consumer.
-        owners: list[int] | None = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            owners = consumers_per_partition(cluster.url, topology)
-            if owners is not None and all(n == 1 for n in owners):
-                break
-            time.sleep(0.5)
+        unowned = unowned_partitions(cluster.url, topology)
         stamp(f"drained (quiet={quiet}); checking")
         for node in nodes:
             node.terminate(timeout=60)
         dead = drain_dead_letters(cluster.url, topology.dead_letter_queue, db_url)
         figures = check(db_url, history, dead)
         figures["quiet"] = int(quiet)
-        figures["partitions_unowned"] = (topology.partitions if owners is None
-                                         else sum(n != 1 for n in owners))
+        figures["partitions_unowned"] = unowned
         figures.update({f"fault_{k}": v for k, v in faults.counts.items()})
         figures["outage_s"] = outages
         figures["producers_stuck"] = sum(t.is_alive() for t in threads)

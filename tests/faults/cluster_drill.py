@@ -56,6 +56,19 @@ def consumers_per_partition(url: str, topology: Topology) -> list[int] | None:
     return None if counts is None else [counts[q][1] for q in topology.intake_queues()]
 
 
+def unowned_partitions(url: str, topology: Topology, timeout: float = 30.0) -> int:
+    """Partitions without exactly one consumer, once membership had ``timeout`` seconds
+    to settle (all of them when the broker cannot be asked)."""
+    owners: list[int] | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owners = consumers_per_partition(url, topology)
+        if owners is not None and all(n == 1 for n in owners):
+            break
+        time.sleep(0.5)
+    return topology.partitions if owners is None else sum(n != 1 for n in owners)
+
+
 def probe_failover(url: str, topology: Topology, history: History, killed_at: float,
                    tag: str, timeout: float = 60.0) -> float | None:
     """Seconds from ``killed_at`` to the answer of the last of ``PROBES`` new commands.
@@ -195,21 +208,14 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
             t.join(240)
         quiet = wait_quiet(rabbit.url, topology, db_url)
         # Each partition has exactly one consumer once membership settled again.
-        owners: list[int] | None = None
-        settle = time.monotonic() + 30
-        while time.monotonic() < settle:
-            owners = consumers_per_partition(rabbit.url, topology)
-            if owners is not None and all(n == 1 for n in owners):
-                break
-            time.sleep(0.5)
+        unowned = unowned_partitions(rabbit.url, topology)
         stamp(f"drained (quiet={quiet}); checking")
         for node in live:
             node.terminate(timeout=60)
         dead = drain_dead_letters(rabbit.url, topology.dead_letter_queue, db_url)
         figures = check(db_url, history, dead)
         figures["quiet"] = int(quiet)
-        figures["partitions_unowned"] = (topology.partitions if owners is None
-                                         else sum(n != 1 for n in owners))
+        figures["partitions_unowned"] = unowned
         figures["poison_injected"] = len(history.poison)
         figures.update({f"fault_{k}": v for k, v in faults.counts.items()})
         figures["faults"] = sum(faults.counts.values())

@@ -15,7 +15,7 @@ import pika
 import pytest
 
 from broker.client import Client
-from broker.rabbitmq import wait_for_broker
+from broker.rabbitmq import connection_parameters, wait_for_broker
 from node import Node
 from rules.clock import pinned
 from tests.conftest import TODAY, make_settings, unique
@@ -44,33 +44,45 @@ def amqp_url(rabbitmq_proc: Any) -> str:
     return url
 
 
-@pytest.fixture
-def node_factory(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """Start nodes on the private broker with a per-test prefix; stop and clean up after."""
+@contextlib.contextmanager
+def nodes_on(url: str, tmp_path: Path, **broker: Any) -> Iterator[Callable[..., Node]]:
+    """A maker of started nodes on ``url`` with a prefix of their own (and ``broker``
+    settings); on exit the nodes stop and the prefix's queues and exchanges go."""
     prefix = unique("t")
     nodes: list[Node] = []
 
     def make(**overrides: Any) -> Node:
         settings = make_settings(tmp_path, **overrides)
-        settings.broker.url = amqp_url
+        settings.broker.url = url
         settings.broker.prefix = prefix
+        for name, value in broker.items():
+            setattr(settings.broker, name, value)
         node = Node(settings, clock=pinned(TODAY))
         node.start()
         nodes.append(node)
         return node
 
-    yield make
-    for n in nodes:
-        with contextlib.suppress(Exception):
-            n.stop()
-    _delete_prefix(amqp_url, nodes)
+    try:
+        yield make
+    finally:
+        for n in nodes:
+            with contextlib.suppress(Exception):
+                n.stop()
+        _delete_prefix(url, nodes)
+
+
+@pytest.fixture
+def node_factory(amqp_url: str, tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start nodes on the private broker with a per-test prefix; stop and clean up after."""
+    with nodes_on(amqp_url, tmp_path) as make:
+        yield make
 
 
 def _delete_prefix(url: str, nodes: list[Node]) -> None:
     if not nodes:
         return
     topo = nodes[0].topology
-    conn = pika.BlockingConnection(pika.URLParameters(url))
+    conn = pika.BlockingConnection(connection_parameters(url))
     try:
         ch = conn.channel()
         for q in topo.queues():

@@ -7,7 +7,6 @@ The cluster is real (three ``rabbitmq-server`` processes joined with
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +23,9 @@ from console.localbroker import CTL, QUEUES_CTL
 from console.localcluster import LocalCluster
 from messages import AddApartment, Envelope, SearchApartments
 from node import Node
-from rules.clock import pinned
 from store.tables import events_table
-from tests.conftest import TODAY, eventually, make_settings, unique
+from tests.conftest import eventually, unique
+from tests.integration.conftest import nodes_on
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +41,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture
 def on_cluster(cluster: LocalCluster, tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Nodes on the whole cluster (its URL list), with a prefix of their own."""
-    prefix = unique("c")
-    nodes: list[Node] = []
-
-    def make(**overrides: Any) -> Node:
-        settings = make_settings(tmp_path, **overrides)
-        settings.broker.url = cluster.url
-        settings.broker.prefix = prefix
-        settings.broker.reconnect_max_delay = 1.0
-        node = Node(settings, clock=pinned(TODAY))
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield make
-    for n in nodes:
-        with contextlib.suppress(Exception):
-            n.stop()
+    with nodes_on(cluster.url, tmp_path, reconnect_max_delay=1.0) as make:
+        yield make
 
 
 def _mine(cluster: LocalCluster, prefix: str) -> dict[str, Any]:
