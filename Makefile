@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RABBIT := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: demo serve cluster broker-cluster test unit lint bench bench-nodes drill drill-cluster drill-broker rabbitmq postgresql clean
+.PHONY: demo serve cluster broker-cluster test unit lint bench bench-nodes drill drill-cluster drill-broker rabbitmq postgresql nodejs clean
 
 $(BIN)/staybook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,15 @@ postgresql:
 	  echo "installing postgresql from Debian packages"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
+# Debian's nodejs and npm: the contract tests run @asyncapi/parser and the Node.js
+# producer in examples/node-producer (its packages: npm ci, done by the tests).
+nodejs:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm from Debian packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
 # CI runs this (.ci/run): the lint first, then every test.
-test: $(BIN)/staybook rabbitmq postgresql lint
+test: $(BIN)/staybook rabbitmq postgresql nodejs lint
 	$(BIN)/pytest
 
 unit: $(BIN)/staybook postgresql

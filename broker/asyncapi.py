@@ -383,3 +383,34 @@ def dead_letter_message() -> dict[str, Any]:
         "payload": {"description": "The body as sent."},
     }
 
+
+
+# --- the human-readable page ---------------------------------------------------------------
+def markdown_catalog(doc: dict[str, Any]) -> str:
+    """The README's table of messages, read from the AsyncAPI document ``doc``.
+
+    One row per message type (its current version), with the versions a node reads,
+    where it goes, its fields (``?``: optional) and its summary.
+    """
+    msgs = doc["components"]["messages"]
+    schemas = doc["components"]["schemas"]
+    queues: dict[str, list[str]] = {}
+    for name, channel in doc["channels"].items():
+        if name.startswith("queue_"):
+            for key in channel["messages"]:
+                queues.setdefault(key, []).append(name.removeprefix("queue_"))
+    lines = ["| message | kind | versions read | consumers | fields (`?` = optional) | meaning |",
+             "|---|---|---|---|---|---|"]
+    for key, m in msgs.items():
+        if "x-staybook-accepts" not in m:
+            continue  # an older version, or the dead-letter wrapper
+        kind = m["x-staybook-kind"]
+        model = schemas[m["payload"]["properties"]["payload"]["$ref"].rsplit("/", 1)[1]]
+        required = set(model.get("required", ()))
+        fields = ", ".join(f"`{f}{'' if f in required else '?'}`" for f in model["properties"])
+        where = {"command": "intake", "query": "search", "reply": "(reply_to)"}.get(
+            kind, ", ".join(queues.get(key, [])) or "(audit: stored, not published)")
+        versions = ", ".join(str(v) for v in m["x-staybook-accepts"])
+        lines.append(f"| {m['name']} | {kind} | {versions} | {where} | {fields} | "
+                     f"{m['summary']} |")
+    return "\n".join(lines) + "\n"

@@ -340,13 +340,16 @@ def catalog(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     asyncapi: Annotated[bool, typer.Option(
         "--asyncapi", help="The AsyncAPI 3.0 document (YAML), as in docs/asyncapi.yaml.")] = False,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="The README's table of messages, from that document.")] = False,
 ) -> None:
     """Print every message: kind, exchange, consumers, fields."""
     from messages.registry import catalog as rows
 
-    if asyncapi:
-        from broker.asyncapi import document, to_yaml
-        typer.echo(to_yaml(document(package_version("staybook"))), nl=False)
+    if asyncapi or markdown:
+        from broker.asyncapi import document, markdown_catalog, to_yaml
+        doc = document(package_version("staybook"))
+        typer.echo(to_yaml(doc) if asyncapi else markdown_catalog(doc), nl=False)
         return
     data = rows()
     if as_json:

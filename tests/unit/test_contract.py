@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from broker.asyncapi import document, message_key, to_yaml
+from broker.asyncapi import document, markdown_catalog, message_key, to_yaml
 from messages import Envelope, InvalidMessage
 from messages.compat import check, inline
 from messages.registry import accepted_versions, all_specs
@@ -280,3 +280,13 @@ def test_a_message_dropped_from_the_contract_is_reported(key: str) -> None:
     assert breaking_changes(published, edited) == [
         f"{key}: published, and no longer read (retire it on purpose: "
         "messages/upcasters.py RETIRED)"]
+
+
+def test_the_readme_table_is_generated_from_the_document() -> None:
+    text = README.read_text()
+    found = re.search(r"<!-- catalog: staybook catalog --markdown -->\n(.*?)<!-- /catalog -->",
+                      text, flags=re.S)
+    assert found, "the README lost its catalog markers"
+    assert found.group(1) == markdown_catalog(generated()), (
+        "the README's message table is stale: paste `staybook catalog --markdown` into it")
+    assert "| AddApartment | command | 1, 2 | intake |" in found.group(1)
