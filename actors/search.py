@@ -290,7 +290,8 @@ class SearchActor(HandlerActor):
                 row: dict[str, object] = {
                     "apartment_id": aid, "city": event.city, "city_key": city_key(event.city),
                     "title": event.title,
-                    "price_per_night": event.price_per_night, "capacity": event.capacity}
+                    "price_per_night": event.price_per_night, "currency": event.currency,
+                    "capacity": event.capacity}
                 return Reaction(effects=[InsertRow(apts, row)])
             case DatesBooked():
                 booked_row: dict[str, object] = {
@@ -470,7 +471,8 @@ def search(connect: Callable[[], Connection], q: SearchApartments, *,
         } if ids else {}
     # In the page's order; a row removed between the two reads is left out.
     hits = [ApartmentHit(apartment_id=r.apartment_id, city=r.city, title=r.title,
-                         price_per_night=r.price_per_night, capacity=r.capacity)
+                         price_per_night=r.price_per_night, currency=r.currency,
+                         capacity=r.capacity)
             for i in ids if (r := rows.get(i.apartment_id)) is not None]
     bound = _counted(q, total_limit)
     return SearchResults(apartments=hits, total=min(found, bound), total_exact=found <= bound,

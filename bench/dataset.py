@@ -216,7 +216,7 @@ class _Apartments:
         if isinstance(p, ApartmentAdded):
             out.read_model.append({
                 "apartment_id": key, "city": p.city, "city_key": city_key(p.city),
-                "title": p.title, "price_per_night": p.price_per_night,
+                "title": p.title, "price_per_night": p.price_per_night, "currency": "EUR",
                 "capacity": p.capacity})
         elif isinstance(p, DatesBooked):
             out.booked_nights.append({"apartment_id": key, "reservation_id": p.reservation_id,

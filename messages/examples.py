@@ -57,7 +57,7 @@ EXAMPLES: list[dict[str, Any]] = [
         causation_id="7f3c0d9e2b1a0001", correlation=1),
     _env(17, "SearchResults", 1, {
         "apartments": [{"apartment_id": "apt-42", "city": "Lisbon", "title": "Alfama loft",
-                        "price_per_night": 9500, "capacity": 4}],
+                        "price_per_night": 9500, "currency": "EUR", "capacity": 4}],
         "total": 1, "total_exact": True, "start": "2030-01-14", "end": "2030-01-21",
         "caught_up": True}, apartment_id=None, causation_id="7f3c0d9e2b1a0013",
         correlation=13),

@@ -68,6 +68,7 @@ class ApartmentHit(Published):
     city: str
     title: str
     price_per_night: int
+    currency: str  # added in place (docs/messages.md): a reader ignores what it does not know
     capacity: int
 
 

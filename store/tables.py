@@ -106,6 +106,8 @@ class SearchApartmentRow(SQLModel, table=True):
     city_key: str = Field(max_length=300)  # indexed first in ix_search_apartments_city_price
     title: str = Field(max_length=200)
     price_per_night: int = Field(index=True)
+    # Prices compare within a currency: a search's price range does not convert.
+    currency: str = Field(max_length=3, sa_column_kwargs={"server_default": "EUR"})
     capacity: int
 
 

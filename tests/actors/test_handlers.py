@@ -277,7 +277,7 @@ def test_search_filters_by_city_price_guests_and_dates(search_node: Node) -> Non
     assert every["total"] == 5
     assert every["apartments"][1] == {"apartment_id": "a1", "city": "Porto",
                                       "title": "Flat a1", "price_per_night": 5000,
-                                      "capacity": 2}
+                                      "currency": "EUR", "capacity": 2}
 
     assert ids(p.send(SearchApartments(city="pOrTo"))) == ["a4", "a1", "a2", "a5"]
     assert ids(p.send(SearchApartments(city="Lisbon"))) == ["a3"]

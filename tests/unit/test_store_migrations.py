@@ -31,7 +31,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0008_search_booked_nights"
+HEAD = "0009_search_currency"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -46,8 +46,8 @@ def schema_diff(engine: Engine) -> list[object]:
 
 
 def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
-    """The store as ``create_all`` made it before migrations: no city_key, no inbox
-    body_hash, none of the later tables (dead_letters, snapshots), no version."""
+    """The store as ``create_all`` made it before migrations: no city_key or currency,
+    no inbox body_hash, none of the later tables (dead_letters, snapshots), no version."""
     eng = bare_engine(db_url)
     try:
         SQLModel.metadata.create_all(eng)
@@ -55,6 +55,7 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
             c.execute(text("DROP INDEX ix_search_apartments_city_price"))
             c.execute(text("DROP INDEX ix_search_booked_nights"))
             c.execute(text("ALTER TABLE search_apartments DROP COLUMN city_key"))
+            c.execute(text("ALTER TABLE search_apartments DROP COLUMN currency"))
             c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
             c.execute(text("DROP TABLE dead_letters"))
             c.execute(text("DROP TABLE snapshots"))
@@ -76,7 +77,7 @@ def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
     assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
                                  "0004_dead_letters", "0005_outbox_prune", "0006_snapshots",
-                                 "0007_search_covering", HEAD}
+                                 "0007_search_covering", "0008_search_booked_nights", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
@@ -199,6 +200,8 @@ def test_a_create_all_store_is_stamped_and_upgraded(db_url: str) -> None:
             keys = {r.apartment_id: r.city_key for r in c.execute(select(
                 search_apartments_table.c.apartment_id, search_apartments_table.c.city_key))}
             assert keys == {"a1": "strasse", "a2": "i̇stanbul"}  # backfilled by 0002
+            currencies = c.execute(select(search_apartments_table.c.currency)).scalars()
+            assert set(currencies) == {"EUR"}  # the rows version 1 listed (0009)
             assert c.execute(select(events_table.c.event_id)).scalars().all() == ["e1"]
     finally:
         eng.dispose()
