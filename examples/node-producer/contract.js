@@ -121,7 +121,8 @@ class Contract {
     return { name, type: ex.type, durable: ex.durable, autoDelete: ex.autoDelete };
   }
 
-  // The channel's messages: {key, type, version, current, schema, validate, headers}.
+  // The channel's messages: {key, type, version, current, schema, validate, headers,
+  // validateHeaders} (headers: the AMQP properties a producer sets, when documented).
   // `type` and `version` are the payload schema's `const`s; `current` marks the
   // newest version of a type (its key carries no `_v<N>` suffix when the document
   // follows Staybook's naming; otherwise the highest version).
@@ -148,7 +149,16 @@ class Contract {
           + err.message);
       }
       const headers = message.hasHeaders() ? withoutExtensions(message.headers().json()) : null;
-      return { key, type, version, schema, validate, headers,
+      let validateHeaders = () => true;
+      if (headers) {
+        try {
+          validateHeaders = this.ajv.compile(headers);
+        } catch (err) {
+          throw new ContractError(`message ${key}: its headers schema does not compile: `
+            + err.message);
+        }
+      }
+      return { key, type, version, schema, validate, headers, validateHeaders,
         name: message.name(), contentType: message.contentType() };
     });
     for (const entry of entries) {
