@@ -240,7 +240,9 @@ function steps(staybook, contract, suffix) {
     owner_id: OWNER, city: CITY, title: `Flat ${id}`, description: 'Near the river.',
     price_per_night: price, capacity: 4,
   });
-  const current = (id) => ({ ...listing(id), ...(hasField(add, 'currency') ? { currency: 'EUR' } : {}) });
+  // The current AddApartment: with a currency once the document's version has one.
+  const current = (id) => ({ ...listing(id),
+    ...(hasField(add, 'currency') ? { currency: 'EUR' } : {}) });
   const state = {};
 
   // A command's reply as a step: status and reason compared to the expectation.
@@ -261,7 +263,7 @@ function steps(staybook, contract, suffix) {
         reason: 'caught_up=true' } }) };
   };
 
-  const list = [
+  return [
     ['add_apartment', async () => {
       state.add = staybook.envelope(add, apt, current(apt));
       state.added = await staybook.command(add, state.add);
@@ -331,7 +333,6 @@ function steps(staybook, contract, suffix) {
       return expect(await staybook.command(add, other), 'error', 'idempotency_conflict');
     }],
   ];
-  return list;
 }
 
 function options(argv) {
