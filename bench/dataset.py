@@ -169,7 +169,7 @@ class _Apartments:
         rng = random.Random(self.seed * 1_000_003 + i)
         cmds: list[Message] = [AddApartment(
             owner_id=owner_id(i), city=cat.cities[cat.city_of[i]], title=f"Flat {i}",
-            price_per_night=cat.price[i], capacity=cat.capacity[i])]
+            price_per_night=cat.price[i], currency="EUR", capacity=cat.capacity[i])]
         if rng.random() < self.booked_share:
             for k, (s, e) in enumerate(_stays(rng, self.today)):
                 rid = f"stay-{i:07d}-{k}"

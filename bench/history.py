@@ -69,7 +69,7 @@ def commands(events: int, prefix: str = "") -> Iterator[Message]:
     """Commands whose events number exactly ``events`` (at least 5); reservation ids
     start with ``prefix`` (they are unique across apartments)."""
     yield AddApartment(owner_id=OWNER, city="Lisbon", title="Flat", price_per_night=100,
-                       capacity=2)
+                       currency="EUR", capacity=2)
     left, i = events - 1 - (DISPLACED + 1), 0
 
     def request(rid: str, night: int) -> RequestReservation:

@@ -42,7 +42,8 @@ def measure(crashes: int, history: int, tmp: Path) -> dict[str, dict[str, float]
     try:
         assert isinstance(node.broker, MemoryBroker)
         p = MemoryProducer(node.broker)
-        p.send(AddApartment(owner_id="o", city="c", title="t", price_per_night=1, capacity=9),
+        p.send(AddApartment(owner_id="o", city="c", title="t", price_per_night=1,
+                            currency="EUR", capacity=9),
                "a1")
         for i in range(history):  # a stream with some events to rehydrate
             p.send(RequestReservation(reservation_id=f"h{i}", guest_id="g", start=day(1),

@@ -65,7 +65,7 @@ def build_workload(*, apartments: int, hot: int, commands: int, seed: int,
         capacity[a] = rng.randint(2, 6)
         add(AddApartment(owner_id=owner[a], city=rng.choice(CITIES), title=f"Flat {a}",
                          price_per_night=rng.randint(50, 300) * 100,
-                         capacity=capacity[a]), a)
+                         currency="EUR", capacity=capacity[a]), a)
 
     left = commands - apartments
     n_decisions = left // 5

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import date
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -335,10 +336,18 @@ def demo(local_broker: LocalOpt = True,
 
 
 @app.command()
-def catalog(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def catalog(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    asyncapi: Annotated[bool, typer.Option(
+        "--asyncapi", help="The AsyncAPI 3.0 document (YAML), as in docs/asyncapi.yaml.")] = False,
+) -> None:
     """Print every message: kind, exchange, consumers, fields."""
     from messages.registry import catalog as rows
 
+    if asyncapi:
+        from broker.asyncapi import document, to_yaml
+        typer.echo(to_yaml(document(package_version("staybook"))), nl=False)
+        return
     data = rows()
     if as_json:
         typer.echo(json.dumps(data, indent=2))

@@ -127,7 +127,7 @@ def run_demo(url: str, topology: Topology | None = None, *,
         monday, next_monday, friday = next_week(today or date.today())
         result.replies["add"] = send("An owner adds an apartment", AddApartment(
             owner_id=owner, city="Lisbon", title="Sunny flat in Alfama",
-            price_per_night=9500, capacity=3))
+            price_per_night=9500, currency="EUR", capacity=3))
         # Read your own write: the reply's position, given as ``after``, makes search
         # answer only once its copy includes the new apartment (no polling).
         added_at = result.replies["add"].get("position")
@@ -272,7 +272,7 @@ def run_lifecycle_demo(url: str, topology: Topology | None = None, *,
         start, end = monday + timedelta(days=7), monday + timedelta(days=14)
         result.replies["add"] = send("An owner adds an apartment", AddApartment(
             owner_id=owner, city="Lisbon", title="Quiet flat in Graça",
-            price_per_night=8000, capacity=2))
+            price_per_night=8000, currency="EUR", capacity=2))
         result.replies["request_a"] = send(
             f"Guest A asks for the week after next ({start} to {end})",
             RequestReservation(reservation_id=rid_a, guest_id=guest_a, start=start, end=end))

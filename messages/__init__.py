@@ -3,6 +3,7 @@
 Importing this package registers every message type.
 """
 
+from messages import upcasters  # noqa: F401 - registers the older versions still read
 from messages.base import BadInput, Envelope, InvalidMessage, Message, new_id, utcnow
 from messages.commands import (
     AcceptReservation,

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError
 
-from messages.registry import Kind, spec_for, spec_of
+from messages.registry import Kind, accepted_versions, spec_for, spec_of, upcast
 
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,100}$"
 
@@ -55,6 +55,18 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     VERSION: ClassVar[int] = 1
+
+
+class Published(Message):
+    """Base of events and replies, which Staybook writes and others read.
+
+    Read tolerantly: a reader ignores fields it does not know, so an optional field
+    added in place (see docs/messages.md) does not break a reader that predates it,
+    such as an older node during a rolling upgrade. Commands and queries stay strict:
+    a producer's misspelt field must be an error, not silently dropped.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
 
 class BadInput(StrEnum):
@@ -102,6 +114,9 @@ class Envelope(BaseModel):
     occurred_at: datetime = Field(default_factory=utcnow)
     apartment_id: str | None = Field(default=None, pattern=ID_PATTERN)
     payload: SerializeAsAny[Message]
+    # An older version's message, upcast on reading: what it asked as sent (its version
+    # and payload as that version's model read it), which content_hash covers.
+    _as_sent: tuple[int, dict[str, Any]] | None = PrivateAttr(default=None)
 
     @classmethod
     def new(
@@ -155,11 +170,14 @@ class Envelope(BaseModel):
 
         Identity and timing (ids, ``occurred_at``) are left out, so a re-send of the
         same request hashes the same even if its producer rebuilt the envelope; a
-        ``message_id`` reused for a different request does not.
+        ``message_id`` reused for a different request does not. A message upcast from an
+        older version hashes as sent, so a re-send matches what that version's node
+        recorded.
         """
-        what = {"type": self.type, "version": self.version,
-                "apartment_id": self.apartment_id,
-                "payload": self.payload.model_dump(mode="json")}
+        version, payload = self._as_sent or (self.version,
+                                             self.payload.model_dump(mode="json"))
+        what = {"type": self.type, "version": version, "apartment_id": self.apartment_id,
+                "payload": payload}
         canonical = json.dumps(what, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(canonical).hexdigest()[:32]
 
@@ -220,21 +238,33 @@ class Envelope(BaseModel):
                 + ", ".join(sorted(k.value for k in kinds)),
                 partial,
             )
-        if raw.get("version") != spec.version:
-            raise InvalidMessage(
-                BadInput.UNSUPPORTED_VERSION,
-                f"{spec.type} version {raw.get('version')!r} is not supported "
-                f"(this node speaks version {spec.version})",
-                partial,
-            )
+        data = raw.get("payload")
+        version = raw.get("version")
+        if version != spec.version:
+            accepted = accepted_versions(spec)
+            if type(version) is not int or version not in accepted:
+                raise InvalidMessage(
+                    BadInput.UNSUPPORTED_VERSION,
+                    f"{spec.type} version {version!r} is not supported: this node reads "
+                    f"{_versions(accepted)} (send version {spec.version})",
+                    partial,
+                )
+            try:
+                as_sent, data = upcast(spec, version, data)
+            except ValidationError as exc:
+                raise InvalidMessage(BadInput.SCHEMA_ERROR,
+                                     f"(version {version}) {_summarize(exc)}", partial) from None
+            raw = {**raw, "version": spec.version}
         try:
-            payload = spec.cls.model_validate(raw.get("payload"))
+            payload = spec.cls.model_validate(data)
         except ValidationError as exc:
             raise InvalidMessage(BadInput.SCHEMA_ERROR, _summarize(exc), partial) from None
         try:
             env = cls.model_validate({**raw, "payload": payload})
         except ValidationError as exc:
             raise InvalidMessage(BadInput.BAD_ENVELOPE, _summarize(exc), partial) from None
+        if version != spec.version:
+            env._as_sent = (version, as_sent)
         if env.apartment_id is None and spec.kind in (Kind.COMMAND, Kind.EVENT):
             raise InvalidMessage(
                 BadInput.BAD_ENVELOPE,
@@ -242,6 +272,11 @@ class Envelope(BaseModel):
                 partial,
             )
         return env
+
+
+def _versions(accepted: tuple[int, ...]) -> str:
+    """``version 2`` or ``versions 1, 2``."""
+    return ("version " if len(accepted) == 1 else "versions ") + ", ".join(map(str, accepted))
 
 
 def _summarize(exc: ValidationError, limit: int = 5) -> str:

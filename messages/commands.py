@@ -12,18 +12,25 @@ from messages.registry import COMMANDS_EXCHANGE, QUERIES_EXCHANGE, Consumer, Kin
 
 _ID = Field(pattern=ID_PATTERN)
 _MONEY = Field(le=100_000_000)  # cents; the rules check > 0
+CURRENCY = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
 MAX_WAIT_MS = 30_000  # the longest a search may wait for its read model (SearchApartments)
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
 class AddApartment(Message):
-    """An owner lists a new apartment (the envelope's apartment_id names it)."""
+    """An owner lists a new apartment (the envelope's apartment_id names it).
 
+    Version 2 names the ``currency`` of ``price_per_night`` (ISO 4217); version 1, which
+    had none, is read as euro cents (see ``messages/upcasters.py``).
+    """
+
+    VERSION = 2
     owner_id: str = _ID
     city: str = Field(min_length=1, max_length=100)
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=2000)
     price_per_night: int = _MONEY
+    currency: str = CURRENCY
     capacity: int = Field(le=100)
 
 

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from messages.base import Message
+from messages.base import Published
 from messages.registry import Consumer, Kind, register
 
 
@@ -50,14 +50,19 @@ class Party(StrEnum):
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class ApartmentAdded(Message):
-    """An apartment was listed."""
+class ApartmentAdded(Published):
+    """An apartment was listed.
 
+    Version 2 records the ``currency`` of its prices; a stored version 1 loads as euro.
+    """
+
+    VERSION = 2
     owner_id: str
     city: str
     title: str
     description: str = ""
     price_per_night: int
+    currency: str
     capacity: int
 
 
@@ -65,7 +70,7 @@ class ApartmentAdded(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER,),
 )
-class ReservationRequested(Message):
+class ReservationRequested(Published):
     """A guest's request is pending the owner's answer, at the price quoted now."""
 
     reservation_id: str
@@ -84,7 +89,7 @@ class ReservationRequested(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER,),
 )
-class ReservationRejected(Message):
+class ReservationRejected(Published):
     """A request was turned down (by the rules or by the owner); the reason says why."""
 
     reservation_id: str
@@ -97,7 +102,7 @@ class ReservationRejected(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER, Consumer.PAYMENT, Consumer.RESERVATIONS),
 )
-class ReservationAccepted(Message):
+class ReservationAccepted(Published):
     """The owner accepted; the card is to be charged ``total_price``."""
 
     reservation_id: str
@@ -111,7 +116,7 @@ class ReservationAccepted(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class DatesBooked(Message):
+class DatesBooked(Published):
     """The nights [start, end) of an apartment are taken by a reservation."""
 
     reservation_id: str
@@ -120,7 +125,7 @@ class DatesBooked(Message):
 
 
 @register(Kind.EVENT)
-class CommandRejected(Message):
+class CommandRejected(Published):
     """A command changed nothing (wrong caller, wrong state); recorded for audit."""
 
     command_type: str
@@ -134,7 +139,7 @@ class CommandRejected(Message):
     Kind.EVENT,
     consumers=(Consumer.RESERVATIONS,),
 )
-class PaymentSucceeded(Message):
+class PaymentSucceeded(Published):
     """The guest's card was charged once for the reservation."""
 
     reservation_id: str
@@ -148,7 +153,7 @@ class PaymentSucceeded(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
 )
-class PaymentFailed(Message):
+class PaymentFailed(Published):
     """The charge was declined or failed; nothing was taken from the card."""
 
     reservation_id: str
@@ -158,7 +163,7 @@ class PaymentFailed(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.NOTIFIER,))
-class ReservationConfirmed(Message):
+class ReservationConfirmed(Published):
     """Accepted and paid: the reservation process finished successfully."""
 
     reservation_id: str
@@ -169,7 +174,7 @@ class ReservationConfirmed(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class ApartmentUpdated(Message):
+class ApartmentUpdated(Published):
     """The owner changed the apartment; these are its values now."""
 
     owner_id: str
@@ -179,21 +184,21 @@ class ApartmentUpdated(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class ApartmentDelisted(Message):
+class ApartmentDelisted(Published):
     """The apartment takes no requests and is not offered."""
 
     owner_id: str
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class ApartmentRelisted(Message):
+class ApartmentRelisted(Published):
     """The apartment takes requests and is offered again."""
 
     owner_id: str
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class DatesBlocked(Message):
+class DatesBlocked(Published):
     """The owner took the nights [start, end) off the market."""
 
     block_id: str
@@ -202,7 +207,7 @@ class DatesBlocked(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class DatesUnblocked(Message):
+class DatesUnblocked(Published):
     """The nights of a block are offered again."""
 
     block_id: str
@@ -214,7 +219,7 @@ class DatesUnblocked(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER,),
 )
-class RequestWithdrawn(Message):
+class RequestWithdrawn(Published):
     """The guest took back a pending request."""
 
     reservation_id: str
@@ -226,7 +231,7 @@ class RequestWithdrawn(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER,),
 )
-class ReservationExpired(Message):
+class ReservationExpired(Published):
     """The owner did not answer in time; the request lapsed."""
 
     reservation_id: str
@@ -240,7 +245,7 @@ class ReservationExpired(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER, Consumer.PAYMENT, Consumer.RESERVATIONS),
 )
-class ReservationCancelled(Message):
+class ReservationCancelled(Published):
     """An accepted reservation ended early; ``refund_amount`` is owed back (at most)."""
 
     reservation_id: str
@@ -256,7 +261,7 @@ class ReservationCancelled(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.SEARCH,))
-class DatesReleased(Message):
+class DatesReleased(Published):
     """The nights [start, end) a reservation held are free again."""
 
     reservation_id: str
@@ -268,7 +273,7 @@ class DatesReleased(Message):
     Kind.EVENT,
     consumers=(Consumer.NOTIFIER, Consumer.RESERVATIONS),
 )
-class RefundIssued(Message):
+class RefundIssued(Published):
     """Money went back to the guest's card, once per reservation."""
 
     reservation_id: str
@@ -279,7 +284,7 @@ class RefundIssued(Message):
 
 
 @register(Kind.EVENT, consumers=(Consumer.RESERVATIONS,))
-class RefundFailed(Message):
+class RefundFailed(Published):
     """The refund did not go through after bounded retries; an operator must act."""
 
     reservation_id: str
@@ -289,7 +294,7 @@ class RefundFailed(Message):
 
 
 @register(Kind.EVENT)
-class NotificationSent(Message):
+class NotificationSent(Published):
     """A person was told about an event, once, on one channel."""
 
     notification_id: str

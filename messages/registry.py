@@ -63,7 +63,26 @@ class MessageSpec:
     doc: str
 
 
+@dataclass(frozen=True)
+class Upcaster:
+    """How a payload of an older version becomes the next version's.
+
+    Attributes:
+        type: the wire type name.
+        version: the version it reads (it writes ``version + 1``).
+        model: that version's schema, frozen as it was published: it validates the old
+            payload (so errors name that version's fields) and goes into the contract.
+        step: a pure function from that version's payload to the next version's.
+    """
+
+    type: str
+    version: int
+    model: builtins.type[Message]
+    step: Callable[[dict[str, Any]], dict[str, Any]]
+
+
 _REGISTRY: dict[str, MessageSpec] = {}
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 M = TypeVar("M", bound="type[Message]")
 
@@ -108,6 +127,72 @@ def register(
     return wrap
 
 
+Step = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def upcaster(type_name: str, version: int, model: builtins.type[Message]) -> Callable[[Step], Step]:
+    """Decorator that registers ``step`` as the upcaster of ``type_name`` ``version``.
+
+    Args:
+        type_name: a registered message type.
+        version: the older version the step reads; a chain of steps must reach the
+            type's current version.
+        model: that version's published schema.
+
+    Raises:
+        ValueError: for an unknown type, a version not older than the current one, or a
+            second step for the same version.
+    """
+
+    def wrap(step: Step) -> Step:
+        spec = _REGISTRY.get(type_name)
+        if spec is None or not 1 <= version < spec.version:
+            raise ValueError(f"no upcaster can read {type_name} version {version}")
+        if (type_name, version) in _UPCASTERS:
+            raise ValueError(f"{type_name} version {version} has two upcasters")
+        _UPCASTERS[(type_name, version)] = Upcaster(type_name, version, model, step)
+        return step
+
+    return wrap
+
+
+def accepted_versions(spec: MessageSpec) -> tuple[int, ...]:
+    """The versions of a type this node reads, oldest first: the current one, and every
+    older one from which a chain of upcasters reaches it."""
+    v = spec.version
+    while (spec.type, v - 1) in _UPCASTERS:
+        v -= 1
+    return tuple(range(v, spec.version + 1))
+
+
+def older_versions(spec: MessageSpec) -> list[Upcaster]:
+    """The upcasters of every older version still read, oldest first."""
+    return [_UPCASTERS[(spec.type, v)] for v in accepted_versions(spec)[:-1]]
+
+
+def upcast(spec: MessageSpec, version: int, payload: Any) -> tuple[dict[str, Any], Any]:
+    """A payload of an accepted older ``version``: as that version's model reads it,
+    and as the current version's data.
+
+    Each step's input is first validated against its version's model, so a bad old
+    payload fails with that version's field names (pydantic's ``ValidationError``).
+
+    Raises:
+        KeyError: if ``version`` is not an accepted older version.
+        pydantic.ValidationError: if the payload does not match its version's schema.
+    """
+    as_sent: dict[str, Any] | None = None
+    while version < spec.version:
+        up = _UPCASTERS[(spec.type, version)]
+        data = up.model.model_validate(payload).model_dump(mode="json")
+        as_sent = data if as_sent is None else as_sent
+        payload = up.step(data)
+        version += 1
+    if as_sent is None:
+        raise KeyError(f"{spec.type} version {version} is not older than the current one")
+    return as_sent, payload
+
+
 def spec_for(type_name: str) -> MessageSpec | None:
     """The spec of a wire type name, or None when unknown."""
     return _REGISTRY.get(type_name)
@@ -144,6 +229,7 @@ def catalog() -> list[dict[str, Any]]:
         {
             "type": s.type,
             "version": s.version,
+            "accepts": list(accepted_versions(s)),
             "kind": s.kind.value,
             "exchange": s.exchange or "(reply_to)",
             "consumers": [c.value for c in s.consumers],

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from messages.base import Envelope, Message
+from messages.base import Envelope, Published
 from messages.registry import Kind, register
 
 
@@ -21,7 +21,7 @@ class Status(StrEnum):
 
 
 @register(Kind.REPLY)
-class CommandResult(Message):
+class CommandResult(Published):
     """The outcome of one command, with the events it recorded.
 
     ``position`` is the store position of the last event the command recorded (of the
@@ -61,7 +61,7 @@ def with_position(reply: bytes, position: int | None) -> bytes:
     return env.model_copy(update={"payload": payload}).to_json()
 
 
-class ApartmentHit(Message):
+class ApartmentHit(Published):
     """One search result."""
 
     apartment_id: str
@@ -72,7 +72,7 @@ class ApartmentHit(Message):
 
 
 @register(Kind.REPLY)
-class SearchResults(Message):
+class SearchResults(Published):
     """Apartments matching a SearchApartments query, in its price order, one page.
 
     ``caught_up`` answers a query's ``after``: True when the read model had applied

@@ -128,6 +128,7 @@ class Apartment:
     title: str = ""
     description: str = ""
     price_per_night: int = 0
+    currency: str = ""
     capacity: int = 0
     stays: Stays = NO_STAYS
     blocks: immutables.Map[str, Block] = field(default_factory=lambda: _NO_BLOCKS)
@@ -218,7 +219,7 @@ def _add(state: Apartment, c: AddApartment) -> list[Message]:
         return _refuse(c, Reason.INVALID_CAPACITY, "capacity must be > 0", actor=c.owner_id)
     return [ApartmentAdded(owner_id=c.owner_id, city=c.city, title=c.title,
                            description=c.description, price_per_night=c.price_per_night,
-                           capacity=c.capacity)]
+                           currency=c.currency, capacity=c.capacity)]
 
 
 def _owner_check(state: Apartment, c: Message, owner_id: str,
@@ -462,7 +463,8 @@ def evolve(state: Apartment, event: Message) -> Apartment:
         case ApartmentAdded():
             return replace(state, listed=True, owner_id=event.owner_id, city=event.city,
                            title=event.title, description=event.description,
-                           price_per_night=event.price_per_night, capacity=event.capacity)
+                           price_per_night=event.price_per_night, currency=event.currency,
+                           capacity=event.capacity)
         case ApartmentUpdated():
             return replace(state, price_per_night=event.price_per_night,
                            description=event.description, capacity=event.capacity)

@@ -7,7 +7,7 @@ and one written with any other is not read (the actor replays the events instead
 a change to the state or to this format can never load a wrong state. Change
 ``SCHEMA`` whenever either changes.
 
-The body, ``SCHEMA`` ``apartment/1``::
+The body, ``SCHEMA`` ``apartment/2`` (``/1`` had no ``currency``)::
 
     <crc32 of the rest, 8 hex digits><header: one line of JSON>\\n<the stays' lines>
 
@@ -32,10 +32,10 @@ from rules.apartment import Apartment, Block
 from rules.intervals import Intervals, from_sorted
 from rules.stays import Stay, Stays, StayStatus, stay_of, stay_record
 
-SCHEMA = "apartment/1"
+SCHEMA = "apartment/2"
 
 _FIELDS = ("apartment_id", "listed", "delisted", "owner_id", "city", "title", "description",
-           "price_per_night", "capacity")
+           "price_per_night", "currency", "capacity")
 
 
 class SnapshotError(ValueError):

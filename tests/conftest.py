@@ -175,9 +175,9 @@ class MemoryProducer:
                                      message_id=env.message_id, correlation_id=env.message_id,
                                      reply_to=self.reply_queue))
 
-    def publish_raw(self, body: bytes, *, reply: bool = True) -> None:
+    def publish_raw(self, body: bytes, *, reply: bool = True, routing_key: str = "x") -> None:
         """Publish arbitrary bytes to the commands exchange."""
-        self.broker.publish(Outgoing(self.broker.topology.commands_exchange, "x", body,
+        self.broker.publish(Outgoing(self.broker.topology.commands_exchange, routing_key, body,
                                      message_id="raw", correlation_id="raw",
                                      reply_to=self.reply_queue if reply else None))
 

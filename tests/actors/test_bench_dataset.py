@@ -117,7 +117,8 @@ def test_a_node_on_a_loaded_store_knows_its_apartments_and_stays(
         assert isinstance(node.broker, MemoryBroker)
         p = MemoryProducer(node.broker)
         again = p.send(AddApartment(owner_id=owner_id(i), city="X", title="T",
-                                    price_per_night=100, capacity=2), apartment_id(i))
+                                    price_per_night=100,
+                                    currency="EUR", capacity=2), apartment_id(i))
         assert again["reason"] == "apartment_exists"
         clash = p.send(RequestReservation(reservation_id="new-1", guest_id="g",
                                           start=stay.start, end=stay.end), apartment_id(i))

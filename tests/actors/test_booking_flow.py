@@ -30,7 +30,7 @@ from tests.conftest import MemoryProducer, day, eventually, recorded_dead_letter
 
 def add(p: MemoryProducer, apt: str = "a1", owner: str = "o1") -> None:
     r = p.send(AddApartment(owner_id=owner, city="Porto", title="Loft", price_per_night=5000,
-                            capacity=2), apt)
+                            currency="EUR", capacity=2), apt)
     assert r["status"] == "ok", r
 
 
@@ -184,7 +184,7 @@ def test_live_actors_are_capped(tmp_path: object) -> None:
         assert node.directory.passivations >= 10
         # a passivated apartment comes back with its state
         r = p.send(AddApartment(owner_id="o", city="c", title="t", price_per_night=1,
-                                capacity=1), "a0")
+                                currency="EUR", capacity=1), "a0")
         assert r["reason"] == "apartment_exists"
     finally:
         node.stop()
@@ -261,7 +261,8 @@ def test_a_command_routed_by_another_key_is_refused(
     broker = memory_node.broker
     assert isinstance(broker, MemoryBroker)
     env = Envelope.new(AddApartment(owner_id="o1", city="Porto", title="Loft",
-                                    price_per_night=5000, capacity=2), apartment_id="a1")
+                                    price_per_night=5000,
+                                    currency="EUR", capacity=2), apartment_id="a1")
     broker.publish(Outgoing(broker.topology.commands_exchange, "not-a1", env.to_json(),
                             message_id=env.message_id, correlation_id=env.message_id,
                             reply_to=producer.reply_queue))

@@ -72,7 +72,7 @@ def faulty(tmp_path: Path) -> Iterator[tuple[Node, MemoryProducer, FaultPlan]]:
 
 def add(apt: str) -> AddApartment:
     return AddApartment(owner_id=f"owner-{apt}", city="Rome", title="T", price_per_night=100,
-                        capacity=4)
+                        currency="EUR", capacity=4)
 
 
 def test_a_poison_command_is_dead_lettered_and_nothing_else_is_disturbed(

@@ -96,7 +96,8 @@ def send(d: Directory, keys: list[str]) -> list[Ticket]:
     tickets = []
     for key in keys:
         env = Envelope.new(AddApartment(owner_id="o", city="Rome", title="T",
-                                        price_per_night=100, capacity=2), apartment_id=key)
+                                        price_per_night=100,
+                                        currency="EUR", capacity=2), apartment_id=key)
         outcomes: list[Outcome] = []
         t = Ticket(outcomes.append, message_id=env.message_id)
         d.dispatch("apartment", key, env, t)

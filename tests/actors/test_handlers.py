@@ -244,7 +244,8 @@ APARTMENTS = {  # id: (city, price per night, capacity)
 
 def listed(node: Node, apartments: dict[str, tuple[str, int, int]]) -> list[Envelope]:
     envs = [Envelope.new(ApartmentAdded(owner_id="o1", city=city, title=f"Flat {aid}",
-                                        price_per_night=price, capacity=cap), apartment_id=aid)
+                                        price_per_night=price,
+                                        currency="EUR", capacity=cap), apartment_id=aid)
             for aid, (city, price, cap) in apartments.items()]
     for env in envs:
         deliver(node, Consumer.SEARCH, env, times=2)

@@ -27,7 +27,7 @@ from tests.conftest import MemoryProducer, day, eventually
 def add(p: MemoryProducer, apt: str, price: int, capacity: int = 2,
         city: str = "Porto") -> None:
     r = p.send(AddApartment(owner_id="o1", city=city, title=apt, price_per_night=price,
-                            capacity=capacity), apt)
+                            currency="EUR", capacity=capacity), apt)
     assert r["status"] == "ok", r
 
 

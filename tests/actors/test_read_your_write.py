@@ -47,7 +47,7 @@ def positions(node: Node, stream_id: str) -> list[int]:
 
 def add(city: str = "Porto") -> AddApartment:
     return AddApartment(owner_id="o1", city=city, title="Loft", price_per_night=5000,
-                        capacity=2)
+                        currency="EUR", capacity=2)
 
 
 def test_a_commands_reply_names_the_position_of_its_last_event(
@@ -130,7 +130,7 @@ def reply_to(producer: MemoryProducer, timeout: float = DEADLINE) -> tuple[str, 
 
 def apartment_added(city: str = "Porto") -> ApartmentAdded:
     return ApartmentAdded(owner_id="o1", city=city, title="Loft", price_per_night=5000,
-                          capacity=2)
+                          currency="EUR", capacity=2)
 
 
 def test_a_search_after_a_write_waits_until_the_read_model_includes_it(

@@ -53,7 +53,7 @@ def producer_of(node: Node) -> MemoryProducer:
 def book(p: MemoryProducer, apt: str, n: int) -> None:
     """List ``apt`` and send it ``n`` requests, a third accepted and a third rejected."""
     assert p.send(AddApartment(owner_id="o1", city="Rome", title="T", price_per_night=100,
-                               capacity=4), apt)["status"] == "ok"
+                               currency="EUR", capacity=4), apt)["status"] == "ok"
     for i in range(n):
         rid = f"{apt}-r{i}"
         assert p.send(RequestReservation(reservation_id=rid, guest_id="g", start=day(2 * i + 1),

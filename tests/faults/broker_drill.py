@@ -81,7 +81,7 @@ class Prober(threading.Thread):
         while not self._halt.is_set():
             n += 1
             env = Envelope.new(AddApartment(owner_id="prober", city="Probe", title="p",
-                                            price_per_night=1, capacity=1),
+                                            price_per_night=1, currency="EUR", capacity=1),
                                apartment_id=f"probe-{n}")
             op = Op(env.message_id, env.type, env.apartment_id or "", None, env.to_json())
             self._history.add(op)

@@ -78,7 +78,7 @@ def probe_failover(url: str, topology: Topology, history: History, killed_at: fl
     """
     with Client(url, topology) as client:
         envs = [Envelope.new(AddApartment(owner_id="prober", city="Probe", title="p",
-                                          price_per_night=1, capacity=1),
+                                          price_per_night=1, currency="EUR", capacity=1),
                              apartment_id=f"probe-{tag}-{i}") for i in range(PROBES)]
         ops = []
         for env in envs:

@@ -59,7 +59,7 @@ def test_requests_survive_closed_connections_and_resends_change_nothing(
         live_node: tuple[Node, str], rabbitmq_proc: Any) -> None:
     node, url = live_node
     add = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=10,
-                                    capacity=2), apartment_id="c1")
+                                    currency="EUR", capacity=2), apartment_id="c1")
     with Client(url, node.topology) as client:
         assert _status(client.request(add, timeout=20)) == "ok"
         rabbitmq_proc.rabbitctl_output("close_all_connections", "test")
@@ -84,6 +84,6 @@ def test_a_publish_nobody_confirms_is_reported_not_retried_forever(
     _node, url = live_node
     missing = Topology(prefix=unique("nowhere"))  # its exchange does not exist
     env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=1,
-                                    capacity=1), apartment_id="c2")
+                                    currency="EUR", capacity=1), apartment_id="c2")
     with Client(url, missing) as client, pytest.raises(NotConfirmed):
         client.request(env, timeout=1, retries=2, backoff=0.01)

@@ -108,7 +108,7 @@ class Producer(threading.Thread):
             for apt in self.apartments + (list(self.hot) if self.index == 0 else []):
                 self.send(AddApartment(owner_id=self.owner(apt), city="Lisbon",
                                        title=f"Flat {apt}", price_per_night=10_000,
-                                       capacity=4), apt)
+                                       currency="EUR", capacity=4), apt)
             n = 0
             while not self.stop_event.is_set() and n < 1_000_000:
                 n += 1
@@ -124,7 +124,7 @@ class Producer(threading.Thread):
             apt = f"d{self.index}-a{len(self.apartments)}"
             self.send(AddApartment(owner_id=self.owner(apt), city="Lisbon",
                                    title=f"Flat {apt}", price_per_night=10_000,
-                                   capacity=4), apt)
+                                   currency="EUR", capacity=4), apt)
             self.apartments.append(apt)
         elif r < 0.05 and self.answered:
             op = self.rng.choice(self.answered)
@@ -200,9 +200,10 @@ def poison_bodies(rng: random.Random) -> list[tuple[bytes, str]]:
     """Malformed bodies and the dead-letter reason each must get."""
     mid = new_id()
     good: dict[str, Any] = {"message_id": mid, "correlation_id": mid,
-                            "type": "AddApartment", "version": 1, "apartment_id": "p1",
+                            "type": "AddApartment", "version": 2, "apartment_id": "p1",
                             "payload": {"owner_id": "o", "city": "X", "title": "T",
-                                        "price_per_night": 1, "capacity": 1}}
+                                        "price_per_night": 1, "currency": "EUR",
+                                        "capacity": 1}}
     return [
         (bytes(rng.randrange(256) for _ in range(40)) + b"\xff", "not_json"),
         (b'"just a string"', "not_object"),

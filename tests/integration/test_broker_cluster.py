@@ -116,7 +116,7 @@ def test_losing_any_broker_node_loses_nothing(
 
     def add(i: int) -> dict[str, Any]:
         env = Envelope.new(AddApartment(owner_id="o", city="Porto", title=f"Flat {i}",
-                                        price_per_night=100 + i, capacity=2),
+                                        price_per_night=100 + i, currency="EUR", capacity=2),
                            apartment_id=f"apt-{i}")
         reply = client.request(env, timeout=5, retries=8, backoff=0.5).to_dict()
         return dict(reply["payload"])

@@ -27,7 +27,7 @@ def test_send_prints_the_reply_and_a_re_send_with_the_same_id_changes_nothing(
         node: Node, env: None) -> None:
     runner = CliRunner()
     payload = json.dumps({"owner_id": "o", "city": "Oslo", "title": "T",
-                          "price_per_night": 100, "capacity": 2})
+                          "price_per_night": 100, "currency": "EUR", "capacity": 2})
     first = runner.invoke(app, ["send", "AddApartment", "cli-1", payload,
                                 "--message-id", "cli-m1"])
     assert first.exit_code == 0, first.output
@@ -43,7 +43,7 @@ def test_send_prints_the_reply_and_a_re_send_with_the_same_id_changes_nothing(
 def test_search_after_a_sent_command_includes_its_write(node: Node, env: None) -> None:
     runner = CliRunner()
     payload = json.dumps({"owner_id": "o", "city": "Bergen", "title": "T",
-                          "price_per_night": 100, "capacity": 2})
+                          "price_per_night": 100, "currency": "EUR", "capacity": 2})
     sent = runner.invoke(app, ["send", "AddApartment", "cli-3", payload])
     assert sent.exit_code == 0, sent.output
     position = json.loads(sent.stdout)["position"]

@@ -52,7 +52,8 @@ def eventually_value(check: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 def add_apartment(client: Client, apt: str) -> dict[str, Any]:
     env = Envelope.new(AddApartment(owner_id="olga", city="Lisbon", title="Flat",
-                                    price_per_night=9500, capacity=2), apartment_id=apt)
+                                    price_per_night=9500,
+                                    currency="EUR", capacity=2), apartment_id=apt)
     data: dict[str, Any] = client.request(env, timeout=20).payload.model_dump(mode="json")
     return data
 

@@ -86,7 +86,7 @@ def test_fuzzed_input_is_answered_or_dead_lettered(node: Node, client: Client,
                                                    amqp_url: str) -> None:
     topo = node.topology
     assert client.request(Envelope.new(AddApartment(
-        owner_id="o", city="Faro", title="T", price_per_night=100, capacity=4),
+        owner_id="o", city="Faro", title="T", price_per_night=100, currency="EUR", capacity=4),
         apartment_id="fz-apt"), timeout=20).payload.model_dump()["status"] == "ok"
     errors: dict[str, str] = {}      # correlation id -> reason (answered with an error)
     silent: set[str] = set()         # sent without reply_to: must be dead-lettered

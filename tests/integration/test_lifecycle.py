@@ -56,7 +56,7 @@ def offered(c: Client, start: int, end: int, apt: str = "a1") -> bool:
 
 def add(c: Client, apt: str = "a1") -> None:
     r = send(c, AddApartment(owner_id="olga", city="Porto", title="Loft",
-                             price_per_night=5000, capacity=2), apt)
+                             price_per_night=5000, currency="EUR", capacity=2), apt)
     assert r["status"] == "ok", r
 
 

@@ -61,7 +61,7 @@ def test_three_nodes_share_the_partitions_evenly_and_follow_joins_and_leaves(
     with Client(amqp_url, a.topology) as client:
         for i in range(12):
             env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title=f"t{i}",
-                                            price_per_night=10, capacity=2),
+                                            price_per_night=10, currency="EUR", capacity=2),
                                apartment_id=f"apt-{i}")
             assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
     owners = {n.settings.node_name for n in (a, b, c) if n.directory.live}
@@ -92,7 +92,7 @@ def test_a_handoff_requeues_nothing_that_was_handled(
     with Client(amqp_url, a.topology) as client:
         for i in range(8):
             env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="t",
-                                            price_per_night=10, capacity=2),
+                                            price_per_night=10, currency="EUR", capacity=2),
                                apartment_id=f"h-{i}")
             assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
         sent: list[Envelope] = []
@@ -134,7 +134,7 @@ def test_search_answers_the_same_on_every_node(
     with Client(amqp_url, a.topology) as client:
         for i in range(6):
             env = Envelope.new(AddApartment(owner_id="o", city="Bergen", title=f"t{i}",
-                                            price_per_night=100 + i, capacity=2),
+                                            price_per_night=100 + i, currency="EUR", capacity=2),
                                apartment_id=f"s-{i}")
             assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
 

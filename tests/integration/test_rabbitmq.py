@@ -45,7 +45,8 @@ def _send(client: Client, payload: Any, apt: str) -> dict[str, Any]:
 def test_racing_producers_exactly_one_accepted(node: Node, amqp_url: str,
                                                client: Client) -> None:
     assert _send(client, AddApartment(owner_id="o", city="Rome", title="T",
-                                      price_per_night=100, capacity=4), "hot")["status"] == "ok"
+                                      price_per_night=100,
+                                      currency="EUR", capacity=4), "hot")["status"] == "ok"
     n = 8
     results: dict[str, dict[str, Any]] = {}
 
@@ -119,7 +120,7 @@ def test_malformed_messages_are_dead_lettered_and_the_node_still_serves(
     assert letters[0].queue in topo.intake_queues()
 
     r = _send(client, AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=1,
-                                   capacity=1), "a1")
+                                   currency="EUR", capacity=1), "a1")
     assert r["status"] == "ok"
 
 
@@ -128,7 +129,7 @@ def test_unanswered_commands_survive_a_node_restart(
     first = node_factory()
     with Client(amqp_url, first.topology) as c:
         assert _send(c, AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=1,
-                                     capacity=1), "a1")["status"] == "ok"
+                                     currency="EUR", capacity=1), "a1")["status"] == "ok"
     first.stop()
     with Client(amqp_url, first.topology) as c:
         env = Envelope.new(RequestReservation(reservation_id="r1", guest_id="g",
@@ -143,7 +144,7 @@ def test_unanswered_commands_survive_a_node_restart(
 def test_events_nobody_consumes_do_not_block_the_relay(node: Node, client: Client) -> None:
     """NotificationSent has no consumer: it must go to the unrouted queue, not jam the relay."""
     assert _send(client, AddApartment(owner_id="o", city="Oslo", title="T", price_per_night=10,
-                                      capacity=2), "a1")["status"] == "ok"
+                                      currency="EUR", capacity=2), "a1")["status"] == "ok"
     assert _send(client, RequestReservation(reservation_id="r1", guest_id="g", start=day(3),
                                             end=day(5)), "a1")["status"] == "ok"
     assert _send(client, AcceptReservation(reservation_id="r1", owner_id="o"),
@@ -174,7 +175,8 @@ def test_commands_and_events_roles_in_two_nodes_on_one_store(
     eventually(lambda: len(parts.held()) == commands.topology.partitions)
     with Client(amqp_url, commands.topology) as c:
         assert _send(c, AddApartment(owner_id="o", city="Oslo", title="T",
-                                     price_per_night=10, capacity=2), "a1")["status"] == "ok"
+                                     price_per_night=10,
+                                     currency="EUR", capacity=2), "a1")["status"] == "ok"
         assert _send(c, RequestReservation(reservation_id="r1", guest_id="g", start=day(3),
                                            end=day(5)), "a1")["status"] == "ok"
         assert _send(c, AcceptReservation(reservation_id="r1", owner_id="o"),

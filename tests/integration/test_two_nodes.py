@@ -49,7 +49,7 @@ def test_two_intake_nodes_on_one_store_never_overlap(
     with Client(amqp_url, first.topology) as c:
         for apt in APARTMENTS:
             r = _send(c, AddApartment(owner_id="owner", city="Rome", title=apt,
-                                      price_per_night=100, capacity=2), apt)
+                                      price_per_night=100, currency="EUR", capacity=2), apt)
             assert r["status"] == "ok", r
 
     outcomes: list[dict[str, Any]] = []
@@ -134,7 +134,7 @@ def test_a_producer_reads_its_own_writes_from_search_on_two_nodes(
         for i in range(12):
             apt = f"ryw-{i}"
             added = _send(c, AddApartment(owner_id="owner", city="Oslo", title=apt,
-                                          price_per_night=100 + i, capacity=2), apt)
+                                          price_per_night=100 + i, currency="EUR", capacity=2), apt)
             assert added["status"] == "ok", added
             found = search(added["position"], city="oslo", limit=100)
             assert apt in {h["apartment_id"] for h in found["apartments"]}, (apt, found)

@@ -44,7 +44,7 @@ from tests.conftest import TODAY, day
 NOW = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
 TTL = timedelta(hours=24)
 ADDED = ApartmentAdded(owner_id="o1", city="Lisbon", title="Flat", price_per_night=100,
-                       capacity=2)
+                       currency="EUR", capacity=2)
 
 _rid = st.sampled_from([f"r{i}" for i in range(12)] + ["r.1:@-"])
 _block = st.sampled_from(["b1", "b2", "b3"])
@@ -309,4 +309,4 @@ def test_requests_are_indexed_by_date_not_scanned() -> None:
     assert len(state.pending_dates) == 299 and list(state.booked_dates) == [
         (day(7).toordinal(), day(8).toordinal(), "r7")]
     assert decide(state, AddApartment(owner_id="o", city="c", title="t", price_per_night=1,
-                                      capacity=1), rules)
+                                      currency="EUR", capacity=1), rules)

@@ -26,7 +26,7 @@ from tests.conftest import TODAY, day
 
 RULES = Rules(today=TODAY, max_stay_nights=30)
 ADDED = ApartmentAdded(owner_id="o1", city="Lisbon", title="Flat", price_per_night=100,
-                       capacity=2)
+                       currency="EUR", capacity=2)
 
 
 def given(*events: Message) -> Apartment:
@@ -57,7 +57,7 @@ def only(events: list[Message]) -> Message:
 
 def test_add_apartment_lists_it() -> None:
     cmd = AddApartment(owner_id="o1", city="Lisbon", title="Flat", price_per_night=100,
-                       capacity=2)
+                       currency="EUR", capacity=2)
     assert decide(given(), cmd, RULES) == [ADDED]
 
 
@@ -67,13 +67,14 @@ def test_add_apartment_lists_it() -> None:
 def test_add_apartment_needs_positive_price_and_capacity(price: int, capacity: int,
                                                          reason: Reason) -> None:
     cmd = AddApartment(owner_id="o1", city="L", title="T", price_per_night=price,
-                       capacity=capacity)
+                       currency="EUR", capacity=capacity)
     ev = only(decide(given(), cmd, RULES))
     assert isinstance(ev, CommandRejected) and ev.reason is reason
 
 
 def test_add_apartment_twice_is_refused() -> None:
-    cmd = AddApartment(owner_id="o2", city="L", title="T", price_per_night=1, capacity=1)
+    cmd = AddApartment(owner_id="o2", city="L", title="T", price_per_night=1,
+                       currency="EUR", capacity=1)
     ev = only(decide(given(ADDED), cmd, RULES))
     assert isinstance(ev, CommandRejected) and ev.reason is Reason.APARTMENT_EXISTS
 

@@ -12,7 +12,7 @@ DOWN = {"STAYBOOK_BROKER__URL": "amqp://user:s3cret@127.0.0.1:1/%2F"}
 
 @pytest.mark.parametrize(("args", "needle"), [
     (["send", "AddApartment", "a1", '{"owner_id": "o", "city": "Oslo", "title": "T", '
-      '"price_per_night": 100, "capacity": 2}'], "cannot reach RabbitMQ at"),
+      '"price_per_night": 100, "currency": "EUR", "capacity": 2}'], "cannot reach RabbitMQ at"),
     (["send", "AddApartment", "a1", '{"owner_id": "o"}'], "invalid AddApartment: city"),
     (["search", "--city", "Oslo"], "cannot reach RabbitMQ at"),
     (["serve", "--no-local-broker", "--wait", "1"], "did not answer in 1s"),

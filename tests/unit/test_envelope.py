@@ -23,10 +23,10 @@ from messages import (
 from messages.registry import Consumer, catalog
 
 GOOD: dict[str, Any] = {
-    "message_id": "m1", "correlation_id": "c1", "type": "AddApartment", "version": 1,
+    "message_id": "m1", "correlation_id": "c1", "type": "AddApartment", "version": 2,
     "apartment_id": "a1",
     "payload": {"owner_id": "o1", "city": "Lisbon", "title": "Flat", "price_per_night": 100,
-                "capacity": 2},
+                "currency": "EUR", "capacity": 2},
 }
 
 
@@ -54,7 +54,7 @@ def test_good_envelope_round_trips() -> None:
     (b'"text"', BadInput.NOT_OBJECT),
     (body(type="Nope"), BadInput.UNKNOWN_TYPE),
     (body(type=...), BadInput.UNKNOWN_TYPE),
-    (body(version=2), BadInput.UNSUPPORTED_VERSION),
+    (body(version=3), BadInput.UNSUPPORTED_VERSION),
     (body(payload={"owner_id": "o1"}), BadInput.SCHEMA_ERROR),
     (body(payload={**GOOD["payload"], "extra": 1}), BadInput.SCHEMA_ERROR),
     (body(payload={**GOOD["payload"], "capacity": "many"}), BadInput.SCHEMA_ERROR),
@@ -87,7 +87,7 @@ def test_partial_ids_are_kept_for_the_error_reply() -> None:
 def test_follow_copies_correlation_and_sets_causation() -> None:
     env = Envelope.from_json(body())
     nxt = env.follow(AddApartment(owner_id="o", city="c", title="t", price_per_night=1,
-                                  capacity=1))
+                                  currency="EUR", capacity=1))
     assert nxt.correlation_id == "c1" and nxt.causation_id == "m1"
     assert nxt.message_id != env.message_id and nxt.apartment_id == "a1"
 

@@ -44,7 +44,7 @@ def writers(engines: tuple[Engine, Engine]) -> Iterator[tuple[StoreWriter, Store
 
 def _event(title: str) -> Envelope:
     payload: Message = ApartmentAdded(owner_id="o1", city="Porto", title=title,
-                                      price_per_night=100, capacity=2)
+                                      price_per_night=100, currency="EUR", capacity=2)
     return Envelope.new(payload, apartment_id="a1")
 
 

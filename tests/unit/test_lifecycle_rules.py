@@ -55,7 +55,7 @@ NOW = datetime(2030, 1, 7, 12, 0, tzinfo=UTC)
 TTL = timedelta(hours=24)
 RULES = Rules(today=TODAY, now=NOW, request_ttl=TTL)
 ADDED = ApartmentAdded(owner_id="o1", city="Lisbon", title="Flat", price_per_night=100,
-                       capacity=2)
+                       currency="EUR", capacity=2)
 
 
 def given_(*events: Message) -> Apartment:

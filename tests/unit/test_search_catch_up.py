@@ -49,7 +49,7 @@ def applied(engine: Engine, event_id: str) -> None:
 
 def added() -> ApartmentAdded:
     return ApartmentAdded(owner_id="o1", city="Porto", title="t", price_per_night=1,
-                          capacity=1)
+                          currency="EUR", capacity=1)
 
 
 def requested() -> ReservationRequested:

@@ -27,7 +27,7 @@ def listed(engine: Engine) -> Engine:
     with engine.begin() as conn:
         for aid, city in CITIES.items():
             added = ApartmentAdded(owner_id="o1", city=city, title=f"Flat in {city}",
-                                   price_per_night=5000, capacity=2)
+                                   price_per_night=5000, currency="EUR", capacity=2)
             apply_effects(conn, actor.react(Envelope.new(added, apartment_id=aid)).effects)
     return engine
 
@@ -91,7 +91,7 @@ def porto(engine: Engine) -> Engine:
     with engine.begin() as conn:
         for n in range(1, 8):
             added = ApartmentAdded(owner_id="o1", city="Porto", title=f"Flat {n}",
-                                   price_per_night=100 * n, capacity=2)
+                                   price_per_night=100 * n, currency="EUR", capacity=2)
             apply_effects(conn, actor.react(Envelope.new(added, apartment_id=f"p{n}")).effects)
     return engine
 

@@ -87,7 +87,7 @@ class Outcomes:
 
 def apartment_added(n: int = 1) -> ApartmentAdded:
     return ApartmentAdded(owner_id="o1", city="Porto", title=f"Flat {n}", price_per_night=100 * n,
-                          capacity=2)
+                          currency="EUR", capacity=2)
 
 
 def env_of(payload: Message, apartment_id: str | None = "a1") -> Envelope:
