@@ -122,7 +122,8 @@ class Contract {
   }
 
   // The channel's messages: {key, type, version, current, schema, validate, headers,
-  // validateHeaders} (headers: the AMQP properties a producer sets, when documented).
+  // validateHeaders, amqpType} (headers: the AMQP properties a producer sets, when
+  // documented; amqpType: the AMQP `type` property, the amqp binding's messageType).
   // `type` and `version` are the payload schema's `const`s; `current` marks the
   // newest version of a type (its key carries no `_v<N>` suffix when the document
   // follows Staybook's naming; otherwise the highest version).
@@ -158,8 +159,10 @@ class Contract {
             + err.message);
         }
       }
+      const amqp = message.bindings().get('amqp');
       return { key, type, version, schema, validate, headers, validateHeaders,
-        name: message.name(), contentType: message.contentType() };
+        name: message.name(), contentType: message.contentType(),
+        amqpType: amqp?.value().messageType ?? type };
     });
     for (const entry of entries) {
       const same = entries.filter((e) => e.type === entry.type);

@@ -166,8 +166,8 @@ class Staybook {
       message_id: body.message_id,
       correlation_id: body.correlation_id,
       reply_to: DIRECT_REPLY_TO,
-      type: body.type,
       content_type: 'application/json',
+      delivery_mode: 2, // persistent
     };
     if (message && !message.validateHeaders(headers)) {
       throw new Error(`the AMQP properties do not match the document's headers of `
@@ -176,9 +176,9 @@ class Staybook {
     return {
       messageId: headers.message_id,
       correlationId: headers.correlation_id,
-      type: headers.type,
+      type: message ? message.amqpType : body.type,
       contentType: headers.content_type,
-      persistent: true,
+      deliveryMode: headers.delivery_mode,
     };
   }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from messages import ApartmentAdded
 from node import Node
 from tests.conftest import unique
 
@@ -117,7 +118,9 @@ def test_the_node_producer_runs_the_scenario_and_each_bad_input_gets_its_reason(
     # The local validator refuses the wrong price before it is sent raw.
     assert got["schema_error_local"][0] == "invalid"
     assert "/payload/price_per_night" in str(got["schema_error_local"][1])
+    # Every older AddApartment version the document lists is still accepted.
     older = sorted(k for k in steps if k.startswith("add_apartment_v"))
+    assert "add_apartment_v1" in older
     assert all(got[k] == ("ok", None) for k in older)
     assert len(steps) == len(SCENARIO) + len(BAD_INPUT) + 1 + len(older)
     assert all(s["ok"] is True for s in steps.values())
@@ -125,13 +128,18 @@ def test_the_node_producer_runs_the_scenario_and_each_bad_input_gets_its_reason(
     # Each command took effect once: the re-send and the conflicting re-use of its
     # message_id changed nothing; the wrong routing key's apartment was never added.
     apt = f"apt-{suffix}"
-    assert [e.type for e in node.store.load(f"apartment:{apt}")] == [
+    events = node.store.load(f"apartment:{apt}")
+    assert [e.type for e in events] == [
         "ApartmentAdded", "ReservationRequested", "ReservationAccepted", "DatesBooked",
         "ReservationRejected"]
+    assert isinstance(events[0].payload, ApartmentAdded)
+    assert events[0].payload.currency == "EUR"
     for name in older:
         version = name.removeprefix("add_apartment_v")
-        assert [e.type for e in node.store.load(f"apartment:{apt}-v{version}")] == [
-            "ApartmentAdded"]
+        added = node.store.load(f"apartment:{apt}-v{version}")
+        assert [e.type for e in added] == ["ApartmentAdded"]
+        assert isinstance(added[0].payload, ApartmentAdded)
+        assert added[0].payload.currency == "EUR"  # version 1 is read as euro
     assert node.store.load(f"apartment:{apt}-bad") == []
     # Every bad input was dead-lettered with its reason, and nothing else was.
     assert dead_letter_reasons(node, len(BAD_INPUT)) == sorted(r for _, r in BAD_INPUT.values())
