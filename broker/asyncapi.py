@@ -14,6 +14,7 @@ Names carry the deployment's prefix as the channel parameter ``prefix``.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, Literal
 
 import yaml
@@ -33,13 +34,12 @@ from messages.registry import (
     bindings,
     older_versions,
 )
+from messages.replies import NODE_REASONS
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING = "0.3.0"
 PREFIX = "{prefix}"
 SCHEMAS = "#/components/schemas/"
-NODE_REASONS = ("idempotency_conflict", "poison")
-"""Reasons a node gives besides the bad-input ones (actors/base.py, actors/poison.py)."""
 
 _INBOUND = (Kind.COMMAND, Kind.QUERY)
 
@@ -73,7 +73,7 @@ def document(title_version: str = "1") -> dict[str, Any]:
     schemas["Envelope"] = _envelope_schema()
     schemas["AmqpProperties"] = _HEADERS
     messages["DeadLetter"] = dead_letter_message()
-    return {
+    doc: dict[str, Any] = _plain({
         "asyncapi": ASYNCAPI_VERSION,
         "info": _info(title_version),
         "defaultContentType": "application/json",
@@ -86,7 +86,23 @@ def document(title_version: str = "1") -> dict[str, Any]:
         "operations": _operations(specs, versions),
         "components": {"schemas": dict(sorted(schemas.items())),
                        "messages": messages},
-    }
+    })
+    return doc
+
+
+_ROLE = re.compile(r":(?:func|class|meth|attr|mod):`~?([^`]+)`")
+
+
+def _plain(node: Any, key: str = "") -> Any:
+    """``node`` with its prose in Markdown: docstrings' reST roles and double backticks
+    become single backticks (``description`` and ``summary`` strings only)."""
+    if isinstance(node, dict):
+        return {k: _plain(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v, key) for v in node]
+    if isinstance(node, str) and key in ("description", "summary"):
+        return _ROLE.sub(r"`\1`", node).replace("``", "`")
+    return node
 
 
 class _Dumper(yaml.SafeDumper):
@@ -181,7 +197,8 @@ _HEADERS = {
         "reply_to": {"type": "string",
                      "description": "Where the reply goes, e.g. amq.rabbitmq.reply-to."},
         "content_type": {"const": "application/json", "type": "string"},
-        "delivery_mode": {"const": 2, "type": "integer", "description": "Persistent."},
+        "delivery_mode": {"enum": [1, 2], "type": "integer",
+                          "description": "2 (persistent) for commands."},
     },
 }
 

@@ -11,8 +11,10 @@ from messages.base import ID_PATTERN, Message
 from messages.registry import COMMANDS_EXCHANGE, QUERIES_EXCHANGE, Consumer, Kind, register
 
 _ID = Field(pattern=ID_PATTERN)
-_MONEY = Field(le=100_000_000)  # cents; the rules check > 0
+_MONEY = Field(le=100_000_000, strict=True)  # cents; the rules check > 0
 CURRENCY = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
+# Integers are strict: "120.00", 120.0 or true for a price is refused, not read as 120
+# (or 1); the published schema says integer, and the node takes no more than it says.
 MAX_WAIT_MS = 30_000  # the longest a search may wait for its read model (SearchApartments)
 
 
@@ -31,7 +33,7 @@ class AddApartment(Message):
     description: str = Field("", max_length=2000)
     price_per_night: int = _MONEY
     currency: str = CURRENCY
-    capacity: int = Field(le=100)
+    capacity: int = Field(le=100, strict=True)
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
@@ -42,7 +44,7 @@ class RequestReservation(Message):
     guest_id: str = _ID
     start: date
     end: date
-    guests: int = Field(1, le=100)
+    guests: int = Field(1, le=100, strict=True)
     card_token: str = Field("tok_visa", pattern=r"^tok_[A-Za-z0-9_]{1,60}$")
     card_last4: str = Field("4242", pattern=r"^[0-9]{4}$")
 
@@ -68,9 +70,9 @@ class UpdateApartment(Message):
     """The owner changes price, description or capacity; pending requests keep their price."""
 
     owner_id: str = _ID
-    price_per_night: int | None = Field(None, le=100_000_000)
+    price_per_night: int | None = Field(None, le=100_000_000, strict=True)
     description: str | None = Field(None, max_length=2000)
-    capacity: int | None = Field(None, le=100)
+    capacity: int | None = Field(None, le=100, strict=True)
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
@@ -146,13 +148,13 @@ class SearchApartments(Message):
     """
 
     city: str | None = Field(None, max_length=100)
-    min_price: int | None = Field(None, ge=0, le=100_000_000)
-    max_price: int | None = Field(None, ge=0, le=100_000_000)
-    guests: int = Field(1, ge=1, le=100)
+    min_price: int | None = Field(None, ge=0, le=100_000_000, strict=True)
+    max_price: int | None = Field(None, ge=0, le=100_000_000, strict=True)
+    guests: int = Field(1, ge=1, le=100, strict=True)
     start: date | None = None
     end: date | None = None
     sort: Literal["price_asc", "price_desc"] = "price_asc"
-    limit: int = Field(20, ge=1, le=100)
-    offset: int = Field(0, ge=0, le=10_000)
-    after: int | None = Field(None, ge=1, le=2**63 - 1)
-    wait_ms: int = Field(5000, ge=0, le=MAX_WAIT_MS)
+    limit: int = Field(20, ge=1, le=100, strict=True)
+    offset: int = Field(0, ge=0, le=10_000, strict=True)
+    after: int | None = Field(None, ge=1, le=2**63 - 1, strict=True)
+    wait_ms: int = Field(5000, ge=0, le=MAX_WAIT_MS, strict=True)

@@ -18,7 +18,8 @@ in a keyword that constrains as a narrowing, so it may call a harmless change
 breaking but not the reverse. One assumption: a writer writes only the fields its own
 schema names, so a field one schema lacks is absent from its documents, even where
 that schema leaves unknown fields open (events and replies, read tolerantly).
-Annotations (``title``, ``description``, ``default``, ``examples``) are ignored.
+Annotations (``title``, ``description``, ``default``, ``examples``) and ``x-``
+extensions are ignored.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def narrowings(a: Schema, b: Schema, path: str = "") -> list[str]:
         b: the schema they must be valid under (likewise).
         path: where in the document (for the messages).
     """
+    a, b = _validating(a), _validating(b)
     if not b or b == a:
         return []
     where = path or "(the message)"
@@ -112,6 +114,11 @@ def _objects(a: Schema, b: Schema, path: str, where: str) -> list[str]:
 
 
 _MISSING = object()
+
+
+def _validating(s: Schema) -> Schema:
+    """``s`` without annotations and ``x-`` extensions, which constrain nothing."""
+    return {k: v for k, v in s.items() if k not in _ANNOTATIONS and not k.startswith("x-")}
 
 
 def _options(s: Schema) -> list[Schema]:

@@ -8,8 +8,12 @@ from typing import Any
 
 from pydantic import Field
 
-from messages.base import Envelope, Published
+from messages.base import BadInput, Envelope, Published
+from messages.events import Reason
 from messages.registry import Kind, register
+
+NODE_REASONS = ("idempotency_conflict", "poison")
+"""Error reasons a node gives besides the bad-input ones (actors/base.py, actors/poison.py)."""
 
 
 class Status(StrEnum):
@@ -27,14 +31,19 @@ class CommandResult(Published):
     ``position`` is the store position of the last event the command recorded (of the
     stream's newest event when it recorded none): pass it as ``SearchApartments.after``
     to search a read model that includes this write. None when nothing was recorded
-    (the command was refused unread, or its stream is empty). It stays the last field:
-    :func:`with_position` relies on that.
+    (the command was refused unread, or its stream is empty).
     """
 
     status: Status
-    reason: str | None = None
+    reason: str | None = Field(None, description=(
+        "Why, unless ok: a rule's reason when rejected, the message's fault when error. "
+        "New reasons may appear: act on status, show an unknown reason as it is."),
+        json_schema_extra={"x-rejected-reasons": [r.value for r in Reason],
+                           "x-error-reasons": [*(r.value for r in BadInput), *NODE_REASONS]})
     detail: str | None = None
-    events: list[dict[str, Any]] = Field(default_factory=list)
+    events: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "The events it recorded, in order: each one's type, message_id and fields."))
+    # The last field: with_position splices it into the serialized reply.
     position: int | None = None
 
 

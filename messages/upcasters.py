@@ -36,8 +36,8 @@ class AddApartmentV1(Message):
     city: str = Field(min_length=1, max_length=100)
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=2000)
-    price_per_night: int = Field(le=100_000_000)
-    capacity: int = Field(le=100)
+    price_per_night: int = Field(le=100_000_000, strict=True)
+    capacity: int = Field(le=100, strict=True)
 
 
 class ApartmentAddedV1(Published):

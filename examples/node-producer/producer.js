@@ -314,9 +314,8 @@ function steps(staybook, contract, suffix) {
         'error', 'unsupported_version');
     }],
     ['schema_error_local', async () => {
-      // Not a numeric string such as '12000': the document says integer, but the node
-      // (pydantic, lax mode) turns '12000' into 12000 and accepts it.
-      state.wrongPrice = staybook.envelope(add, bad, { ...current(bad), price_per_night: '120 EUR' });
+      // A price as text: the document says integer, and so does the node.
+      state.wrongPrice = staybook.envelope(add, bad, { ...current(bad), price_per_night: '120.00' });
       const valid = add.validate(state.wrongPrice);
       const why = explain(add.validate.errors);
       const ok = !valid && why.includes('/payload/price_per_night');

@@ -100,17 +100,14 @@ def dead_letter_reasons(node: Node, count: int, timeout: float = 15) -> list[str
 def test_the_node_producer_runs_the_scenario_and_each_bad_input_gets_its_reason(
         node: Node, amqp_url: str, node_js: str) -> None:
     suffix = unique("np")
-    started = time.monotonic()
     run = run_node(node_js, "producer.js", "--url", amqp_url, "--prefix", node.topology.prefix,
                    "--doc", str(DOC), "--apartment-suffix", suffix)
-    elapsed = time.monotonic() - started
     steps: dict[str, dict[str, Any]] = {}
     for line in run.stdout.splitlines():
         step = json.loads(line)
         steps[step["step"]] = step
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stderr == ""
-    assert elapsed < 30, f"the producer took {elapsed:.1f} s"
 
     got = {name: (s["status"], s["reason"]) for name, s in steps.items()}
     assert {k: got.get(k) for k in SCENARIO} == SCENARIO

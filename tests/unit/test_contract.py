@@ -290,3 +290,14 @@ def test_the_readme_table_is_generated_from_the_document() -> None:
     assert found.group(1) == markdown_catalog(generated()), (
         "the README's message table is stale: paste `staybook catalog --markdown` into it")
     assert "| AddApartment | command | 1, 2 | intake |" in found.group(1)
+
+
+def test_the_error_reasons_published_are_the_ones_nodes_give() -> None:
+    from actors.base import IDEMPOTENCY_CONFLICT
+    from actors.poison import POISON
+    from messages.replies import NODE_REASONS
+
+    assert set(NODE_REASONS) == {IDEMPOTENCY_CONFLICT, POISON}
+    reason = generated()["components"]["schemas"]["CommandResult"]["properties"]["reason"]
+    assert "already_taken" in reason["x-rejected-reasons"]
+    assert {"unsupported_version", "idempotency_conflict"} <= set(reason["x-error-reasons"])

@@ -128,3 +128,14 @@ def test_the_registry_knows_every_version_still_read() -> None:
 def test_upcasters_are_checked_when_registered(type_name: str, version: int, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         upcaster(type_name, version, AddApartmentV1)(lambda p: p)
+
+
+@pytest.mark.parametrize("price", ["120", "120.00", 120.0, True])
+def test_integers_are_integers_on_the_wire(price: object) -> None:
+    """The schema says integer: a string, a float or a boolean is not read as one."""
+    v2 = {**V1_ADD, "version": 2,
+          "payload": {**V1_ADD["payload"], "currency": "EUR", "price_per_night": price}}
+    err = refusal(v2)
+    assert err.reason is BadInput.SCHEMA_ERROR and "price_per_night" in err.detail
+    assert refusal(V1_ADD, payload={**V1_ADD["payload"], "price_per_night": price}).reason \
+        is BadInput.SCHEMA_ERROR
