@@ -469,8 +469,8 @@ def command_result(command: Message, events: Sequence[Envelope]) -> CommandResul
     (where it is the success), makes the reply ``rejected`` with its reason. Later
     rejections (other requests an acceptance displaced) are consequences.
     """
-    summary = [{"type": e.type, "message_id": e.message_id, **e.payload.model_dump(mode="json")}
-               for e in events]
+    summary = [{"type": e.type, "version": e.version, "message_id": e.message_id,
+                **e.payload.model_dump(mode="json")} for e in events]
     first = events[0].payload if events else None
     refused = isinstance(first, CommandRejected) or (
         isinstance(first, ReservationRejected) and type(command).__name__ != "RejectReservation")

@@ -38,7 +38,9 @@ from messages.replies import NODE_REASONS
 
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING = "0.3.0"
-PREFIX = "{prefix}"
+PREFIX = "staybook"
+"""Every exchange and queue name starts with the deployment's ``broker.prefix``; the
+document names them with the default one, and says so in ``info.x-staybook-prefix``."""
 SCHEMAS = "#/components/schemas/"
 
 _INBOUND = (Kind.COMMAND, Kind.QUERY)
@@ -71,7 +73,7 @@ def document(title_version: str = "1") -> dict[str, Any]:
             messages[key] = _message(spec, version, model)
             versions.setdefault(spec.type, []).append(key)
     schemas["Envelope"] = _envelope_schema()
-    schemas["AmqpProperties"] = _HEADERS
+    schemas["AmqpProperties"] = _properties()
     messages["DeadLetter"] = dead_letter_message()
     doc: dict[str, Any] = _plain({
         "asyncapi": ASYNCAPI_VERSION,
@@ -125,22 +127,25 @@ def _info(title_version: str) -> dict[str, Any]:
     return {
         "title": "Staybook",
         "version": title_version,
+        "x-staybook-prefix": {"default": PREFIX, "description": (
+            "Every exchange and queue name here starts with this default prefix; a "
+            "deployment's own (setting broker.prefix) replaces it.")},
         "description": (
             "Apartment booking over RabbitMQ. Owners list apartments, guests request "
             "dates, owners accept or reject; acceptance charges the card and takes the "
             "dates.\n\n"
             "**Sending a command.** Publish the JSON envelope to the topic exchange "
-            "`{prefix}.commands` with the routing key = `apartment_id`, with publisher "
+            "`staybook.commands` with the routing key = `apartment_id`, with publisher "
             "confirms, and set the AMQP properties `reply_to` (e.g. "
             "`amq.rabbitmq.reply-to`), `correlation_id` and `message_id`. The reply "
             "(`CommandResult`) comes to `reply_to` with the same `correlation_id`. "
-            "Queries go to the fanout exchange `{prefix}.queries`.\n\n"
+            "Queries go to the fanout exchange `staybook.queries`.\n\n"
             "**Retrying.** Re-send with the same `message_id`: the same request gets the "
             "stored reply; a different request under a used id is refused "
             "`idempotency_conflict`.\n\n"
             f"**Refusals.** A body over {limit} bytes, or one that is not a valid envelope "
             "of a known type and accepted version, is answered `status: error` with one of "
-            f"{reasons} and dead-lettered to `{{prefix}}.dead-letters`.\n\n"
+            f"{reasons} and dead-lettered to `staybook.dead-letters`.\n\n"
             "**Versions.** Each message lists every version a node reads (keys "
             "`<Type>_v<n>` for older ones; `x-staybook-accepts`). Send the current one; "
             "any other is refused `unsupported_version`. Events and replies may gain "
@@ -171,10 +176,10 @@ def _payload_schema(spec: MessageSpec, version: int, model: type[BaseModel]) -> 
                                  "description": "The partition key (the routing key of a "
                                                 "command)."}
         required.append("apartment_id")
-    schema: dict[str, Any] = {"type": "object", "properties": props, "required": required}
-    if spec.kind in _INBOUND:
-        schema["additionalProperties"] = False
-    return schema
+    # The envelope's fields are fixed for every kind; an event's or a reply's payload is
+    # what readers take tolerantly (docs/messages.md).
+    return {"type": "object", "properties": props, "required": required,
+            "additionalProperties": False}
 
 
 def _add_schema(schemas: dict[str, Any], model: type[BaseModel], kind: Kind) -> None:
@@ -187,20 +192,24 @@ def _add_schema(schemas: dict[str, Any], model: type[BaseModel], kind: Kind) -> 
             raise ValueError(f"two different schemas are named {name}")
 
 
-_HEADERS = {
-    "type": "object",
-    "description": "AMQP basic properties (not table headers) a producer sets.",
-    "properties": {
-        "message_id": {"type": "string", "description": "The envelope's message_id."},
-        "correlation_id": {"type": "string",
-                           "description": "Copied onto the reply; the message_id if unset."},
-        "reply_to": {"type": "string",
-                     "description": "Where the reply goes, e.g. amq.rabbitmq.reply-to."},
-        "content_type": {"const": "application/json", "type": "string"},
-        "delivery_mode": {"enum": [1, 2], "type": "integer",
-                          "description": "2 (persistent) for commands."},
-    },
-}
+def _properties(table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The AMQP basic properties of a message (``headers``: its table of headers)."""
+    return {
+        "type": "object",
+        "description": "AMQP basic properties; `headers` is the AMQP table of headers.",
+        "properties": {
+            "message_id": {"type": "string", "description": "The envelope's message_id."},
+            "correlation_id": {"type": "string", "description": (
+                "A request's: copied onto its reply (the message_id when unset).")},
+            "reply_to": {"type": "string", "description": (
+                "A request's: where its reply goes, e.g. amq.rabbitmq.reply-to.")},
+            "type": {"type": "string", "description": "The envelope's type."},
+            "content_type": {"type": "string"},
+            "delivery_mode": {"enum": [1, 2], "type": "integer",
+                              "description": "2 (persistent) for commands and events."},
+            "headers": table or {"type": "object"},
+        },
+    }
 
 
 def _message(spec: MessageSpec, version: int, model: type[BaseModel]) -> dict[str, Any]:
@@ -211,14 +220,19 @@ def _message(spec: MessageSpec, version: int, model: type[BaseModel]) -> dict[st
         "summary": doc.splitlines()[0] if doc else spec.type,
         "contentType": "application/json",
     }
-    if spec.kind in _INBOUND:
-        out["headers"] = {"$ref": SCHEMAS + "AmqpProperties"}
-        out["correlationId"] = {"description": "Replies carry the request's correlation_id.",
-                                "location": "$message.header#/correlation_id"}
-    elif spec.kind is Kind.EVENT:
-        out["correlationId"] = {"description": "The command that caused it started this "
-                                               "conversation; causation_id is its message_id.",
-                                "location": "$message.payload#/correlation_id"}
+    out["headers"] = {"$ref": SCHEMAS + "AmqpProperties"}
+    out["correlationId"] = {
+        Kind.COMMAND: {"description": "Its reply carries the same AMQP correlation_id.",
+                       "location": "$message.header#/correlation_id"},
+        Kind.QUERY: {"description": "Its reply carries the same AMQP correlation_id.",
+                     "location": "$message.header#/correlation_id"},
+        Kind.REPLY: {"description": "The request's AMQP correlation_id (its message_id "
+                                    "when it set none).",
+                     "location": "$message.header#/correlation_id"},
+        Kind.EVENT: {"description": "The conversation the causing command started; "
+                                    "causation_id is that command's message_id.",
+                     "location": "$message.payload#/correlation_id"},
+    }[spec.kind]
     if "\n" in doc:
         out["description"] = doc
     out["payload"] = _payload_schema(spec, version, model)
@@ -249,8 +263,7 @@ def _queue(name: str) -> dict[str, Any]:
                                "autoDelete": False, "vhost": "/"}}}
 
 
-_PREFIX_PARAMETER = {"prefix": {"default": "staybook",
-                                "description": "The deployment's broker.prefix setting."}}
+_FANOUT = "A fanout exchange: the routing key is ignored (any will do)."
 
 
 def _refs(keys: list[str]) -> dict[str, Any]:
@@ -266,23 +279,24 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
     keyed = {k: [key for s in specs if s.kind is k for key in versions[s.type]] for k in Kind}
     out: dict[str, Any] = {
         "commands": {
-            "address": f"{PREFIX}.{COMMANDS_EXCHANGE}",
+            "address": "{apartment_id}",
             "title": "Commands",
             "description": (
                 "Topic exchange; routing key = the envelope's apartment_id. It feeds a "
                 f"consistent-hash exchange ({HASH_EXCHANGE_TYPE}) over the partition "
-                f"queues `{{prefix}}.intake.p000`... (broker.partitions, {partitions} by "
+                f"queues `staybook.intake.p000`... (broker.partitions, {partitions} by "
                 "default), so one apartment's commands are handled in order by one node. "
                 + limits),
-            "parameters": _PREFIX_PARAMETER,
+            "parameters": {"apartment_id": {
+                "description": "The routing key: the envelope's apartment_id.",
+                "location": "$message.payload#/apartment_id"}},
             "messages": _refs(keyed[Kind.COMMAND]),
             "bindings": _exchange(COMMANDS_EXCHANGE, "topic"),
         },
         "queries": {
-            "address": f"{PREFIX}.{QUERIES_EXCHANGE}",
+            "address": None,
             "title": "Queries",
-            "description": "Fanout exchange to the search queue; no routing key needed.",
-            "parameters": _PREFIX_PARAMETER,
+            "description": f"{_FANOUT} It feeds the search queue.",
             "messages": _refs(keyed[Kind.QUERY]),
             "bindings": _exchange(QUERIES_EXCHANGE, "fanout"),
         },
@@ -296,10 +310,9 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
             "address": f"{PREFIX}.dead-letters",
             "title": "Dead letters",
             "description": (
-                f"Fanout exchange `{{prefix}}.{DEAD_LETTER_EXCHANGE}` to this queue: refused "
+                f"Fanout exchange `staybook.{DEAD_LETTER_EXCHANGE}` to this queue: refused "
                 "bodies as sent, with the table headers x-staybook-reason and "
                 "x-staybook-detail. Nodes record them (`staybook ctl dlq`)."),
-            "parameters": _PREFIX_PARAMETER,
             "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
             "bindings": _queue("dead-letters"),
         },
@@ -307,10 +320,10 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
     for s in specs:
         if s.kind is Kind.EVENT and s.consumers:
             out[f"events_{s.type}"] = {
-                "address": f"{PREFIX}.{s.exchange}",
+                "address": None,
                 "title": s.type,
-                "description": "Fanout exchange (alternate exchange `{prefix}.unrouted`).",
-                "parameters": _PREFIX_PARAMETER,
+                "description": f"{_FANOUT} Its alternate exchange, `{PREFIX}.unrouted`, "
+                               "keeps an event no queue is bound for.",
                 "messages": _refs(versions[s.type]),
                 "bindings": _exchange(s.exchange, "fanout"),
             }
@@ -322,7 +335,6 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
                 "address": f"{PREFIX}.{consumer.value}",
                 "title": f"The {consumer.value} queue",
                 "description": f"Bound to the events it handles. {limits}",
-                "parameters": _PREFIX_PARAMETER,
                 "messages": _refs(keys),
                 "bindings": _queue(consumer.value),
             }
@@ -337,21 +349,25 @@ def _operations(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dic
     reply_address = {"description": "The AMQP reply_to property of the request.",
                      "location": "$message.header#/reply_to"}
 
-    def request(channel: str, kind: Kind, answer: str, what: str) -> dict[str, Any]:
+    def request(channel: str, kind: Kind, answer: str, what: str,
+                also: str | None = None) -> dict[str, Any]:
         keys = [k for s in specs if s.kind is kind for k in versions[s.type]]
+        refused = (f" A {what[:-1]} refused unread gets a {also} with status error."
+                   if also else "")
         return {
             "action": "receive",
             "channel": {"$ref": f"#/channels/{channel}"},
             "title": f"Staybook takes {what}",
-            "summary": f"Producers send {what} here and get a {answer} on reply_to.",
+            "summary": f"Producers send {what} here and get a {answer} on reply_to.{refused}",
             "messages": _ops_refs(channel, keys),
             "reply": {"address": reply_address, "channel": {"$ref": "#/channels/reply"},
-                      "messages": _ops_refs("reply", [answer])},
+                      "messages": _ops_refs("reply", [answer, *([also] if also else [])])},
         }
 
     out: dict[str, Any] = {
         "receiveCommand": request("commands", Kind.COMMAND, "CommandResult", "commands"),
-        "receiveQuery": request("queries", Kind.QUERY, "SearchResults", "queries"),
+        "receiveQuery": request("queries", Kind.QUERY, "SearchResults", "queries",
+                                also="CommandResult"),
         "deadLetter": {
             "action": "send",
             "channel": {"$ref": "#/channels/deadLetters"},
@@ -390,13 +406,13 @@ def dead_letter_message() -> dict[str, Any]:
         "title": "A refused or poison message",
         "summary": "The body as it was sent (it may not be JSON), with why.",
         "contentType": "application/octet-stream",
-        "headers": {"type": "object", "properties": {
+        "headers": _properties({"type": "object", "properties": {
             "x-staybook-reason": {"type": "string", "enum": reasons,
                                   "description": "Set by the node that refused it. Absent "
                                                  "when the broker dead-lettered it (x-death "
                                                  "says why, e.g. delivery_limit)."},
             "x-staybook-detail": {"type": "string", "maxLength": 1000},
-        }},
+        }}),
         "payload": {"description": "The body as sent."},
     }
 

@@ -39,6 +39,23 @@ class Outgoing:
     persistent: bool = True
 
 
+_TYPE = b'"type":"'
+
+
+def reply_type(reply: bytes) -> str | None:
+    """The envelope type of a serialized reply, for the AMQP ``type`` property.
+
+    Read off the bytes, not parsed: the envelope's fields before ``type`` are ids
+    (``ID_PATTERN``: no quotes), so its first ``"type":"`` is the envelope's own.
+    """
+    start = reply.find(_TYPE)
+    if start < 0:
+        return None
+    start += len(_TYPE)
+    end = reply.find(b'"', start)
+    return reply[start:end].decode() if 0 < end - start <= 100 else None
+
+
 class Delivery(ABC):
     """One received message; settled exactly once, from any thread.
 
@@ -131,7 +148,7 @@ class Delivery(ABC):
             routing_key=self.reply_to or "",
             body=reply,
             correlation_id=self.correlation_id or self.message_id,
-            type="CommandResult",
+            type=reply_type(reply),
             persistent=False,
         )
 

@@ -17,7 +17,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SerializeAsAny, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
 from messages.registry import Kind, accepted_versions, spec_for, spec_of, upcast
 
@@ -55,6 +63,23 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     VERSION: ClassVar[int] = 1
+
+
+class Request(Message):
+    """Base of commands and queries, which producers write and Staybook reads.
+
+    Their integer fields are strict (``Field(strict=True)``): ``"120.00"`` or ``true``
+    is refused, not read as 120 or 1, since the published schema says integer. JSON
+    Schema's integer includes ``120.0``, so an integral float is read as its integer.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_integers(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(type(v) is float for v in data.values()):
+            return {k: int(v) if type(v) is float and v.is_integer() else v
+                    for k, v in data.items()}
+        return data
 
 
 class Published(Message):
@@ -114,9 +139,6 @@ class Envelope(BaseModel):
     occurred_at: datetime = Field(default_factory=utcnow)
     apartment_id: str | None = Field(default=None, pattern=ID_PATTERN)
     payload: SerializeAsAny[Message]
-    # An older version's message, upcast on reading: what it asked as sent (its version
-    # and payload as that version's model read it), which content_hash covers.
-    _as_sent: tuple[int, dict[str, Any]] | None = PrivateAttr(default=None)
 
     @classmethod
     def new(
@@ -174,12 +196,8 @@ class Envelope(BaseModel):
         older version hashes as sent, so a re-send matches what that version's node
         recorded.
         """
-        version, payload = self._as_sent or (self.version,
-                                             self.payload.model_dump(mode="json"))
-        what = {"type": self.type, "version": version, "apartment_id": self.apartment_id,
-                "payload": payload}
-        canonical = json.dumps(what, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(canonical).hexdigest()[:32]
+        return _content_hash(self.type, self.version, self.apartment_id,
+                             self.payload.model_dump(mode="json"))
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form as plain JSON data."""
@@ -260,10 +278,11 @@ class Envelope(BaseModel):
         except ValidationError as exc:
             raise InvalidMessage(BadInput.SCHEMA_ERROR, _summarize(exc), partial) from None
         try:
-            env = cls.model_validate({**raw, "payload": payload})
+            env = (cls if version == spec.version else _Upcast).model_validate(
+                {**raw, "payload": payload})
         except ValidationError as exc:
             raise InvalidMessage(BadInput.BAD_ENVELOPE, _summarize(exc), partial) from None
-        if version != spec.version:
+        if isinstance(env, _Upcast):
             env._as_sent = (version, as_sent)
         if env.apartment_id is None and spec.kind in (Kind.COMMAND, Kind.EVENT):
             raise InvalidMessage(
@@ -272,6 +291,30 @@ class Envelope(BaseModel):
                 partial,
             )
         return env
+
+
+class _Upcast(Envelope):
+    """An envelope read from an older version, which remembers what it asked as sent:
+    its version, and its payload as that version's model read it.
+
+    A subclass, so that the private attribute costs nothing on the common path (any
+    private attribute makes pydantic run a hook on every validation and construction).
+    """
+
+    _as_sent: tuple[int, dict[str, Any]] = PrivateAttr()
+
+    def content_hash(self) -> str:
+        """Hashed as sent: a re-send matches what the older version's node recorded."""
+        version, payload = self._as_sent
+        return _content_hash(self.type, version, self.apartment_id, payload)
+
+
+def _content_hash(type_name: str, version: int, apartment_id: str | None,
+                  payload: dict[str, Any]) -> str:
+    what = {"type": type_name, "version": version, "apartment_id": apartment_id,
+            "payload": payload}
+    canonical = json.dumps(what, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def _versions(accepted: tuple[int, ...]) -> str:

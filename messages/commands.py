@@ -7,19 +7,17 @@ from typing import Literal
 
 from pydantic import Field
 
-from messages.base import ID_PATTERN, Message
+from messages.base import ID_PATTERN, Request
 from messages.registry import COMMANDS_EXCHANGE, QUERIES_EXCHANGE, Consumer, Kind, register
 
 _ID = Field(pattern=ID_PATTERN)
 _MONEY = Field(le=100_000_000, strict=True)  # cents; the rules check > 0
 CURRENCY = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR")
-# Integers are strict: "120.00", 120.0 or true for a price is refused, not read as 120
-# (or 1); the published schema says integer, and the node takes no more than it says.
 MAX_WAIT_MS = 30_000  # the longest a search may wait for its read model (SearchApartments)
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class AddApartment(Message):
+class AddApartment(Request):
     """An owner lists a new apartment (the envelope's apartment_id names it).
 
     Version 2 names the ``currency`` of ``price_per_night`` (ISO 4217); version 1, which
@@ -37,7 +35,7 @@ class AddApartment(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class RequestReservation(Message):
+class RequestReservation(Request):
     """A guest asks for the nights from ``start`` up to (not including) ``end``."""
 
     reservation_id: str = _ID
@@ -50,7 +48,7 @@ class RequestReservation(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class AcceptReservation(Message):
+class AcceptReservation(Request):
     """The apartment's owner accepts a pending request."""
 
     reservation_id: str = _ID
@@ -58,7 +56,7 @@ class AcceptReservation(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class RejectReservation(Message):
+class RejectReservation(Request):
     """The apartment's owner turns a pending request down."""
 
     reservation_id: str = _ID
@@ -66,7 +64,7 @@ class RejectReservation(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class UpdateApartment(Message):
+class UpdateApartment(Request):
     """The owner changes price, description or capacity; pending requests keep their price."""
 
     owner_id: str = _ID
@@ -76,21 +74,21 @@ class UpdateApartment(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class DelistApartment(Message):
+class DelistApartment(Request):
     """The owner stops taking requests; pending ones are turned down."""
 
     owner_id: str = _ID
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class RelistApartment(Message):
+class RelistApartment(Request):
     """The owner takes requests again."""
 
     owner_id: str = _ID
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class BlockDates(Message):
+class BlockDates(Request):
     """The owner takes the nights [start, end) off the market (``block_id`` names them)."""
 
     owner_id: str = _ID
@@ -100,7 +98,7 @@ class BlockDates(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class UnblockDates(Message):
+class UnblockDates(Request):
     """The owner offers the nights of a block again."""
 
     owner_id: str = _ID
@@ -108,7 +106,7 @@ class UnblockDates(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class WithdrawRequest(Message):
+class WithdrawRequest(Request):
     """The guest takes back a request the owner has not answered yet."""
 
     reservation_id: str = _ID
@@ -116,7 +114,7 @@ class WithdrawRequest(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class CancelReservation(Message):
+class CancelReservation(Request):
     """The guest or the owner cancels an accepted reservation (``by`` says who asks)."""
 
     reservation_id: str = _ID
@@ -124,14 +122,14 @@ class CancelReservation(Message):
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class ExpireReservation(Message):
+class ExpireReservation(Request):
     """The expiry timer: a request unanswered past its deadline expires."""
 
     reservation_id: str = _ID
 
 
 @register(Kind.COMMAND, exchange=COMMANDS_EXCHANGE, consumers=(Consumer.INTAKE,))
-class CancelUnpaidReservation(Message):
+class CancelUnpaidReservation(Request):
     """The reservation process: the charge failed, so give the dates back."""
 
     reservation_id: str = _ID
@@ -139,7 +137,7 @@ class CancelUnpaidReservation(Message):
 
 
 @register(Kind.QUERY, exchange=QUERIES_EXCHANGE, consumers=(Consumer.SEARCH,))
-class SearchApartments(Message):
+class SearchApartments(Request):
     """Which apartments match: city, price per night range, guests, free dates.
 
     Search is eventually consistent. ``after`` (a ``CommandResult.position``) asks for

@@ -18,8 +18,8 @@ in a keyword that constrains as a narrowing, so it may call a harmless change
 breaking but not the reverse. One assumption: a writer writes only the fields its own
 schema names, so a field one schema lacks is absent from its documents, even where
 that schema leaves unknown fields open (events and replies, read tolerantly).
-Annotations (``title``, ``description``, ``default``, ``examples``) and ``x-``
-extensions are ignored.
+Annotations (``title``, ``description``, ``examples``) and ``x-`` extensions are
+ignored; a changed ``default`` counts, since it changes what an absent field means.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from typing import Any
 Schema = Mapping[str, Any]
 Resolver = Callable[[str], Schema]
 
-_ANNOTATIONS = frozenset({"title", "description", "default", "examples", "deprecated",
+_ANNOTATIONS = frozenset({"title", "description", "examples", "deprecated",
                           "readOnly", "writeOnly", "$comment"})
 _UPPER = ("maxLength", "maximum", "exclusiveMaximum", "maxItems", "maxProperties")
 _LOWER = ("minLength", "minimum", "exclusiveMinimum", "minItems", "minProperties")
 _HANDLED = frozenset({"type", "properties", "required", "additionalProperties", "anyOf",
                       "oneOf", "enum", "const", "items", "$ref", "pattern", "format",
-                      *_UPPER, *_LOWER}) | _ANNOTATIONS
+                      "default", *_UPPER, *_LOWER}) | _ANNOTATIONS
 
 
 def narrowings(a: Schema, b: Schema, path: str = "") -> list[str]:
@@ -51,6 +51,8 @@ def narrowings(a: Schema, b: Schema, path: str = "") -> list[str]:
     if not b or b == a:
         return []
     where = path or "(the message)"
+    if "oneOf" in a or "oneOf" in b:  # exclusive: an overlap would refuse a document
+        return [] if a == b else [f"{where}: oneOf changed (not checked in detail)"]
     a_opts, b_opts = _options(a), _options(b)
     if len(a_opts) > 1 or len(b_opts) > 1:
         out = []
@@ -85,9 +87,12 @@ def _single(a: Schema, b: Schema, path: str, where: str) -> list[str]:
     for key in ("pattern", "format"):
         if key in b and a.get(key) != b[key]:
             out.append(f"{where}: {key} {a.get(key)!r} became {b[key]!r}")
+    if a.get("default", _MISSING) != b.get("default", _MISSING) and "default" in a \
+            and "default" in b:  # what an absent field means
+        out.append(f"{where}: default {a['default']!r} became {b['default']!r}")
     if "items" in b:
         out += narrowings(a.get("items", {}), b["items"], f"{path}[]")
-    if "properties" in a or "properties" in b or "required" in b:
+    if {"properties", "required", "additionalProperties"} & (set(a) | set(b)):
         out += _objects(a, b, path, where)
     for key in sorted((set(b) - _HANDLED) | {k for k in set(a) & set(b) - _HANDLED
                                              if a[k] != b[k]}):
@@ -102,14 +107,20 @@ def _objects(a: Schema, b: Schema, path: str, where: str) -> list[str]:
     for name in sorted(set(b.get("required", ())) - set(a.get("required", ()))):
         out.append(f"{where}: field {name!r} became required" if name in pa
                    else f"{where}: required field {name!r} added")
+    extra_b = b.get("additionalProperties", True)
     for name, sub in pa.items():
         at = f"{path}.{name}" if path else name
         if name in pb:
             out += narrowings(sub, pb[name], at)
         elif closed_b:
             out.append(f"{where}: field {name!r} removed")
-    if closed_b and a.get("additionalProperties") is not False:
+        elif isinstance(extra_b, Mapping):
+            out += narrowings(sub, extra_b, at)
+    extra_a = a.get("additionalProperties", True)
+    if closed_b and extra_a is not False:
         out.append(f"{where}: unknown fields are no longer accepted")
+    elif isinstance(extra_b, Mapping):  # a map's values (dict[str, X]) must stay accepted
+        out += narrowings({} if extra_a is True else extra_a, extra_b, f"{path}{{*}}")
     return out
 
 

@@ -43,8 +43,8 @@ EXAMPLES: list[dict[str, Any]] = [
                                      "wait_ms": 5000}, apartment_id=None),
     _env(14, "CommandResult", 1, {
         "status": "ok", "reason": None, "detail": None,
-        "events": [{"type": "ReservationAccepted", "message_id": "ea0ced20c0cd41e48e40001",
-                    "reservation_id": "res-9"}],
+        "events": [{"type": "ReservationAccepted", "version": 1,
+                    "message_id": "ea0ced20c0cd41e48e40001", "reservation_id": "res-9"}],
         "position": 1207}, causation_id="7f3c0d9e2b1a0004", correlation=4),
     _env(15, "CommandResult", 1, {
         "status": "rejected", "reason": "already_taken",

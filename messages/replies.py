@@ -42,7 +42,13 @@ class CommandResult(Published):
                            "x-error-reasons": [*(r.value for r in BadInput), *NODE_REASONS]})
     detail: str | None = None
     events: list[dict[str, Any]] = Field(default_factory=list, description=(
-        "The events it recorded, in order: each one's type, message_id and fields."))
+        "The events it recorded, in order: each one's type, version and message_id, and "
+        "the fields of that event's payload (its schema: that version's message)."),
+        json_schema_extra={"items": {"type": "object", "required": ["type", "version",
+                                                                      "message_id"],
+                                     "properties": {"type": {"type": "string"},
+                                                    "version": {"type": "integer"},
+                                                    "message_id": {"type": "string"}}}})
     # The last field: with_position splices it into the serialized reply.
     position: int | None = None
 

@@ -18,18 +18,18 @@ from typing import Any
 from pydantic import Field
 
 from messages import commands, events
-from messages.base import ID_PATTERN, Message, Published
+from messages.base import ID_PATTERN, Published, Request
 from messages.registry import upcaster
 
 RETIRED: frozenset[str] = frozenset()
-"""Message versions once published and deliberately no longer read (keys of
-docs/asyncapi.yaml, e.g. ``AddApartment_v1``); the contract test accepts their removal."""
+"""Message versions once published and deliberately no longer read, as
+``<Type>_v<n>`` (e.g. ``AddApartment_v1``); the contract test accepts their removal."""
 
 LEGACY_CURRENCY = "EUR"
 """The currency version 1 prices were in: the one every deployment charged in then."""
 
 
-class AddApartmentV1(Message):
+class AddApartmentV1(Request):
     """An owner lists a new apartment (the envelope's apartment_id names it)."""
 
     owner_id: str = Field(pattern=ID_PATTERN)

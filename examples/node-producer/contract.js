@@ -2,7 +2,7 @@
 // Staybook's message contract, read from its AsyncAPI document (docs/asyncapi.yaml).
 //
 // Everything a producer needs comes from the document: the exchanges' names and
-// types (channel addresses with `{prefix}` substituted, AMQP bindings), which
+// types (the channels' AMQP bindings, under the deployment's prefix), which
 // (type, version) pairs a channel accepts, and a JSON Schema validator per message
 // (ajv, compiled from the parsed document's dereferenced payload schemas: the whole
 // body, the envelope with its typed `payload`).
@@ -67,20 +67,6 @@ function withoutExtensions(schema, seen = new Map()) {
   return out;
 }
 
-// `{name}` placeholders of an address replaced by params[name], else the
-// parameter's default in the document.
-function substitute(channel, template, params) {
-  const declared = Object.fromEntries(channel.parameters().all().map((p) => [p.id(), p.json()]));
-  return template.replace(/\{([^}]+)\}/g, (_, name) => {
-    const value = params[name] ?? declared[name]?.default;
-    if (value === undefined || value === null) {
-      throw new ContractError(`channel ${channel.id()}: no value for the address parameter `
-        + `{${name}} (give it, or a default in the document)`);
-    }
-    return String(value);
-  });
-}
-
 class Contract {
   constructor(document, params) {
     this.document = document;
@@ -96,29 +82,31 @@ class Contract {
     return channel;
   }
 
-  // The channel's address, its parameters substituted (e.g. 'staybook.commands').
-  address(channelId) {
-    const channel = this.channel(channelId);
-    const address = channel.address();
-    if (address === null || address === undefined) {
-      throw new ContractError(`channel ${channelId} has no address (it is set per message)`);
+  // A broker name of the document under the deployment's prefix (params.prefix): the
+  // document names every exchange and queue with the default prefix that its
+  // info.x-staybook-prefix declares.
+  brokerName(name) {
+    const declared = this.document.json().info?.['x-staybook-prefix']?.default;
+    const prefix = this.params.prefix;
+    if (prefix === undefined || prefix === null || declared === undefined) return name;
+    if (!name.startsWith(`${declared}.`)) {
+      throw new ContractError(`${name} does not start with the document's prefix ${declared}`);
     }
-    return substitute(channel, address, this.params);
+    return `${prefix}${name.slice(declared.length)}`;
   }
 
   // The AMQP exchange the channel publishes to: {name, type, durable, autoDelete},
-  // from its amqp binding; the name defaults to the channel's address.
+  // from its amqp binding (the channel's address is the routing key).
   exchange(channelId) {
     const channel = this.channel(channelId);
     const binding = channel.bindings().get('amqp');
     const value = binding ? binding.value() : {};
-    if (value.is && value.is !== 'routingKey') {
-      throw new ContractError(`channel ${channelId} is a queue, not an exchange`);
+    if (value.is !== 'routingKey' || !value.exchange?.name) {
+      throw new ContractError(`channel ${channelId} is not a routing key on a named exchange`);
     }
-    const ex = value.exchange || {};
-    const name = ex.name ? substitute(channel, ex.name, this.params)
-      : this.address(channelId);
-    return { name, type: ex.type, durable: ex.durable, autoDelete: ex.autoDelete };
+    const ex = value.exchange;
+    return { name: this.brokerName(ex.name), type: ex.type, durable: ex.durable,
+      autoDelete: ex.autoDelete };
   }
 
   // The channel's messages: {key, type, version, current, schema, validate, headers,

@@ -19,6 +19,7 @@ from actors.payment import SimulatedGateway
 from broker import Outgoing
 from broker.memory import MemoryBroker
 from messages import (
+    AcceptReservation,
     ApartmentAdded,
     Consumer,
     DatesBooked,
@@ -335,3 +336,17 @@ def test_search_finds_a_city_with_a_non_ascii_capital(memory_node: Node) -> None
     p = MemoryProducer(memory_broker(memory_node))
     assert ids(p.send(SearchApartments())) == ["e1"]  # it is in the read model
     assert ids(p.send(SearchApartments(city="Évora"))) == ["e1"]
+
+
+def test_each_reply_carries_its_own_type_in_the_amqp_properties(search_node: Node) -> None:
+    """A search's reply is typed SearchResults, a command's CommandResult (the contract's
+    amqp messageType), read off the reply's bytes."""
+    broker = memory_broker(search_node)
+    p = MemoryProducer(broker)
+    p.publish(Envelope.new(SearchApartments(city="Porto")))
+    searched = broker.get(p.reply_queue, 10)
+    p.publish(Envelope.new(AcceptReservation(reservation_id="none", owner_id="o1"),
+                           apartment_id="a1"))
+    commanded = broker.get(p.reply_queue, 10)
+    assert searched is not None and commanded is not None
+    assert (searched.type, commanded.type) == ("SearchResults", "CommandResult")

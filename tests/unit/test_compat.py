@@ -110,3 +110,34 @@ def test_refs_are_followed_and_unknown_keywords_count_as_breaking() -> None:
     assert narrowings(a, b) == ["p: multipleOf changed (not checked in detail)"]
     with pytest.raises(ValueError, match="cycle"):
         inline({"$ref": "#/x"}, lambda _r: {"$ref": "#/x"})
+
+
+@pytest.mark.parametrize(("kind", "published", "new", "why"), [
+    ("command", {"type": "object", "additionalProperties": {"type": "string"}},
+     {"type": "object", "additionalProperties": {"type": "integer"}},
+     "{*}: type string became integer"),
+    ("reply", {"type": "array", "items": {"type": "object",
+                                          "additionalProperties": {"type": "integer"}}},
+     {"type": "array", "items": {"type": "object"}}, "[]{*}: type any became integer"),
+    ("command", {"type": "object"}, {"type": "object", "additionalProperties": False},
+     "unknown fields are no longer accepted"),
+    ("command", {"type": "integer"}, {"oneOf": [{"type": "integer"}, {"type": "number"}]},
+     "oneOf changed"),
+    ("command", changed(sort={"enum": ["asc", "desc"], "type": "string", "default": "asc"}),
+     changed(sort={"enum": ["asc", "desc"], "type": "string", "default": "desc"}),
+     "sort: default 'asc' became 'desc'"),
+    ("event", BASE, changed(note={"anyOf": [{"type": "string", "maxLength": 200},
+                                           {"type": "null"}], "default": "-"}),
+     "note: default None became '-'"),
+])
+def test_maps_closed_objects_oneof_and_defaults_are_checked(
+        kind: str, published: dict[str, Any], new: dict[str, Any], why: str) -> None:
+    found = check(kind, published, new)
+    assert any(why in m for m in found), found
+
+
+def test_a_default_given_to_a_required_field_is_compatible_for_commands() -> None:
+    optional = {**BASE, "required": ["owner_id"],
+                "properties": {**BASE["properties"],
+                               "price": {**BASE["properties"]["price"], "default": 0}}}
+    assert check("command", BASE, optional) == []

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from broker import DETAIL_HEADER, QUEUE_HEADER, REASON_HEADER, Delivery, Outgoing, Topology
+from broker.base import reply_type
 from broker.memory import MemoryBroker, QueueFull
 from messages import Consumer, Kind, all_specs
 from tests.conftest import eventually
@@ -477,8 +478,23 @@ def test_ack_sends_the_reply_only_when_asked(broker: MemoryBroker) -> None:
         taker.consumer.stop()
     out = broker.get(reply_q, timeout=DEADLINE)
     assert out is not None
-    assert (out.body, out.correlation_id, out.type) == (b"answer", "m1", "CommandResult")
+    # the AMQP type is the reply envelope's (tests/actors: CommandResult, SearchResults);
+    # these bare bodies have none
+    assert (out.body, out.correlation_id, out.type) == (b"answer", "m1", None)
     assert broker.depth(reply_q) == 0
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"message_id":"m","correlation_id":"c","causation_id":null,"type":"SearchResults",'
+     b'"version":1,"payload":{"type":"x"}}', "SearchResults"),
+    (b'{"message_id":"m","correlation_id":"c","causation_id":"m0","type":"CommandResult"}',
+     "CommandResult"),
+    (b"not an envelope", None),
+    (b'{"type":"' + b"x" * 200 + b'"}', None),
+    (b'{"type":"', None),
+])
+def test_a_reply_s_type_is_read_off_its_bytes(body: bytes, expected: str | None) -> None:
+    assert reply_type(body) == expected
 
 
 def test_dead_lettering_onto_a_full_dead_letter_queue_gives_the_message_back() -> None:

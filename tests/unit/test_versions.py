@@ -130,12 +130,20 @@ def test_upcasters_are_checked_when_registered(type_name: str, version: int, why
         upcaster(type_name, version, AddApartmentV1)(lambda p: p)
 
 
-@pytest.mark.parametrize("price", ["120", "120.00", 120.0, True])
+@pytest.mark.parametrize("price", ["120", "120.00", 120.5, True])
 def test_integers_are_integers_on_the_wire(price: object) -> None:
-    """The schema says integer: a string, a float or a boolean is not read as one."""
+    """The schema says integer: a string, a fraction or a boolean is not read as one."""
     v2 = {**V1_ADD, "version": 2,
           "payload": {**V1_ADD["payload"], "currency": "EUR", "price_per_night": price}}
     err = refusal(v2)
     assert err.reason is BadInput.SCHEMA_ERROR and "price_per_night" in err.detail
     assert refusal(V1_ADD, payload={**V1_ADD["payload"], "price_per_night": price}).reason \
         is BadInput.SCHEMA_ERROR
+
+
+def test_an_integral_float_is_an_integer_as_in_json_schema() -> None:
+    v2 = {**V1_ADD, "version": 2,
+          "payload": {**V1_ADD["payload"], "currency": "EUR", "price_per_night": 120.0}}
+    payload = parse(v2).payload
+    assert isinstance(payload, AddApartment) and payload.price_per_night == 120
+    assert type(payload.price_per_night) is int
