@@ -409,6 +409,9 @@ def matching(q: SearchApartments) -> ColumnElement[bool]:
     if q.city:
         # Compared on the stored key: the same on every database, and indexed.
         cond.append(apts.c.city_key == city_key(q.city))
+    if q.currency is not None:
+        # Read from each candidate's row (the covering index has no currency).
+        cond.append(apts.c.currency == q.currency)
     if q.min_price is not None:
         cond.append(apts.c.price_per_night >= q.min_price)
     if q.max_price is not None:

@@ -138,7 +138,10 @@ class CancelUnpaidReservation(Request):
 
 @register(Kind.QUERY, exchange=QUERIES_EXCHANGE, consumers=(Consumer.SEARCH,))
 class SearchApartments(Request):
-    """Which apartments match: city, price per night range, guests, free dates.
+    """Which apartments match: city, currency, price per night range, guests, free dates.
+
+    Prices compare as amounts: give ``currency`` with a price range, or the range spans
+    every currency's amounts alike.
 
     Search is eventually consistent. ``after`` (a ``CommandResult.position``) asks for
     an answer that includes that write: search waits up to ``wait_ms`` for its read
@@ -146,6 +149,7 @@ class SearchApartments(Request):
     """
 
     city: str | None = Field(None, max_length=100)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     min_price: int | None = Field(None, ge=0, le=100_000_000, strict=True)
     max_price: int | None = Field(None, ge=0, le=100_000_000, strict=True)
     guests: int = Field(1, ge=1, le=100, strict=True)

@@ -350,3 +350,23 @@ def test_each_reply_carries_its_own_type_in_the_amqp_properties(search_node: Nod
     commanded = broker.get(p.reply_queue, 10)
     assert searched is not None and commanded is not None
     assert (searched.type, commanded.type) == ("SearchResults", "CommandResult")
+
+
+def test_search_filters_by_currency_and_each_hit_names_its_own(memory_node: Node) -> None:
+    """Prices compare as amounts: with ``currency`` a range is one currency's."""
+    envs = [Envelope.new(ApartmentAdded(owner_id="o1", city="Basel", title=aid,
+                                        price_per_night=price, currency=currency,
+                                        capacity=2), apartment_id=aid)
+            for aid, price, currency in (("eur", 9000, "EUR"), ("chf", 9500, "CHF"),
+                                         ("jpy", 1_200_000, "JPY"))]
+    for env in envs:
+        deliver(memory_node, Consumer.SEARCH, env)
+    eventually(handled(memory_node, Consumer.SEARCH, *envs))
+    p = MemoryProducer(memory_broker(memory_node))
+    every = p.send(SearchApartments(city="Basel"))["apartments"]
+    assert [(h["apartment_id"], h["currency"]) for h in every] == [
+        ("eur", "EUR"), ("chf", "CHF"), ("jpy", "JPY")]
+    assert ids(p.send(SearchApartments(city="Basel", max_price=10000))) == ["eur", "chf"]
+    assert ids(p.send(SearchApartments(city="Basel", currency="CHF", max_price=10000))) == [
+        "chf"]
+    assert ids(p.send(SearchApartments(city="Basel", currency="USD"))) == []
