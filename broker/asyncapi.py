@@ -145,11 +145,12 @@ def _info(title_version: str) -> dict[str, Any]:
             "`idempotency_conflict`.\n\n"
             f"**Refusals.** A body over {limit} bytes, or one that is not a valid envelope "
             "of a known type and accepted version, is answered `status: error` with one of "
-            f"{reasons} and dead-lettered to `staybook.dead-letters`.\n\n"
+            f"{reasons} and dead-lettered to `staybook.dead-letters`; so is a command that "
+            "keeps crashing its actor, with `poison`.\n\n"
             "**Versions.** Each message lists every version a node reads (keys "
             "`<Type>_v<n>` for older ones; `x-staybook-accepts`). Send the current one; "
             "any other is refused `unsupported_version`. Events and replies may gain "
-            "optional fields in place: read them tolerantly. The policy: docs/messages.md."
+            "fields in place: read them tolerantly. The policy: docs/messages.md."
         ),
     }
 
@@ -352,8 +353,7 @@ def _operations(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dic
     def request(channel: str, kind: Kind, answer: str, what: str,
                 also: str | None = None) -> dict[str, Any]:
         keys = [k for s in specs if s.kind is kind for k in versions[s.type]]
-        refused = (f" A {what[:-1]} refused unread gets a {also} with status error."
-                   if also else "")
+        refused = (f" One refused unread gets a {also} with status error." if also else "")
         return {
             "action": "receive",
             "channel": {"$ref": f"#/channels/{channel}"},
