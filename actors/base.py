@@ -23,7 +23,7 @@ import pykka
 from actors.outcome import Ticket
 from messages.base import Envelope, InvalidMessage, Message
 from messages.events import CommandRejected, ReservationRejected
-from messages.replies import CommandResult, Status, with_position
+from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
 from rules.clock import Clock, wall_clock
 from rules.policy import Lifecycle
 from store import (
@@ -94,7 +94,6 @@ class EntityContext:
 
 S = TypeVar("S")
 
-IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 _LINEAGES = itertools.count(1)  # one per rehydration, unique in the process
 MAX_CONFLICTS = 20  # local re-decisions of one command before it goes back to the broker
 

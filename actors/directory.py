@@ -49,8 +49,9 @@ from actors.apartment import ApartmentActor
 from actors.base import EntityActor, EntityContext, Handle
 from actors.booking import ReservationActor
 from actors.outcome import Ticket
-from actors.poison import POISON, PoisonCounter
+from actors.poison import PoisonCounter
 from messages import Envelope
+from messages.replies import POISON
 from supervisor import (
     Backoff,
     Failure,

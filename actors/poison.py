@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from messages import CommandResult, Envelope, Status
+from messages.replies import POISON
 from supervisor import Failure
 
-POISON = "poison"
 MAX_TRACKED = 10_000
 
 

@@ -28,6 +28,7 @@ from messages.registry import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
     QUERIES_EXCHANGE,
+    Consumer,
     Kind,
     MessageSpec,
     all_specs,
@@ -74,7 +75,7 @@ def document(title_version: str = "1") -> dict[str, Any]:
             versions.setdefault(spec.type, []).append(key)
     schemas["Envelope"] = _envelope_schema()
     schemas["AmqpProperties"] = _properties()
-    messages["DeadLetter"] = dead_letter_message()
+    messages["DeadLetter"] = _dead_letter_message()
     doc: dict[str, Any] = _plain({
         "asyncapi": ASYNCAPI_VERSION,
         "info": _info(title_version),
@@ -167,7 +168,7 @@ def _envelope_schema() -> dict[str, Any]:
 def _payload_schema(spec: MessageSpec, version: int, model: type[BaseModel]) -> dict[str, Any]:
     """The whole body: the envelope with this message's type, version and payload."""
     props: dict[str, Any] = {name: {"$ref": f"{SCHEMAS}Envelope/properties/{name}"}
-                             for name in _envelope_schema()["properties"]}
+                             for name in Envelope.model_fields}
     props["type"] = {"const": spec.type, "type": "string"}
     props["version"] = {"const": version, "type": "integer"}
     props["payload"] = {"$ref": SCHEMAS + model.__name__}
@@ -328,9 +329,7 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
                 "messages": _refs(versions[s.type]),
                 "bindings": _exchange(s.exchange, "fanout"),
             }
-    for consumer, exchanges in sorted(bindings().items()):
-        keys = [key for s in specs if s.exchange in exchanges and s.kind is Kind.EVENT
-                for key in versions[s.type]]
+    for consumer, keys in _consumed(specs, versions).items():
         if keys:
             out[f"queue_{consumer.value}"] = {
                 "address": f"{PREFIX}.{consumer.value}",
@@ -340,6 +339,14 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
                 "bindings": _queue(consumer.value),
             }
     return out
+
+
+def _consumed(specs: list[MessageSpec],
+              versions: dict[str, list[str]]) -> dict[Consumer, list[str]]:
+    """The event message keys each of Staybook's queues receives (its bindings)."""
+    return {consumer: [key for s in specs if s.exchange in exchanges and s.kind is Kind.EVENT
+                       for key in versions[s.type]]
+            for consumer, exchanges in sorted(bindings().items())}
 
 
 def _ops_refs(channel: str, keys: list[str]) -> list[dict[str, str]]:
@@ -384,9 +391,7 @@ def _operations(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dic
                            f"{', '.join(c.value for c in s.consumers)}.",
                 "messages": _ops_refs(f"events_{s.type}", [s.type]),
             }
-    for consumer, exchanges in sorted(bindings().items()):
-        keys = [k for s in specs if s.exchange in exchanges and s.kind is Kind.EVENT
-                for k in versions[s.type]]
+    for consumer, keys in _consumed(specs, versions).items():
         if keys:
             out[f"consume{consumer.value.title()}"] = {
                 "action": "receive",
@@ -398,7 +403,7 @@ def _operations(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dic
     return out
 
 
-def dead_letter_message() -> dict[str, Any]:
+def _dead_letter_message() -> dict[str, Any]:
     """The dead-letter queue's message: any body, with the reason in its headers."""
     reasons = sorted({r.value for r in BadInput} | set(NODE_REASONS))
     return {

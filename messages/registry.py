@@ -63,6 +63,10 @@ class MessageSpec:
     doc: str
 
 
+Step = Callable[[dict[str, Any]], dict[str, Any]]
+"""An upcaster's step: one version's payload (JSON data) to the next version's."""
+
+
 @dataclass(frozen=True)
 class Upcaster:
     """How a payload of an older version becomes the next version's.
@@ -78,7 +82,7 @@ class Upcaster:
     type: str
     version: int
     model: builtins.type[Message]
-    step: Callable[[dict[str, Any]], dict[str, Any]]
+    step: Step
 
 
 _REGISTRY: dict[str, MessageSpec] = {}
@@ -125,9 +129,6 @@ def register(
         return cls
 
     return wrap
-
-
-Step = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def upcaster(type_name: str, version: int, model: builtins.type[Message]) -> Callable[[Step], Step]:

@@ -12,8 +12,12 @@ from messages.base import BadInput, Envelope, Published
 from messages.events import Reason
 from messages.registry import Kind, register
 
-NODE_REASONS = ("idempotency_conflict", "poison")
-"""Error reasons a node gives besides the bad-input ones (actors/base.py, actors/poison.py)."""
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+"""A used message_id with a different request (actors/base.py)."""
+POISON = "poison"
+"""A command that kept crashing its actor (actors/poison.py)."""
+NODE_REASONS = (IDEMPOTENCY_CONFLICT, POISON)
+"""Error reasons a node gives besides the bad-input ones."""
 
 
 class Status(StrEnum):

@@ -13,40 +13,30 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from actors.apartment import ApartmentActor
 from broker.memory import MemoryBroker
 from messages import AcceptReservation, ApartmentAdded, RequestReservation, SearchApartments
 from node import Node
-from rules.apartment import Apartment, evolve
-from rules.clock import pinned
 from rules.snapshot import SCHEMA
-from tests.conftest import TODAY, MemoryProducer, day, make_settings
+from tests.actors.test_snapshots import rehydrated, replayed, start_node
+from tests.conftest import MemoryProducer, day
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "store_v1.sql"
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
+    """A node on a copy of the fixture (``start_node``'s store file is ``staybook.db``)."""
     db = sqlite3.connect(tmp_path / "staybook.db")
     db.executescript(FIXTURE.read_text())
     db.close()
-    settings = make_settings(tmp_path)
-    settings.actors.snapshot_every = 5
-    n = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
-    n.start()
+    n = start_node(tmp_path)
     yield n
     n.stop()
-
-
-def replayed(node: Node, apt: str) -> Apartment:
-    events = node.store.load(f"apartment:{apt}")
-    return reduce(evolve, [e.payload for e in events], Apartment(apartment_id=apt))
 
 
 def test_the_fixture_is_version_1_on_disk() -> None:
@@ -73,9 +63,7 @@ def test_version_1_events_load_as_version_2(node: Node) -> None:
 
 def test_the_old_snapshot_is_ignored_and_the_actor_folds_the_upcast_events(
         node: Node) -> None:
-    actor = ApartmentActor("apartment:v1-lisbon", "v1-lisbon", node.directory.ctx,
-                           lambda _f: None)
-    actor.rehydrate()
+    actor = rehydrated(node, "v1-lisbon")
     assert actor.snapshot_version == 0  # apartment/1 is not this node's format
     assert actor.state == replayed(node, "v1-lisbon")
     assert actor.state.currency == "EUR"

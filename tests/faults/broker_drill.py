@@ -46,9 +46,9 @@ from console.localcluster import LocalCluster
 from console.localdb import local_postgresql
 from messages import AddApartment, Envelope
 from tests.conftest import unique
-from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters
-from tests.faults.cluster_drill import unowned_partitions
-from tests.faults.drill import Faults, finish, wait_quiet
+from tests.faults.checker import MUST_BE_ZERO
+from tests.faults.cluster_drill import wind_down
+from tests.faults.drill import Faults, finish
 from tests.faults.procs import NodeProcess
 from tests.faults.workload import History, Op, Producer
 
@@ -196,23 +196,9 @@ def run_broker_drill(*, db_url: str, workdir: Path, producers: int = 4, seed: in
             nodes[0].start(wait_queues=False)
             victim.start()
 
-        stamp("faults stop; producers finish their retries")
-        stop.set()
-        for t in threads:
-            t.join(240)
-        quiet = wait_quiet(cluster.url, topology, db_url)
-        # Single-active-consumer ownership survived: each partition has one consumer.
-        unowned = unowned_partitions(cluster.url, topology)
-        stamp(f"drained (quiet={quiet}); checking")
-        for node in nodes:
-            node.terminate(timeout=60)
-        dead = drain_dead_letters(cluster.url, topology.dead_letter_queue, db_url)
-        figures = check(db_url, history, dead)
-        figures["quiet"] = int(quiet)
-        figures["partitions_unowned"] = unowned
-        figures.update({f"fault_{k}": v for k, v in faults.counts.items()})
+        figures = wind_down(cluster.url, topology, db_url, history, stop, threads, nodes,
+                            faults, stamp)
         figures["outage_s"] = outages
-        figures["producers_stuck"] = sum(t.is_alive() for t in threads)
         figures["probes_answered"] = len(prober.answered)
         figures["seconds"] = round(time.monotonic() - t0)
         return figures

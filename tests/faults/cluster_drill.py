@@ -69,6 +69,36 @@ def unowned_partitions(url: str, topology: Topology, timeout: float = 30.0) -> i
     return topology.partitions if owners is None else sum(n != 1 for n in owners)
 
 
+def wind_down(url: str, topology: Topology, db_url: str, history: History,
+              stop: threading.Event, threads: list[threading.Thread],
+              nodes: list[NodeProcess], faults: Faults,
+              stamp: Callable[[str], None]) -> dict[str, Any]:
+    """The end of a drill on several nodes: the producers stop, the system drains, each
+    partition settles to one consumer, the nodes stop, the dead letters are read, and
+    the history is checked against the store.
+
+    Returns:
+        The checker's figures, with the ones every such drill reports.
+    """
+    stamp("faults stop; producers finish their retries")
+    stop.set()
+    for t in threads:
+        t.join(240)
+    quiet = wait_quiet(url, topology, db_url)
+    # Single-active-consumer ownership survived: each partition has one consumer.
+    unowned = unowned_partitions(url, topology)
+    stamp(f"drained (quiet={quiet}); checking")
+    for node in nodes:
+        node.terminate(timeout=60)
+    dead = drain_dead_letters(url, topology.dead_letter_queue, db_url)
+    figures = check(db_url, history, dead)
+    figures["quiet"] = int(quiet)
+    figures["partitions_unowned"] = unowned
+    figures.update({f"fault_{k}": v for k, v in faults.counts.items()})
+    figures["producers_stuck"] = sum(t.is_alive() for t in threads)
+    return figures
+
+
 def probe_failover(url: str, topology: Topology, history: History, killed_at: float,
                    tag: str, timeout: float = 60.0) -> float | None:
     """Seconds from ``killed_at`` to the answer of the last of ``PROBES`` new commands.
@@ -202,25 +232,11 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
                 failovers.append(took)
                 out(f"  failover: {took:.2f}s from the kill to the last probe's answer")
             victim.start(wait_queues=False)
-        stamp("faults stop; producers finish their retries")
-        stop.set()
-        for t in threads:
-            t.join(240)
-        quiet = wait_quiet(rabbit.url, topology, db_url)
-        # Each partition has exactly one consumer once membership settled again.
-        unowned = unowned_partitions(rabbit.url, topology)
-        stamp(f"drained (quiet={quiet}); checking")
-        for node in live:
-            node.terminate(timeout=60)
-        dead = drain_dead_letters(rabbit.url, topology.dead_letter_queue, db_url)
-        figures = check(db_url, history, dead)
-        figures["quiet"] = int(quiet)
-        figures["partitions_unowned"] = unowned
+        figures = wind_down(rabbit.url, topology, db_url, history, stop, threads, live,
+                            faults, stamp)
         figures["poison_injected"] = len(history.poison)
-        figures.update({f"fault_{k}": v for k, v in faults.counts.items()})
         figures["faults"] = sum(faults.counts.values())
         figures["node_starts"] = sum(n.starts for n in every)
-        figures["producers_stuck"] = sum(t.is_alive() for t in threads)
         figures["failovers"] = [round(f, 2) for f in failovers]
         figures["graceful_stops_s"] = [round(f, 1) for f in stops]
         if failovers:
