@@ -85,6 +85,7 @@ class _Entry:
     restarts: int = 0
     handled: int = 0
     last_failure: Failure | None = None
+    source: str | None = None  # the queue its messages come from (a command partition)
 
 
 class Directory:
@@ -130,6 +131,7 @@ class Directory:
         self.passivations = 0
         self.restarts = 0
         self.poisoned = 0
+        self.released = 0  # entities stopped because their queue went to another node
         self.gave_up: str | None = None
 
     # --- service ------------------------------------------------------------------
@@ -148,27 +150,46 @@ class Directory:
             entries = list(self._entries.values())
             self._entries.clear()
             self._busy.clear()
-        deadline = time.monotonic() + timeout
-        for e in entries:  # all at once: each skips its mailbox and ends
-            if e.link is not None:
-                e.link.closing = True
-            if e.ref is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    e.ref.stop(block=False)
-        for e in entries:
-            if e.ref is not None:
-                e.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
-            for t in list(e.unsettled):
-                if not t.submitted:
-                    t.requeue()
+        _stop_all(entries, timeout)
+
+    def release(self, source: str, timeout: float | None = 10.0) -> int:
+        """Stop every entity fed from ``source``: this node no longer owns that queue.
+
+        A node that gives a command partition back must not keep its actors: another
+        node commits to their streams meanwhile, and memory kept across that time is
+        stale when the partition comes back. Their unhandled messages are requeued
+        (the broker redelivers them to the queue's next consumer); commits already
+        submitted finish in the writer, and ``timeout`` (None: do not wait) bounds
+        the wait for the actors to stop and for those commits.
+
+        Returns:
+            How many live entities were released.
+        """
+        with self._lock:
+            victims = [(eid, e) for eid, e in self._entries.items() if e.source == source]
+            for eid, e in victims:
+                del self._entries[eid]
+                self._busy.discard(e)
+            self.released += len(victims)
+        if victims:
+            log.info("released %d entities of %s", len(victims), source)
+            _stop_all([e for _eid, e in victims], timeout)
+        if victims and timeout is not None:
+            with contextlib.suppress(Exception):
+                self.ctx.writer.barrier(timeout)
+        return len(victims)
 
     def is_alive(self) -> bool:
         """False after ``stop`` or after giving up."""
         return self._alive
 
     # --- routing ------------------------------------------------------------------
-    def dispatch(self, kind: str, key: str, envelope: Envelope, ticket: Ticket) -> None:
+    def dispatch(self, kind: str, key: str, envelope: Envelope, ticket: Ticket,
+                 source: str | None = None) -> None:
         """Tell the entity ``kind:key`` to handle a message, activating it if needed.
+
+        ``source`` names the queue the message came from, so :meth:`release` finds the
+        entities of a queue this node gives up.
 
         Raises:
             RuntimeError: when the directory is not running (the caller requeues).
@@ -188,6 +209,8 @@ class Directory:
             else:
                 self._entries.move_to_end(eid)
             entry.unsettled[ticket] = envelope
+            if source is not None:
+                entry.source = source
             self._busy.add(entry)
             entry.last_used = time.monotonic()
             entry.handled += 1
@@ -444,13 +467,33 @@ class Directory:
         return {"specs": n, "active": n, "supervisors": 0, "workers": n}
 
 
+def _stop_all(entries: list[_Entry], timeout: float | None) -> None:
+    """Stop the entries' actors all at once; requeue what they had not submitted.
+
+    Each actor finishes its current message and skips the rest of its mailbox.
+    """
+    for e in entries:
+        if e.link is not None:
+            e.link.closing = True
+        if e.ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                e.ref.stop(block=False)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for e in entries:
+        if e.ref is not None and deadline is not None:
+            e.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        for t in list(e.unsettled):
+            if not t.submitted:
+                t.requeue()
+
+
 def _failure_row(lf: Failure | None) -> dict[str, Any] | None:
     return None if lf is None else {"type": lf.error_type, "message": lf.message,
                                     "traceback": lf.traceback, "at": lf.at}
 
 
 def _row(eid: str, e: _Entry, now: float) -> dict[str, Any]:
-    return {"id": eid, "kind": e.kind, "restart": "transient",
+    return {"id": eid, "kind": e.kind, "restart": "transient", "source": e.source,
             "status": "running" if e.ref is not None else "restarting",
             "mailbox": mailbox_size(e.ref) if e.ref is not None else 0,
             "pending": len(e.unsettled), "handled": e.handled, "restarts": e.restarts,

@@ -194,12 +194,16 @@ class Broker(ABC):
     def consumer(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
         drain_seconds: float | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> Service:
         """A service that hands each delivery of ``queue`` to ``on_delivery``.
 
         Args:
             drain_seconds: how long stopping waits for the deliveries it handed out to
                 be settled (None: the broker's default).
+            on_subscribed: called before each subscription's first delivery (at start,
+                and again after a lost channel or connection): whatever was made of
+                the queue's earlier deliveries may be stale by then.
         """
 
     @abstractmethod

@@ -289,18 +289,30 @@ class PartitionIntake:
     that stopped or whose hub's thread died (the hub reconnects by itself; this is for
     the rest). Every partition is a channel on the broker's one consumer connection.
 
+    What was built from a partition's commands (the node's live entity actors) must
+    not outlive this node's hold on it: another node commits to those streams while
+    it owns the partition. ``release`` is called with the partition's queue once its
+    consumer drained, before the partition stops counting as held (so no other node
+    takes it while the actors still run), and again, without waiting, whenever a
+    consumer subscribes (a lost channel or connection may have let another node
+    consume the queue meanwhile).
+
     Args:
         broker: the RabbitMQ broker.
         on_delivery: what every partition's deliveries go to (the node's intake).
         prefetch: unacked deliveries per partition.
         release_seconds: the most a release waits for its consumer to drain and stop.
+        release: forgets what was built from a queue's deliveries; called with the
+            queue and how long it may wait (None: not at all).
     """
 
     name = "partitions"
 
     def __init__(self, broker: RabbitBroker, on_delivery: Callable[[Any], None], *,
-                 prefetch: int, release_seconds: float = 12.0) -> None:
+                 prefetch: int, release_seconds: float = 12.0,
+                 release: Callable[[str, float | None], object] | None = None) -> None:
         self._broker = broker
+        self._release = release
         self._release_seconds = release_seconds
         self._on_delivery = on_delivery
         self._prefetch = prefetch
@@ -347,7 +359,7 @@ class PartitionIntake:
                 partitions = set()
             for p in sorted(set(self._active) - partitions):
                 consumer = self._active.pop(p)
-                t = threading.Thread(target=consumer.stop, args=(self._release_seconds,),
+                t = threading.Thread(target=self._hand_back, args=(consumer,),
                                      name=f"release-p{p}", daemon=True)
                 self._releasing[p] = t
                 self.released += 1
@@ -361,13 +373,35 @@ class PartitionIntake:
             for p in sorted(partitions - set(self._active)):
                 if p in self._releasing and self._releasing[p].is_alive():
                     continue  # still draining from an earlier release: next round
-                consumer = self._broker.consumer(topo.partition_queue(p), self._on_delivery,
+                queue = topo.partition_queue(p)
+                consumer = self._broker.consumer(queue, self._on_delivery,
                                                  prefetch=self._prefetch,
-                                                 name=f"consumer-p{p:03d}")
+                                                 name=f"consumer-p{p:03d}",
+                                                 on_subscribed=self._forgetter(queue))
                 consumer.start()
                 self._active[p] = consumer
                 self.taken += 1
                 log.info("consuming partition %d", p)
+
+
+    def _hand_back(self, consumer: Any) -> None:
+        """A release thread: drain the consumer, then stop what its deliveries built."""
+        consumer.stop(self._release_seconds)
+        if self._release is not None:
+            try:
+                self._release(consumer.queue, self._release_seconds)
+            except Exception:
+                log.exception("releasing what %s built failed", consumer.queue)
+
+    def _forgetter(self, queue: str) -> Callable[[], None] | None:
+        """What a consumer of ``queue`` calls as it subscribes: release, without waiting."""
+        release = self._release
+        if release is None:
+            return None
+
+        def forget() -> None:
+            release(queue, None)
+        return forget
 
 
 def balanced(shares: Sequence[int], partitions: int) -> bool:

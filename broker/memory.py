@@ -140,13 +140,14 @@ class MemoryBroker(Broker):
     def consumer(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
         drain_seconds: float | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> _MemoryConsumer:
         """A consumer thread for ``queue`` that settles its deliveries itself.
 
         ``drain_seconds`` is not modelled: a settle that comes after the consumer
         stopped is applied on the caller's thread instead of being lost.
         """
-        return _MemoryConsumer(self, queue, on_delivery, prefetch, name)
+        return _MemoryConsumer(self, queue, on_delivery, prefetch, name, on_subscribed)
 
     def publisher(self) -> Publisher:
         """A publisher whose confirms are immediate."""
@@ -254,9 +255,11 @@ class _MemoryConsumer:
     """
 
     def __init__(
-        self, broker: MemoryBroker, queue: str, on_delivery: OnDelivery, prefetch: int, name: str
+        self, broker: MemoryBroker, queue: str, on_delivery: OnDelivery, prefetch: int,
+        name: str, on_subscribed: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self._on_subscribed = on_subscribed
         self._broker = broker
         self._queue = queue
         self._on_delivery = on_delivery
@@ -267,6 +270,8 @@ class _MemoryConsumer:
         self._accepting = False  # the thread will run what is put on _settles
 
     def start(self) -> None:
+        if self._on_subscribed is not None:
+            self._on_subscribed()
         self._stop.clear()
         with self._broker._lock:
             self._accepting = True

@@ -157,6 +157,7 @@ class RabbitBroker(Broker):
     def consumer(
         self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
         drain_seconds: float | None = None,
+        on_subscribed: Callable[[], None] | None = None,
     ) -> RabbitConsumer:
         """A consumer service for ``queue``, on this broker's one :class:`ConsumerHub`."""
         with self._hub_lock:
@@ -165,7 +166,7 @@ class RabbitBroker(Broker):
             hub = self._hub
         return hub.subscribe(queue, on_delivery, prefetch=prefetch, name=name,
                              drain_seconds=self.drain_seconds if drain_seconds is None
-                             else drain_seconds)
+                             else drain_seconds, on_subscribed=on_subscribed)
 
     @property
     def reconnects(self) -> int:
@@ -276,10 +277,11 @@ class ConsumerHub(ReconnectingService):
 
     # --- from any thread -------------------------------------------------------------
     def subscribe(self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
-                  drain_seconds: float) -> RabbitConsumer:
+                  drain_seconds: float, on_subscribed: Callable[[], None] | None = None
+                  ) -> RabbitConsumer:
         """A consumer of ``queue`` on this hub (consuming once started)."""
         return RabbitConsumer(self, queue, on_delivery, prefetch=prefetch, name=name,
-                              drain_seconds=drain_seconds)
+                              drain_seconds=drain_seconds, on_subscribed=on_subscribed)
 
     def ensure_started(self) -> None:
         """Start the thread unless it runs (a subscription's start restarts a dead hub)."""
@@ -419,8 +421,10 @@ class RabbitConsumer:
     """
 
     def __init__(self, hub: ConsumerHub, queue: str, on_delivery: OnDelivery, *,
-                 prefetch: int, name: str, drain_seconds: float = 10.0) -> None:
+                 prefetch: int, name: str, drain_seconds: float = 10.0,
+                 on_subscribed: Callable[[], None] | None = None) -> None:
         self.name = name
+        self._on_subscribed = on_subscribed
         self.queue = queue
         self._hub = hub
         self._on_delivery = on_delivery
@@ -490,6 +494,11 @@ class RabbitConsumer:
             return
         if now < self._retry_at:
             return
+        if self._on_subscribed is not None:
+            try:
+                self._on_subscribed()
+            except Exception:
+                log.exception("%s: on_subscribed failed", self.name)
         ch = conn.channel()
         try:
             ch.basic_qos(prefetch_count=self._prefetch)

@@ -110,7 +110,8 @@ class Intake:
         ticket = ticket_for(delivery)
         self._metrics.measure(env.type, ticket)
         try:
-            self._directory.dispatch("apartment", env.apartment_id, env, ticket)
+            self._directory.dispatch("apartment", env.apartment_id, env, ticket,
+                                     source=delivery.queue)
         except RuntimeError:
             ticket.requeue()
 

@@ -153,7 +153,8 @@ class Node:
             self.partitions = PartitionIntake(self.broker,
                                               self.intake.on_command,
                                               prefetch=settings.broker.prefetch,
-                                              release_seconds=c.drain_seconds + 2)
+                                              release_seconds=c.drain_seconds + 2,
+                                              release=self.directory.release)
             self.membership = Membership(
                 self.broker, settings.node_name, self.topology.partitions,
                 held=self.partitions.held, want=self.partitions.want,

@@ -411,7 +411,8 @@ class StoreWriter:
 
     def _refuse(self, commit: Commit, exc: BaseException) -> None:
         """Fail a commit and fence off the rest of its lineage on that stream."""
-        if commit.stream_id is not None and commit.lineage and commit.events:
+        if commit.stream_id is not None and commit.lineage and (
+                commit.events or isinstance(exc, ConcurrencyError)):
             _taint(self._tainted, commit.stream_id, commit.lineage)
         _call(commit, exc)
 
@@ -452,13 +453,17 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
            ) -> tuple[dict[Commit, BaseException], dict[str, int]]:
     """Write a batch; commits that may not append are left out and returned.
 
-    The fence has two parts. Across processes it is the database's unique
+    The fence has three parts. Across processes it is the database's unique
     ``(stream_id, version)`` index: events are inserted at the versions the actor
     decided from, so a writer whose stream moved on meets a unique violation, never a
     silent second append. (The versions this writer remembers only spare a read; a
-    stale one is caught by that index.) Within this writer it is the lineage: a
-    commit decided on memory that included a refused commit's events is refused even
-    when its expected version happens to equal the store's again.
+    stale one is caught by that index.) A decision with no events (an actor's
+    "nothing to do") inserts no event for the index to refuse, so the stream's head
+    is read in the transaction (one query for all of a batch's such commits, the
+    same that finds their replies' position) and the commit is refused unless the
+    head is still the version it was decided from. Within this writer it is the
+    lineage: a commit decided on memory that included a refused commit's events is
+    refused even when its expected version happens to equal the store's again.
     The events go in first, returning their positions, so each inbox row can store
     a reply that says where its command's events landed. (A commit both stale and a
     duplicate that this writer's versions miss thus fails on the events' index, not
@@ -471,47 +476,87 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
     inbox: list[dict[str, Any]] = []
     refused: dict[Commit, BaseException] = {}
     versions: dict[str, int] = {}
+    quiet = {c.stream_id for c in batch if _fenced_quiet(c)}
+    heads = _heads(conn, quiet) if quiet else {}
+    newest: dict[str, str] = {}  # stream -> its newest event's id in this batch so far
+    heads_of: dict[Commit, str | int | None] = {}  # a quiet commit -> its head
     now = datetime.now(UTC)
     for commit in batch:
         ev, out = commit.rows()
-        if ev and commit.stream_id is not None:
-            sid = commit.stream_id
-            if commit.lineage and tainted.get(sid) == commit.lineage:
-                refused[commit] = ConcurrencyError(
-                    f"{sid}: decided on memory that a refused commit had changed")
-                continue
-            current = versions.get(sid)
-            if current is None:
-                current = known.get(sid)
-                if current is None and commit.expected_version == 0:
-                    # A stream believed new (a notification, a payment, a process):
-                    # skip the read; if it exists after all, the unique index refuses
-                    # the insert and the commit is retried alone and refused.
-                    current = 0
-                elif current != commit.expected_version:
-                    # Unknown, or the cache disagrees: another writer may have appended.
-                    current = _stream_version(conn, sid)
-            if current != commit.expected_version:
-                refused[commit] = ConcurrencyError(
-                    f"{sid}: expected version {commit.expected_version}, store has {current}")
-                versions[sid] = current
-                if commit.lineage:
-                    _taint(tainted, sid, commit.lineage)
-                continue
-            versions[sid] = current + len(ev)
-        events.extend(ev)
-        outbox.extend(out)
+        sid = commit.stream_id
+        if sid is None or not (ev or commit.lineage):
+            events.extend(ev)
+            outbox.extend(out)
+            continue
+        if commit.lineage and tainted.get(sid) == commit.lineage:
+            refused[commit] = ConcurrencyError(
+                f"{sid}: decided on memory that a refused commit had changed")
+            continue
+        current = versions.get(sid)
+        if current is None:
+            current = (heads.get(sid, (0, 0))[0] if sid in quiet
+                       else _version(conn, sid, commit.expected_version, known))
+        if current != commit.expected_version:
+            refused[commit] = ConcurrencyError(
+                f"{sid}: decided at version {commit.expected_version}, store has {current}")
+            versions[sid] = current
+            if commit.lineage:
+                _taint(tainted, sid, commit.lineage)
+            continue
+        versions[sid] = current + len(ev)
+        if ev:
+            newest[sid] = ev[-1]["event_id"]
+            events.extend(ev)
+            outbox.extend(out)
+        else:
+            heads_of[commit] = newest.get(sid, heads[sid][1] if sid in heads else None)
     positions: dict[str, int] = {}
     if events:
         generated = insert_returning(conn, events_table, events, events_table.c.position)
         positions = {row["event_id"]: int(p) for row, p in zip(events, generated, strict=True)}
     for commit in batch:
-        if commit not in refused and (row := _inbox_row(conn, commit, positions, now)):
+        if commit in refused:
+            continue
+        head = heads_of.get(commit, _UNREAD)
+        if isinstance(head, str):
+            head = positions[head]
+        if row := _inbox_row(conn, commit, positions, now, head):
             inbox.append(row)
     insert_rows(conn, inbox_table, inbox)
     insert_rows(conn, outbox_table, outbox)
     apply_effects(conn, [e for c in batch if c not in refused for e in c.effects])
     return refused, versions
+
+
+_UNREAD: Any = object()  # a quiet commit's head not read with the batch's
+
+
+def _version(conn: Connection, sid: str, expected: int, known: Mapping[str, int]) -> int:
+    """The version to check an append to ``sid`` against: remembered, or read."""
+    current = known.get(sid)
+    if current is None and expected == 0:
+        # A stream believed new (a notification, a payment, a process): skip the
+        # read; if it exists after all, the unique index refuses the insert and the
+        # commit is retried alone and refused.
+        return 0
+    if current != expected:
+        # Unknown, or the cache disagrees: another writer may have appended.
+        return _stream_version(conn, sid)
+    return current
+
+
+def _fenced_quiet(commit: Commit) -> bool:
+    """Whether ``commit`` is an actor's decision with no events (fenced by a read)."""
+    return commit.stream_id is not None and bool(commit.lineage) and not commit.rows()[0]
+
+
+def _heads(conn: Connection, streams: set[str | None]) -> dict[str, tuple[int, int]]:
+    """Each stream's version and newest event's position (absent: no events)."""
+    q = (select(events_table.c.stream_id, func.max(events_table.c.version),
+                func.max(events_table.c.position))
+         .where(events_table.c.stream_id.in_(sorted(s for s in streams if s)))
+         .group_by(events_table.c.stream_id))
+    return {r[0]: (int(r[1]), int(r[2])) for r in conn.execute(q)}
 
 
 def apply_effects(conn: Connection, effects: Sequence[Effect]) -> None:
@@ -555,8 +600,12 @@ def _run_rows(conn: Connection, effects: Sequence[Effect]
 
 
 def _inbox_row(conn: Connection, commit: Commit, positions: Mapping[str, int],
-               now: datetime) -> dict[str, Any] | None:
-    """The commit's inbox row (None: it has none), its reply finished if need be."""
+               now: datetime, head: int | None = _UNREAD) -> dict[str, Any] | None:
+    """The commit's inbox row (None: it has none), its reply finished if need be.
+
+    ``head`` is the position of the stream's newest event when the batch read it
+    already (a quiet commit's); otherwise it is read here if the reply needs it.
+    """
     entry = commit.inbox
     if entry is None:
         return None
@@ -565,6 +614,8 @@ def _inbox_row(conn: Connection, commit: Commit, positions: Mapping[str, int],
         ev = commit.rows()[0]
         if ev:
             reply = reply(positions[ev[-1]["event_id"]])
+        elif head is not _UNREAD:
+            reply = reply(head)
         elif commit.stream_id is not None:
             reply = reply(conn.execute(head_query(commit.stream_id)).scalar())
         else:

@@ -114,6 +114,30 @@ def test_a_handoff_requeues_nothing_that_was_handled(
     assert a.partitions.released >= parts_n // 2 - 1
 
 
+def test_a_node_keeps_no_actor_of_a_partition_it_gave_away(
+        node_factory: Callable[..., Node], amqp_url: str) -> None:
+    """Actors do not outlive their partition: after a handoff the old owner holds no
+    live actor fed from a partition it released, so it never decides from memory
+    kept across a time another node owned the apartment."""
+    a = node_factory(node_name="a", roles=["commands"], cluster=FAST)
+    parts_n = a.topology.partitions
+    eventually(lambda: _settled([a], parts_n))
+    with Client(amqp_url, a.topology) as client:
+        for i in range(24):
+            env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="t",
+                                            price_per_night=10, currency="EUR", capacity=2),
+                               apartment_id=f"k-{i}")
+            assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
+    assert a.directory.live == 24
+    b = node_factory(node_name="b", roles=["commands"], cluster=FAST)
+    eventually(lambda: _settled([a, b], parts_n), timeout=30)
+    assert a.partitions is not None
+    held = {a.topology.partition_queue(p) for p in a.partitions.held()}
+    sources = {row["source"] for row in a.directory.which_children()}
+    assert sources <= held
+    assert a.directory.released == 24 - a.directory.live > 0
+
+
 def test_a_partition_consumer_that_stopped_is_started_again(
         node_factory: Callable[..., Node], amqp_url: str) -> None:
     a = node_factory(node_name="a", roles=["commands"], cluster=FAST)

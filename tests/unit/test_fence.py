@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import Connection, Engine, select
 
 from messages import ApartmentAdded, Envelope, Message
-from store import Commit, ConcurrencyError, StoreWriter, make_engine
-from store.tables import events_table
+from store import Commit, ConcurrencyError, EventStore, InboxEntry, StoreWriter, make_engine
+from store.tables import events_table, inbox_table
 from tests.conftest import eventually
 
 DEADLINE = 20.0
@@ -223,3 +223,58 @@ def test_a_batch_that_meets_a_conflict_is_screened_not_split_into_single_commits
     assert a.conflicts == conflicts + 1
     # The parked commit's transaction, then the five others in one (not five).
     assert a.batches == batches + 2
+
+
+def _quiet(writer: StoreWriter, expected: int, lineage: int, mid: str
+           ) -> tuple[threading.Event, list[BaseException | None]]:
+    """An actor's decision with no events: only its inbox row (and the fence)."""
+    done = threading.Event()
+    out: list[BaseException | None] = []
+
+    def on_done(exc: BaseException | None) -> None:
+        out.append(exc)
+        done.set()
+
+    writer.submit(Commit(stream_id=STREAM, expected_version=expected, lineage=lineage,
+                         inbox=InboxEntry("intake", mid, lambda pos: str(pos).encode()),
+                         on_done=on_done))
+    return done, out
+
+
+def _replies(engine: Engine) -> dict[str, bytes]:
+    with engine.connect() as c:
+        return {m: r for m, r in c.execute(select(inbox_table.c.message_id,
+                                                  inbox_table.c.reply))}
+
+
+def test_a_decision_with_no_events_is_fenced_too(db_url: str) -> None:
+    """On SQLite and PostgreSQL: "nothing to do" decided at a version the stream has
+    moved past is refused (the actor reloads and decides again), and nothing of it
+    is recorded; at the stream's version it commits, its reply at the head."""
+    engines = (make_engine(db_url), make_engine(db_url))
+    a, b = StoreWriter(engines[0]), StoreWriter(engines[1])
+    a.start()
+    b.start()
+    try:
+        assert _wait(_commit(a, 0, 1, "a-v1")) is None
+        assert _wait(_commit(b, 1, 2, "b-v2")) is None
+        # ``a`` decided from version 1 (its memory); the stream is at 2.
+        assert isinstance(_wait(_quiet(a, 1, 1, "stale")), ConcurrencyError)
+        # Its lineage stays fenced: a later commit of the same memory is refused.
+        assert isinstance(_wait(_commit(a, 2, 1, "a-on-old-memory")), ConcurrencyError)
+        # Decided again from the stream (a new lineage): it commits.
+        assert _wait(_quiet(a, 2, 3, "fresh")) is None
+        # In one batch after an append of the same stream: checked against it.
+        first, second = _commit(b, 2, 4, "b-v3"), _quiet(b, 3, 4, "after-append")
+        assert _wait(first) is None and _wait(second) is None
+        replies = _replies(engines[0])
+        assert "stale" not in replies
+        head = EventStore(engines[0]).head(STREAM)
+        assert replies["after-append"] == str(head).encode()
+        assert int(replies["fresh"]) < int(replies["after-append"])
+        assert [v for v, _ in _titles(engines[0])] == [1, 2, 3]
+    finally:
+        a.stop()
+        b.stop()
+        for e in engines:
+            e.dispose()
