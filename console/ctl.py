@@ -1,7 +1,8 @@
 """``staybook ctl``: the scriptable operator console.
 
-Node facts (tree, actors, inspect, history, restart, stop, crash, and the book of
-dead letters in :mod:`console.ctl_dlq`) come from the nodes over the control exchange
+Node facts (tree, actors, inspect, history, restart, stop, crash, the book of dead
+letters in :mod:`console.ctl_dlq`, and the reservations :mod:`console.ctl_repair`
+checks and repairs) come from the nodes over the control exchange
 (:mod:`console.control_client`; the nodes' side is :mod:`node.control`); queue depths
 are read directly from RabbitMQ with passive declares (:mod:`console.broker_reads`),
 so they need neither a management plugin nor a node to be up. Every listing has
@@ -30,10 +31,12 @@ from console.control_client import ControlFailed
 from console.ctl_context import CtlContext, ask, broker_failed, console_url, context_of
 from console.ctl_dlq import dlq_app
 from console.ctl_output import JsonOpt, dump, fail, table
+from console.ctl_repair import repair
 
 ctl_app = typer.Typer(help="Operate running nodes: tree, actors, queues, dead letters.",
                       no_args_is_help=True)
 ctl_app.add_typer(dlq_app, name="dlq")
+ctl_app.command()(repair)
 
 
 @ctl_app.callback()

@@ -42,6 +42,7 @@ from actors.lookup import resolve, stored_state
 from broker.rabbitmq import RabbitConsumer, ReconnectingService, connection_parameters
 from broker.topology import control_key
 from node.deadletters import replay
+from node.repair import unpaid_bookings
 from node.threads import thread_cpu
 from store.deadletters import DEAD, REPLAYED, REPLAYING
 from supervisor import Crash
@@ -158,7 +159,7 @@ class ControlService(ReconnectingService):
                 "history": self.history, "queues": lambda _a: consumer_counts(self._node),
                 "dlq_list": self.dlq_list, "dlq_show": self.dlq_show,
                 "dlq_replay": self.dlq_replay, "dlq_purge": self.dlq_purge,
-                "threads": lambda _a: thread_cpu()}
+                "threads": lambda _a: thread_cpu(), "repair_check": self.repair_check}
 
     def overview(self, args: dict[str, Any]) -> dict[str, Any]:
         """Status, tree, top actors and consumer counts in one reply: one round trip per
@@ -331,6 +332,14 @@ class ControlService(ReconnectingService):
         if not stopped:
             raise ControlError(f"{aid}: busy (unsettled deliveries); try again")
         return f"{aid}: passivated"
+
+    def repair_check(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Reservations whose payment failed while their apartment still holds the
+        nights (:mod:`node.repair`): one bounded page, ``after`` a store position, at
+        most ``limit`` (at most ``MAX_TOP``). A read: the console sends the repairs."""
+        limit = max(1, min(int(args.get("limit", 100)), MAX_TOP))
+        return unpaid_bookings(self._node.store, after=max(0, int(args.get("after", 0))),
+                               limit=limit)
 
     # --- dead letters: read from the book in the store, never from the queue ----------
     def dlq_list(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -106,6 +106,25 @@ class EventStore:
                     rows = conn.execute(_STREAM, {"stream_id": stream_id, "after": 0}).all()
         return snapshot, [Envelope.from_json(r.body, max_bytes=_MAX_BYTES) for r in rows]
 
+    def of_type(self, type_name: str, *, stream_prefix: str, after: int = 0,
+                limit: int = 500) -> list[tuple[int, Envelope]]:
+        """Events of ``type_name`` in the streams named ``stream_prefix...``, after store
+        position ``after``, oldest first, at most ``limit``, each with its position.
+
+        For operator scans: a caller pages on with the last position it got, so each
+        read is bounded however large the store is. Keyed by position (the primary
+        key), not by stream id, whose order depends on the database's collation.
+        """
+        ev = events_table.c
+        q = (select(ev.position, ev.body)
+             .where(ev.position > after, ev.type == type_name,
+                    ev.stream_id.startswith(stream_prefix, autoescape=True))
+             .order_by(ev.position).limit(limit))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [(int(r.position), Envelope.from_json(r.body, max_bytes=_MAX_BYTES))
+                for r in rows]
+
     def head(self, stream_id: str) -> int | None:
         """The position of a stream's newest event; None when it has none."""
         with self.engine.connect() as conn:

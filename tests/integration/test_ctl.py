@@ -19,10 +19,26 @@ from typer.testing import CliRunner
 from broker.client import Client
 from console.cli import app
 from console.control_client import ControlClient
-from messages import AddApartment, Envelope
+from console.ctl_repair import message_id_for
+from messages import (
+    AddApartment,
+    ApartmentAdded,
+    CancelUnpaidReservation,
+    CommandResult,
+    DatesBooked,
+    DatesReleased,
+    Envelope,
+    Party,
+    PaymentFailed,
+    ReservationAccepted,
+    ReservationCancelled,
+    ReservationRequested,
+)
 from node import Node
+from rules.apartment import Apartment, StayStatus, evolve
 from rules.clock import pinned
-from tests.conftest import TODAY, make_settings, unique
+from store import Commit
+from tests.conftest import TODAY, day, make_settings, unique
 from tests.integration.conftest import _delete_prefix
 
 
@@ -532,3 +548,127 @@ def test_a_wrong_password_is_one_line_that_never_shows_it(node: Node, amqp_url: 
         assert len(lines) == 1 and "login refused: check the user and password" in lines[0], (
             args, r.stderr)
         assert "guest:***@" in lines[0] and "not-the-pw" not in r.output
+
+
+# --- ctl repair: reservations left booked after their payment failed ------------------
+def _commit(node: Node, stream: str, expected: int, events: list[Any], apt: str) -> None:
+    """Append to ``stream`` directly, unpublished: the store as an old release left it."""
+    envs = [Envelope.new(e, apartment_id=apt) for e in events]
+    node.writer.submit(Commit(stream_id=stream, expected_version=expected, events=envs,
+                              publish=False))
+    node.writer.barrier()
+
+
+def _booked(rid: str, start: int, end: int) -> list[Any]:
+    """A request for nights [day(start), day(end)) of apt-x, accepted and booked."""
+    return [
+        ReservationRequested(reservation_id=rid, guest_id="gina", owner_id="olga",
+                             start=day(start), end=day(end), guests=1,
+                             total_price=9500 * (end - start), card_token="tok_decline",
+                             card_last4="0002"),
+        ReservationAccepted(reservation_id=rid, guest_id="gina", owner_id="olga",
+                            start=day(start), end=day(end), total_price=9500 * (end - start),
+                            card_token="tok_decline", card_last4="0002"),
+        DatesBooked(reservation_id=rid, start=day(start), end=day(end)),
+    ]
+
+
+def _declined(rid: str, amount: int) -> PaymentFailed:
+    return PaymentFailed(reservation_id=rid, guest_id="gina", amount=amount,
+                         reason="card_declined")
+
+
+def test_repair_finds_a_declined_stay_still_booked_and_releases_it_once(
+        node: Node, amqp_url: str) -> None:
+    """The state a stale actor left: res-stuck's card was declined, yet its nights are
+    booked. res-done was declined too, but its apartment released it: not listed."""
+    wait_control(node)
+    apt = "apt-x"
+    added = ApartmentAdded(owner_id="olga", city="Lisbon", title="Flat", price_per_night=9500,
+                           currency="EUR", capacity=2)
+    released = [ReservationCancelled(
+        reservation_id="res-done", guest_id="gina", owner_id="olga", cancelled_by=Party.SYSTEM,
+        reason="payment_failed", start=day(10), end=day(12), total_price=19000,
+        refund_amount=0, card_last4="0002"),
+        DatesReleased(reservation_id="res-done", start=day(10), end=day(12))]
+    _commit(node, f"apartment:{apt}", 0,
+            [added, *_booked("res-stuck", 3, 6), *_booked("res-done", 10, 12), *released], apt)
+    _commit(node, "payment:res-stuck", 0, [_declined("res-stuck", 28500)], apt)
+    _commit(node, "payment:res-done", 0, [_declined("res-done", 19000)], apt)
+
+    found = json.loads(ctl(node, "repair", "--check", "--json", code=3))
+    assert found == {"capped": False, "scanned": 2, "found": [{
+        "reservation_id": "res-stuck", "apartment_id": apt, "guest_id": "gina",
+        "start": day(3).isoformat(), "end": day(6).isoformat(), "amount": 28500,
+        "currency": "EUR", "reason": "card_declined"}]}
+    text = ctl(node, "repair", "--check", code=3).splitlines()
+    assert text[0].split() == ["RESERVATION_ID", "APARTMENT_ID", "GUEST_ID", "START", "END",
+                               "AMOUNT", "CURRENCY", "REASON"]
+    assert text[1].split() == ["res-stuck", apt, "gina", day(3).isoformat(),
+                               day(6).isoformat(), "28500", "EUR", "card_declined"]
+    assert text[2].startswith("1 reservation holds nights after a failed payment "
+                              "(2 failed payments examined)")
+
+    out = ctl(node, "repair", "--apply").splitlines()
+    assert out == [f"res-stuck on {apt}: ok: ReservationCancelled, DatesReleased",
+                   "repaired 1 of 1 (examined 2 failed payments)"]
+    state, events = _apartment(node, apt)
+    assert state.stays["res-stuck"].status is StayStatus.CANCELLED
+    assert not list(state.booked_dates.overlapping(day(0), day(30)))
+    cancelled = events[-2].payload
+    assert isinstance(cancelled, ReservationCancelled)
+    assert (cancelled.reason, cancelled.cancelled_by) == ("payment_failed", Party.SYSTEM)
+
+    assert "no reservation holds nights" in ctl(node, "repair", "--check")
+    again = json.loads(ctl(node, "repair", "--apply", "--json"))
+    assert (again["found"], again["outcomes"]) == ([], [])
+    # The same repair sent again is answered from the apartment's inbox: no new event.
+    mid = message_id_for("res-stuck")
+    env = Envelope.new(CancelUnpaidReservation(reservation_id="res-stuck",
+                                               reason="card_declined"),
+                       apartment_id=apt, correlation_id=mid).model_copy(
+        update={"message_id": mid})
+    with Client(amqp_url, node.topology) as c:
+        reply = c.request(env, timeout=20).payload
+    assert isinstance(reply, CommandResult) and reply.status.value == "ok"
+    assert [e["type"] for e in reply.events] == ["ReservationCancelled", "DatesReleased"]
+    assert len(_apartment(node, apt)[1]) == len(events)
+
+
+def _apartment(node: Node, apt: str) -> tuple[Apartment, list[Envelope]]:
+    events = node.store.load(f"apartment:{apt}")
+    state = Apartment(apartment_id=apt)
+    for e in events:
+        state = evolve(state, e.payload)
+    return state, events
+
+
+def test_repair_pages_and_caps_what_it_lists(node: Node) -> None:
+    wait_control(node)
+    apt = "apt-y"
+    added = ApartmentAdded(owner_id="olga", city="Lisbon", title="Flat", price_per_night=9500,
+                           currency="EUR", capacity=2)
+    stays = [e for i in range(3) for e in _booked(f"res-{i}", 2 * i + 1, 2 * i + 2)]
+    _commit(node, f"apartment:{apt}", 0, [added, *stays], apt)
+    for i in range(3):
+        _commit(node, f"payment:res-{i}", 0, [_declined(f"res-{i}", 9500)], apt)
+    capped = json.loads(ctl(node, "repair", "--check", "--limit", "2", "--json", code=3))
+    assert [r["reservation_id"] for r in capped["found"]] == ["res-0", "res-1"]
+    assert capped["capped"] is True
+    assert "showing the first 2, more exist" in ctl(node, "repair", "--check", "--limit", "2",
+                                                    code=3)
+    whole = json.loads(ctl(node, "repair", "--check", "--limit", "3", "--json", code=3))
+    assert ([r["reservation_id"] for r in whole["found"]], whole["capped"]) == (
+        ["res-0", "res-1", "res-2"], False)
+
+
+def test_repair_with_no_node_is_one_line(node: Node) -> None:
+    wait_control(node)
+    node.stop()
+    for mode in ("--check", "--apply"):
+        r = CliRunner().invoke(app, ["ctl", "--url", node.settings.broker.url, "--wait", "0.5",
+                                     "repair", mode],
+                               env={"STAYBOOK_BROKER__PREFIX": node.settings.broker.prefix})
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines() == ["error: no node is listening"], r.stderr
+        assert r.stdout == ""

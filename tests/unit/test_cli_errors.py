@@ -43,7 +43,8 @@ CTL_DOWN = ["cannot reach RabbitMQ at amqp://user:***@127.0.0.1:1/%2F (connectio
     ["nodes"], ["partitions"], ["tree"], ["actors"], ["inspect", "apt-1"],
     ["history", "apt-1"], ["restart", "apt-1"], ["stop", "apt-1"], ["crash", "apt-1"],
     ["queues"], ["threads"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay", "1"],
-    ["dlq", "replay", "--all"], ["dlq", "purge", "--yes"],
+    ["dlq", "replay", "--all"], ["dlq", "purge", "--yes"], ["repair", "--check"],
+    ["repair", "--apply"],
 ])
 def test_every_ctl_command_says_in_one_line_that_the_broker_is_out_of_reach(
         args: list[str]) -> None:
@@ -58,6 +59,9 @@ def test_every_ctl_command_says_in_one_line_that_the_broker_is_out_of_reach(
     (["dlq", "replay"], "give a dead letter ID or --all"),
     (["dlq", "purge"], "pass --yes (there is no terminal to ask on)"),
     (["dlq", "list", "--limit", "0"], "--limit must be between 1 and 1000"),
+    (["repair"], "give --check or --apply"),
+    (["repair", "--check", "--apply"], "give --check or --apply"),
+    (["repair", "--check", "--limit", "1001"], "--limit must be between 1 and 1000"),
 ])
 def test_ctl_mistakes_are_one_line_before_any_connection(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(app, ["ctl", *args], env=DOWN)
