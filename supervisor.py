@@ -36,13 +36,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import pykka
 
 log = logging.getLogger(__name__)
 
 BRUTAL: Literal["brutal"] = "brutal"
+_T = TypeVar("_T")
 class ActorCrashed(Exception):
     """Raised out of a handler after the crash was reported (wraps the cause)."""
 
@@ -119,27 +120,234 @@ class Crash:
     reason: str = "drill"
 
 
+class Gate(Protocol):
+    """What a child needs of a shared dependency to ride out its outages."""
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the dependency cannot be reached."""
+
+    def trip(self, exc: BaseException | None = None) -> None:
+        """Mark the dependency down and have it probed."""
+
+    def wait_up(self, timeout: float | None = None) -> bool:
+        """Wait until it is back; False after ``timeout``."""
+
+
+class DependencyDown(Exception):
+    """A shared dependency stayed unreachable past its limit: the node cannot go on."""
+
+
+class Dependency:
+    """A dependency the children share (the store): up, or down until a probe answers.
+
+    "Let it crash" is for faults of the child, not of what it depends on. A child
+    that meets an error ``is_outage`` recognises calls :meth:`trip` and waits for
+    :meth:`wait_up` instead of crashing: the failure is not counted toward any
+    supervisor's intensity, and the work it was doing stays where it was (in the
+    child's hands, or unacked at the broker). Meanwhile this service's thread calls
+    ``probe`` with capped exponential backoff and reopens the gate when it answers
+    (Akka's ``CircuitBreaker`` and backoff supervisor, Erlang's ``fuse``). Down for
+    longer than ``limit`` seconds, it gives up: ``on_give_up`` is called once with
+    one line that says so, and waiters get :class:`DependencyDown`.
+
+    Args:
+        name: the service's child id and thread name.
+        probe: raises while the dependency cannot be used; returns when it can.
+        is_outage: whether an error means the dependency is unreachable (as opposed
+            to a fault of the caller, which is still a crash).
+        describe: an error as one line for the log and the operator (default: its
+            text, whitespace folded).
+        limit: seconds down before giving up (None: never).
+        min_delay: the first probe's delay; doubled up to ``max_delay``.
+    """
+
+    def __init__(self, name: str, probe: Callable[[], None],
+                 is_outage: Callable[[BaseException], bool], *, limit: float | None = 600.0,
+                 min_delay: float = 0.05, max_delay: float = 2.0,
+                 on_give_up: Callable[[str], None] | None = None,
+                 describe: Callable[[BaseException], str] | None = None) -> None:
+        self.name = name
+        self._describe = describe or _one_line
+        self._probe = probe
+        self._is_outage = is_outage
+        self.limit = limit
+        self._min_delay = min_delay
+        self._max_delay = max_delay
+        self.on_give_up = on_give_up
+        self._up = threading.Event()
+        self._up.set()
+        self._tripped = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.down_since: float | None = None  # monotonic, while down
+        self.last_error = ""
+        self.outages = 0
+        self.gave_up: str | None = None
+        self.last_outage_seconds = 0.0
+
+    # --- callers ------------------------------------------------------------------
+    @property
+    def up(self) -> bool:
+        """False from a trip until a probe answers."""
+        return self._up.is_set()
+
+    def down_for(self, now: float | None = None) -> float:
+        """Seconds since the dependency went down (0 while up)."""
+        since = self.down_since
+        return 0.0 if since is None else (now or time.monotonic()) - since
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the dependency is unreachable.
+
+        A timeout met while it is down (waiting behind someone who waits for it) is
+        the outage's too.
+        """
+        if isinstance(exc, DependencyDown):
+            return False
+        return self._is_outage(exc) or (isinstance(exc, TimeoutError) and not self.up)
+
+    def trip(self, exc: BaseException | None = None) -> None:
+        """Mark the dependency down (once per outage) and start probing it."""
+        with self._lock:
+            if exc is not None:
+                self.last_error = self._describe(exc)
+            if not self._up.is_set():
+                return
+            self._up.clear()
+            self.down_since = time.monotonic()
+            self.outages += 1
+        log.warning("%s unavailable (%s); holding work until it answers", self.name,
+                    self.last_error or "tripped")
+        self._tripped.set()
+
+    def wait_up(self, timeout: float | None = None) -> bool:
+        """Block until the dependency is up; False when ``timeout`` passed first.
+
+        Raises:
+            DependencyDown: once the dependency was down past its limit.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._up.wait(0.5 if deadline is None else
+                                max(0.0, min(0.5, deadline - time.monotonic()))):
+            if self.gave_up is not None:
+                raise DependencyDown(self.gave_up)
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def call(self, fn: Callable[[], _T], *, stop: Callable[[], bool] = lambda: False) -> _T:
+        """``fn()``, retried after each outage it meets once the dependency is back.
+
+        Args:
+            stop: polled while waiting; when it turns True the outage error is raised.
+
+        Raises:
+            DependencyDown: when the dependency stayed down past its limit.
+        """
+        while True:
+            try:
+                return fn()
+            except Exception as exc:
+                if not self.is_outage(exc):
+                    raise
+                self.trip(exc)
+                while not self.wait_up(0.5):
+                    if stop():
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- the service --------------------------------------------------------------
+    def start(self) -> None:
+        """Start the probing thread (it sleeps while the dependency is up)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        if not self.up:
+            self._tripped.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop probing."""
+        self._stop.set()
+        self._tripped.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        """True while the probing thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._tripped.wait()
+            self._tripped.clear()
+            delay = self._min_delay
+            while not self.up and not self._stop.is_set():
+                if self._stop.wait(delay):
+                    return
+                try:
+                    self._probe()
+                except Exception as exc:  # noqa: BLE001 - any failure: still down
+                    self.last_error = self._describe(exc)
+                    delay = min(delay * 2, self._max_delay)
+                    self._check_limit()
+                    continue
+                self._reopen()
+
+    def _reopen(self) -> None:
+        with self._lock:
+            down = self.down_for()
+            self.last_outage_seconds = down
+            self.down_since = None
+            self._up.set()
+        log.warning("%s available again after %.1fs", self.name, down)
+
+    def _check_limit(self) -> None:
+        if self.limit is None or self.gave_up is not None or self.down_for() < self.limit:
+            return
+        self.gave_up = (f"{self.name} unreachable for {self.down_for():.0f}s (limit "
+                        f"{self.limit:.0f}s; last error: {self.last_error})")
+        log.critical("%s; giving up", self.gave_up)
+        if self.on_give_up is not None:
+            self.on_give_up(self.gave_up)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one short line (drivers' messages span several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
 class SupervisedActor(pykka.ThreadingActor):
     """A pykka actor that reports every crash to its supervisor, once.
 
     Subclasses implement :meth:`started` and :meth:`receive` instead of pykka's
-    ``on_start`` and ``on_receive``.
+    ``on_start`` and ``on_receive``. An error that means ``dependency`` is down is
+    no crash: the actor waits until it is back and runs the same hook again, so its
+    mailbox keeps its order and nothing counts toward a restart intensity. (The hooks
+    must be safe to run again when they fail on the dependency: they change their
+    state only after the calls that can fail.) While it waits it does not count as
+    busy, so it is not taken for stuck.
 
     Args:
         name: the child id the supervisor knows it by.
         report: called (on the actor's thread) with the :class:`Failure`.
+        dependency: what the actor waits for instead of crashing (None: nothing).
     """
 
     use_daemon_thread = True  # an abandoned actor must never keep the process alive
 
-    def __init__(self, name: str, report: ReportFailure) -> None:
+    def __init__(self, name: str, report: ReportFailure,
+                 dependency: Gate | None = None) -> None:
         super().__init__()
         self.name = name
+        self.dependency = dependency
         self._report = report
         self._link = report if isinstance(report, Link) else None
         self._reported = False
         self._current: Any = None
         self.handled = 0
+        self.waiting = False  # for its dependency to come back
 
     def started(self) -> None:
         """Hook: initialise state (runs on the actor's thread)."""
@@ -151,7 +359,7 @@ class SupervisedActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         """Run :meth:`started`, reporting any failure."""
         try:
-            self.started()
+            self._riding_outages(self.started)
         except BaseException as exc:
             self._crash("start", exc)
             raise ActorCrashed(f"{self.name} failed to start: {exc!r}") from exc
@@ -169,7 +377,7 @@ class SupervisedActor(pykka.ThreadingActor):
         try:
             if isinstance(message, Crash):
                 raise InjectedCrash(f"{self.name}: crash requested ({message.reason})")
-            result = self.receive(message)
+            result = self._riding_outages(lambda: self.receive(message))
         except BaseException as exc:
             self._crash("receive", exc)
             # For an ask, pykka would only fail the future: stop here as well.
@@ -183,6 +391,31 @@ class SupervisedActor(pykka.ThreadingActor):
                 self._link.current = None
         self.handled += 1
         return result
+
+    def _riding_outages(self, hook: Callable[[], _T]) -> _T:
+        """``hook()``, run again after each outage of the dependency it meets."""
+        dep = self.dependency
+        if dep is None:
+            return hook()
+        link = self._link
+        while True:
+            try:
+                return hook()
+            except Exception as exc:
+                if not dep.is_outage(exc) or (link is not None and link.closing):
+                    raise
+                dep.trip(exc)
+                busy, self.waiting = (None if link is None else link.busy_since), True
+                if link is not None:
+                    link.busy_since = None  # waiting is not being stuck
+                try:
+                    while not dep.wait_up(0.5):
+                        if link is not None and link.closing:
+                            raise
+                finally:
+                    self.waiting = False
+                    if link is not None and busy is not None:
+                        link.busy_since = time.monotonic()
 
     def _crash(self, phase: str, exc: BaseException) -> None:
         if self._reported:
@@ -432,11 +665,14 @@ class PollingService:
         interval: seconds between polls when idle.
         max_delay: the cap on the retry backoff.
         retry_delay: the first retry delay (default: ``interval``).
+        dependency: a round that fails because it is down waits until it is back
+            (then polls at once) instead of backing off.
     """
 
     def __init__(self, name: str, interval: float, *, max_delay: float = 30.0,
-                 retry_delay: float | None = None) -> None:
+                 retry_delay: float | None = None, dependency: Gate | None = None) -> None:
         self.name = name
+        self.dependency = dependency
         self._interval = interval
         self._max_delay = max_delay
         self._retry_delay = interval if retry_delay is None else retry_delay
@@ -484,15 +720,28 @@ class PollingService:
                 more = self.poll()
                 retry = self._retry_delay
             except Exception as exc:  # noqa: BLE001 - the work stays; the next poll retries
+                self.failed(exc)
+                dep = self.dependency
+                if dep is not None and dep.is_outage(exc):
+                    dep.trip(exc)
+                    self._wait_for(dep)
+                    continue
                 self.failures += 1
                 log.warning("%s: round failed (%r); retrying in %.1fs", self.name, exc, retry)
-                self.failed(exc)
                 more, wait = False, retry
                 retry = min(retry * 2, self._max_delay)
             if not more:
                 self._wake.wait(wait)
                 self._wake.clear()
         self.finished()
+
+    def _wait_for(self, dep: Gate) -> None:
+        """Sleep until ``dep`` is back or this service stops (a gave-up gate: stop)."""
+        try:
+            while not dep.wait_up(0.5) and not self._stop.is_set():
+                pass
+        except Exception:  # noqa: BLE001 - it gave up; the node is ending
+            self._stop.wait()
 
 
 StartFn = Callable[[ReportFailure], Child]
@@ -873,6 +1122,11 @@ class Application:
             self.root.ask("ping", timeout=120)
         except Exception as exc:
             raise RuntimeError(f"the supervision tree did not start: {exc}") from exc
+
+    def fail(self, name: str, error: BaseException) -> None:
+        """End the application from outside the tree (a dependency gave up on)."""
+        self._on_root_failure(Failure(name, "dependency", type(error).__name__,
+                                      str(error)[:500], "", time.time(), ""))
 
     def _on_root_failure(self, failure: Failure) -> None:
         self.failure = failure

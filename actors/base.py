@@ -133,7 +133,7 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     def __init__(self, entity_id: str, key: str, ctx: EntityContext,
                  report: ReportFailure) -> None:
-        super().__init__(entity_id, report)
+        super().__init__(entity_id, report, ctx.writer.gate)
         self.entity_id = entity_id
         self.key = key
         self.ctx = ctx

@@ -48,7 +48,7 @@ class SmtpChannel(PollingService):
                  sender: str = "staybook@localhost",
                  address_of: Callable[[str], str | None] = lambda who: f"{who}@localhost",
                  poll_interval: float = 0.5, timeout: float = 10.0, batch: int = 100) -> None:
-        super().__init__("smtp", poll_interval)
+        super().__init__("smtp", poll_interval, dependency=writer.gate)
         self._engine = engine
         self._writer = writer
         self.host = host

@@ -44,7 +44,7 @@ class HandlerActor(SupervisedActor):
 
     def __init__(self, name: str, store: EventStore, writer: StoreWriter,
                  report: ReportFailure) -> None:
-        super().__init__(name, report)
+        super().__init__(name, report, writer.gate)
         self.store = store
         self.writer = writer
 

@@ -109,7 +109,7 @@ class TimerService(PollingService):
     def __init__(self, engine: Engine, writer: StoreWriter, *, poll_interval: float = 0.5,
                  refire_after: float = 30.0, batch: int = 100,
                  clock: Clock = wall_clock) -> None:
-        super().__init__("timers", poll_interval)
+        super().__init__("timers", poll_interval, dependency=writer.gate)
         self._engine = engine
         self._writer = writer
         self._refire = timedelta(seconds=refire_after)

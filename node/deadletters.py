@@ -35,6 +35,7 @@ from broker.base import (
     Outgoing,
 )
 from store.deadletters import DEAD, REPLAYED, REPLAYING, BookFull, DeadLetterBook, Letter
+from supervisor import DependencyDown, Gate
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,15 @@ class DeadLetterRecorder:
 
     Args:
         book: where letters are recorded.
+        gate: the store's availability: while the store cannot be reached the
+            recorder waits for it to come back rather than retrying on its own.
     """
 
     name = "dead-letters"
 
-    def __init__(self, book: DeadLetterBook) -> None:
+    def __init__(self, book: DeadLetterBook, gate: Gate | None = None) -> None:
         self.book = book
+        self._gate = gate
         self._q: queue.Queue[Delivery] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,6 +199,8 @@ class DeadLetterRecorder:
             except BookFull as exc:
                 why = f"{exc}: purge replayed or old letters (ctl dlq purge)"
             except Exception as exc:
+                if self._wait_for_store(exc):
+                    continue
                 why = f"cannot record a dead letter ({exc!r}); retrying"
                 log.debug("recording dead letter %s failed", letter.key, exc_info=True)
             self.failures += 1
@@ -204,6 +210,19 @@ class DeadLetterRecorder:
             self._stop.wait(delay)
             delay = min(delay * 2, _RETRY_MAX)
         return False
+
+    def _wait_for_store(self, exc: Exception) -> bool:
+        """True after waiting out the store's outage ``exc`` (False: not an outage)."""
+        gate = self._gate
+        if gate is None or not gate.is_outage(exc):
+            return False
+        gate.trip(exc)
+        try:
+            while not gate.wait_up(0.5) and not self._stop.is_set():
+                pass
+        except DependencyDown:
+            return False  # the node is ending: back off as for any other failure
+        return True
 
 
 def outgoing_of(letter: Letter) -> Outgoing:

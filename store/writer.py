@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, Table, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
@@ -87,6 +87,20 @@ class DuplicateMessage(Exception):
 
 class WriterStopped(Exception):
     """The writer is not running; nothing was written."""
+
+
+class Gate(Protocol):
+    """The store's availability, shared by everything on a node that uses the store
+    (a :class:`supervisor.Dependency`: the store knows no supervision runtime)."""
+
+    def is_outage(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the store cannot be reached."""
+
+    def trip(self, exc: BaseException | None = None) -> None:
+        """Mark the store unavailable and have it probed."""
+
+    def wait_up(self, timeout: float | None = None) -> bool:
+        """Wait until the store is available again; False after ``timeout``."""
 
 
 Reply = Callable[[int | None], bytes]
@@ -198,6 +212,12 @@ class StoreWriter:
         on_committed: called after a successful transaction that put rows in the
             outbox (wakes the relay).
         lazy_delay: how long a ``lazy`` commit may wait for company (seconds).
+        gate: the store's availability. When a transaction fails because the store
+            cannot be reached, the writer trips it, waits until it is back and
+            writes the same batch again: its commits are neither failed nor lost,
+            and their actors and producers simply wait. (A transaction whose commit
+            went through unacknowledged meets its own rows the second time: its
+            commits are refused as duplicates or conflicts, as for any re-send.)
     """
 
     name = "store"
@@ -210,8 +230,10 @@ class StoreWriter:
         queue_max: int = 10_000,
         on_committed: Callable[[], None] | None = None,
         lazy_delay: float = 0.5,
+        gate: Gate | None = None,
     ) -> None:
         self._engine = engine
+        self.gate = gate
         self._lazy: list[Commit] = []  # writer thread only
         self._lazy_since = 0.0
         self._lazy_delay = lazy_delay
@@ -230,6 +252,7 @@ class StoreWriter:
         self.batches = 0
         self.commits = 0
         self.conflicts = 0  # batches that failed as a whole and were screened
+        self.held = 0  # transactions the store's outages made the writer write again
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -365,21 +388,44 @@ class StoreWriter:
 
         A batch of one that fails is refused with the classified error (False).
         """
-        try:
-            with self._engine.begin() as conn:
-                refused, versions = _apply(conn, batch, self._versions, self._tainted)
-        except Exception as exc:  # noqa: BLE001 - retried, or reported to its owner
-            self._versions.clear()  # what the store holds is unknown again
-            if len(batch) == 1:
-                self._refuse(batch[0], _classify(exc))
-                return False
-            log.debug("batch of %d failed (%s)", len(batch), exc)
-            return True
+        while True:
+            try:
+                with self._engine.begin() as conn:
+                    refused, versions = _apply(conn, batch, self._versions, self._tainted)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, or reported to its owner
+                self._versions.clear()  # what the store holds is unknown again
+                if self._back_after_outage(exc):
+                    continue
+                if len(batch) == 1:
+                    self._refuse(batch[0], _classify(exc))
+                    return False
+                log.debug("batch of %d failed (%s)", len(batch), exc)
+                return True
         self._remember(versions)
         self._after([c for c in batch if c not in refused])
         for commit, err in refused.items():
             self._refuse(commit, err)
         return False
+
+    def _back_after_outage(self, exc: BaseException) -> bool:
+        """True when ``exc`` was the store's outage and the store is back: write again.
+
+        False (the batch fails as before) for any other error, when the writer is
+        stopping, or when the gate gave up on the store.
+        """
+        gate = self.gate
+        if gate is None or not gate.is_outage(exc):
+            return False
+        gate.trip(exc)
+        self.held += 1
+        try:
+            while not gate.wait_up(0.5):
+                if not self._running:
+                    return False
+        except Exception:  # noqa: BLE001 - the gate gave up: fail the batch
+            return False
+        return True
 
     def _screen(self, batch: list[Commit]) -> list[Commit]:
         """Refuse the commits the store already contradicts; the others, in order.
