@@ -89,6 +89,11 @@ class StoreSettings(BaseModel):
     batch_max: int = Field(256, ge=1, le=10_000)
     queue_max: int = Field(10_000, ge=1)
     synchronous: str = Field("FULL", pattern="^(FULL|NORMAL|EXTRA)$")
+    # While the store cannot be reached the node holds its work and probes it, up to
+    # this long; then it exits with one line saying so.
+    outage_limit_seconds: float = Field(600.0, gt=0)
+    # The probe's backoff while the store is down: from 0.05 s, doubling up to this.
+    probe_max_seconds: float = Field(1.0, gt=0, le=60)
 
 
 class ActorSettings(BaseModel):

@@ -150,7 +150,11 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     failed = not stop["sig"]
     if failed and node.app.failure is not None:
         f = node.app.failure
-        typer.echo(f"the supervision tree gave up: {f.error_type}: {f.message}", err=True)
+        if f.phase == "dependency":
+            typer.echo(f"staybook: {f.message}; check that the database at "
+                       f"STAYBOOK_DATABASE_URL answers, then start the node again", err=True)
+        else:
+            typer.echo(f"the supervision tree gave up: {f.error_type}: {f.message}", err=True)
     node.stop()
     raise typer.Exit(1 if failed else 0)
 

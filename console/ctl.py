@@ -60,7 +60,8 @@ def _main(ctx: typer.Context,
 
 @ctl_app.command()
 def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every node that answers: live actors against the cap, counters, backlogs."""
+    """Every node that answers: readiness (the store up?), live actors against the cap,
+    counters, backlogs."""
     rows = [r["result"] for r in ask(ctx, "status") if r.get("ok")]
     if as_json:
         dump(rows)
@@ -69,8 +70,8 @@ def nodes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         r["live/cap"] = f"{r['live_actors']}/{r['max_live']}"
         held = r.get("partitions")
         r["partitions"] = "-" if held is None else f"{len(held)}: {_ranges(held)}"
-    table(rows, ["node", "tree_status", "uptime", "live/cap", "commands", "p99_ms",
-                 "restarts", "dead_letters", "outbox_backlog", "partitions"])
+    table(rows, ["node", "ready", "store", "tree_status", "uptime", "live/cap", "commands",
+                 "p99_ms", "restarts", "dead_letters", "outbox_backlog", "partitions"])
 
 
 def _ranges(ps: list[int]) -> str:

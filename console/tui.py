@@ -766,13 +766,20 @@ def _dash(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def _tree(node: dict[str, Any]) -> str:
+    """The tree's status, or ``no-store`` while the node waits for its store."""
+    if node.get("ready") is False and node.get("store", "up") != "up":
+        return "no-store"
+    return str(node.get("tree_status", "-"))
+
+
 def nodes_text(snap: Snapshot, sort: str) -> str:
     """The per-node summary lines at the top of the view."""
     lines = [f"{'NODE':<12} {'TREE':<8} {'LIVE/CAP':>14} {'CMD/S':>8} {'P99 MS':>8} "
              f"{'RESTARTS/MIN':>12} {'DEAD':>6} {'OUTBOX':>7} {'PARTS':>5}   actors by {sort}"]
     for n in snap.nodes:
         lines.append(
-            f"{n['node']:<12} {n.get('tree_status', '-'):<8} "
+            f"{n['node']:<12} {_tree(n):<8} "
             f"{str(n['live_actors']) + '/' + str(n['max_live']):>14} "
             f"{_dash(n.get('commands_per_s')):>8} {_dash(n.get('p99_ms')):>8} "
             f"{_dash(n.get('restarts_per_min')):>12} {n['dead_letters']:>6} "

@@ -16,9 +16,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -41,6 +43,8 @@ class NodeGauges:
     dead_letters: int
     outbox_backlog: int
     writer_backlog: int
+    store_up: bool = True
+    store_outages: int = 0
 
 
 class _NodeCollector(Collector):
@@ -67,6 +71,11 @@ class _NodeCollector(Collector):
                                 value=g.outbox_backlog)
         yield GaugeMetricFamily("staybook_writer_backlog", "Commits waiting for the writer.",
                                 value=g.writer_backlog)
+        yield GaugeMetricFamily("staybook_store_up",
+                                "1 while the store answers; 0 during an outage (the node "
+                                "holds its work and is not ready).", value=int(g.store_up))
+        yield CounterMetricFamily("staybook_store_outages",
+                                  "Times the store became unreachable.", value=g.store_outages)
 
 
 class NodeMetrics:
@@ -137,18 +146,37 @@ def _status(reply: bytes | None) -> str:
     return str(status)
 
 
+Readiness = Callable[[], tuple[bool, str]]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a line each."""
+
+
 class MetricsServer:
-    """The HTTP endpoint Prometheus scrapes, as a supervised service.
+    """The HTTP endpoint Prometheus scrapes, and ``/ready``, as a supervised service.
+
+    ``/ready`` answers 200 while the node can do its work and 503 (with the reason,
+    one line) while it cannot, e.g. during a store outage: what a load balancer or
+    an orchestrator's readiness probe reads.
 
     Args:
         metrics: the node's metrics.
         port: the TCP port (0 asks the OS for a free one; see ``bound_port``).
         address: the interface to listen on.
+        ready: whether the node is ready, and why (None: always ready).
     """
 
     name = "metrics"
 
-    def __init__(self, metrics: NodeMetrics, port: int, address: str = "127.0.0.1") -> None:
+    def __init__(self, metrics: NodeMetrics, port: int, address: str = "127.0.0.1",
+                 ready: Readiness | None = None) -> None:
+        self._ready = ready or (lambda: (True, "ready"))
         self._metrics = metrics
         self._port = port
         self._address = address
@@ -158,8 +186,20 @@ class MetricsServer:
 
     def start(self) -> None:
         """Listen and serve on a daemon thread."""
-        server, thread = start_http_server(self._port, addr=self._address,
-                                           registry=self._metrics.registry)
+        scrape = make_wsgi_app(self._metrics.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ.get("PATH_INFO") == "/ready":
+                ok, why = self._ready()
+                start_response("200 OK" if ok else "503 Service Unavailable",
+                               [("Content-Type", "text/plain; charset=utf-8")])
+                return [f"{why}\n".encode()]
+            return scrape(environ, start_response)
+
+        server = make_server(self._address, self._port, app, _Server,
+                             handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+        thread.start()
         self._server, self._thread = server, thread
         self.bound_port = int(server.server_address[1])
 

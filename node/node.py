@@ -47,12 +47,15 @@ from rules.clock import Clock, wall_clock
 from rules.policy import CancellationPolicy, Lifecycle
 from store import EventStore, StoreWriter, make_engine
 from store.deadletters import DeadLetterBook
+from store.health import describe, is_outage, probe
 from supervisor import (
     ActorChild,
     Application,
     Backoff,
     Child,
     ChildSpec,
+    Dependency,
+    DependencyDown,
     Intensity,
     ReportFailure,
     Restart,
@@ -102,15 +105,20 @@ class Node:
         self.topology = self.broker.topology
         self.engine = make_engine(settings.database_url, synchronous=settings.store.synchronous)
         self.store = EventStore(self.engine)
+        # Everything that uses the store rides out its outages on this one gate.
+        self.store_gate = Dependency("store", lambda: probe(self.engine), is_outage,
+                                     limit=settings.store.outage_limit_seconds,
+                                     max_delay=settings.store.probe_max_seconds,
+                                     on_give_up=self._store_gave_up, describe=describe)
         self.writer = StoreWriter(self.engine, batch_max=settings.store.batch_max,
-                                  queue_max=settings.store.queue_max)
+                                  queue_max=settings.store.queue_max, gate=self.store_gate)
         self.relay = Relay(self.engine, self.writer, self.broker,
                            batch=settings.broker.relay_batch,
                            max_delay=settings.broker.reconnect_max_delay)
         self.writer.set_on_committed(self.relay.wake)
         self.dead_letters = DeadLetterBook(
             self.engine, max_rows=settings.broker.dead_letter_max_length)
-        self.recorder = DeadLetterRecorder(self.dead_letters)
+        self.recorder = DeadLetterRecorder(self.dead_letters, self.store_gate)
         self.gateway = gateway or SimulatedGateway(
             self.engine, decline_rate=settings.payment.decline_rate,
             decline_token_prefix=settings.payment.decline_token_prefix)
@@ -214,6 +222,7 @@ class Node:
         ]
         return [
             nested("infrastructure", [
+                service_child("store-gate", lambda: self.store_gate, backoff=backoff_of(infra)),
                 service_child("store", lambda: self.writer, backoff=backoff_of(infra)),
                 # The relay publishes the whole (shared) outbox, the events role's too.
                 *([service_child("relay", lambda: self.relay, backoff=backoff_of(infra)),
@@ -237,7 +246,7 @@ class Node:
         m = self.settings.metrics
         if m.port:
             specs.append(service_child("metrics", lambda: MetricsServer(
-                self.metrics, m.port or 0, m.address)))
+                self.metrics, m.port or 0, m.address, ready=self.readiness)))
         if self.settings.control.enabled and isinstance(self.broker, RabbitBroker):
             specs.append(service_child("control", lambda: ControlService(self),
                                        backoff=backoff_of(self.settings.supervision.root)))
@@ -250,7 +259,8 @@ class Node:
                           passivations=d.passivations,
                           restarts=d.restarts + tree_restarts(safe_tree(self)),
                           dead_letters=self.counters.refused + d.poisoned,
-                          outbox_backlog=self.relay.backlog(), writer_backlog=self.writer.backlog)
+                          outbox_backlog=self.relay.backlog(), writer_backlog=self.writer.backlog,
+                          store_up=self.store_gate.up, store_outages=self.store_gate.outages)
     # --- end operator console ---------------------------------------------------------
 
     def _smtp_spec(self, backoff: Backoff | None) -> list[ChildSpec]:
@@ -330,6 +340,20 @@ class Node:
         self.broker.close()
         self.engine.dispose()
 
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the node can do its work now, and why not (``/ready``, ``ctl nodes``)."""
+        gate = self.store_gate
+        if not gate.up:
+            return False, (f"store unavailable for {gate.down_for():.1f}s "
+                           f"({gate.last_error}); holding work until it answers")
+        if self.app.failed.is_set():
+            return False, "the supervision tree gave up"
+        return True, "ready"
+
+    def _store_gave_up(self, reason: str) -> None:
+        """The store stayed down past its limit: end the node with that one line."""
+        self.app.fail("store", DependencyDown(reason))
+
     def handler(self, name: str) -> pykka.ActorRef[Any] | None:
         """The current actor of a handler (``payment``, ``notifier``, ``search``)."""
         return self.intake.routes[name].ref
@@ -355,4 +379,7 @@ class Node:
             "partitions": sorted(self.partitions.held()) if self.partitions else None,
             "timers_fired": self.timers.fired,
             "emails_sent": 0 if self.smtp is None else self.smtp.sent,
+            "ready": self.readiness()[0],
+            "store": "up" if self.store_gate.up else f"down {self.store_gate.down_for():.1f}s",
+            "store_outages": self.store_gate.outages,
         }
