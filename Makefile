@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 RABBIT := /usr/lib/rabbitmq/bin/rabbitmq-server
 
-.PHONY: demo serve cluster broker-cluster test unit lint bench bench-nodes drill drill-cluster drill-broker rabbitmq postgresql nodejs clean
+.PHONY: demo serve cluster broker-cluster test unit lint bench bench-nodes drill drill-cluster drill-broker drill-store rabbitmq postgresql nodejs clean
 
 $(BIN)/staybook: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ drill: $(BIN)/staybook rabbitmq
 CLUSTER_DRILL_SECONDS ?= 600
 drill-cluster: $(BIN)/staybook rabbitmq postgresql
 	$(BIN)/python -m tests.faults.cluster_drill --seconds $(CLUSTER_DRILL_SECONDS)
+
+# The store drill: two nodes on a private PostgreSQL restarted, killed (outages of 1, 5
+# and 30 s) and cut off under traffic; per fault the outage and the time without service.
+drill-store: $(BIN)/staybook rabbitmq postgresql
+	$(BIN)/python -m tests.faults.store_drill
 
 # Two nodes on PostgreSQL and a 3-node RabbitMQ cluster: the broker's leader node
 # killed, a rolling restart, a broker node and a Staybook node down at once.

@@ -17,7 +17,8 @@ from pathlib import Path
 PG_CTL_WRAPPER = Path(__file__).resolve().parent / "pg_ctl_as_postgres"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -37,7 +38,7 @@ def local_postgresql(workdir: Path, *, durable: bool = True,
     from pytest_postgresql.janitor import DatabaseJanitor
 
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     options = "-c max_connections=300" + ("" if durable else " -c fsync=off")
     executor = PostgreSQLExecutor(
         executable=str(PG_CTL_WRAPPER), host="127.0.0.1", port=port, user="postgres",
