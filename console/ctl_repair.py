@@ -1,7 +1,8 @@
 """``staybook ctl repair``: reservations a stale actor left booked after a failed payment.
 
-A stale apartment actor used to answer ``CancelUnpaidReservation`` with "nothing to
-do", so a declined card's nights stayed booked. ``--check`` asks a node to find them
+An apartment actor deciding ``CancelUnpaidReservation`` from stale memory, on nodes
+that did not fence decisions with no events, answered "nothing to do", so a declined
+card's nights stayed booked. ``--check`` asks a node to find them
 (the node reads the store: :mod:`node.repair`), page by page; ``--apply`` then sends
 each one, as a producer, the command the reservation process meant to send. The
 command's message id is derived from the reservation id, so re-running ``--apply`` is

@@ -1,12 +1,13 @@
 """Reservations whose payment failed while their apartment still holds the nights.
 
-Before decisions with no events were fenced (store/writer.py), an apartment actor
-whose memory missed another node's acceptance answered ``CancelUnpaidReservation``
-with "nothing to do": the card was declined (``PaymentFailed`` in ``payment:<id>``)
-yet the nights stayed booked. Nothing in the store marks such a reservation, so it is
-found by comparing the two records: each failed payment against its apartment's
-stream folded with the apartment's own rules. ``staybook ctl repair`` asks a node for
-this, one bounded page at a time, and sends the command that completes each one.
+A declined card (``PaymentFailed`` in ``payment:<id>``) makes the reservation process
+send ``CancelUnpaidReservation``, which releases the nights. An apartment actor that
+decided it from memory missing the acceptance answered "nothing to do" and released
+nothing, and a store written by nodes that did not fence such decisions may hold
+these reservations still. Nothing in the store marks them, so they are found by
+comparing the two records: each failed payment against its apartment's stream folded
+with the apartment's own rules. ``staybook ctl repair`` asks a node for this, one
+bounded page at a time, and sends the command that completes each one.
 """
 
 from __future__ import annotations
