@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -270,3 +271,12 @@ def test_thread_shares_are_the_busiest_groups_per_command() -> None:
     shares = thread_shares(before, after, 1000, top=2)
     assert shares == {"n1": [("consumer-pN", 1.0), ("store-writer", 0.5)],
                       "n2": [("relay", 0.2)]}
+
+
+def test_the_fence_bench_measures_each_kind_of_commit(tmp_path: Path) -> None:
+    from bench.fence import measure
+
+    figures = measure(streams=40, burst=16, workdir=tmp_path)
+    assert list(figures) == ["events", "no-op, unfenced", "no-op, fenced",
+                             "mixed (append + fenced no-op)"]
+    assert all(wall > 0 and cpu >= 0 for wall, cpu in figures.values())
