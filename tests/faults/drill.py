@@ -113,9 +113,17 @@ def run_drill(*, seconds: float, producers: int = 4, seed: int = 1, workdir: Pat
         # for them, so every kind of fault happens within ``seconds``.
         pause = max(2.0, seconds / (len(schedule) * max(1, round(seconds / 60)) + 1) - 2.5)
         i = 0
-        while time.monotonic() - t0 < seconds and i < 10_000:
+
+        def done() -> bool:
+            # The same mix on a slow machine: past ``seconds`` (up to three times as
+            # long) until every kind of fault happened once.
+            elapsed = time.monotonic() - t0
+            mixed = all(faults.counts.get(k, 0) for k in schedule)
+            return elapsed >= seconds and (mixed or elapsed >= 3 * seconds)
+
+        while not done() and i < 10_000:
             time.sleep(pause)
-            if time.monotonic() - t0 >= seconds:
+            if done():
                 break
             kind = schedule[i % len(schedule)]
             i += 1
