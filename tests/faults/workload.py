@@ -2,11 +2,14 @@
 
 Every producer thread has its own :class:`broker.client.Client` and its own
 apartments (so it knows their owner), and sends, one at a time, AddApartment,
-RequestReservation (overlapping dates on purpose), AcceptReservation and
-RejectReservation, and now and then re-sends an answered command with the same
-``message_id``. A fifth of the requests carry a card token the simulated gateway
-treats as faulty (declined, answer lost once, or never answered). For each command the
-history records whether the broker confirmed it and every reply that came back.
+RequestReservation (overlapping dates on purpose), AcceptReservation,
+RejectReservation and CancelReservation (mostly by the guest, of stays it accepted,
+whatever their payment's outcome so far), and now and then re-sends an answered
+command with the same ``message_id``. A fifth of the requests carry a card token the
+simulated gateway treats as faulty (declined, answer lost once, never answered, or a
+refund never answered), so every end of a booking's life is reached: confirmed,
+cancelled for a failed payment, cancelled with a refund. For each command the history
+records whether the broker confirmed it and every reply that came back.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from broker.topology import Topology
 from messages import (
     AcceptReservation,
     AddApartment,
+    CancelReservation,
     Envelope,
     Message,
     RejectReservation,
@@ -34,7 +38,8 @@ from messages import (
 )
 
 # A fifth of the charges meet a faulty gateway (see actors.payment.SimulatedGateway).
-FAULTY_TOKENS = ("tok_decline_drill", "tok_flaky_drill", "tok_timeout_drill")
+FAULTY_TOKENS = ("tok_decline_drill", "tok_flaky_drill", "tok_timeout_drill",
+                 "tok_norefund_drill")
 
 
 @dataclass
@@ -93,7 +98,9 @@ class Producer(threading.Thread):
         self.apartments = [f"d{index}-a{k}" for k in range(3)]
         # Apartments every producer books (and accepts on): their accepts race.
         self.hot = hot
-        self.pending: list[tuple[str, str]] = []  # (apartment, reservation) answered ok
+        # (apartment, reservation, guest): requests answered ok, then stays accepted
+        self.pending: list[tuple[str, str, str]] = []
+        self.accepted: list[tuple[str, str, str]] = []
         self.answered: list[Op] = []
         self.client: Client | None = None
         self.base = date.today() + timedelta(days=10)
@@ -130,9 +137,16 @@ class Producer(threading.Thread):
             op = self.rng.choice(self.answered)
             self.resend(op)
         elif r < 0.35 and self.pending:
-            apt, rid = self.pending.pop(self.rng.randrange(len(self.pending)))
+            apt, rid, guest = self.pending.pop(self.rng.randrange(len(self.pending)))
             cls = AcceptReservation if self.rng.random() < 0.75 else RejectReservation
-            self.send(cls(reservation_id=rid, owner_id=self.owner(apt)), apt)
+            op = self.send(cls(reservation_id=rid, owner_id=self.owner(apt)), apt)
+            if cls is AcceptReservation and _ok(op):
+                self.accepted.append((apt, rid, guest))
+        elif r < 0.40 and self.accepted:
+            # Cancel a stay (a guest's mostly), sometimes before its payment's outcome.
+            apt, rid, guest = self.accepted.pop(self.rng.randrange(len(self.accepted)))
+            by = guest if self.rng.random() < 0.8 else self.owner(apt)
+            self.send(CancelReservation(reservation_id=rid, by=by), apt)
         else:
             hot = bool(self.hot) and self.rng.random() < 0.5
             apt = self.rng.choice(self.hot if hot else self.apartments[-3:])
@@ -140,12 +154,13 @@ class Producer(threading.Thread):
             token = (self.rng.choice(FAULTY_TOKENS) if self.rng.random() < 0.2
                      else "tok_visa")
             rid = f"r-{new_id()}"
+            guest = f"guest-{self.index}-{self.rng.randint(0, 9)}"
             op = self.send(RequestReservation(
-                reservation_id=rid, guest_id=f"guest-{self.index}-{self.rng.randint(0, 9)}",
+                reservation_id=rid, guest_id=guest,
                 start=start, end=start + timedelta(days=self.rng.randint(1, 5)),
                 guests=1, card_token=token), apt)
-            if op.replies and op.replies[-1].get("status") == "ok":
-                self.pending.append((apt, rid))
+            if _ok(op):
+                self.pending.append((apt, rid, guest))
 
     def _client(self) -> Client | None:
         if self.client is not None:
@@ -193,6 +208,11 @@ class Producer(threading.Thread):
             op.replies.append(reply.payload.model_dump(mode="json"))
         except (NoReply, NotConfirmed) as exc:
             op.error = repr(exc)[:300]
+
+
+def _ok(op: Op) -> bool:
+    """Whether the command's last reply says it was done (not refused)."""
+    return bool(op.replies) and op.replies[-1].get("status") == "ok"
 
 
 # --- poison -------------------------------------------------------------------------
