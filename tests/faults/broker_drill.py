@@ -49,6 +49,7 @@ from tests.conftest import unique
 from tests.faults.checker import MUST_BE_ZERO
 from tests.faults.cluster_drill import wind_down
 from tests.faults.drill import Faults, finish
+from tests.faults.lifecycle import LIFECYCLE_FIGURES
 from tests.faults.procs import NodeProcess
 from tests.faults.workload import History, Op, Producer
 
@@ -214,7 +215,7 @@ def report(figures: dict[str, Any]) -> str:
     """The figures as a readable block."""
     keys = ["seconds", *(f"fault_{f}" for f in FAULTS), "outage_s", "probes_answered",
             "commands", "confirmed", "answered", "confirmed_unanswered", "not_confirmed",
-            "resends", "resends_answered_from_inbox", "accepted", "charges",
+            "resends", "resends_answered_from_inbox", "accepted", *LIFECYCLE_FIGURES, "charges",
             "notifications", "dead_letters", *BROKER_MUST_BE_ZERO]
     return "\n".join(f"  {k:<30} {figures.get(k, 0)}" for k in keys)
 

@@ -18,6 +18,9 @@ Each count is a promise of docs/guarantees.md that the drill tries to break:
   its owner's notification, an acceptance without a payment outcome).
 * ``poison_missing`` / ``poison_wrong_reason``: a confirmed malformed message that is
   not in the dead-letter queue, or is there without the expected reason header.
+* how each booking ended, and whether stored states match their streams:
+  ``failed_but_held``, ``accepted_unresolved``, ``cancelled_paid_without_refund``,
+  ``refunds_over_charge``, ``replay_mismatch`` (see :mod:`tests.faults.lifecycle`).
 """
 
 from __future__ import annotations
@@ -45,12 +48,20 @@ from store.tables import (
     notifications_table,
     outbox_table,
 )
+from tests.faults.lifecycle import (
+    LIFECYCLE_MUST_BE_ZERO,
+    Replayed,
+    evidence,
+    lifecycle_counts,
+    read_tables,
+    replay_counts,
+)
 from tests.faults.workload import History
 
 MUST_BE_ZERO = ("lost", "duplicated", "unexpected_replies", "double_charges",
                 "charged_but_failed", "double_notifications", "overlaps",
                 "events_undelivered", "outbox_backlog", "poison_missing",
-                "poison_wrong_reason", "valid_dead_lettered")
+                "poison_wrong_reason", "valid_dead_lettered", *LIFECYCLE_MUST_BE_ZERO)
 
 
 @dataclass(frozen=True)
@@ -146,12 +157,26 @@ def count_overlaps(events: list[tuple[str, int, Envelope]]) -> int:
     return n
 
 
+def lifecycles_open(db: Path | str) -> int:
+    """Accepted bookings not yet at an end, and cancellations owing a refund outcome:
+    a drained system has none, unless a lifecycle is stuck for good."""
+    engine = create_engine(store_url(db))
+    try:
+        with engine.connect() as conn:
+            tables = read_tables(conn)
+    finally:
+        engine.dispose()
+    counts = lifecycle_counts(Replayed.of(stored_events(db)), tables)
+    return counts["accepted_unresolved"] + counts["cancelled_paid_without_refund"]
+
+
 def check(db: Path | str, history: History, dead: list[DeadLetter]) -> dict[str, Any]:
     """Every count the drill reports (see the module docstring)."""
     events = stored_events(db)
     engine = create_engine(store_url(db))
     try:
         with engine.connect() as conn:
+            tables = read_tables(conn)
             inbox = {r.message_id: r.reply for r in conn.execute(
                 select(inbox_table.c.message_id, inbox_table.c.reply)
                 .where(inbox_table.c.consumer == "intake"))}
@@ -272,6 +297,17 @@ def check(db: Path | str, history: History, dead: list[DeadLetter]) -> dict[str,
         r["poison_dead_lettered_twice"] += len(found) > 1
     ops = {op.message_id for op in history.ops}
     r["valid_dead_lettered"] = sum(1 for d in dead if d.message_id in ops)
+
+    replayed = Replayed.of(events)
+    offenders: dict[str, list[str]] = {}
+    r.update(lifecycle_counts(replayed, tables, offenders))
+    r.update(replay_counts(replayed, tables, offenders))
     for name in MUST_BE_ZERO:
         r[name] += 0  # present in the report even when zero
-    return dict(r)
+    out: dict[str, Any] = dict(r)
+    if offenders:
+        # A few of each, with what the store holds about them: the report's evidence.
+        out["offenders"] = {k: ids[:50] for k, ids in offenders.items()}
+        out["evidence"] = [line for k, ids in offenders.items() for key in ids[:5]
+                           for line in evidence(events, tables, replayed, k, key)]
+    return out

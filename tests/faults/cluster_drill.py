@@ -40,6 +40,7 @@ from messages import AddApartment, Envelope
 from tests.conftest import unique
 from tests.faults.checker import MUST_BE_ZERO, check, drain_dead_letters
 from tests.faults.drill import Faults, finish, wait_quiet
+from tests.faults.lifecycle import LIFECYCLE_FIGURES
 from tests.faults.procs import NodeProcess, private_rabbit, queue_counts
 from tests.faults.workload import History, Op, PoisonInjector, Producer
 
@@ -258,8 +259,9 @@ def report(figures: dict[str, Any]) -> str:
             "node_starts", "graceful_stops_s", "failovers", "failover_p99_s",
             "failover_max_s", "commands",
             "confirmed", "answered", "confirmed_unanswered", "not_confirmed", "resends",
-            "resends_answered_from_inbox", "accepted", "charges", "payments_failed",
-            "notifications", "poison_confirmed", "dead_letters", *CLUSTER_MUST_BE_ZERO]
+            "resends_answered_from_inbox", "accepted", *LIFECYCLE_FIGURES, "charges",
+            "payments_failed", "notifications", "poison_confirmed", "dead_letters",
+            *CLUSTER_MUST_BE_ZERO]
     return "\n".join(f"  {k:<30} {figures.get(k, 0)}" for k in keys)
 
 

@@ -31,6 +31,8 @@ def test_short_cluster_drill_loses_duplicates_and_overlaps_nothing(
     assert figures["fault_kill_node"] >= 2
     assert figures["fault_add_node"] >= 1 and figures["fault_remove_node"] >= 1
     assert figures["confirmed"] > 100 and figures["accepted"] > 0
+    assert figures["cancelled_by_guest"] > 0 and figures["cancelled_by_system"] > 0
+    assert figures["reservations_confirmed"] > 0 and figures["snapshots_checked"] > 0
     assert figures["quiet"] == 1 and figures["producers_stuck"] == 0
     assert {k: figures[k] for k in CLUSTER_MUST_BE_ZERO} == dict.fromkeys(
         CLUSTER_MUST_BE_ZERO, 0)

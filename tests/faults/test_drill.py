@@ -30,6 +30,10 @@ def test_short_drill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert figures["confirmed"] > 100
     assert figures["poison_confirmed"] > 0
     assert figures["payments_failed"] > 0 and figures["charges"] > 0
+    # Every end of a booking's life was reached, and the replay checks had work.
+    assert figures["reservations_confirmed"] > 0 and figures["refunds_issued"] > 0
+    assert figures["cancelled_by_guest"] > 0 and figures["cancelled_by_system"] > 0
+    assert figures["snapshots_checked"] > 0 and figures["processes_checked"] > 0
     assert figures["quiet"] == 1
     assert figures["producers_stuck"] == 0
     assert {k: figures[k] for k in MUST_BE_ZERO} == dict.fromkeys(MUST_BE_ZERO, 0)
