@@ -11,7 +11,8 @@ and now and then adds a node and gracefully removes the oldest. After each kill 
 measures the failover: probes sent at the kill to apartments spread over every
 partition, and the time from the kill to the last probe's answer. Then everything
 drains and :func:`tests.faults.checker.check` counts what went wrong; on top of its
-counts: partitions left with no consumer (or two).
+counts: partitions left with no consumer (or two). It also counts the partition moves
+the faults caused, from the nodes' membership beats.
 """
 
 from __future__ import annotations
@@ -25,14 +26,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pika
 from pika.exceptions import AMQPError
 
 from broker.client import Client
-from broker.rabbitmq import all_consumed
+from broker.membership import Beat
+from broker.rabbitmq import all_consumed, connection_parameters
 from broker.topology import Topology
 from config import DEFAULT_PARTITIONS
 from console.localdb import local_postgresql
@@ -49,6 +53,78 @@ log = logging.getLogger("cluster-drill")
 CLUSTER_MUST_BE_ZERO = (*MUST_BE_ZERO, "partitions_unowned")
 HOT = ("hot-0", "hot-1", "hot-2")
 PROBES = 64  # AddApartment probes per kill: every partition gets some (16 partitions)
+
+
+class PartitionWatch(threading.Thread):
+    """Counts partition moves: a partition announced held by another node than before.
+
+    It listens to the beats every node sends on ``<prefix>.members`` (each names the
+    partitions its node holds), through a queue of its own, and only listens, so the
+    nodes never see it. A kill shows as its partitions reappearing in the survivors'
+    beats, a rejoin or a membership change as some moving again: what actually
+    happened, rather than kills times an assumed share.
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        super().__init__(name="partition-watch", daemon=True)
+        self.url = url
+        self.exchange = f"{prefix}.members"
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.holder: dict[int, str] = {}
+        self.moves = 0
+        self._lock = threading.Lock()
+
+    def count(self) -> int:
+        """Moves seen so far."""
+        with self._lock:
+            return self.moves
+
+    def balanced(self, partitions: int, nodes: int) -> bool:
+        """Whether every partition is held and ``nodes`` nodes share them evenly."""
+        with self._lock:
+            shares = Counter(self.holder.values())
+        low = partitions // nodes
+        return (sum(shares.values()) == partitions and len(shares) == nodes
+                and all(low <= n <= low + 1 for n in shares.values()))
+
+    def saw(self, body: bytes) -> None:
+        """Take one beat into account."""
+        beat = Beat.from_json(body)
+        if beat is None:
+            return
+        with self._lock:
+            for p in beat.held:
+                before = self.holder.get(p)
+                self.moves += before is not None and before != beat.node
+                self.holder[p] = beat.node
+
+    def run(self) -> None:
+        """Listen until stopped, reconnecting (bounded) if the connection drops."""
+        for _attempt in range(1000):
+            if self.stop_event.is_set():
+                return
+            try:
+                conn = pika.BlockingConnection(connection_parameters(self.url))
+            except (AMQPError, OSError):
+                self.stop_event.wait(0.5)
+                continue
+            try:
+                ch = conn.channel()
+                ch.exchange_declare(self.exchange, exchange_type="fanout", durable=True)
+                queue = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                ch.queue_bind(queue, self.exchange)
+                ch.basic_consume(queue, lambda _c, _m, _p, body: self.saw(body),
+                                 auto_ack=True)
+                self.ready.set()
+                while not self.stop_event.is_set():
+                    conn.process_data_events(time_limit=0.2)
+                return
+            except (AMQPError, OSError):
+                continue
+            finally:
+                with contextlib.suppress(AMQPError, OSError):
+                    conn.close()
 
 
 def consumers_per_partition(url: str, topology: Topology) -> list[int] | None:
@@ -160,6 +236,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
     failovers: list[float] = []
     stops: list[float] = []
     counter = [0]
+    watch = PartitionWatch(rabbit.url, prefix)
     t0 = time.monotonic()
 
     def new_node() -> NodeProcess:
@@ -172,6 +249,8 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
         out(f"[{time.monotonic() - t0:6.1f}s] {text} ({len(history.ops)} commands so far)")
 
     try:
+        watch.start()
+        watch.ready.wait(30)
         for _ in range(nodes):
             node = new_node()
             node.start(wait_queues=False)
@@ -185,6 +264,12 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
                    for i in range(producers)]
         threads.append(PoisonInjector(rabbit.url, topology, history, stop, seed=seed,
                                       interval=0.5))
+        # Moves count from a balanced start: the nodes joining one by one moved some.
+        deadline = time.monotonic() + 30
+        while (not watch.balanced(topology.partitions, nodes)
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        startup_moves = watch.count()
         for t in threads:
             t.start()
         step = 0
@@ -216,7 +301,8 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
                 code = leaver.terminate(timeout=60)
                 faults.add("remove_node")
                 stops.append(time.monotonic() - began)
-                out(f"  {leaver.name} stopped in {stops[-1]:.1f}s, exit code {code}")
+                out(f"  {leaver.name} stopped in {stops[-1]:.1f}s, exit code {code}; "
+                    f"{watch.count() - startup_moves} partition moves so far")
                 if code != 0:
                     faults.add("remove_unclean")
                 continue
@@ -231,13 +317,18 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
                 faults.add("failover_unmeasured")
             else:
                 failovers.append(took)
-                out(f"  failover: {took:.2f}s from the kill to the last probe's answer")
+                out(f"  failover: {took:.2f}s from the kill to the last probe's answer; "
+                    f"{watch.count() - startup_moves} partition moves so far")
             victim.start(wait_queues=False)
+        # Counted up to the end of the faults: the nodes' last stop moves them again.
+        time.sleep(3)  # the last restarted node's share comes back to it
+        watch.stop_event.set()
         figures = wind_down(rabbit.url, topology, db_url, history, stop, threads, live,
                             faults, stamp)
         figures["poison_injected"] = len(history.poison)
         figures["faults"] = sum(faults.counts.values())
         figures["node_starts"] = sum(n.starts for n in every)
+        figures["partition_moves"] = watch.count() - startup_moves
         figures["failovers"] = [round(f, 2) for f in failovers]
         figures["graceful_stops_s"] = [round(f, 1) for f in stops]
         if failovers:
@@ -247,6 +338,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
         return figures
     finally:
         stop.set()
+        watch.stop_event.set()
         for node in every:
             if node.alive():
                 node.kill()
@@ -256,7 +348,7 @@ def run_cluster_drill(*, seconds: float, db_url: str, producers: int = 4, seed: 
 def report(figures: dict[str, Any]) -> str:
     """The figures as a readable block."""
     keys = ["seconds", "faults", "fault_kill_node", "fault_add_node", "fault_remove_node",
-            "node_starts", "graceful_stops_s", "failovers", "failover_p99_s",
+            "node_starts", "partition_moves", "graceful_stops_s", "failovers", "failover_p99_s",
             "failover_max_s", "commands",
             "confirmed", "answered", "confirmed_unanswered", "not_confirmed", "resends",
             "resends_answered_from_inbox", "accepted", *LIFECYCLE_FIGURES, "charges",
