@@ -28,6 +28,7 @@ def test_short_cluster_drill_loses_duplicates_and_overlaps_nothing(
     finally:
         drop_postgresql_database(postgresql_proc, url)
     print(report(figures))
+    print("\n".join(figures.get("evidence", [])))  # the offenders' streams, if any
     assert figures["fault_kill_node"] >= 2
     assert figures["fault_add_node"] >= 1 and figures["fault_remove_node"] >= 1
     assert figures["confirmed"] > 100 and figures["accepted"] > 0

@@ -23,6 +23,7 @@ def test_short_drill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     seconds = float(os.environ.get("DRILL_SECONDS", "40"))
     figures = run_drill(seconds=seconds, producers=4, seed=7, workdir=tmp_path)
     print(report(figures))
+    print("\n".join(figures.get("evidence", [])))  # the offenders' streams, if any
     # The drill did what it claims: faults of each kind, traffic, poison, payments.
     assert figures["fault_kill_node"] >= 2
     assert figures["fault_close_connections"] >= 1
