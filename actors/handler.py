@@ -19,12 +19,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Reaction:
-    """What a handler does about one event: events to record and rows to write."""
+    """What a handler does about one event: events to record and rows to write.
+
+    ``later`` says the event cannot be handled yet (it depends on another event not
+    handled so far): nothing is written and the delivery goes back to the broker,
+    which counts it toward the queue's delivery limit.
+    """
 
     stream_id: str | None = None
     expected_version: int = 0
     events: Sequence[Message] = ()
     effects: Sequence[Effect] = field(default_factory=tuple)
+    later: bool = False
 
 
 class HandlerActor(SupervisedActor):
@@ -73,6 +79,9 @@ class HandlerActor(SupervisedActor):
                 ticket.ack()
                 return None
         reaction = self.react(env)
+        if reaction.later:
+            ticket.requeue()
+            return None
         events = [env.follow(p) for p in reaction.events]
         ticket.submitted = True
         self.writer.submit(Commit(

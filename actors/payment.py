@@ -225,17 +225,20 @@ class PaymentActor(HandlerActor):
         gateway: the payment gateway.
         max_attempts: gateway calls per operation before giving up (bounded retries).
         retry_delay: the first pause between attempts, doubled each time.
+        charge_wait: how long a cancellation waits for its charge's outcome before
+            it goes back to the broker (see :meth:`_charge_decided`).
     """
 
     consumer: ClassVar[str] = "payment"
 
     def __init__(self, name: str, store: EventStore, writer: StoreWriter,
                  report: ReportFailure, gateway: PaymentGateway, *, max_attempts: int = 3,
-                 retry_delay: float = 0.05) -> None:
+                 retry_delay: float = 0.05, charge_wait: float = 5.0) -> None:
         super().__init__(name, store, writer, report)
         self.gateway = gateway
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        self.charge_wait = charge_wait
 
     def react(self, envelope: Envelope) -> Reaction:
         """Charge or refund once per reservation."""
@@ -245,6 +248,25 @@ class PaymentActor(HandlerActor):
         if isinstance(event, ReservationCancelled) and event.refund_amount > 0:
             return self._refund(event)
         return Reaction()
+
+    def _charge_decided(self, reservation_id: str) -> bool:
+        """Whether the charge of a reservation has its outcome, waiting up to
+        ``charge_wait`` seconds for it.
+
+        The acceptance and the cancellation reach payment as two events, which
+        competing consumers on several nodes may handle in either order. A refund
+        decided before the charge's outcome would find nothing to give back, and the
+        charge would then stand: so the cancellation waits for the outcome (another
+        node is usually recording it), and goes back to the broker if it does not
+        come in time (this node may hold the acceptance behind it).
+        """
+        stream = f"payment:{reservation_id}"
+        deadline = time.monotonic() + self.charge_wait
+        while not self.store.load(stream):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _charge(self, event: ReservationAccepted) -> Reaction:
         stream = f"payment:{event.reservation_id}"
@@ -269,6 +291,10 @@ class PaymentActor(HandlerActor):
         stream = f"refund:{event.reservation_id}"
         if self.store.load(stream):
             return Reaction()
+        if not self._charge_decided(event.reservation_id):
+            log.info("refund of %s waits for its charge; back to the broker",
+                     event.reservation_id)
+            return Reaction(later=True)
         result = with_retries(
             lambda: self.gateway.refund(idempotency_key=stream, charge_key=event.reservation_id,
                                         amount=event.refund_amount),

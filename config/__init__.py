@@ -144,6 +144,9 @@ class PaymentSettings(BaseModel):
     decline_token_prefix: str = "tok_decline"
     max_attempts: int = Field(3, ge=1, le=20)      # gateway calls per charge / refund
     retry_delay: float = Field(0.2, ge=0.0)        # first pause between them, doubled
+    # A cancellation handled before its charge's outcome waits this long for it, then
+    # goes back to the broker.
+    charge_wait_seconds: float = Field(5.0, ge=0.0, le=20.0)
 
 
 class LifecycleSettings(BaseModel):

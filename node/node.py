@@ -211,7 +211,8 @@ class Node:
             self._handler_spec("payment", lambda r: PaymentActor.start(
                 "payment", self.store, self.writer, r, self.gateway,
                 max_attempts=self.settings.payment.max_attempts,
-                retry_delay=self.settings.payment.retry_delay)),
+                retry_delay=self.settings.payment.retry_delay,
+                charge_wait=self.settings.payment.charge_wait_seconds)),
             self._handler_spec("notifier", lambda r: NotifierActor.start(
                 "notifier", self.store, self.writer, r)),
             # Parked queries hold unacked deliveries: leave most of the prefetch to the

@@ -26,9 +26,12 @@ from messages import (
     Envelope,
     Message,
     NotificationSent,
+    Party,
     PaymentFailed,
     PaymentSucceeded,
+    RefundIssued,
     ReservationAccepted,
+    ReservationCancelled,
     ReservationRequested,
     SearchApartments,
 )
@@ -370,3 +373,33 @@ def test_search_filters_by_currency_and_each_hit_names_its_own(memory_node: Node
     assert ids(p.send(SearchApartments(city="Basel", currency="CHF", max_price=10000))) == [
         "chf"]
     assert ids(p.send(SearchApartments(city="Basel", currency="USD"))) == []
+
+
+@pytest.fixture
+def impatient_node(tmp_path: Path) -> Iterator[Node]:
+    """A node whose payment waits only briefly for a charge before a refund."""
+    settings = make_settings(tmp_path)
+    settings.payment.charge_wait_seconds = 0.2
+    node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
+    node.start()
+    yield node
+    node.stop()
+
+
+def test_a_cancellation_handled_before_its_charge_is_refunded(impatient_node: Node) -> None:
+    """Competing consumers may hand payment the cancellation first: it waits for the
+    charge's outcome (here behind it on the same node, so it goes back to the broker
+    and comes again), and the charge then made is refunded, once."""
+    node = impatient_node
+    acceptance = Envelope.new(accepted("r-late"), apartment_id="a1")
+    cancel = Envelope.new(ReservationCancelled(
+        reservation_id="r-late", guest_id="g1", owner_id="o1", cancelled_by=Party.GUEST,
+        reason="cancelled_by_guest", start=day(7), end=day(14), total_price=35000,
+        refund_amount=20000, card_last4="4242"), apartment_id="a1")
+    deliver(node, Consumer.PAYMENT, cancel)
+    deliver(node, Consumer.PAYMENT, acceptance)
+    eventually(handled(node, Consumer.PAYMENT, acceptance, cancel), timeout=DEADLINE)
+    assert [type(p) for p in payloads(node, "payment:r-late")] == [PaymentSucceeded]
+    refunds = payloads(node, "refund:r-late")
+    assert len(refunds) == 1 and isinstance(refunds[0], RefundIssued)
+    assert refunds[0].amount == 20000
