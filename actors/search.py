@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, ClassVar, TypeVar
 
 import pykka
@@ -41,6 +42,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from actors.base import Handle
 from actors.handler import HandlerActor, Reaction
@@ -294,10 +297,8 @@ class SearchActor(HandlerActor):
                     "capacity": event.capacity}
                 return Reaction(effects=[InsertRow(apts, row)])
             case DatesBooked():
-                booked_row: dict[str, object] = {
-                    "apartment_id": aid, "reservation_id": event.reservation_id,
-                    "start": event.start, "end": event.end}
-                return Reaction(effects=[InsertRow(booked, booked_row)])
+                return Reaction(effects=[_nights(aid, event.reservation_id, event.start,
+                                                 event.end, released=False)])
             case ApartmentUpdated():
                 return Reaction(effects=[_run(sql_update(apts).where(
                     apts.c.apartment_id == aid).values(
@@ -315,7 +316,8 @@ class SearchActor(HandlerActor):
             case DatesUnblocked():
                 return Reaction(effects=[_release(aid, f"block:{event.block_id}")])
             case DatesReleased():
-                return Reaction(effects=[_release(aid, event.reservation_id)])
+                return Reaction(effects=[_nights(aid, event.reservation_id, RELEASED,
+                                                 RELEASED, released=True)])
         return Reaction()
 
     def answer(self, envelope: Envelope) -> Message:
@@ -396,6 +398,35 @@ def _run(statement: Executable) -> Callable[[Connection], None]:
     def effect(conn: Connection) -> None:
         conn.execute(statement)
     return effect
+
+
+RELEASED = date.min
+"""A released stay's row holds the empty range [RELEASED, RELEASED): no night is taken."""
+
+
+def _nights(apartment_id: str | None, reservation_id: str, start: date, end: date, *,
+            released: bool) -> Callable[[Connection], None]:
+    """A stay's row in ``search_booked``, whichever of its booking and its release
+    comes first.
+
+    Competing search consumers on several nodes may apply a stay's ``DatesReleased``
+    before its ``DatesBooked``. A reservation is booked at most once and released at
+    most once, so the two commute as upserts of one row: the release writes an empty
+    range whatever is there (a tombstone when it comes first), the booking writes its
+    nights only where no row is. Under PostgreSQL's read committed the conflict on the
+    primary key serialises the two, where a delete could miss a row not yet committed.
+    """
+    values = {"apartment_id": apartment_id, "reservation_id": reservation_id,
+              "start": start, "end": end}
+    key = [booked.c.apartment_id, booked.c.reservation_id]
+
+    def run(conn: Connection) -> None:
+        ins = (pg_insert(booked) if conn.dialect.name == "postgresql"
+               else sqlite_insert(booked)).values(values)
+        conn.execute(ins.on_conflict_do_update(index_elements=key,
+                                               set_={"start": start, "end": end})
+                     if released else ins.on_conflict_do_nothing(index_elements=key))
+    return run
 
 
 def _release(apartment_id: str | None, key: str) -> DeleteRow:

@@ -23,6 +23,7 @@ from messages import (
     ApartmentAdded,
     Consumer,
     DatesBooked,
+    DatesReleased,
     Envelope,
     Message,
     NotificationSent,
@@ -403,3 +404,31 @@ def test_a_cancellation_handled_before_its_charge_is_refunded(impatient_node: No
     refunds = payloads(node, "refund:r-late")
     assert len(refunds) == 1 and isinstance(refunds[0], RefundIssued)
     assert refunds[0].amount == 20000
+
+
+def test_a_release_search_applies_before_its_booking_leaves_the_nights_free(
+        search_node: Node) -> None:
+    """Competing search consumers may apply a stay's release first: its booking,
+    applied after, must not take the nights again; in the usual order they are
+    freed too, and the stay's own dates are searched like any others."""
+    p = MemoryProducer(memory_broker(search_node))
+    release = Envelope.new(DatesReleased(reservation_id="r-late", start=day(30),
+                                         end=day(33)), apartment_id="a1")
+    booking = Envelope.new(DatesBooked(reservation_id="r-late", start=day(30),
+                                       end=day(33)), apartment_id="a1")
+    deliver(search_node, Consumer.SEARCH, release)
+    eventually(handled(search_node, Consumer.SEARCH, release))
+    deliver(search_node, Consumer.SEARCH, booking)
+    eventually(handled(search_node, Consumer.SEARCH, booking))
+
+    def free() -> list[str]:
+        return ids(p.send(SearchApartments(city="porto", start=day(31), end=day(32))))
+
+    assert "a1" in free()
+    # The usual order: booked (taken), then released (free again).
+    release_r1 = Envelope.new(DatesReleased(reservation_id="r1", start=day(10),
+                                            end=day(14)), apartment_id="a2")
+    assert "a2" not in ids(p.send(SearchApartments(start=day(11), end=day(12))))
+    deliver(search_node, Consumer.SEARCH, release_r1)
+    eventually(handled(search_node, Consumer.SEARCH, release_r1))
+    assert "a2" in ids(p.send(SearchApartments(start=day(11), end=day(12))))

@@ -101,7 +101,10 @@ def read_tables(conn: Connection) -> Tables:
                      for r in conn.execute(select(a.apartment_id, a.city, a.city_key, a.title,
                                                   a.price_per_night, a.currency, a.capacity))}
     b = search_booked_table.c
-    for r in conn.execute(select(b.apartment_id, b.reservation_id, b.start, b.end)):
+    # A released stay's row is an empty range (a tombstone when its release came first):
+    # it takes no night, so it is not part of what search holds as taken.
+    for r in conn.execute(select(b.apartment_id, b.reservation_id, b.start, b.end)
+                          .where(b.start < b.end)):
         t.search_booked.setdefault(r.apartment_id, set()).add((r.reservation_id, r.start, r.end))
     t.search_delisted = {r.apartment_id for r in conn.execute(
         select(search_delisted_table.c.apartment_id))}
