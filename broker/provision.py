@@ -13,9 +13,9 @@ Three roles, least privilege by RabbitMQ's resource regexes (configure, write, r
 No user is tagged ``impersonator``, so RabbitMQ checks every message's ``user_id``
 against its connection's user, which is what makes the nodes' operator check hold.
 
-It runs ``rabbitmqctl`` (with the broker node's environment), or writes a
-definitions file to load with ``rabbitmqctl import_definitions FILE`` (or the
-``load_definitions`` setting in ``rabbitmq.conf``).
+It runs ``rabbitmqctl`` (one that the broker node accepts: console.rabbittools finds
+it), or writes a definitions file to load with ``rabbitmqctl import_definitions FILE``
+(or the ``load_definitions`` setting in ``rabbitmq.conf``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("node", "operator", "producer")
+
+
+class ProvisionError(Exception):
+    """A step failed (one line, no password)."""
 
 
 @dataclass(frozen=True)
@@ -83,28 +87,68 @@ def cluster_nodes(run: Callable[..., str]) -> list[str]:
 
 def apply(steps: list[list[str]], run: Callable[..., str]) -> list[str]:
     """Run the steps with ``run(*args)``; an existing vhost is kept, an existing user
-    gets the new password. Returns what was done, one line a step (no passwords)."""
+    gets the new password. Returns what was done, one line a step (no passwords).
+
+    Only a failure that says the vhost or user exists is taken for that: any other
+    (a node that refuses the tool, say) ends the run.
+
+    Raises:
+        ProvisionError: when a step fails otherwise.
+    """
     done: list[str] = []
     for step in steps:
         try:
             run(*step)
             done.append(" ".join(step[:2]) if step[0] == "add_user" else " ".join(step))
         except subprocess.CalledProcessError as exc:
-            if step[0] == "add_user":
-                run("change_password", step[1], step[2])
+            exists = "already" in tool_said(exc).lower()
+            if step[0] == "add_user" and exists:
+                try:
+                    run("change_password", step[1], step[2])
+                except subprocess.CalledProcessError as again:
+                    raise _failed(["change_password", step[1]], again) from again
                 done.append(f"change_password {step[1]}")
-            elif step[0] == "add_vhost":
+            elif step[0] == "add_vhost" and exists:
                 done.append(f"add_vhost {step[1]} (exists)")
             else:
-                raise RuntimeError(f"rabbitmqctl {step[0]} failed: {exc}") from exc
+                raise _failed(step[:2], exc) from exc
     return done
 
 
-def rabbitmqctl(path: str) -> Callable[..., str]:
-    """A runner for ``apply`` that calls the ``rabbitmqctl`` at ``path``."""
+def _failed(what: list[str], exc: subprocess.CalledProcessError) -> ProvisionError:
+    return ProvisionError(f"rabbitmqctl {' '.join(what)} failed with exit status "
+                          f"{exc.returncode}: {tool_said(exc)}")
+
+
+def tool_said(exc: subprocess.CalledProcessError) -> str:
+    """The first line a failed tool printed that says something (not "Error:")."""
+    for raw in f"{exc.stderr or ''}\n{exc.stdout or ''}".splitlines():
+        line = raw.strip()
+        if line and line.rstrip(":").lower() != "error":
+            return line.removeprefix("Error: ")
+    return "no message"
+
+
+def rabbitmqctl(path: str, *, env: dict[str, str] | None = None,
+                node: str | None = None) -> Callable[..., str]:
+    """A runner for ``apply`` that calls the ``rabbitmqctl`` at ``path`` (with ``env``,
+    against ``node``).
+
+    Its ``CalledProcessError`` names the subcommand only: the arguments may hold a
+    password, and the error may reach a log.
+    """
+    target = ["-n", node] if node else []
+
     def run(*args: str) -> str:
-        out = subprocess.run([path, *args], check=True, capture_output=True, text=True,
-                             timeout=60)
+        try:
+            out = subprocess.run([path, *target, *args], check=True, capture_output=True,
+                                 text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+        except subprocess.CalledProcessError as exc:
+            raise subprocess.CalledProcessError(exc.returncode, [path, args[0]], exc.stdout,
+                                                exc.stderr) from None
+        except subprocess.TimeoutExpired:
+            raise subprocess.CalledProcessError(-1, [path, args[0]], "",
+                                                "no answer within 60s") from None
         return out.stdout
     return run
 

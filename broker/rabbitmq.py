@@ -37,6 +37,15 @@ class BrokerSetupError(Exception):
     """The broker cannot hold Staybook's topology (one line saying what to do)."""
 
 
+class HashExchangeMissing(BrokerSetupError):
+    """The broker lacks the consistent-hash exchange plugin (which a local node's own
+    ``rabbitmq-plugins`` may still enable: console.rabbittools)."""
+
+
+def _missing_hash_exchange(text: str) -> bool:
+    return HASH_EXCHANGE_TYPE in text or "invalid exchange type" in text
+
+
 def broker_urls(url: str) -> list[str]:
     """The broker URLs in ``url``: one AMQP URL, or a cluster's, separated by commas.
 
@@ -144,9 +153,12 @@ class RabbitBroker(Broker):
                 ch.queue_bind(b.queue, b.exchange, routing_key=b.routing_key)
             for e in self.topology.exchange_bindings():
                 ch.exchange_bind(e.destination, e.source, routing_key=e.routing_key)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if HASH_EXCHANGE_TYPE in str(exc) or "invalid exchange type" in str(exc):
-                raise BrokerSetupError(
+        except (pika.exceptions.ChannelClosedByBroker,
+                pika.exceptions.ConnectionClosedByBroker) as exc:
+            # An unknown exchange type is a 503 COMMAND_INVALID, which RabbitMQ answers
+            # by closing the whole connection, not the channel.
+            if _missing_hash_exchange(str(exc)):
+                raise HashExchangeMissing(
                     f"RabbitMQ has no consistent-hash exchange: enable it with "
                     f"'rabbitmq-plugins enable {HASH_PLUGIN}'") from exc
             raise BrokerSetupError(f"RabbitMQ refused the topology: {exc.reply_text}") from exc

@@ -13,11 +13,14 @@ from datetime import date
 from enum import StrEnum
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from config import Settings
+
+if TYPE_CHECKING:
+    from console.rabbittools import Tool
 
 app = typer.Typer(help="Staybook: an actor-based apartment booking backend.",
                   no_args_is_help=True, add_completion=False)
@@ -95,6 +98,63 @@ def _broker_url(settings: Settings, local: bool) -> str:
         raise typer.Exit(2) from exc
 
 
+def _topology_ready(settings: Settings, url: str) -> None:
+    """Declare the topology; on a local broker without the consistent-hash exchange,
+    enable its plugin there first (and say so). Otherwise one line and exit 1.
+
+    RabbitMQ as a distribution packages it (Debian's service) has the plugin but not
+    enabled; a node cannot start without it.
+    """
+    from broker.rabbitmq import HashExchangeMissing, broker_urls
+    from console.rabbittools import ToolUnusable, enable_hash_exchange
+
+    try:
+        _declare(settings, url)
+        return
+    except HashExchangeMissing:
+        logging.getLogger(__name__).debug("declaring failed", exc_info=True)
+    for one in broker_urls(url):
+        try:
+            node = enable_hash_exchange(one)
+        except ToolUnusable as exc:
+            typer.echo(f"staybook: RabbitMQ at {_redact(one)} has no consistent-hash "
+                       f"exchange and {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"RabbitMQ at {_redact(one)} had no consistent-hash exchange: enabled "
+                   f"its plugin on node {node}")
+    try:
+        _declare(settings, url)
+    except HashExchangeMissing as exc:
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _declare(settings: Settings, url: str) -> None:
+    """Declare the topology on ``url``; a refusal other than the missing consistent-hash
+    exchange is one line (exit 1), an unreachable broker too (exit 2)."""
+    from pika.exceptions import AMQPError
+
+    from broker.rabbitmq import (
+        BrokerSetupError,
+        HashExchangeMissing,
+        RabbitBroker,
+        connection_problem,
+    )
+
+    try:
+        RabbitBroker(url, _topology(settings)).declare()
+    except HashExchangeMissing:
+        raise
+    except BrokerSetupError as exc:
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (AMQPError, OSError) as exc:
+        logging.getLogger(__name__).debug("declaring failed", exc_info=True)
+        typer.echo(f"staybook: cannot declare the topology on RabbitMQ at {_redact(url)} "
+                   f"({connection_problem(exc)})", err=True)
+        raise typer.Exit(2) from None
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -126,6 +186,7 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     url = _broker_url(settings, local_broker)
     settings.broker.url = url
     _wait_for_broker(url, wait)
+    _topology_ready(settings, url)
     from broker.membership import NodeNameInUse
     from broker.rabbitmq import BrokerSetupError
 
@@ -179,6 +240,7 @@ def cluster(
     settings = _settings()
     url = _broker_url(settings, local_broker)
     _wait_for_broker(url)
+    _topology_ready(settings, url)
     stop = _trap_stop()
     env = {**os.environ, "STAYBOOK_BROKER__URL": url, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "console.cli", "serve",
@@ -321,8 +383,16 @@ def demo(local_broker: LocalOpt = True,
     if "STAYBOOK_DATABASE_URL" not in os.environ:
         settings.database_url = database
     _wait_for_broker(url)
+    _topology_ready(settings, url)
+    from broker.rabbitmq import BrokerSetupError
+
     node = Node(settings)
-    node.start()
+    try:
+        node.start()
+    except BrokerSetupError as exc:
+        node.engine.dispose()
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"node {settings.node_name} up on {_redact(url)}, "
                f"store {_redact_store(settings.database_url)}")
     try:
@@ -455,8 +525,10 @@ def broker_provision(
     node_user: Annotated[str, typer.Option()] = "staybook-node",
     operator_user: Annotated[str, typer.Option()] = "staybook-operator",
     producer_user: Annotated[str, typer.Option()] = "staybook-producer",
-    ctl: Annotated[str, typer.Option(help="rabbitmqctl to run (with the broker's env)")] =
-    "/usr/lib/rabbitmq/bin/rabbitmqctl",
+    ctl: Annotated[str | None, typer.Option(
+        help="the rabbitmqctl to run (default: the first here that the node accepts: "
+             "Debian's /usr/sbin/rabbitmqctl, or /usr/lib/rabbitmq/bin/rabbitmqctl with the "
+             "node's HOME, hence its Erlang cookie)")] = None,
     definitions: Annotated[Path | None, typer.Option(
         help="write a definitions file instead (load: rabbitmqctl import_definitions FILE)")]
     = None,
@@ -468,9 +540,11 @@ def broker_provision(
 
     On a cluster, also give every Staybook quorum queue a replica on each running node.
     Passwords come from STAYBOOK_PROVISION_{NODE,OPERATOR,PRODUCER}_PASSWORD or a prompt.
+    The node is RABBITMQ_NODENAME's (default rabbit@<host>, Debian's service).
     """
-    from broker.provision import Account, apply, plan, rabbitmqctl
+    from broker.provision import Account, ProvisionError, apply, plan
     from broker.provision import definitions as make_definitions
+    from console.rabbittools import ToolUnusable, ctl_for, default_node
 
     prefix = _settings().broker.prefix
     accounts = [Account(node_user, _password("node"), "node"),
@@ -482,20 +556,39 @@ def broker_provision(
         typer.echo(f"wrote {definitions}; load it with: rabbitmqctl import_definitions "
                    f"{definitions}")
         return
-    for line in apply(plan(prefix, vhost, accounts), rabbitmqctl(ctl)):
-        typer.echo(line)
+    node = default_node()
+    try:
+        tool = ctl_for(node, ctl)
+    except ToolUnusable as exc:
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if ctl is None:
+        typer.echo(f"using {tool} for RabbitMQ node {node}")
+    try:
+        for line in apply(plan(prefix, vhost, accounts), _runner(tool, node)):
+            typer.echo(line)
+    except ProvisionError as exc:
+        logging.getLogger(__name__).debug("provisioning failed", exc_info=True)
+        typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
     if replicate:
-        _replicate(prefix, vhost, ctl)
+        _replicate(prefix, vhost, tool, node)
     typer.echo(f"add {operator_user} to control.operators on every node")
 
 
-def _replicate(prefix: str, vhost: str, ctl: str) -> None:
+def _runner(tool: Tool, node: str) -> Callable[..., str]:
+    """``tool`` as a runner for broker.provision."""
+    from broker.provision import rabbitmqctl
+    return rabbitmqctl(str(tool.path), env=tool.env(), node=node)
+
+
+def _replicate(prefix: str, vhost: str, tool: Tool, node: str) -> None:
     """Grow every Staybook quorum queue onto each running cluster node (a line each)."""
     import subprocess
 
-    from broker.provision import cluster_nodes, rabbitmqctl, replication_plan
+    from broker.provision import cluster_nodes, replication_plan, tool_said
     try:
-        nodes = cluster_nodes(rabbitmqctl(ctl))
+        nodes = cluster_nodes(_runner(tool, node))
     except (subprocess.CalledProcessError, OSError, ValueError) as exc:
         logging.getLogger(__name__).debug("cluster_status failed", exc_info=True)
         typer.echo(f"staybook: cannot read the cluster's members ({type(exc).__name__}); "
@@ -504,12 +597,14 @@ def _replicate(prefix: str, vhost: str, ctl: str) -> None:
     if len(nodes) < 2:
         typer.echo("one broker node: no replicas to add")
         return
-    run = rabbitmqctl(str(Path(ctl).with_name("rabbitmq-queues")))
+    run = _runner(tool.sibling("rabbitmq-queues"), node)
     for step in replication_plan(prefix, vhost, nodes):
         try:
             run(*step)
         except (subprocess.CalledProcessError, OSError) as exc:
-            typer.echo(f"staybook: rabbitmq-queues grow {step[1]} failed ({exc}); "
+            logging.getLogger(__name__).debug("rabbitmq-queues grow failed", exc_info=True)
+            said = tool_said(exc) if isinstance(exc, subprocess.CalledProcessError) else exc
+            typer.echo(f"staybook: rabbitmq-queues grow {step[1]} failed ({said}); "
                        "run it again once that node is up", err=True)
             raise typer.Exit(1) from None
         typer.echo(f"replicas of {prefix}.* on {step[1]}")

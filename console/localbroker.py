@@ -32,6 +32,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 from broker.rabbitmq import wait_for_broker
 from config import CONFIG_DIR, RABBITMQ_PLUGINS_FILE
@@ -149,7 +150,9 @@ class LocalRabbit:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def private(cls, state_dir: Path, name: str, *, install: bool = False) -> LocalRabbit:
+    def private(cls, state_dir: Path, name: str, *, install: bool = False,
+                home: Path | None = None, plugins: Path = RABBITMQ_PLUGINS_FILE
+                ) -> Self:
         """A node on a free port pair named ``<name>-<pid>-<port>@localhost``.
 
         Raises:
@@ -157,7 +160,7 @@ class LocalRabbit:
         """
         port = free_port_pair()
         return cls(state_dir, port=port, node_name=f"{name}-{os.getpid()}-{port}@localhost",
-                   install=install)
+                   install=install, home=home, plugins=plugins)
 
     def env(self) -> dict[str, str]:
         """The environment of rabbitmq-server and rabbitmqctl for this node.
@@ -213,9 +216,13 @@ class LocalRabbit:
                                     "cannot listen on it")
         env = self.env()
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen([str(SERVER)], env=env, stdout=out,
+            self.proc = subprocess.Popen(self.command(), env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
+
+    def command(self) -> list[str]:
+        """What runs the server (a subclass may run it as another user)."""
+        return [str(SERVER)]
 
     def wait_started(self, timeout: float = 120.0) -> None:
         """Wait until the launched node answers AMQP; kill it if it does not in time.
