@@ -19,10 +19,21 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    select,
+    text,
+)
 from sqlalchemy.exc import OperationalError
 
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store.tables import store_identity_table
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,34 @@ def redact(url: str | URL) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparseable URL may hold a password: show none of it
         return "<unparseable database URL>"
+
+
+def store_name(url: str | URL) -> str:
+    """Where a store is, for other nodes and users to read: its URL without the
+    password, a SQLite file by its absolute path (a relative one names a different
+    file in every working directory)."""
+    try:
+        parsed = database_url(url)
+    except Exception:  # noqa: BLE001 - an unparseable URL may hold a password: show none of it
+        return redact(url)
+    db = parsed.database
+    if parsed.get_backend_name() == "sqlite" and db and db != ":memory:":
+        parsed = parsed.set(database=str(Path(db).resolve()))
+    return redact(parsed)
+
+
+def store_id(engine: Engine) -> str:
+    """The store's id: the one row the ``0010_store_identity`` migration wrote.
+
+    Raises:
+        LookupError: when the store has no id (it was never migrated that far).
+    """
+    t = store_identity_table
+    with engine.connect() as conn:
+        found = conn.execute(select(t.c.store_id).where(t.c.id == 1)).scalar_one_or_none()
+    if found is None:
+        raise LookupError("the store has no id: run staybook db upgrade")
+    return str(found)
 
 
 def make_engine(url: str | URL, *, synchronous: str = "FULL", migrate: bool = True) -> Engine:

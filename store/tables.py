@@ -232,6 +232,20 @@ class DeadLetterRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=1000)
 
 
+class StoreIdentityRow(SQLModel, table=True):
+    """The store's id: one row (``id`` 1), written by the migration that made the table.
+
+    Nodes announce it to each other (``store.db.store_identity``), so one cluster never
+    runs on two stores.
+    """
+
+    __tablename__ = "store_identity"
+
+    id: int | None = Field(default=None, primary_key=True)
+    store_id: str = Field(max_length=36)
+    created_at: datetime
+
+
 events_table = EventRow.__table__  # type: ignore[attr-defined]
 outbox_table = OutboxRow.__table__  # type: ignore[attr-defined]
 inbox_table = InboxRow.__table__  # type: ignore[attr-defined]
@@ -245,3 +259,4 @@ timers_table = TimerRow.__table__  # type: ignore[attr-defined]
 email_deliveries_table = EmailDeliveryRow.__table__  # type: ignore[attr-defined]
 dead_letters_table = DeadLetterRow.__table__  # type: ignore[attr-defined]
 snapshots_table = SnapshotRow.__table__  # type: ignore[attr-defined]
+store_identity_table = StoreIdentityRow.__table__  # type: ignore[attr-defined]

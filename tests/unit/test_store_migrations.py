@@ -14,6 +14,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, insert, inspect, select, text
@@ -26,12 +27,14 @@ from store.db import (
     current_revision,
     head_revision,
     known_revisions,
+    store_id,
+    store_name,
     upgrade,
 )
-from store.tables import events_table, search_apartments_table
+from store.tables import events_table, search_apartments_table, store_identity_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0009_search_currency"
+HEAD = "0010_store_identity"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -47,7 +50,8 @@ def schema_diff(engine: Engine) -> list[object]:
 
 def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
     """The store as ``create_all`` made it before migrations: no city_key or currency,
-    no inbox body_hash, none of the later tables (dead_letters, snapshots), no version."""
+    no inbox body_hash, none of the later tables (dead_letters, snapshots, store_identity),
+    no version."""
     eng = bare_engine(db_url)
     try:
         SQLModel.metadata.create_all(eng)
@@ -59,6 +63,7 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
             c.execute(text("ALTER TABLE inbox DROP COLUMN body_hash"))
             c.execute(text("DROP TABLE dead_letters"))
             c.execute(text("DROP TABLE snapshots"))
+            c.execute(text("DROP TABLE store_identity"))
             for name in without:
                 c.execute(text(f"DROP TABLE {name}"))
             c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
@@ -77,13 +82,15 @@ def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
     assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
                                  "0004_dead_letters", "0005_outbox_prune", "0006_snapshots",
-                                 "0007_search_covering", "0008_search_booked_nights", HEAD}
+                                 "0007_search_covering", "0008_search_booked_nights",
+                                 "0009_search_currency", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
     assert current_revision(engine) == HEAD
     tables = set(inspect(engine).get_table_names())
-    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters", "snapshots"}
+    assert tables == LEGACY_TABLES | {"alembic_version", "dead_letters", "snapshots",
+                                      "store_identity"}
 
 
 def test_the_migrated_schema_is_what_sqlmodel_declares(engine: Engine) -> None:
@@ -270,3 +277,53 @@ def test_0006_adds_the_snapshots_table_and_its_downgrade_drops_it(db_url: str) -
         assert current_revision(eng) == "0005_outbox_prune"
     finally:
         eng.dispose()
+
+
+# --- the store's id ------------------------------------------------------------------
+def identity_rows(engine: Engine) -> list[str]:
+    with engine.connect() as c:
+        return [str(r) for r in c.execute(select(store_identity_table.c.store_id)).scalars()]
+
+
+def test_a_store_has_exactly_one_id_and_keeps_it(engine: Engine, db_url: str) -> None:
+    first = store_id(engine)
+    assert identity_rows(engine) == [first]
+    assert upgrade(db_url) == HEAD  # upgrading again writes no second id
+    again = make_engine(db_url)
+    try:
+        assert store_id(again) == first
+        assert identity_rows(again) == [first]
+    finally:
+        again.dispose()
+
+
+def test_two_stores_have_two_ids(engine: Engine, tmp_path: Path) -> None:
+    other = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        assert store_id(other) != store_id(engine)
+    finally:
+        other.dispose()
+
+
+def test_a_store_migrated_earlier_gets_its_id_when_it_reaches_0010(db_url: str) -> None:
+    from alembic import command
+
+    from store.db import _config
+    eng = bare_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            command.upgrade(_config(conn), "0009_search_currency")
+        assert "store_identity" not in inspect(eng).get_table_names()
+        upgrade(eng)
+        assert len(identity_rows(eng)) == 1
+        assert identity_rows(eng) == [store_id(eng)]
+    finally:
+        eng.dispose()
+
+
+def test_a_store_is_named_without_its_password_and_sqlite_by_its_whole_path(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert store_name("postgresql://app:s3cret@db:5432/staybook") == (
+        "postgresql+psycopg://app:***@db:5432/staybook")
+    monkeypatch.chdir(tmp_path)
+    assert store_name("sqlite:///staybook.db") == f"sqlite:///{tmp_path / 'staybook.db'}"
