@@ -43,15 +43,38 @@ import pika
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 
 from broker.rabbitmq import RabbitBroker, ReconnectingService
+from config import redact_url
 
 log = logging.getLogger(__name__)
 
 RESOURCE_LOCKED = 405
 MAX_BEAT_BYTES = 64 * 1024
+MAX_STORE_CHARS = 300  # what of another node's store description a message shows
 
 
 class NodeNameInUse(Exception):
     """Another live node already uses this node name on this broker."""
+
+
+class StoreMismatch(Exception):
+    """A live member writes to another store than this node's: joining would split
+    every apartment's history over two stores.
+
+    Attributes:
+        node: the member that announced the other store.
+        store_id: that store's id; ``store``: where it is, as that member announced it.
+        own_id: this node's store id; ``own``: where this node's store is.
+    """
+
+    def __init__(self, node: str, store_id: str, store: str | None, own_id: str,
+                 own: str | None) -> None:
+        self.node, self.store_id, self.store = node, store_id, store
+        self.own_id, self.own = own_id, own
+        super().__init__(
+            f"this node's store {own or '?'} (id {own_id[:8]}) is not the cluster's: "
+            f"{node} runs on {redact_url(store or '?')} (id {store_id[:8]}); one cluster "
+            f"needs one store: set STAYBOOK_DATABASE_URL to the cluster's, or give this "
+            f"node a cluster of its own (STAYBOOK_BROKER__PREFIX)")
 
 
 def _score(partition: int, member: str) -> int:
@@ -90,16 +113,26 @@ def assign(partitions: int, members: Iterable[str]) -> dict[str, list[int]]:
 
 @dataclass(frozen=True)
 class Beat:
-    """One member's announcement."""
+    """One member's announcement.
+
+    ``store_id`` and ``store`` (where it is, without a password) say which store the
+    member writes to; beats of nodes older than that field carry neither (None).
+    """
 
     node: str
     held: tuple[int, ...]
     leaving: bool = False
+    store_id: str | None = None
+    store: str | None = None
 
     def to_json(self) -> bytes:
         """The wire form."""
-        return json.dumps({"node": self.node, "held": list(self.held),
-                           "leaving": self.leaving}).encode()
+        d: dict[str, Any] = {"node": self.node, "held": list(self.held),
+                             "leaving": self.leaving}
+        if self.store_id is not None:
+            d["store_id"] = self.store_id
+            d["store"] = self.store
+        return json.dumps(d).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> Beat | None:
@@ -109,8 +142,11 @@ class Beat:
         try:
             d = json.loads(body)
             held = tuple(int(p) for p in d["held"])
-            return cls(node=str(d["node"]), held=held, leaving=bool(d.get("leaving")))
-        except (ValueError, KeyError, TypeError):
+            sid, where = d.get("store_id"), d.get("store")
+            return cls(node=str(d["node"]), held=held, leaving=bool(d.get("leaving")),
+                       store_id=None if sid is None else str(sid)[:MAX_STORE_CHARS],
+                       store=None if where is None else str(where)[:MAX_STORE_CHARS])
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
 
@@ -133,12 +169,16 @@ class Membership(ReconnectingService):
         timeout: a member silent this long is taken for dead.
         leave_seconds: how long a stopping node waits for its partitions to drain
             before it leaves anyway (the broker then redelivers what was unsettled).
+        store_id: the id of the store this node writes to, announced in every beat
+            (None: announce none, and compare none).
+        store: where that store is, without a password (for others' messages).
     """
 
     def __init__(self, broker: RabbitBroker, node_name: str, partitions: int, *,
                  held: Callable[[], set[int]], want: Callable[[set[int]], None],
                  interval: float = 0.5, timeout: float = 2.0,
-                 leave_seconds: float = 12.0) -> None:
+                 leave_seconds: float = 12.0, store_id: str | None = None,
+                 store: str | None = None) -> None:
         super().__init__("membership", broker.reconnect_max_delay)
         self.leave_seconds = leave_seconds
         self._broker = broker
@@ -157,6 +197,10 @@ class Membership(ReconnectingService):
         self._leaving = threading.Event()
         self._last_view: tuple[str, ...] = ()
         self._listening_since = 0.0
+        self._listened_from: float | None = None
+        self.store_id = store_id
+        self.store = store
+        self._warned: set[str] = set()
 
     # --- the name ----------------------------------------------------------------
     def claim_name(self) -> None:
@@ -167,6 +211,54 @@ class Membership(ReconnectingService):
             pika.exceptions.AMQPError: when the broker cannot be reached.
         """
         self._conn = self._open()
+
+    def check_store(self) -> None:
+        """Listen for the members' beats for two intervals (after :meth:`claim_name`,
+        before :meth:`start`) and refuse to join a cluster that runs on another store.
+
+        What it hears counts towards the first view, so the session does not listen
+        for those intervals again before its first choice of partitions.
+
+        Raises:
+            StoreMismatch: when a live member announces another store id (the name's
+                hold on the broker is let go first).
+        """
+        conn = self._conn
+        if conn is None or self.store_id is None:
+            return
+        self._listened_from = time.monotonic()
+        deadline = self._listened_from + 2 * self.interval
+        ch = conn.channel()
+        try:
+            # Polled, not consumed: cancelling a consumer would auto-delete the queue.
+            while (left := deadline - time.monotonic()) > 0:
+                method, props, body = ch.basic_get(self.queue, auto_ack=True)
+                if method is None:
+                    conn.sleep(min(left, 0.05))
+                    continue
+                self._on_beat(ch, method, props, body)
+                other = self._other_store()
+                if other is not None:
+                    self._conn = None
+                    with contextlib.suppress(AMQPError, OSError):
+                        conn.close()
+                    raise StoreMismatch(other.node, str(other.store_id), other.store,
+                                        self.store_id, self.store)
+        finally:
+            if ch.is_open:
+                with contextlib.suppress(AMQPError, OSError):
+                    ch.close()
+
+    def _other_store(self) -> Beat | None:
+        """A live member's beat that names another store than this node's, if any."""
+        now = time.monotonic()
+        with self._lock:
+            for n, seen in sorted(self._seen.items()):
+                b = seen.beat
+                if (n != self.node_name and not b.leaving and now - seen.at < self.timeout
+                        and b.store_id is not None and b.store_id != self.store_id):
+                    return b
+        return None
 
     def _open(self) -> pika.BlockingConnection:
         conn = pika.BlockingConnection(self._broker.params())
@@ -226,7 +318,9 @@ class Membership(ReconnectingService):
             ch = conn.channel()
             ch.basic_consume(self.queue, self._on_beat, auto_ack=True)
             self.connected.set()
-            self._listening_since = time.monotonic()
+            # The first session counts what :meth:`check_store` already heard.
+            self._listening_since = self._listened_from or time.monotonic()
+            self._listened_from = None
             next_beat = 0.0
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -252,7 +346,8 @@ class Membership(ReconnectingService):
                 conn.close()
 
     def _publish(self, ch: Any, *, leaving: bool) -> None:
-        beat = Beat(self.node_name, tuple(sorted(self._held())), leaving)
+        beat = Beat(self.node_name, tuple(sorted(self._held())), leaving,
+                    store_id=self.store_id, store=self.store)
         ch.basic_publish(self.exchange, "", beat.to_json(), pika.BasicProperties(
             delivery_mode=1, expiration=str(int(self.timeout * 1000))))
 
@@ -260,6 +355,15 @@ class Membership(ReconnectingService):
         beat = Beat.from_json(body)
         if beat is None or beat.node == self.node_name:
             return
+        if (self.connected.is_set() and beat.store_id is not None
+                and self.store_id is not None and beat.store_id != self.store_id
+                and beat.node not in self._warned):
+            # Joined after this node's check (both started at once): say so, once a member.
+            self._warned.add(beat.node)
+            log.error("member %s runs on another store (%s, id %s) than this node (%s, "
+                      "id %s): one cluster needs one store", beat.node,
+                      redact_url(beat.store or "?"), beat.store_id[:8], self.store,
+                      self.store_id[:8])
         with self._lock:
             self._seen[beat.node] = _Seen(beat)
             # Bounded: forget members silent for far longer than the timeout.

@@ -187,13 +187,14 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     settings.broker.url = url
     _wait_for_broker(url, wait)
     _topology_ready(settings, url)
-    from broker.membership import NodeNameInUse
+    from broker.membership import NodeNameInUse, StoreMismatch
     from broker.rabbitmq import BrokerSetupError
 
     node = Node(settings)
     try:
         node.start()
-    except (NodeNameInUse, BrokerSetupError) as exc:
+    except (NodeNameInUse, StoreMismatch, BrokerSetupError) as exc:
+        node.broker.close()
         node.engine.dispose()
         typer.echo(f"staybook: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -384,7 +385,9 @@ def demo(local_broker: LocalOpt = True,
         settings.database_url = database
     _wait_for_broker(url)
     _topology_ready(settings, url)
+    from broker.membership import NodeNameInUse, StoreMismatch
     from broker.rabbitmq import BrokerSetupError
+    from console.demo import refusal
 
     node = Node(settings)
     try:
@@ -392,6 +395,11 @@ def demo(local_broker: LocalOpt = True,
     except BrokerSetupError as exc:
         node.engine.dispose()
         typer.echo(f"staybook: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except (NodeNameInUse, StoreMismatch) as exc:
+        node.broker.close()
+        node.engine.dispose()
+        typer.echo(refusal(exc), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"node {settings.node_name} up on {_redact(url)}, "
                f"store {_redact_store(settings.database_url)}")

@@ -22,8 +22,10 @@ from typing import Any
 import pika
 
 from broker.client import Client
+from broker.membership import NodeNameInUse, StoreMismatch
 from broker.rabbitmq import connection_parameters
 from broker.topology import Topology
+from config import redact_url
 from messages import (
     AcceptReservation,
     AddApartment,
@@ -34,6 +36,16 @@ from messages import (
     SearchApartments,
 )
 from messages.registry import event_exchanges
+
+
+def refusal(exc: NodeNameInUse | StoreMismatch) -> str:
+    """The one line the demo ends with when it meets a node it must not join: another
+    node's name, or a cluster on another store (half its commands would land there)."""
+    if isinstance(exc, NodeNameInUse):
+        return (f"staybook demo: {exc}; stop that node first (or set STAYBOOK_NODE_NAME)")
+    return (f"staybook demo: node {exc.node} already runs on this broker with another store "
+            f"({redact_url(exc.store or '?')}, not the demo's {exc.own or '?'}); stop it "
+            f"first, or run the demo on its store (STAYBOOK_DATABASE_URL)")
 
 
 @dataclass

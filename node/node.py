@@ -46,6 +46,7 @@ from node.relay import Relay
 from rules.clock import Clock, wall_clock
 from rules.policy import CancellationPolicy, Lifecycle
 from store import EventStore, StoreWriter, make_engine
+from store.db import store_id, store_name
 from store.deadletters import DeadLetterBook
 from store.health import describe, is_outage, probe
 from supervisor import (
@@ -167,7 +168,8 @@ class Node:
                 self.broker, settings.node_name, self.topology.partitions,
                 held=self.partitions.held, want=self.partitions.want,
                 interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds,
-                leave_seconds=c.drain_seconds + 2)
+                leave_seconds=c.drain_seconds + 2, store_id=store_id(self.engine),
+                store=store_name(settings.database_url))
         self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
                                intensity=intensity_of(sup.root),
                                handler_timeout=sup.handler_timeout_seconds)
@@ -324,15 +326,18 @@ class Node:
 
     # --- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        """Declare the topology, take the node's name, and start the supervision tree.
+        """Declare the topology, take the node's name, check that the cluster runs on
+        this node's store, and start the supervision tree.
 
         Raises:
             broker.membership.NodeNameInUse: when a live node already has this name.
+            broker.membership.StoreMismatch: when a live member runs on another store.
             broker.rabbitmq.BrokerSetupError: when the broker cannot hold the topology.
         """
         self.broker.declare()
         if self.membership is not None:
             self.membership.claim_name()
+            self.membership.check_store()
         self.app.start()
 
     def stop(self) -> None:

@@ -57,5 +57,14 @@ def test_the_balance_check_itself() -> None:
 def test_beats_round_trip_and_garbage_is_ignored() -> None:
     beat = Beat("n1", (1, 5), leaving=True)
     assert Beat.from_json(beat.to_json()) == beat
+    with_store = Beat("n1", (2,), store_id="3f2a", store="sqlite:////srv/s.db")
+    assert Beat.from_json(with_store.to_json()) == with_store
     for junk in (b"", b"{}", b"[1]", b'{"node": "x", "held": ["a"]}', b"x" * 70_000):
         assert Beat.from_json(junk) is None
+
+
+def test_a_beat_of_a_node_that_announces_no_store_is_still_read() -> None:
+    """Nodes of the release before store ids send no such field: they stay members."""
+    old = Beat.from_json(b'{"node": "n0", "held": [3], "leaving": false}')
+    assert old == Beat("n0", (3,))
+    assert old is not None and old.store_id is None
