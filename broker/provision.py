@@ -8,7 +8,9 @@ Three roles, least privilege by RabbitMQ's resource regexes (configure, write, r
   (depths); declares nothing. Nodes also check its name against
   ``control.operators``.
 * **producer**: writes commands and queries only: it cannot publish to the control
-  exchange nor forge events.
+  exchange nor to an event exchange. (The search queue is bound to the queries
+  exchange too, so the nodes refuse an event that came through it: only nodes
+  publish events.)
 
 No user is tagged ``impersonator``, so RabbitMQ checks every message's ``user_id``
 against its connection's user, which is what makes the nodes' operator check hold.

@@ -270,20 +270,17 @@ def send(
         help="re-send an earlier command with its id (safe: it takes effect once)")] = None,
     retries: Annotated[int, typer.Option(help="re-sends with the same id on no reply")] = 2,
 ) -> None:
-    """Post any command and print its reply.
+    """Post a command and print its reply (events are the nodes' to publish).
 
     Exit 0 when ok, 1 when rejected, 2 when it was never confirmed by the broker, 3 when
     it was confirmed but no reply came (it will still take effect once: re-send with
     ``--message-id``).
     """
     from broker.client import NoReply, NotConfirmed
-    from messages import Envelope, InvalidMessage, new_id, spec_for
+    from messages import Envelope, InvalidMessage, new_id
 
     settings = _settings()
-    spec = spec_for(command_type)
-    if spec is None:
-        typer.echo(f"unknown message type {command_type}", err=True)
-        raise typer.Exit(2)
+    spec = _command_spec(command_type)
     try:
         fields = json.loads(payload)
     except ValueError as exc:
@@ -291,7 +288,6 @@ def send(
                    f"'{{\"owner_id\": \"o\"}}'", err=True)
         raise typer.Exit(2) from None
     mid = message_id or new_id()
-    typer.echo(f"message_id {mid}", err=True)
     body = json.dumps({"message_id": mid, "correlation_id": mid, "type": command_type,
                        "version": spec.version, "apartment_id": apartment_id,
                        "payload": fields}).encode()
@@ -302,7 +298,9 @@ def send(
         raise typer.Exit(2) from None
     try:
         with _client(settings) as client:
-            reply = client.request(env, timeout=timeout, retries=retries)
+            # The id is worth printing only once the broker holds the command.
+            reply = client.request(env, timeout=timeout, retries=retries, on_confirmed=(
+                lambda: typer.echo(f"message_id {mid}", err=True)))
     except NotConfirmed as exc:
         typer.echo(f"not confirmed by the broker: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -313,6 +311,35 @@ def send(
     data = reply.payload.model_dump(mode="json")
     typer.echo(json.dumps(data, indent=2))
     raise typer.Exit(0 if data.get("status") == "ok" else 1)
+
+
+def _command_spec(type_name: str) -> Any:
+    """The spec of a command ``send`` may post, or one line saying why not (exit 2).
+
+    Only nodes publish events: one posted by hand would write the read models with
+    what no apartment's history holds (a listing search offers and nobody can book).
+    """
+    import difflib
+
+    from messages import Kind, spec_for
+    from messages.registry import types_of
+
+    spec = spec_for(type_name)
+    if spec is not None and spec.kind is Kind.COMMAND:
+        return spec
+    commands = types_of(Kind.COMMAND)
+    offer = f"send posts commands: {', '.join(commands)}"
+    if spec is None:
+        close = difflib.get_close_matches(type_name, commands, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        typer.echo(f"staybook: unknown message type {type_name}{hint}; {offer}", err=True)
+    elif spec.kind is Kind.QUERY:
+        typer.echo(f"staybook: {type_name} is a query (staybook search asks it); {offer}",
+                   err=True)
+    else:
+        article = "an" if spec.kind is Kind.EVENT else "a"
+        typer.echo(f"staybook: {type_name} is {article} {spec.kind.value}; {offer}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()

@@ -210,6 +210,11 @@ def all_specs() -> Iterator[MessageSpec]:
     return iter(_REGISTRY.values())
 
 
+def types_of(kind: Kind) -> list[str]:
+    """The type names of one kind, in declaration order (what a tool may offer)."""
+    return [s.type for s in _REGISTRY.values() if s.kind is kind]
+
+
 def event_exchanges() -> list[str]:
     """Logical names of the fanout exchanges that carry events."""
     return sorted({s.exchange for s in _REGISTRY.values() if s.kind is Kind.EVENT})

@@ -74,14 +74,17 @@ class Intake:
         counters: what the node has seen (commands, refusals, events).
         commands_exchange: where producers publish commands (the routing key is checked
             only for what came through it).
+        queries_exchange: where producers publish queries; an event that came through
+            it was posted by a producer, not by a node, and is refused.
         max_bytes: the largest body accepted.
     """
 
     def __init__(self, directory: Directory, metrics: NodeMetrics, counters: Counters, *,
-                 commands_exchange: str, max_bytes: int) -> None:
+                 commands_exchange: str, max_bytes: int, queries_exchange: str = "") -> None:
         self._directory = directory
         self._metrics = metrics
         self._commands_exchange = commands_exchange
+        self._queries_exchange = queries_exchange
         self._max_bytes = max_bytes
         self.counters = counters
         self.routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
@@ -138,6 +141,17 @@ class Intake:
         def on_delivery(delivery: Delivery) -> None:
             env = self._parse(delivery, kinds)
             if env is None:
+                return
+            if (env.kind is Kind.EVENT and self._queries_exchange
+                    and delivery.exchange == self._queries_exchange):
+                # Producers may write the queries exchange, and search binds it: an event
+                # posted there would write the read model with what no history holds.
+                self.refuse(delivery, InvalidMessage(
+                    BadInput.WRONG_KIND,
+                    f"{env.type} is an event, and only nodes publish events (they are "
+                    f"facts an apartment's history recorded); send a command instead",
+                    {"type": env.type, "message_id": env.message_id,
+                     "correlation_id": env.correlation_id}))
                 return
             spec = spec_for(env.type)
             if spec is None or consumer not in spec.consumers:

@@ -153,6 +153,7 @@ class Node:
         self.metrics = NodeMetrics(settings.node_name, self._gauges)
         self.intake = Intake(self.directory, self.metrics, self.counters,
                              commands_exchange=self.topology.commands_exchange,
+                             queries_exchange=self.topology.queries_exchange,
                              max_bytes=settings.broker.max_message_bytes)
         self.partitions: PartitionIntake | None = None
         self.membership: Membership | None = None

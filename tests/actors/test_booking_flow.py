@@ -17,6 +17,7 @@ from broker.memory import MemoryBroker
 from messages import (
     AcceptReservation,
     AddApartment,
+    ApartmentAdded,
     Envelope,
     RejectReservation,
     RequestReservation,
@@ -273,6 +274,27 @@ def test_a_command_routed_by_another_key_is_refused(
     assert letter.letter.reason == "wrong_routing_key"
     assert memory_node.store.load("apartment:a1") == []  # it did not take effect
     add(producer)  # routed right, the same apartment is added
+
+
+def test_an_event_posted_on_the_queries_exchange_is_refused(
+        memory_node: Node, producer: MemoryProducer) -> None:
+    """Producers may write the queries exchange, which search binds; only nodes publish
+    events, so a listing posted there by hand never reaches the read model."""
+    broker = memory_node.broker
+    assert isinstance(broker, MemoryBroker)
+    forged = Envelope.new(ApartmentAdded(owner_id="o1", city="Porto", title="Forged",
+                                         price_per_night=5000, currency="EUR", capacity=2),
+                          apartment_id="apt-3")
+    broker.publish(Outgoing(broker.topology.queries_exchange, "", forged.to_json(),
+                            message_id=forged.message_id, correlation_id=forged.message_id,
+                            reply_to=producer.reply_queue))
+    refused = producer.reply()
+    assert (refused["status"], refused["reason"]) == ("error", "wrong_kind")
+    assert "only nodes publish events" in refused["detail"]
+    [letter] = recorded_dead_letters(memory_node, 1)
+    assert letter.letter.reason == "wrong_kind"
+    found = producer.send(SearchApartments(city="Porto"))
+    assert found["apartments"] == []
 
 
 def test_refused_input_is_counted_as_an_error(memory_node: Node,

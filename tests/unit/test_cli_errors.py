@@ -17,7 +17,15 @@ DOWN = {"STAYBOOK_BROKER__URL": "amqp://user:s3cret@127.0.0.1:1/%2F"}
     (["search", "--city", "Oslo"], "cannot reach RabbitMQ at"),
     (["serve", "--no-local-broker", "--wait", "1"], "did not answer in 1s"),
     (["send", "AddApartment", "a1", "{bad"], "the payload is not JSON"),
-    (["send", "Nope", "a1", "{}"], "unknown message type Nope"),
+    (["send", "Nope", "a1", "{}"], "unknown message type Nope; send posts commands: "),
+    (["send", "AddApartmnt", "a1", "{}"], "unknown message type AddApartmnt (did you mean "
+     "AddApartment?); send posts commands: AddApartment, "),
+    (["send", "ApartmentAdded", "apt-3", "{}"], "staybook: ApartmentAdded is an event; send "
+     "posts commands: AddApartment, "),
+    (["send", "CommandResult", "a1", "{}"], "staybook: CommandResult is a reply; send posts "
+     "commands: AddApartment, "),
+    (["send", "SearchApartments", "a1", "{}"], "SearchApartments is a query (staybook search "
+     "asks it)"),
     (["search", "--start", "tomorrow"], "--start 'tomorrow' is not a date"),
     (["search", "--start", "2030-01-10", "--end", "2030-01-05"],
      "--end 2030-01-05 is not after --start 2030-01-10"),
@@ -26,10 +34,11 @@ DOWN = {"STAYBOOK_BROKER__URL": "amqp://user:s3cret@127.0.0.1:1/%2F"}
     (["search", "--after", "0"], "greater than or equal to 1"),
 ])
 def test_one_clear_line(args: list[str], needle: str) -> None:
+    """Mistakes and outages before anything is sent: one line, exit 2."""
     result = CliRunner().invoke(app, args, env=DOWN)
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines()
-             if not line.startswith(("message_id ", "waiting up to"))]
+    # No message_id line either: none of these was sent.
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("waiting up to")]
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert "Traceback" not in result.output and "s3cret" not in result.output
 
@@ -109,3 +118,13 @@ def test_a_usage_mistake_is_one_line_that_says_where_help_is(
     assert run(args) == 2
     err = capsys.readouterr().err
     assert err.splitlines() == [line], err
+
+
+def test_send_lists_every_command_it_posts_and_no_other_kind() -> None:
+    from messages import Kind
+    from messages.registry import types_of
+
+    result = CliRunner().invoke(app, ["send", "ApartmentAdded", "apt-3", "{}"], env=DOWN)
+    offered = result.stderr.strip().split("send posts commands: ", 1)[1].split(", ")
+    assert offered == types_of(Kind.COMMAND)
+    assert "ApartmentAdded" not in offered and "SearchApartments" not in offered
