@@ -19,11 +19,11 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
-from pika.exceptions import AMQPError, NackError, UnroutableError
+from pika.exceptions import AMQPError, ChannelClosedByBroker, NackError, UnroutableError
 
 from broker.base import Outgoing
 from broker.rabbitmq import connection_parameters, properties_of
@@ -33,6 +33,7 @@ from messages import Envelope, Kind
 log = logging.getLogger(__name__)
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+NOT_FOUND = 404
 
 
 class NoReply(TimeoutError):
@@ -105,6 +106,33 @@ class Client:
             self._replies[props.correlation_id] = body
             while len(self._replies) > self._reply_cache:
                 self._replies.popitem(last=False)
+
+    def consumers(self, queues: Sequence[str]) -> int:
+        """How many consumers ``queues`` have together (a queue not declared has none).
+
+        Passive declares change nothing: a tool asks before it publishes what no node
+        would read, rather than wait out every reply's timeout to learn it.
+
+        Raises:
+            pika.exceptions.AMQPError: if the connection failed.
+        """
+        if not self.connected:
+            self._reconnect()
+        total = 0
+        ch = self._conn.channel()
+        try:
+            for name in queues:
+                try:
+                    total += ch.queue_declare(name, passive=True).method.consumer_count
+                except ChannelClosedByBroker as exc:
+                    if exc.reply_code != NOT_FOUND:
+                        raise
+                    ch = self._conn.channel()  # a missing queue closes the channel
+        finally:
+            if ch.is_open:
+                with contextlib.suppress(AMQPError, OSError):
+                    ch.close()
+        return total
 
     # --- publishing ---------------------------------------------------------------
     def publish(self, env: Envelope, *, reply: bool = True) -> None:

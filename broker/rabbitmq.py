@@ -877,11 +877,24 @@ class AsyncConfirmPublisher(Publisher):
         self._thread.join(5)
 
 
+class LoginRefused(Exception):
+    """RabbitMQ answered and refused the login (or the vhost): waiting changes nothing.
+
+    Attributes:
+        access: True when the login was fine but the vhost was refused to that user.
+    """
+
+    def __init__(self, message: str, *, access: bool = False) -> None:
+        super().__init__(message)
+        self.access = access
+
+
 def wait_for_broker(url: str, timeout: float = 60.0) -> None:
     """Block until a connection to ``url`` opens.
 
     Raises:
         TimeoutError: when none opened in time.
+        LoginRefused: at once, when the broker refused the user, password or vhost.
     """
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -889,6 +902,10 @@ def wait_for_broker(url: str, timeout: float = 60.0) -> None:
         try:
             pika.BlockingConnection(connection_parameters(url)).close()
             return
+        except pika.exceptions.ProbableAuthenticationError as exc:
+            raise LoginRefused(connection_problem(exc)) from exc
+        except pika.exceptions.ProbableAccessDeniedError as exc:
+            raise LoginRefused(connection_problem(exc), access=True) from exc
         except (AMQPError, OSError) as exc:
             last = exc
             time.sleep(0.5)

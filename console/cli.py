@@ -272,9 +272,9 @@ def send(
 ) -> None:
     """Post a command and print its reply (events are the nodes' to publish).
 
-    Exit 0 when ok, 1 when rejected, 2 when it was never confirmed by the broker, 3 when
-    it was confirmed but no reply came (it will still take effect once: re-send with
-    ``--message-id``).
+    Exit 0 when ok, 1 when rejected or no node consumes commands, 2 when it was never
+    confirmed by the broker, 3 when it was confirmed but no reply came (it will still
+    take effect once: re-send with ``--message-id``).
     """
     from broker.client import NoReply, NotConfirmed
     from messages import Envelope, InvalidMessage, new_id
@@ -298,6 +298,8 @@ def send(
         raise typer.Exit(2) from None
     try:
         with _client(settings) as client:
+            _consumed(client, client.topology.intake_queues(),
+                      _queues_named(client.topology.intake_queues()))
             # The id is worth printing only once the broker holds the command.
             reply = client.request(env, timeout=timeout, retries=retries, on_confirmed=(
                 lambda: typer.echo(f"message_id {mid}", err=True)))
@@ -342,6 +344,31 @@ def _command_spec(type_name: str) -> Any:
     raise typer.Exit(2)
 
 
+def _queues_named(queues: list[str]) -> str:
+    """``staybook.intake.*`` for the partition queues, the queue's name for one."""
+    if len(queues) == 1:
+        return queues[0]
+    return queues[0].rsplit(".", 1)[0] + ".*"
+
+
+def _consumed(client: Any, queues: list[str], what: str, grace: float = 1.5) -> None:
+    """End the command with one line (exit 1) when no node consumes ``queues``: what
+    is published there would wait for a reply that no node is up to give.
+
+    A node that just started takes its partitions after listening for its peers (two
+    beats), so an empty answer is asked again for ``grace`` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + grace
+    while client.consumers(queues) == 0:
+        if time.monotonic() >= deadline:
+            typer.echo(f"staybook: no node is consuming {what}; start one (make serve)",
+                       err=True)
+            raise typer.Exit(1)
+        client.pump(0.1)
+
+
 @app.command()
 def search(
     city: Annotated[str | None, typer.Option()] = None,
@@ -363,7 +390,7 @@ def search(
     from pydantic import ValidationError
 
     from broker.client import NoReply, NotConfirmed
-    from messages import Envelope, SearchApartments
+    from messages import Consumer, Envelope, SearchApartments
 
     settings = _settings()
     try:
@@ -379,6 +406,8 @@ def search(
         raise typer.Exit(2) from None
     try:
         with _client(settings) as client:
+            searches = client.topology.queue(Consumer.SEARCH)
+            _consumed(client, [searches], searches)
             # the reply may wait wait_ms for the read model: give it that much longer
             timeout = 10.0 + (q.wait_ms / 1000 if q.after is not None else 0.0)
             reply = client.request(Envelope.new(q), timeout=timeout)
@@ -747,20 +776,29 @@ def _trap_stop(then: Callable[[], None] | None = None) -> dict[str, bool]:
 
 
 def _wait_for_broker(url: str, timeout: float = 60.0) -> None:
-    """Wait for RabbitMQ (a node may start before it); one line if it never answers."""
-    from broker.rabbitmq import wait_for_broker
+    """Wait for RabbitMQ (a node may start before it); one line if it never answers,
+    or at once if it answers with a refusal (a wrong password stays wrong)."""
+    from broker.rabbitmq import LoginRefused, wait_for_broker
 
     try:
-        wait_for_broker(url, timeout=1.0)
-        return
-    except TimeoutError:
-        typer.echo(f"waiting up to {timeout:.0f}s for RabbitMQ at {_redact(url)} ...",
-                   err=True)
-    try:
-        wait_for_broker(url, timeout=timeout)
-    except TimeoutError:
-        typer.echo(f"staybook: RabbitMQ at {_redact(url)} did not answer in {timeout:.0f}s; "
-                   f"start one (staybook broker start) or set STAYBOOK_BROKER__URL", err=True)
+        try:
+            wait_for_broker(url, timeout=1.0)
+            return
+        except TimeoutError:
+            typer.echo(f"waiting up to {timeout:.0f}s for RabbitMQ at {_redact(url)} ...",
+                       err=True)
+        try:
+            wait_for_broker(url, timeout=timeout)
+        except TimeoutError:
+            typer.echo(f"staybook: RabbitMQ at {_redact(url)} did not answer in "
+                       f"{timeout:.0f}s; start one (staybook broker start) or set "
+                       f"STAYBOOK_BROKER__URL", err=True)
+            raise typer.Exit(2) from None
+    except LoginRefused as exc:
+        what = ("access refused", "vhost and that user's permissions on it") if exc.access \
+            else ("login refused", "user and password")
+        typer.echo(f"staybook: {what[0]} by RabbitMQ at {_redact(url)}; check "
+                   f"STAYBOOK_BROKER__URL's {what[1]}", err=True)
         raise typer.Exit(2) from None
 
 

@@ -23,6 +23,7 @@ from broker.topology import Topology, control_key
 from messages import new_id
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+NOT_FOUND = 404
 # A replay publishes with confirms, up to 10,000 letters: give it time to answer.
 REPLAY_WAIT = 120.0
 
@@ -79,8 +80,10 @@ class ControlClient:
             self._ch.basic_publish(self.topology.control_exchange, control_key(node), body, props,
                                    mandatory=True)
         except UnroutableError as exc:
-            raise ControlFailed(f"no node is listening{' as ' + node if node else ''}") from exc
+            raise self._nobody(node) from exc
         except ChannelClosedByBroker as exc:
+            if exc.reply_code == NOT_FOUND:  # no node ever declared the control exchange
+                raise self._nobody(node) from exc
             raise ControlFailed(f"the broker refused the request: {exc.reply_text}") from exc
         deadline = time.monotonic() + wait
         try:
@@ -91,6 +94,14 @@ class ControlClient:
         finally:
             self._replies.pop(corr, None)
         return sorted(box, key=lambda r: str(r.get("node")))
+
+    def _nobody(self, node: str | None) -> ControlFailed:
+        """No control queue took the request: it failed at once, no need to wait."""
+        exchange = self.topology.control_exchange
+        if node:
+            return ControlFailed(f"no node named {node} is consuming {exchange}; is it "
+                                 "running? (staybook ctl nodes lists those that are)")
+        return ControlFailed(f"no node is consuming {exchange}; start one (make serve)")
 
     def close(self) -> None:
         """Close the connection."""

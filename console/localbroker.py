@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from broker.rabbitmq import wait_for_broker
+from broker.rabbitmq import LoginRefused, wait_for_broker
 from config import CONFIG_DIR, RABBITMQ_PLUGINS_FILE
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,8 @@ class LocalRabbit:
                 wait_for_broker(self.url, timeout=max(1.0, deadline - time.monotonic()))
             except TimeoutError as exc:
                 raise self._failed(f"did not answer AMQP within {timeout:.0f}s") from exc
+            except LoginRefused as exc:
+                raise self._failed(f"refused its own login ({exc})") from exc
         except BrokerUnavailable:
             self.kill()
             raise

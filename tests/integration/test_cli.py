@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,45 @@ def test_serve_says_in_one_line_what_it_runs_and_stops_cleanly(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+ADD = json.dumps({"owner_id": "o", "city": "Oslo", "title": "T", "price_per_night": 100,
+                  "currency": "EUR", "capacity": 2})
+
+
+@pytest.mark.parametrize("before", ["never", "stopped"])
+def test_with_no_node_consuming_send_search_and_ctl_say_so_in_one_line(
+        before: str, node_factory: Callable[..., Node], amqp_url: str) -> None:
+    """Asked before anything is published: no reply timeout to wait out, no message id."""
+    if before == "stopped":  # its queues are there, with nobody consuming them
+        gone = node_factory()
+        gone.stop()
+        prefix = gone.settings.broker.prefix
+    else:  # nothing of this prefix was ever declared
+        prefix = unique("t")
+    env = {"STAYBOOK_BROKER__URL": amqp_url, "STAYBOOK_BROKER__PREFIX": prefix}
+    for args, line in (
+            (["send", "AddApartment", "apt-1", ADD],
+             f"staybook: no node is consuming {prefix}.intake.*; start one (make serve)"),
+            (["search", "--city", "Oslo"],
+             f"staybook: no node is consuming {prefix}.search; start one (make serve)"),
+            (["ctl", "nodes"],
+             f"error: no node is consuming {prefix}.control; start one (make serve)"),
+            (["ctl", "--node", "n9", "tree"],
+             f"error: no node named n9 is consuming {prefix}.control; is it running? "
+             "(staybook ctl nodes lists those that are)")):
+        r = CliRunner().invoke(app, args, env=env)
+        assert (r.exit_code, r.stderr.splitlines()) == (1, [line]), (args, r.output)
+        assert r.stdout == ""
+
+
+def test_serve_with_a_wrong_password_says_so_at_once(amqp_url: str) -> None:
+    """A refused login does not get better by waiting: one line, the password hidden."""
+    bad = amqp_url.replace("guest:guest", "guest:not-the-pw")
+    r = CliRunner().invoke(app, ["serve", "--no-local-broker", "--wait", "600"],
+                           env={"STAYBOOK_BROKER__URL": bad})
+    assert r.exit_code == 2, r.output
+    assert r.stderr.splitlines() == [
+        f"staybook: login refused by RabbitMQ at {bad.replace(':not-the-pw@', ':***@')}; "
+        "check STAYBOOK_BROKER__URL's user and password"]
+    assert "not-the-pw" not in r.output

@@ -335,6 +335,8 @@ def test_provisioned_roles_run_a_node_and_keep_producers_off_control_and_events(
         prod_url = amqp_url.replace("guest:guest", f"{prod.user}:pr-pw")
         op_url = amqp_url.replace("guest:guest", f"{op.user}:op-pw")
         with Client(prod_url, node.topology) as c:  # producers may send commands
+            # ... and may ask whether a node reads them (passive declares)
+            eventually_value(lambda: c.consumers(node.topology.intake_queues()) >= 1)
             assert add_apartment(c, "apt-p")["status"] == "ok"
         for exchange in (f"{prefix}.control", node.topology.exchange("events.apartment")):
             conn = pika.BlockingConnection(pika.URLParameters(prod_url))
@@ -670,5 +672,7 @@ def test_repair_with_no_node_is_one_line(node: Node) -> None:
                                      "repair", mode],
                                env={"STAYBOOK_BROKER__PREFIX": node.settings.broker.prefix})
         assert r.exit_code == 1, r.output
-        assert r.stderr.splitlines() == ["error: no node is listening"], r.stderr
+        assert r.stderr.splitlines() == [
+            f"error: no node is consuming {node.topology.control_exchange}; start one "
+            "(make serve)"], r.stderr
         assert r.stdout == ""
