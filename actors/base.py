@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import pykka
 
 from actors.outcome import Ticket
+from config.logs import handling
 from messages.base import Envelope, InvalidMessage, Message
 from messages.events import CommandRejected, ReservationRejected
 from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
@@ -47,6 +48,13 @@ class Handle:
 
     envelope: Envelope
     ticket: Ticket
+
+
+def logged_as(message: Any) -> contextlib.AbstractContextManager[None]:
+    """While handling ``message``: its ids on every line logged (crashes included)."""
+    if isinstance(message, Handle):
+        return handling(message.envelope.message_id, message.envelope.correlation_id)
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -215,6 +223,11 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.version = snapped + len(events)
         self.snapshot_version = snapped
         self.lineage = next(_LINEAGES)
+
+    def on_receive(self, message: Any) -> Any:
+        """As the supervision runtime does, with the message's ids on its log lines."""
+        with logged_as(message):
+            return super().on_receive(message)
 
     def receive(self, message: Any) -> Any:
         """Handle :class:`Handle` and :class:`CommitFailed`; answer introspection."""

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from actors.base import Handle
+from actors.base import Handle, logged_as
 from actors.outcome import Ticket
 from messages import Envelope, Kind, Message
 from store import Commit, ConcurrencyError, DuplicateMessage, EventStore, InboxEntry, StoreWriter
@@ -53,6 +53,11 @@ class HandlerActor(SupervisedActor):
         super().__init__(name, report, writer.gate)
         self.store = store
         self.writer = writer
+
+    def on_receive(self, message: Any) -> Any:
+        """As the supervision runtime does, with the message's ids on its log lines."""
+        with logged_as(message):
+            return super().on_receive(message)
 
     def react(self, envelope: Envelope) -> Reaction:
         """Hook: the reaction to one event (may call outside systems; must be idempotent)."""

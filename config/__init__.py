@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     # per role, on the same store and broker, each get a core (and a GIL) of their own.
     roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
     log_level: str = "INFO"
+    # "json": one JSON object per line, with the node's name and, on the lines about a
+    # message, its message_id and correlation_id (for a log collector to index).
+    log_format: Literal["text", "json"] = "text"
     broker: BrokerSettings = BrokerSettings()
     cluster: ClusterSettings = ClusterSettings()
     store: StoreSettings = StoreSettings()

@@ -25,6 +25,7 @@ from actors.base import Handle
 from actors.directory import Directory
 from actors.outcome import Outcome, Ticket
 from broker.base import Delivery
+from config.logs import handling
 from messages import (
     BadInput,
     CommandResult,
@@ -113,8 +114,9 @@ class Intake:
         ticket = ticket_for(delivery)
         self._metrics.measure(env.type, ticket)
         try:
-            self._directory.dispatch("apartment", env.apartment_id, env, ticket,
-                                     source=delivery.queue)
+            with handling(env.message_id, env.correlation_id):
+                self._directory.dispatch("apartment", env.apartment_id, env, ticket,
+                                         source=delivery.queue)
         except RuntimeError:
             ticket.requeue()
 
@@ -183,6 +185,11 @@ class Intake:
 
     def refuse(self, delivery: Delivery, exc: InvalidMessage) -> None:
         """Dead-letter a body that cannot be handled, answering the producer if it asked."""
+        mid = _safe_id(exc.partial.get("message_id")) or _safe_id(delivery.message_id)
+        with handling(mid, _safe_id(exc.partial.get("correlation_id"))):
+            self._refuse(delivery, exc)
+
+    def _refuse(self, delivery: Delivery, exc: InvalidMessage) -> None:
         self.counters.refused += 1
         log.info("refused a message on %s: %s", delivery.queue, exc)
         # Counted by type only when it is a known one: the label set stays bounded
