@@ -374,7 +374,9 @@ class Membership(ReconnectingService):
     def _reconcile(self) -> None:
         members = tuple(self.members())
         if members != self._last_view:
-            log.info("cluster view: %s", ", ".join(members))
+            # The first view is what the node's start line implies; changes are news.
+            log.log(logging.INFO if self._last_view else logging.DEBUG,
+                    "cluster view: %s", ", ".join(members))
             self._last_view = members
         mine = set(self.assigned())
         claimed = self.claims()
@@ -467,7 +469,7 @@ class PartitionIntake:
                                      name=f"release-p{p}", daemon=True)
                 self._releasing[p] = t
                 self.released += 1
-                log.info("releasing partition %d", p)
+                log.debug("releasing partition %d", p)
                 t.start()
             for p in sorted(partitions & set(self._active)):
                 if not self._active[p].is_alive():  # it stopped, or the hub died: start it again
@@ -485,7 +487,7 @@ class PartitionIntake:
                 consumer.start()
                 self._active[p] = consumer
                 self.taken += 1
-                log.info("consuming partition %d", p)
+                log.debug("consuming partition %d", p)
 
 
     def _hand_back(self, consumer: Any) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from config import Settings
+from config.logs import LogFormat
 
 if TYPE_CHECKING:
     from console.rabbittools import Tool
@@ -155,19 +156,11 @@ def _declare(settings: Settings, url: str) -> None:
         raise typer.Exit(2) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # pika logs every failed connection attempt (at ERROR, with a traceback); the
-    # consumers log one line per lost connection themselves. Its detail is for DEBUG.
-    debug = level.upper() == "DEBUG"
-    logging.getLogger("pika").setLevel(logging.DEBUG if debug else logging.CRITICAL)
-    # pykka logs every crash it sees as a 20-line ERROR; the supervisors log each one
-    # they handle as one WARNING line (the traceback at DEBUG).
-    logging.getLogger("pykka").setLevel(logging.DEBUG if debug else logging.CRITICAL)
-    # A group commit that meets another node's append fails as a whole and is retried
-    # (store.writer); psycopg then logs the aborted pipeline at WARNING. Expected.
-    logging.getLogger("psycopg").setLevel(logging.ERROR)
+def _logging(level: str, fmt: LogFormat = "text", node: str = "-") -> None:
+    """Log to stderr at ``level`` in ``fmt`` (config.logs says what it quiets and why)."""
+    from config.logs import configure
+
+    configure(level, fmt, node)
 
 
 LocalOpt = Annotated[bool, typer.Option(
@@ -182,7 +175,7 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     from node import Node
 
     settings = _settings()
-    _logging(settings.log_level)
+    _logging(settings.log_level, settings.log_format, settings.node_name)
     url = _broker_url(settings, local_broker)
     settings.broker.url = url
     _wait_for_broker(url, wait)
@@ -210,14 +203,18 @@ def serve(local_broker: LocalOpt = True, wait: Annotated[float, typer.Option(
     while not node.wait(0.5):
         pass
     failed = not stop["sig"]
+    why = f"on {stop['name']}" if not failed else "the supervision tree gave up"
     if failed and node.app.failure is not None:
         f = node.app.failure
         if f.phase == "dependency":
-            typer.echo(f"staybook: {f.message}; check that the database at "
-                       f"STAYBOOK_DATABASE_URL answers, then start the node again", err=True)
+            why = (f"{f.message}; check that the database at STAYBOOK_DATABASE_URL "
+                   f"answers, then start the node again")
         else:
-            typer.echo(f"the supervision tree gave up: {f.error_type}: {f.message}", err=True)
+            why = f"the supervision tree gave up: {f.error_type}: {f.message}"
     node.stop()
+    # One line either way: what stopped it, on stderr when that was a failure.
+    typer.echo(f"staybook node {settings.node_name} stopped {why}" if not failed else
+               f"staybook node {settings.node_name} stopped: {why}", err=failed)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -761,12 +758,14 @@ def _topology(settings: Settings) -> Any:
     return topology_of(settings)
 
 
-def _trap_stop(then: Callable[[], None] | None = None) -> dict[str, bool]:
-    """SIGINT and SIGTERM set ``["sig"]`` (and call ``then``): a clean way out."""
-    stop = {"sig": False}
+def _trap_stop(then: Callable[[], None] | None = None) -> dict[str, Any]:
+    """SIGINT and SIGTERM set ``["sig"]`` and ``["name"]`` (and call ``then``): a clean
+    way out."""
+    stop: dict[str, Any] = {"sig": False, "name": None}
 
-    def on_signal(_signum: int, _frame: Any) -> None:
+    def on_signal(signum: int, _frame: Any) -> None:
         stop["sig"] = True
+        stop["name"] = signal.Signals(signum).name
         if then is not None:
             then()
 
