@@ -469,6 +469,12 @@ class RabbitConsumer:
         """How often the hub's connection was lost and opened again."""
         return self._hub.reconnects
 
+    @property
+    def consuming(self) -> bool:
+        """Wanted and subscribed on an open channel: deliveries can reach it (ready)."""
+        ch = self._channel
+        return self._wanted and not self._cancelled and ch is not None and ch.is_open
+
     def start(self) -> None:
         """Consume from now on (the hub opens the channel at its next round)."""
         self._done.clear()

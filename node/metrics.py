@@ -159,24 +159,30 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MetricsServer:
-    """The HTTP endpoint Prometheus scrapes, and ``/ready``, as a supervised service.
+    """The HTTP endpoint Prometheus scrapes, ``/ready`` and ``/healthz``, as a service.
 
     ``/ready`` answers 200 while the node can do its work and 503 (with the reason,
-    one line) while it cannot, e.g. during a store outage: what a load balancer or
-    an orchestrator's readiness probe reads.
+    one line) while it cannot, e.g. during a store outage or before it consumes its
+    partitions: what a load balancer or an orchestrator's readiness probe reads.
+    ``/healthz`` answers 200 while the process and its supervision tree run, 503 once
+    the tree gave up: a liveness probe, which must not fail during an outage the node
+    rides out (restarting it then would gain nothing). ``/metrics`` (and any other
+    path, as before) is the Prometheus text.
 
     Args:
         metrics: the node's metrics.
         port: the TCP port (0 asks the OS for a free one; see ``bound_port``).
         address: the interface to listen on.
         ready: whether the node is ready, and why (None: always ready).
+        alive: whether the node is alive, and why not (None: always alive).
     """
 
     name = "metrics"
 
     def __init__(self, metrics: NodeMetrics, port: int, address: str = "127.0.0.1",
-                 ready: Readiness | None = None) -> None:
+                 ready: Readiness | None = None, alive: Readiness | None = None) -> None:
         self._ready = ready or (lambda: (True, "ready"))
+        self._alive = alive or (lambda: (True, "alive"))
         self._metrics = metrics
         self._port = port
         self._address = address
@@ -187,10 +193,12 @@ class MetricsServer:
     def start(self) -> None:
         """Listen and serve on a daemon thread."""
         scrape = make_wsgi_app(self._metrics.registry)
+        probes = {"/ready": self._ready, "/healthz": self._alive}
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
-            if environ.get("PATH_INFO") == "/ready":
-                ok, why = self._ready()
+            probe = probes.get(str(environ.get("PATH_INFO")))
+            if probe is not None:
+                ok, why = probe()
                 start_response("200 OK" if ok else "503 Service Unavailable",
                                [("Content-Type", "text/plain; charset=utf-8")])
                 return [f"{why}\n".encode()]

@@ -16,6 +16,7 @@ Root (one_for_one) children, started in this order and stopped in reverse:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 
 # Dead letters the recorder may hold unacked at once (while the store is down, say).
 DEAD_LETTER_PREFETCH = 50
+LIVENESS_TIMEOUT = 2.0  # the root supervisor answers a ping within this, or is stuck
 
 
 def intensity_of(s: SupervisorSettings) -> Intensity:
@@ -167,10 +169,13 @@ class Node:
                                               release=self.directory.release)
             self.membership = Membership(
                 self.broker, settings.node_name, self.topology.partitions,
-                held=self.partitions.held, want=self.partitions.want,
+                held=self.partitions.held, want=self._want_partitions,
                 interval=c.heartbeat_seconds, timeout=c.member_timeout_seconds,
                 leave_seconds=c.drain_seconds + 2, store_id=store_id(self.engine),
                 store=store_name(settings.database_url))
+        # Set once membership first said which partitions to consume (ready needs it).
+        self.partitions_chosen = threading.Event()
+        self.metrics_server: MetricsServer | None = None
         self.app = Application(self._tree(), strategy=Strategy(sup.root.strategy),
                                intensity=intensity_of(sup.root),
                                handler_timeout=sup.handler_timeout_seconds)
@@ -249,8 +254,11 @@ class Node:
         specs: list[ChildSpec] = []
         m = self.settings.metrics
         if m.port:
-            specs.append(service_child("metrics", lambda: MetricsServer(
-                self.metrics, m.port or 0, m.address, ready=self.readiness)))
+            def server() -> MetricsServer:
+                self.metrics_server = MetricsServer(self.metrics, m.port or 0, m.address,
+                                                    ready=self.readiness, alive=self.liveness)
+                return self.metrics_server
+            specs.append(service_child("metrics", server))
         if self.settings.control.enabled and isinstance(self.broker, RabbitBroker):
             specs.append(service_child("control", lambda: ControlService(self),
                                        backoff=backoff_of(self.settings.supervision.root)))
@@ -347,15 +355,60 @@ class Node:
         self.broker.close()
         self.engine.dispose()
 
+    def _want_partitions(self, partitions: set[int]) -> None:
+        """Membership's choice, passed on; the first one makes partitions count for ready."""
+        assert self.partitions is not None
+        self.partitions.want(partitions)
+        self.partitions_chosen.set()
+
     def readiness(self) -> tuple[bool, str]:
-        """Whether the node can do its work now, and why not (``/ready``, ``ctl nodes``)."""
+        """Whether the node can do its work now, and why not (``/ready``, ``ctl nodes``).
+
+        Ready: the store answers, the tree runs, and the node consumes what it should.
+        A commands node consumes the partitions membership chose for it; one that holds
+        none (more nodes than partitions, or it just joined and waits for a handoff) is
+        ready once that choice was made, since nothing it would be sent is left
+        unconsumed because of it. Every consumer it wants must be subscribed: while the
+        broker is away nothing reaches this node.
+        """
         gate = self.store_gate
         if not gate.up:
             return False, (f"store unavailable for {gate.down_for():.1f}s "
                            f"({gate.last_error}); holding work until it answers")
         if self.app.failed.is_set():
             return False, "the supervision tree gave up"
+        if self.partitions is not None and not self.partitions_chosen.is_set():
+            return False, "waiting for the cluster to assign partitions"
+        idle = sorted(getattr(c, "queue", c.name) for c in self._consumers()
+                      if not getattr(c, "consuming", c.is_alive()))
+        if idle:
+            more = f" and {len(idle) - 3} more" if len(idle) > 3 else ""
+            return False, f"not consuming {', '.join(idle[:3])}{more}"
         return True, "ready"
+
+    def _consumers(self) -> list[Any]:
+        """The consumers this node runs now: its queues' and its partitions'."""
+        consumers = list(self.consumers.values())
+        if self.partitions is not None:
+            consumers += self.partitions.consumers().values()
+        return consumers
+
+    def liveness(self) -> tuple[bool, str]:
+        """Whether the process and its supervision tree run (``/healthz``).
+
+        Not whether it can work (that is :meth:`readiness`): a node riding out a store
+        or broker outage is alive, and restarting it would only lose its place.
+        """
+        if self.app.failed.is_set():
+            return False, "the supervision tree gave up"
+        root = self.app.root
+        if root is None or not root.is_alive():
+            return False, "the supervision tree is not running"
+        try:
+            root.ask("ping", timeout=LIVENESS_TIMEOUT)
+        except Exception:  # noqa: BLE001 - stuck or dead: either way not alive
+            return False, f"the root supervisor did not answer in {LIVENESS_TIMEOUT:.0f}s"
+        return True, "alive"
 
     def _store_gave_up(self, reason: str) -> None:
         """The store stayed down past its limit: end the node with that one line."""
