@@ -30,8 +30,10 @@ from console.broker_reads import queue_replicas, queue_stats
 from console.control_client import ControlFailed
 from console.ctl_context import CtlContext, ask, broker_failed, console_url, context_of
 from console.ctl_dlq import dlq_app
-from console.ctl_output import JsonOpt, dump, fail, table
+from console.ctl_output import JsonOpt, dump, fail, plural, table
 from console.ctl_repair import repair
+
+MAX_HISTORY = 1000  # events a node sends for one history request (node.control.MAX_TOP)
 
 ctl_app = typer.Typer(help="Operate running nodes: tree, actors, queues, dead letters.",
                       no_args_is_help=True)
@@ -184,18 +186,50 @@ def inspect(ctx: typer.Context, actor: str, as_json: JsonOpt = False) -> None:
         for k, v in info.items():
             typer.echo(f"  {k}: {v}")
         if state is not None:
-            typer.echo("  state: " + json.dumps(state, indent=2, default=str)
-                       .replace("\n", "\n  "))
+            for line in state_lines(state):
+                typer.echo(f"  {line}")
         if lf:
             typer.echo(f"  last failure: {lf['type']}: {lf['message']}")
             typer.echo("    " + str(lf.get("traceback", "")).rstrip().replace("\n", "\n    "))
 
 
+def state_lines(state: Any) -> Iterator[str]:
+    """An entity's state for people: fields one per line, stays and blocks by date."""
+    if not isinstance(state, dict) or not isinstance(state.get("stays"), list):
+        yield "state: " + json.dumps(state, indent=2, default=str).replace("\n", "\n  ")
+        return
+    yield "state:"
+    for k, v in state.items():
+        if k not in ("stays", "blocks"):
+            yield f"  {k}: {v}"
+    stays, blocks = state["stays"], state.get("blocks") or []
+    yield f"  stays ({plural(len(stays), 'accepted or pending stay')}):" if stays else \
+        "  stays: none accepted or pending"
+    for st in stays:
+        yield (f"    {st['start']} to {st['end']} ({plural(st['nights'], 'night')})  "
+               f"{st['status']:<8}  {st['reservation_id']}  guest {st['guest_id']}, "
+               f"{plural(st['guests'], 'guest')}, {st['total_price']}"
+               + (f", expires {st['expires_at'][:19]}" if st.get("expires_at") else ""))
+    if state.get("stays_not_shown"):
+        yield f"    … and {state['stays_not_shown']} more"
+    yield "  blocks:" if blocks else "  blocks: none"
+    for b in blocks:
+        yield f"    {b['start']} to {b['end']}  {b['block_id']}"
+
+
 @ctl_app.command()
 def history(ctx: typer.Context, entity: str,
             limit: Annotated[int, typer.Option(help="the last N events")] = 50,
+            full: Annotated[bool, typer.Option(
+                "--full", help=f"every event (up to {MAX_HISTORY}), whole payloads and ids")]
+            = False,
             as_json: JsonOpt = False) -> None:
-    """An entity's recorded events, oldest first (``apt-1`` or ``reservation:r-1``)."""
+    """An entity's recorded events, oldest first (``apt-1`` or ``reservation:r-1``).
+
+    Without ``--full``: the last ``--limit`` events, each payload cut to one line.
+    """
+    if full:
+        limit = MAX_HISTORY
     found = [r for r in ask(ctx, "history", {"id": entity, "limit": limit}, until_ok=True)
              if r.get("ok")]
     if not found:
@@ -204,11 +238,19 @@ def history(ctx: typer.Context, entity: str,
     if as_json:
         dump(result)
         return
-    typer.echo(f"{result['id']}: {result['version']} events")
-    for e in result["events"]:
+    total, events = int(result["version"]), result["events"]
+    shown = "" if len(events) == total else f" (the last {len(events)} shown" + (
+        ")" if full else "; --full for more)")
+    typer.echo(f"{result['id']}: {plural(total, 'event')}{shown}")
+    for e in events:
         payload = json.dumps(e["payload"], default=str)
-        typer.echo(f"  {e['version']:>5}  {e['occurred_at'][:19]}  {e['type']:<24} "
-                   f"{payload[:120]}")
+        head = f"  {e['version']:>5}  {e['occurred_at'][:19]}  {e['type']:<24} "
+        if not full:
+            typer.echo(head + payload[:120])
+            continue
+        typer.echo(head + f"message {e['message_id']}"
+                   + (f", caused by {e['causation_id']}" if e.get("causation_id") else ""))
+        typer.echo(f"         {payload}")
 
 
 def _act(ctx: typer.Context, op: str, actor: str) -> None:

@@ -18,7 +18,7 @@ from pika.exceptions import AMQPError
 from console.broker_reads import dead_letter_depth
 from console.control_client import REPLAY_WAIT, ControlFailed
 from console.ctl_context import ask, broker_failed, context_of
-from console.ctl_output import JsonOpt, dump, fail, table
+from console.ctl_output import JsonOpt, dump, fail, plural, table
 
 MAX_LETTERS = 1000
 
@@ -148,4 +148,4 @@ def dlq_purge(ctx: typer.Context,
     if not yes and not typer.confirm(f"drop all {what}?"):
         raise typer.Exit(1)
     n = _ask_one(ctx, "dlq_purge", {"replayed_only": replayed}, context_of(ctx).wait)
-    typer.echo(f"purged {n} {what}")
+    typer.echo(f"purged {plural(int(n), what[:-1])}")

@@ -15,6 +15,11 @@ import typer
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 event``, ``2 events`` (``many``: the plural when it is not ``word`` + s)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
 def fail(message: str) -> Any:
     """Print ``error: message`` on stderr and exit with status 1."""
     typer.echo(f"error: {message}", err=True)

@@ -23,7 +23,7 @@ from broker.rabbitmq import connection_problem
 from config import redact_url
 from console.control_client import ControlClient, ControlFailed
 from console.ctl_context import broker_failed, context_of
-from console.ctl_output import JsonOpt, dump, fail, table
+from console.ctl_output import JsonOpt, dump, fail, plural, table
 from messages import CancelUnpaidReservation, CommandResult, Envelope
 
 FOUND = 3  # --check's exit status when it found some (1 stays "an error")
@@ -72,8 +72,8 @@ def repair(ctx: typer.Context,
     else:
         done = sum(o["status"] == "ok" for o in outcomes)
         more = "; more remain: run it again" if found["capped"] else ""
-        typer.echo(f"repaired {done} of {len(rows)} (examined {found['scanned']} failed "
-                   f"payments){more}")
+        typer.echo(f"repaired {done} of {len(rows)} (examined "
+                   f"{plural(found['scanned'], 'failed payment')}){more}")
     raise typer.Exit(0 if all(o["status"] == "ok" for o in outcomes) else 1)
 
 
@@ -116,7 +116,7 @@ def _ask(client: ControlClient, node: str | None, args: dict[str, Any],
 def summary(found: dict[str, Any]) -> str:
     """The check's last line: how many, how much was examined, what to do."""
     n = len(found["found"])
-    examined = f"{found['scanned']} failed payments examined"
+    examined = f"{plural(found['scanned'], 'failed payment')} examined"
     if not n:
         return f"no reservation holds nights after a failed payment ({examined})"
     shown = f"; showing the first {n}, more exist" if found["capped"] else ""

@@ -44,6 +44,7 @@ from broker.topology import control_key
 from node.deadletters import replay
 from node.repair import unpaid_bookings
 from node.threads import thread_cpu
+from rules.apartment import Apartment, Stay
 from store.deadletters import DEAD, REPLAYED, REPLAYING
 from supervisor import Crash
 
@@ -59,6 +60,7 @@ ENTITY_CHILDREN = 20  # live entities listed under `entities` in a tree (a node 
 MAX_EVENTS = 50  # recent events an inspect may carry
 MUTATING = frozenset({"restart", "stop", "crash", "dlq_replay", "dlq_purge"})
 MAX_LETTERS = 1000
+MAX_STAYS = 100  # accepted and pending stays an apartment's inspect lists, soonest first
 
 
 class ControlError(Exception):
@@ -249,7 +251,7 @@ class ControlService(ReconnectingService):
             state: Any = None
             if ref is not None:
                 try:
-                    state = jsonable(ref.ask("state", timeout=ASK_TIMEOUT))
+                    state = state_view(ref.ask("state", timeout=ASK_TIMEOUT))
                     entity["version"] = ref.ask("version", timeout=ASK_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - dead, stuck or crashed: say so
                     state = {"unavailable": repr(exc)}
@@ -268,7 +270,7 @@ class ControlService(ReconnectingService):
         restarts, last_failure = self._node.directory.remembered(eid) or (0, None)
         return {"id": eid, "kind": eid.split(":", 1)[0], "live": False,
                 "version": len(events), "restarts": restarts, "last_failure": last_failure,
-                "state": jsonable(state)}
+                "state": state_view(state)}
 
     def history(self, args: dict[str, Any]) -> dict[str, Any]:
         """An entity's recorded events, newest last (the last ``limit``, at most 1000)."""
@@ -455,6 +457,43 @@ def _brief(row: dict[str, Any]) -> dict[str, Any]:
     if lf is not None:
         row = {**row, "last_failure": {k: v for k, v in lf.items() if k != "traceback"}}
     return row
+
+
+def state_view(state: Any) -> Any:
+    """An entity's state as an operator reads it: an apartment's by its dates.
+
+    An apartment's state also holds the indexes that keep its commands cheap (nights
+    as day numbers, chunked); shown as they are they bury the calendar. Its view is
+    the apartment's fields, the accepted and pending stays with their dates (the
+    soonest ``MAX_STAYS``), its blocks, and how many requests it was ever sent (the
+    answered ones are in its history: ``ctl history``).
+    """
+    if not isinstance(state, Apartment):
+        return jsonable(state)
+    live = [*state.pending.values(),
+            *(s for _start, _end, rid in state.booked_dates
+              if (s := state.stays.get(rid)) is not None)]
+    live.sort(key=lambda s: (s.start, s.reservation_id))
+    return {
+        **{f: jsonable(getattr(state, f)) for f in (
+            "apartment_id", "listed", "delisted", "owner_id", "city", "title",
+            "description", "price_per_night", "currency", "capacity")},
+        "stays": [_stay_view(s) for s in live[:MAX_STAYS]],
+        **({"stays_not_shown": len(live) - MAX_STAYS} if len(live) > MAX_STAYS else {}),
+        "blocks": [{"block_id": b.block_id, "start": b.start.isoformat(),
+                    "end": b.end.isoformat()}
+                   for b in sorted(state.blocks.values(), key=lambda b: b.start)],
+        "requests": len(state.stays),
+    }
+
+
+def _stay_view(s: Stay) -> dict[str, Any]:
+    """A stay by its dates (the card only by its last four digits)."""
+    return {"reservation_id": s.reservation_id, "status": s.status.value,
+            "guest_id": s.guest_id, "start": s.start.isoformat(), "end": s.end.isoformat(),
+            "nights": (s.end - s.start).days, "guests": s.guests,
+            "total_price": s.total_price, "card_last4": s.card_last4,
+            **({"expires_at": s.expires_at.isoformat()} if s.expires_at else {})}
 
 
 def jsonable(obj: Any, depth: int = 0) -> Any:

@@ -21,6 +21,7 @@ from console.cli import app
 from console.control_client import ControlClient
 from console.ctl_repair import message_id_for
 from messages import (
+    AcceptReservation,
     AddApartment,
     ApartmentAdded,
     CancelUnpaidReservation,
@@ -30,6 +31,7 @@ from messages import (
     Envelope,
     Party,
     PaymentFailed,
+    RequestReservation,
     ReservationAccepted,
     ReservationCancelled,
     ReservationRequested,
@@ -676,3 +678,40 @@ def test_repair_with_no_node_is_one_line(node: Node) -> None:
             f"error: no node is consuming {node.topology.control_exchange}; start one "
             "(make serve)"], r.stderr
         assert r.stdout == ""
+
+
+def test_inspect_shows_stays_by_their_dates_and_history_counts_its_events(
+        node: Node, client: Client) -> None:
+    """Not the indexes an apartment keeps (day numbers in chunks): its calendar."""
+    wait_control(node)
+
+    def send(payload: Any) -> str:
+        env = Envelope.new(payload, apartment_id="apt-d")
+        return str(client.request(env, timeout=20).payload.model_dump()["status"])
+
+    assert add_apartment(client, "apt-d")["status"] == "ok"
+    assert ctl(node, "history", "apt-d").splitlines()[0] == "apartment:apt-d: 1 event"
+    assert send(RequestReservation(reservation_id="r-d1", guest_id="gina", start=day(10),
+                                   end=day(12), guests=2)) == "ok"
+    assert send(AcceptReservation(reservation_id="r-d1", owner_id="olga")) == "ok"
+    assert send(RequestReservation(reservation_id="r-d2", guest_id="hugo", start=day(20),
+                                   end=day(21))) == "ok"
+    state = ctl_json(node, "inspect", "apartment:apt-d")["state"]
+    assert [(s["reservation_id"], s["status"], s["start"], s["end"], s["nights"])
+            for s in state["stays"]] == [
+        ("r-d1", "accepted", day(10).isoformat(), day(12).isoformat(), 2),
+        ("r-d2", "pending", day(20).isoformat(), day(21).isoformat(), 1)]
+    assert not {"booked_dates", "pending_dates", "blocked_dates", "pending"} & set(state)
+    text = ctl(node, "inspect", "apartment:apt-d")
+    assert "chunks" not in text and "741" not in text  # no day numbers
+    assert f"{day(10)} to {day(12)} (2 nights)  accepted  r-d1  guest gina, 2 guests" in text
+    assert f"{day(20)} to {day(21)} (1 night)  pending" in text
+    history = ctl(node, "history", "apt-d", "--limit", "2").splitlines()
+    assert history[0] == ("apartment:apt-d: 5 events (the last 2 shown; --full for "
+                          "more)"), history
+    full = ctl(node, "history", "apt-d", "--full").splitlines()
+    assert full[0] == "apartment:apt-d: 5 events"
+    requested = full.index(next(line for line in full if "ReservationRequested" in line))
+    assert "message " in full[requested]
+    payload = json.loads(full[requested + 1])  # whole, uncut
+    assert payload["reservation_id"] == "r-d1" and payload["card_last4"] is not None
