@@ -62,6 +62,10 @@ class ApartmentActor(EntityActor[Apartment]):
                             envelope.message_id)
         return events
 
+    def vacant(self) -> bool:
+        """Never added: its commands are all refused, and nothing is kept for it."""
+        return not self.state.listed
+
     def _failed_payment(self, reservation_id: str) -> frozenset[str]:
         """``{reservation_id}`` when its payment stream records ``PaymentFailed``."""
         stream = self.ctx.store.load(f"payment:{reservation_id}")

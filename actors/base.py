@@ -98,6 +98,9 @@ class EntityContext:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     inject: Callable[[str, Envelope], None] | None = None
     snapshot_every: int = 50
+    # Told an entity's id when it has nothing worth keeping in memory (see
+    # EntityActor.vacant); the directory passivates it if it is idle.
+    on_vacant: Callable[[str], None] | None = None
 
 
 S = TypeVar("S")
@@ -178,6 +181,14 @@ class EntityActor(SupervisedActor, Generic[S]):
     def decode_state(self, body: bytes) -> S:
         """The state :meth:`encode_state` made ``body`` of; raises if it is not one."""
         raise NotImplementedError
+
+    def vacant(self) -> bool:
+        """Whether this entity's memory is worth nothing (e.g. an apartment never added).
+
+        A command for an id nobody created is refused, but the actor it activated
+        would otherwise stay live, shown in the tree as if it ran something.
+        """
+        return False
 
     # --- life ---------------------------------------------------------------
     def started(self) -> None:
@@ -422,6 +433,9 @@ class EntityActor(SupervisedActor, Generic[S]):
                     t.ack()
                 else:
                     t.ack(reply.stored, reply.status)
+            on_vacant = self.ctx.on_vacant
+            if on_vacant is not None and self.vacant():
+                on_vacant(self.entity_id)  # refused when anything is still in flight
             return
         if isinstance(exc, DuplicateMessage):
             # A re-send that was not flagged redelivered: the inbox answers it (or

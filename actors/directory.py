@@ -34,6 +34,7 @@ on dispatch and settle), copied under the lock and checked outside it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -110,7 +111,8 @@ class Directory:
                  backoff: Backoff | None = None, poison_retries: int = 3,
                  handler_timeout: float | None = 30.0, scheduler: Scheduler | None = None,
                  rng: random.Random | None = None) -> None:
-        self.ctx = ctx
+        # Its own copy of the context: the actors it starts report to this directory.
+        self.ctx = dataclasses.replace(ctx, on_vacant=self._vacant)
         self.max_live = max_live
         self.idle_seconds = idle_seconds
         self.intensity = intensity or Intensity(max_restarts=100, period=5.0)
@@ -399,6 +401,17 @@ class Directory:
         with contextlib.suppress(pykka.ActorDeadError):
             ref.stop(block=False)
         return True
+
+    def _vacant(self, eid: str) -> None:
+        """An entity with nothing in memory answered: passivate it, if it is idle.
+
+        Called on the writer's thread after its tickets were settled. The same check
+        as any passivation keeps it safe: an entry with unsettled tickets (another
+        command arrived meanwhile) or restarting is left alone.
+        """
+        with contextlib.suppress(KeyError):
+            if self.passivate(eid):
+                log.debug("passivated %s: nothing to keep", eid)
 
     def restart(self, eid: str, timeout: float = 5.0) -> bool:
         """Restart a live entity from the store (``ctl restart``); not counted as a crash.
