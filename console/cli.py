@@ -567,6 +567,68 @@ def broker_cluster(action: Annotated[ClusterAction, typer.Argument(
         raise typer.Exit(2) from None
 
 
+@broker_app.command("teardown")
+def broker_teardown(
+    prefix: Annotated[str, typer.Option(help="the deployment's prefix (STAYBOOK_BROKER__PREFIX)")],
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+) -> None:
+    """Delete a prefix's queues (and their messages) and exchanges from the broker.
+
+    Refused while a queue of the prefix has consumers (stop its nodes first). The
+    broker is STAYBOOK_BROKER__URL's; the partition queues are those of
+    STAYBOOK_BROKER__PARTITIONS.
+    """
+    import pika
+    from pika.exceptions import AMQPError
+
+    from broker.rabbitmq import connection_parameters, connection_problem
+    from broker.teardown import remove, survey
+    from broker.topology import topology_of
+    from console.ctl_output import plural
+
+    settings = _settings()
+    settings.broker.prefix = prefix
+    url = settings.broker.url
+
+    def connect() -> pika.BlockingConnection:
+        return pika.BlockingConnection(connection_parameters(url))
+
+    try:
+        found = survey(connect, topology_of(settings))
+    except (AMQPError, OSError) as exc:
+        typer.echo(f"staybook: cannot reach RabbitMQ at {_redact(url)} "
+                   f"({connection_problem(exc)}); check STAYBOOK_BROKER__URL", err=True)
+        raise typer.Exit(2) from None
+    if not found.queues and not found.exchanges:
+        typer.echo(f"nothing of {prefix} on {_redact(url)}: nothing to delete")
+        return
+    busy = found.in_use()
+    if busy:
+        typer.echo(f"staybook: {busy[0]}{f' and {len(busy) - 1} more' if len(busy) > 1 else ''}"
+                   f" still consumed: stop the nodes of {prefix} first", err=True)
+        raise typer.Exit(1)
+    what = (f"{plural(len(found.queues), 'queue')} ({plural(found.messages, 'message')}) "
+            f"and {plural(len(found.exchanges), 'exchange')} of {prefix} on {_redact(url)}")
+    if not yes and not sys.stdin.isatty():
+        typer.echo(f"staybook: deleting {what} asks first: pass --yes (there is no "
+                   "terminal to ask on)", err=True)
+        raise typer.Exit(1)
+    if not yes and not typer.confirm(f"delete {what}?"):
+        raise typer.Exit(1)
+    try:
+        errors = remove(connect, found)
+    except (AMQPError, OSError) as exc:
+        typer.echo(f"staybook: lost RabbitMQ at {_redact(url)} ({connection_problem(exc)});"
+                   " run it again to delete the rest", err=True)
+        raise typer.Exit(1) from None
+    for line in errors:
+        typer.echo(f"staybook: {line}", err=True)
+    typer.echo(f"deleted {what}" if not errors else
+               f"deleted {len(found.queues) + len(found.exchanges) - len(errors)} of "
+               f"{len(found.queues) + len(found.exchanges)}")
+    raise typer.Exit(1 if errors else 0)
+
+
 # --- operator console: broker provisioning (broker/provision.py) ---------------------
 def _password(role: str) -> str:
     env = f"STAYBOOK_PROVISION_{role.upper()}_PASSWORD"
