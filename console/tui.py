@@ -333,6 +333,43 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
+HELP = """\
+Staybook console: keys
+
+  tab / shift+tab   next / previous pane (tree, actors, queues, dead letters)
+  up / down         move the selection in the pane
+  enter             open or close a branch of the tree
+  r  restart        the selected actor, through its supervisor   (asks y/n)
+  s  stop           passivate the selected entity actor          (asks y/n)
+  c  crash          a drill: the selected actor crashes          (asks y/n)
+  p  replay DLQ     the selected dead letter, to its queue       (asks y/n)
+  i  inspect        fetch the selected actor's details again
+  o  sort           cycle the actors by mailbox, handled, restarts, pending
+  g  refresh        now
+  ?  help           this; escape or ? closes it
+  q  quit"""
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys, all of them: the footer has room only for the common ones."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "close"), Binding("question_mark", "close", "close"),
+        Binding("q", "close", "close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Static { width: auto; border: thick $primary; padding: 1 2;
+                          background: $panel; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP, id="help")
+
+    def action_close(self) -> None:
+        """Back to the view."""
+        self.dismiss(None)
+
+
 def _guarded(method: Callable[Concatenate[ConsoleApp, P], None]
              ) -> Callable[Concatenate[ConsoleApp, P], None]:
     """An action or handler whose exception becomes a status line, not the app's exit."""
@@ -379,7 +416,9 @@ class ConsoleApp(App[None]):
         Binding("r", "act('restart')", "restart"), Binding("s", "act('stop')", "stop"),
         Binding("c", "act('crash')", "crash"), Binding("p", "replay", "replay DLQ"),
         Binding("i", "inspect", "inspect"), Binding("o", "sort", "sort"),
-        Binding("g", "refresh", "refresh"), Binding("q", "quit", "quit")]
+        Binding("g", "refresh", "refresh"), Binding("q", "quit", "quit"),
+        Binding("tab", "focus_next", "next pane", priority=True),
+        Binding("question_mark", "help", "help", key_display="?")]
 
     def __init__(self, source: Source, *, refresh: float = 2.0, top: int = 20) -> None:
         super().__init__()
@@ -461,6 +500,10 @@ class ConsoleApp(App[None]):
         self._set_status(self.status_line)
 
     # --- data -----------------------------------------------------------------------
+    def action_help(self) -> None:
+        """Every key, on a screen of its own."""
+        self.push_screen(HelpScreen())
+
     def action_refresh(self) -> None:
         """Fetch a snapshot; one at a time (a request meanwhile runs right after)."""
         if self._fetching:

@@ -398,3 +398,23 @@ def test_queue_rates_come_from_successive_samples_and_the_nodes_counts() -> None
     assert (again["q.intake"]["in_per_s"], again["q.intake"]["out_per_s"]) == (18.0, 20.0)
     assert (again["q.dead"]["in_per_s"], again["q.dead"]["out_per_s"]) == (1.0, 0.0)
     assert again["q.other"]["unacked"] is None  # consumed, but by no node: unknown
+
+
+def test_the_footer_shows_the_keys_and_question_mark_opens_the_help() -> None:
+    async def run() -> tuple[str, str, str]:
+        app = ConsoleApp(FixedSource(), refresh=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await _settle(app, pilot)
+            footer = screen_text(app).splitlines()[-1]
+            await pilot.press("question_mark")
+            await pilot.pause()
+            shown = screen_text(app)
+            await pilot.press("escape")
+            await pilot.pause()
+            return footer, shown, screen_text(app)
+
+    footer, shown, after = asyncio.run(run())
+    assert "tab next pane" in footer and "? help" in footer and "q quit" in footer
+    assert "Staybook console: keys" in shown
+    assert "tab / shift+tab   next / previous pane" in shown
+    assert "Staybook console: keys" not in after  # escape closed it
