@@ -174,7 +174,7 @@ class Directory:
                 self._busy.discard(e)
             self.released += len(victims)
         if victims:
-            log.info("released %d entities of %s", len(victims), source)
+            log.debug("released %d entities of %s", len(victims), source)
             _stop_all([e for _eid, e in victims], timeout)
         if victims and timeout is not None:
             with contextlib.suppress(Exception):

@@ -44,7 +44,7 @@ from broker.topology import control_key
 from node.deadletters import replay
 from node.repair import unpaid_bookings
 from node.threads import thread_cpu
-from rules.apartment import Apartment, Stay
+from rules.apartment import Apartment, Stay, StayStatus
 from store.deadletters import DEAD, REPLAYED, REPLAYING
 from supervisor import Crash
 
@@ -488,12 +488,14 @@ def state_view(state: Any) -> Any:
 
 
 def _stay_view(s: Stay) -> dict[str, Any]:
-    """A stay by its dates (the card only by its last four digits)."""
+    """A stay by its dates (the card only by its last four digits; a deadline only while
+    it is pending: an answered request keeps the one it had)."""
     return {"reservation_id": s.reservation_id, "status": s.status.value,
             "guest_id": s.guest_id, "start": s.start.isoformat(), "end": s.end.isoformat(),
             "nights": (s.end - s.start).days, "guests": s.guests,
             "total_price": s.total_price, "card_last4": s.card_last4,
-            **({"expires_at": s.expires_at.isoformat()} if s.expires_at else {})}
+            **({"expires_at": s.expires_at.isoformat()}
+               if s.expires_at and s.status is StayStatus.PENDING else {})}
 
 
 def jsonable(obj: Any, depth: int = 0) -> Any:
