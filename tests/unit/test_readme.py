@@ -30,3 +30,15 @@ def test_the_read_your_write_example_is_a_valid_query() -> None:
     assert len(queries) == 1
     q = queries[0].payload
     assert isinstance(q, SearchApartments) and q.after is not None and q.wait_ms > 0
+
+
+def test_the_ctl_table_lists_every_ctl_subcommand() -> None:
+    import typer
+
+    from console.ctl import ctl_app
+
+    group = typer.main.get_command(ctl_app)
+    names = set(getattr(group, "commands", {}))
+    assert {"nodes", "history", "repair", "dlq"} <= names  # the group was read
+    rows = set(re.findall(r"^\| `staybook ctl (\w+)", README.read_text(), flags=re.M))
+    assert names - rows == set(), "README's ctl table misses these"
