@@ -69,7 +69,7 @@ class SmtpChannel(PollingService):
             deliveries.c.notification_id == notes.c.id)))
              .order_by(notes.c.created_at).limit(self._batch))
         with self._engine.connect() as conn:
-            rows = [dict(r._mapping) for r in conn.execute(q)]
+            rows = [dict(r) for r in conn.execute(q).mappings()]
         if not rows:
             return 0
         done: list[dict[str, Any]] = []

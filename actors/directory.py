@@ -137,12 +137,18 @@ class Directory:
         self.gave_up: str | None = None
 
     # --- service ------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the sweeper; entities start on demand."""
+    def start(self, *, sweeper: bool = True) -> None:
+        """Start the sweeper; entities start on demand.
+
+        Without the sweeper thread (``sweeper=False``) nothing is passivated or
+        abandoned but by a caller of :meth:`sweep_once`: tests sweep at a time they set.
+        """
         self._alive = True
         self.gave_up = None
         self._stop.clear()
-        threading.Thread(target=self._sweep, name="directory-sweeper", daemon=True).start()
+        if sweeper:
+            threading.Thread(target=self._sweep, name="directory-sweeper",
+                             daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every entity; what they had not handled is requeued."""
@@ -263,10 +269,11 @@ class Directory:
     def _sweep(self) -> None:
         interval = max(0.05, min(self.idle_seconds / 4, 1.0))
         while not self._stop.wait(interval):
-            self._sweep_once(time.monotonic())
+            self.sweep_once(time.monotonic())
 
-    def _sweep_once(self, now: float) -> None:
-        """Passivate the entries idle too long, then abandon the actors stuck too long."""
+    def sweep_once(self, now: float) -> None:
+        """One sweep at ``now``: passivate the entries idle too long, then abandon the
+        actors stuck too long."""
         idle_before = now - self.idle_seconds
         more = True
         while more:

@@ -152,4 +152,4 @@ def notifications(engine: Engine, recipient: str | None = None) -> list[dict[str
     if recipient is not None:
         q = q.where(notifications_table.c.recipient == recipient)
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(q)]
+        return [dict(r) for r in conn.execute(q).mappings()]

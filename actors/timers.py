@@ -90,8 +90,8 @@ def _clear(timer_id: str) -> Effect:
 def pending_timers(engine: Engine) -> list[dict[str, Any]]:
     """Every timer not yet moot, soonest first (for the operator and tests)."""
     with engine.connect() as conn:
-        rows = conn.execute(select(timers_table).order_by(timers_table.c.due_at)).all()
-    return [dict(r._mapping) for r in rows]
+        rows = conn.execute(select(timers_table).order_by(timers_table.c.due_at)).mappings().all()
+    return [dict(r) for r in rows]
 
 
 class TimerService(PollingService):

@@ -149,12 +149,43 @@ class MemoryBroker(Broker):
         """
         return _MemoryConsumer(self, queue, on_delivery, prefetch, name, on_subscribed)
 
+    # --- for its consumers ---------------------------------------------------------
+    def take(self, queue: str, prefetch: int, *, interrupted: Callable[[], bool],
+             timeout: float) -> _Message | None:
+        """Hand out the next message of ``queue`` (now unacked), as a consumer with
+        ``prefetch`` may take it; None once ``interrupted()`` holds or after ``timeout``.
+
+        ``interrupted`` is evaluated under the broker's lock; :meth:`wake` makes a
+        waiting consumer evaluate it again.
+        """
+        with self._lock:
+            q = self._queues[queue]
+
+            def ready() -> bool:
+                return interrupted() or (bool(q.ready) and q.unacked < prefetch)
+
+            self._lock.wait_for(ready, timeout)
+            if interrupted() or not q.ready or q.unacked >= prefetch:
+                return None
+            msg = q.ready.popleft()
+            msg.deliveries += 1
+            q.unacked += 1
+            return msg
+
+    def wake(self) -> None:
+        """Have every consumer waiting in :meth:`take` check whether it is interrupted."""
+        with self._lock:
+            self._lock.notify_all()
+
     def publisher(self) -> Publisher:
         """A publisher whose confirms are immediate."""
         return _MemoryPublisher(self)
 
-    # Called on a consumer's thread (or the caller's, once it stopped), under no lock.
-    def _settle(self, queue: str, msg: _Message, *, requeue: bool) -> None:
+    def settle(self, queue: str, msg: _Message, *, requeue: bool) -> None:
+        """Ack (or requeue) a message :meth:`take` handed out.
+
+        Called on its consumer's thread (or the caller's, once it stopped), under no lock.
+        """
         with self._lock:
             q = self._queues[queue]
             q.unacked -= 1
@@ -186,9 +217,10 @@ class MemoryBroker(Broker):
 
 
 class _MemoryDelivery(Delivery):
-    """A delivery whose settling runs on its consumer's thread (see ``_submit``)."""
+    """A delivery whose settling runs on its consumer's thread (see ``submit``)."""
 
-    def __init__(self, consumer: _MemoryConsumer, queue: str, msg: _Message) -> None:
+    def __init__(self, consumer: _MemoryConsumer, broker: MemoryBroker, queue: str,
+                 msg: _Message) -> None:
         out = msg.out
         super().__init__(
             out.body,
@@ -202,27 +234,27 @@ class _MemoryDelivery(Delivery):
             routing_key=out.routing_key,
         )
         self._consumer = consumer
-        self._broker = consumer._broker
+        self._broker = broker
         self._msg = msg
 
     def _ack(self, reply: bytes | None) -> None:
-        self._consumer._submit(lambda: self._do_ack(reply))
+        self._consumer.submit(lambda: self._do_ack(reply))
 
     def _requeue(self) -> None:
-        self._consumer._submit(self._do_requeue)
+        self._consumer.submit(self._do_requeue)
 
     def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
-        self._consumer._submit(lambda: self._do_dead_letter(headers, reply))
+        self._consumer.submit(lambda: self._do_dead_letter(headers, reply))
 
     # The work itself, on the consumer's thread.
     def _do_ack(self, reply: bytes | None) -> None:
         if reply is not None:
             with contextlib.suppress(QueueFull):  # RabbitMQ drops it too; the ack stands
                 self._broker.publish(self.reply_outgoing(reply))
-        self._broker._settle(self.queue, self._msg, requeue=False)
+        self._broker.settle(self.queue, self._msg, requeue=False)
 
     def _do_requeue(self) -> None:
-        self._broker._settle(self.queue, self._msg, requeue=True)
+        self._broker.settle(self.queue, self._msg, requeue=True)
 
     def _do_dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
         dlx = self._broker.topology.dead_letter_exchange
@@ -248,10 +280,10 @@ class _MemoryDelivery(Delivery):
 class _MemoryConsumer:
     """Hands out deliveries and settles them, both on its own thread.
 
-    Settles from other threads go on ``_settles`` (guarded by the broker's lock, whose
-    condition wakes the thread) and run between deliveries. Once the thread has
-    drained them and stopped accepting (on stop), a settle runs on the caller's
-    thread: late, but never lost.
+    Settles from other threads go on ``_settles`` (guarded by ``_settles_lock``; the
+    broker's :meth:`MemoryBroker.wake` rouses the thread) and run between deliveries.
+    Once the thread has drained them and stopped accepting (on stop), a settle runs on
+    the caller's thread: late, but never lost.
     """
 
     def __init__(
@@ -266,6 +298,7 @@ class _MemoryConsumer:
         self._prefetch = prefetch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._settles_lock = threading.Lock()
         self._settles: deque[Callable[[], None]] = deque()
         self._accepting = False  # the thread will run what is put on _settles
 
@@ -273,32 +306,35 @@ class _MemoryConsumer:
         if self._on_subscribed is not None:
             self._on_subscribed()
         self._stop.clear()
-        with self._broker._lock:
+        with self._settles_lock:
             self._accepting = True
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        with self._broker._lock:
-            self._broker._lock.notify_all()
+        self._broker.wake()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def _submit(self, work: Callable[[], None]) -> None:
+    def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` (a settle) on this consumer's thread; at once if called there."""
         if threading.current_thread() is self._thread:
             work()
             return
-        with self._broker._lock:
-            if self._accepting:
+        with self._settles_lock:
+            accepting = self._accepting
+            if accepting:
                 self._settles.append(work)
-                self._broker._lock.notify_all()
-                return
-        work()  # stopped (or never started): settle here rather than lose it
+        if not accepting:
+            work()  # stopped (or never started): settle here rather than lose it
+            return
+        # After the append: a thread that found no settle is waiting by the time the
+        # broker's lock is ours, so this wakes it.
+        self._broker.wake()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every settle submitted before this call has run; False on timeout.
@@ -307,37 +343,29 @@ class _MemoryConsumer:
         is visible once this returns True.
         """
         done = threading.Event()
-        self._submit(done.set)
+        self.submit(done.set)
         return done.wait(timeout)
 
     def _drain(self) -> None:
         while self._settles:
             self._settles.popleft()()
 
+    def _interrupted(self) -> bool:
+        return self._stop.is_set() or bool(self._settles)
+
     def _run(self) -> None:
         b = self._broker
         try:
             while not self._stop.is_set():
                 self._drain()
-                with b._lock:
-                    q = b._queues[self._queue]
-
-                    def ready(q: _Queue = q) -> bool:
-                        return (self._stop.is_set() or bool(self._settles)
-                                or (bool(q.ready) and q.unacked < self._prefetch))
-
-                    b._lock.wait_for(ready, 0.5)
-                    if (self._stop.is_set() or self._settles or not q.ready
-                            or q.unacked >= self._prefetch):
-                        continue
-                    msg = q.ready.popleft()
-                    msg.deliveries += 1
-                    q.unacked += 1
-                self._on_delivery(_MemoryDelivery(self, self._queue, msg))
+                msg = b.take(self._queue, self._prefetch, interrupted=self._interrupted,
+                             timeout=0.5)
+                if msg is not None:
+                    self._on_delivery(_MemoryDelivery(self, b, self._queue, msg))
         finally:
             while True:  # settle what was submitted, then let late settles run in place
                 self._drain()
-                with b._lock:
+                with self._settles_lock:
                     if not self._settles:
                         self._accepting = False
                         break

@@ -219,6 +219,11 @@ class ReconnectingService:
         self.connected = threading.Event()
         self.reconnects = 0
 
+    @property
+    def max_delay(self) -> float:
+        """The cap on the reconnect backoff, in seconds."""
+        return self._max_delay
+
     def session(self) -> None:
         """Hook: connect and work until ``self._stop`` is set (raise when the link fails)."""
         raise NotImplementedError
@@ -301,22 +306,33 @@ class ConsumerHub(ReconnectingService):
             if not self.is_alive():
                 self.start()
 
-    def _attach(self, sub: RabbitConsumer) -> None:
+    @property
+    def has_connection(self) -> bool:
+        """True while a session holds a connection (so its channels may hold deliveries)."""
+        return self._conn is not None
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """The topology's dead-letter exchange (see :meth:`publish_confirmed`)."""
+        return self._broker.topology.dead_letter_exchange
+
+    def attach(self, sub: RabbitConsumer) -> None:
+        """Consume for ``sub`` from the next round on (a wanted subscription is resumed)."""
         with self._lock:
             if sub not in self._subs:
                 self._subs.append(sub)
-        self._wake()
+        self.wake()
 
     def _detach(self, sub: RabbitConsumer) -> None:
         with self._lock:
             if sub in self._subs:
                 self._subs.remove(sub)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Have the thread run a round now (it reconciles every subscription)."""
-        self._submit(lambda: None)
+        self.submit(lambda: None)
 
-    def _submit(self, work: Callable[[], None]) -> None:
+    def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` on the hub's thread, soon (now, if this is that thread)."""
         if threading.current_thread() is self._thread:
             work()
@@ -357,7 +373,7 @@ class ConsumerHub(ReconnectingService):
                 self._conn, self._dl_channel = None, None
                 subs = list(self._subs)
             for sub in subs:
-                sub._lost()
+                sub.lost()
             if conn.is_open:
                 with contextlib.suppress(AMQPError, OSError):
                     conn.close()
@@ -369,9 +385,9 @@ class ConsumerHub(ReconnectingService):
         with self._lock:
             subs = list(self._subs)
         for sub in subs:
-            if sub._wanted:
-                sub._resume(conn, now)
-            elif sub._wind_down(now):
+            if sub.wanted:
+                sub.resume(conn, now)
+            elif sub.wind_down(now):
                 self._detach(sub)
             else:
                 draining = True
@@ -385,15 +401,15 @@ class ConsumerHub(ReconnectingService):
             subs = list(self._subs)
         now = time.monotonic()
         for sub in subs:
-            sub._cancel(now)
-        deadline = now + max((s._drain_seconds for s in subs), default=0.0)
-        while any(s._outstanding for s in subs) and time.monotonic() < deadline:
+            sub.cancel(now)
+        deadline = now + max((s.drain_seconds for s in subs), default=0.0)
+        while any(s.unacked for s in subs) and time.monotonic() < deadline:
             conn.process_data_events(time_limit=0.02)
             self._drain()
         for sub in subs:
-            if sub._outstanding:
+            if sub.unacked:
                 log.warning("%s: %d deliveries unsettled at stop; the broker redelivers "
-                            "them", sub.name, sub._outstanding)
+                            "them", sub.name, sub.unacked)
 
     def _drain(self) -> None:
         # Clear the flag first: anything appended after this point schedules a new
@@ -409,7 +425,12 @@ class ConsumerHub(ReconnectingService):
                 # come again on the next one. The connection and the others are fine.
                 log.debug("%s: settling on a closed channel (%r)", self.name, exc)
 
-    def _publish_confirmed(self, out: Outgoing) -> None:
+    def publish_confirmed(self, out: Outgoing) -> None:
+        """Publish ``out`` (mandatory) and wait for its confirm; on the hub's thread only.
+
+        Raises:
+            AMQPError: when the broker nacks or returns it, or the link fails.
+        """
         if self._dl_channel is None or self._dl_channel.is_closed:
             assert self._conn is not None
             self._dl_channel = self._conn.channel()
@@ -456,8 +477,18 @@ class RabbitConsumer:
 
     @property
     def unacked(self) -> int:
-        """Deliveries this consumer holds unsettled now (for the operator console)."""
+        """Deliveries handed out and not yet settled on the wire (hub and operator read it)."""
         return self._outstanding
+
+    @property
+    def wanted(self) -> bool:
+        """Started and not stopped: the hub should consume this queue."""
+        return self._wanted
+
+    @property
+    def drain_seconds(self) -> float:
+        """How long a stop waits for the deliveries handed out to settle."""
+        return self._drain_seconds
 
     @property
     def draining(self) -> bool:
@@ -480,16 +511,16 @@ class RabbitConsumer:
         self._done.clear()
         self._wanted = True
         self._hub.ensure_started()
-        self._hub._attach(self)
+        self._hub.attach(self)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Cancel, then wait up to ``timeout`` for the deliveries handed out to settle."""
         self._wanted = False  # first: a session that connects after the check sees it
-        if not self._hub.is_alive() or self._hub._conn is None:
+        if not self._hub.is_alive() or not self._hub.has_connection:
             # No connection, so no channel: nothing of this queue is held here.
             self._done.set()
             return
-        self._hub._wake()
+        self._hub.wake()
         self._done.wait(timeout)
 
     def is_alive(self) -> bool:
@@ -497,7 +528,9 @@ class RabbitConsumer:
         return self._wanted and self._hub.is_alive()
 
     # --- on the hub's thread ---------------------------------------------------------
-    def _resume(self, conn: pika.BlockingConnection, now: float) -> None:
+    def resume(self, conn: pika.BlockingConnection, now: float) -> None:
+        """Consume on ``conn``: open the channel (after the backoff), or consume again
+        on the one still draining; on the hub's thread only."""
         ch = self._channel
         if ch is not None and ch.is_open:
             if self._cancelled:  # wanted again while it drained: consume again
@@ -507,7 +540,7 @@ class RabbitConsumer:
         if ch is not None:  # the broker closed it (or cancelled the consumer)
             log.warning("%s: channel closed by the broker; consuming again in %.1fs",
                         self.name, self._backoff)
-            self._lost()
+            self.lost()
             self._retry_later(now)
             return
         if now < self._retry_at:
@@ -532,7 +565,7 @@ class RabbitConsumer:
     def _retry_later(self, now: float) -> None:
         """Open the channel again after the backoff, which doubles up to the hub's cap."""
         self._retry_at = now + self._backoff
-        self._backoff = min(self._backoff * 2, self._hub._max_delay)
+        self._backoff = min(self._backoff * 2, self._hub.max_delay)
 
     def _on_cancelled(self, ch: BlockingChannel) -> None:
         # The broker cancelled us (queue deleted, leader gone): close the channel so
@@ -542,7 +575,9 @@ class RabbitConsumer:
             with contextlib.suppress(AMQPError, OSError):
                 own.close()
 
-    def _cancel(self, now: float) -> None:
+    def cancel(self, now: float) -> None:
+        """Stop consuming; what was handed out may settle until ``drain_seconds`` after
+        ``now``. On the hub's thread only."""
         ch = self._channel
         if ch is None or self._cancelled:
             return
@@ -551,11 +586,14 @@ class RabbitConsumer:
         with contextlib.suppress(AMQPError, OSError):
             ch.stop_consuming()  # no more deliveries; those not handed out go back
 
-    def _wind_down(self, now: float) -> bool:
-        """Drain towards closing; True once the channel is closed and stop may return."""
+    def wind_down(self, now: float) -> bool:
+        """Drain towards closing; True once the channel is closed and stop may return.
+
+        On the hub's thread only.
+        """
         ch = self._channel
         if ch is not None and ch.is_open:
-            self._cancel(now)
+            self.cancel(now)
             if self._outstanding and now < self._deadline:
                 return False
             if self._outstanding:
@@ -564,11 +602,14 @@ class RabbitConsumer:
                             self._drain_seconds)
             with contextlib.suppress(AMQPError, OSError):
                 ch.close()
-        self._lost()  # not wanted, so this also lets stop return
+        self.lost()  # not wanted, so this also lets stop return
         return True
 
-    def _lost(self) -> None:
-        """The channel is gone: what it handed out is the broker's to redeliver."""
+    def lost(self) -> None:
+        """The channel is gone: what it handed out is the broker's to redeliver.
+
+        On the hub's thread only.
+        """
         self._channel = None
         self._outstanding = 0
         self._cancelled = False
@@ -582,7 +623,7 @@ class RabbitConsumer:
         props: BasicProperties,
         body: bytes,
     ) -> None:
-        delivery = RabbitDelivery(self, channel, method, props, body)
+        delivery = RabbitDelivery(self, self._hub, channel, method, props, body)
         self._outstanding += 1
         self.delivered += 1
         self._backoff = 0.1
@@ -592,27 +633,34 @@ class RabbitConsumer:
             log.exception("%s: handler raised; requeueing the delivery", self.name)
             delivery.requeue()
 
-    def _settle(self, channel: BlockingChannel, work: Callable[[], None]) -> None:
-        """Run ``work`` on the hub's thread if ``channel`` is still this consumer's."""
+    def settle(self, channel: BlockingChannel, work: Callable[[], None]) -> None:
+        """Run ``work`` on the hub's thread if ``channel`` is still this consumer's.
+
+        From any thread: how a :class:`RabbitDelivery` reaches :meth:`publish`,
+        :meth:`ack` and :meth:`nack`, which run in ``work``.
+        """
         def guarded() -> None:
             if channel is self._channel:
                 work()
-        self._hub._submit(guarded)
+        self._hub.submit(guarded)
 
-    # Called on the hub's thread only, through _settle.
-    def _publish(self, out: Outgoing) -> None:
+    # Called on the hub's thread only, through settle.
+    def publish(self, out: Outgoing) -> None:
+        """Publish ``out`` on this consumer's channel (a reply); unconfirmed."""
         assert self._channel is not None
         self._channel.basic_publish(
             out.exchange, out.routing_key, out.body, properties_of(out)
         )
 
-    def _ack(self, tag: int) -> None:
+    def ack(self, tag: int) -> None:
+        """Ack the delivery ``tag``: taken off the queue for good."""
         assert self._channel is not None
         self._outstanding -= 1
         self.acked += 1
         self._channel.basic_ack(tag)
 
-    def _nack(self, tag: int) -> None:
+    def nack(self, tag: int) -> None:
+        """Give the delivery ``tag`` back to the queue."""
         assert self._channel is not None
         self._outstanding -= 1
         self._channel.basic_nack(tag, requeue=True)
@@ -624,6 +672,7 @@ class RabbitDelivery(Delivery):
     def __init__(
         self,
         consumer: RabbitConsumer,
+        hub: ConsumerHub,
         channel: BlockingChannel,
         method: Basic.Deliver,
         props: BasicProperties,
@@ -641,6 +690,7 @@ class RabbitDelivery(Delivery):
             routing_key=method.routing_key,
         )
         self._consumer = consumer
+        self._hub = hub
         self._channel = channel
         self._tag = method.delivery_tag
 
@@ -650,23 +700,23 @@ class RabbitDelivery(Delivery):
         def work() -> None:
             if reply is not None:
                 try:
-                    c._publish(self.reply_outgoing(reply))
+                    c.publish(self.reply_outgoing(reply))
                 except (AMQPError, OSError):
                     log.warning("could not send a reply to %s", self.reply_to)
-            c._ack(self._tag)
+            c.ack(self._tag)
 
-        c._settle(self._channel, work)
+        c.settle(self._channel, work)
 
     def _requeue(self) -> None:
         c = self._consumer
-        c._settle(self._channel, lambda: c._nack(self._tag))
+        c.settle(self._channel, lambda: c.nack(self._tag))
 
     def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
-        c = self._consumer
+        c, hub = self._consumer, self._hub
 
         def work() -> None:
             out = Outgoing(
-                exchange=c._hub._broker.topology.dead_letter_exchange,
+                exchange=hub.dead_letter_exchange,
                 routing_key=self.routing_key,
                 body=self.body,
                 message_id=self.message_id,
@@ -675,18 +725,18 @@ class RabbitDelivery(Delivery):
                 headers=headers,
             )
             try:
-                c._hub._publish_confirmed(out)
+                hub.publish_confirmed(out)
             except (AMQPError, OSError) as exc:
                 # Not dead-lettered: give it back rather than lose it.
                 log.error("dead-lettering failed (%r); requeueing", exc)
-                c._nack(self._tag)
+                c.nack(self._tag)
                 return
             if reply is not None:
                 with contextlib.suppress(AMQPError, OSError):
-                    c._publish(self.reply_outgoing(reply))
-            c._ack(self._tag)
+                    c.publish(self.reply_outgoing(reply))
+            c.ack(self._tag)
 
-        c._settle(self._channel, work)
+        c.settle(self._channel, work)
 
 
 class PublishFailed(Exception):

@@ -235,21 +235,23 @@ class LocalRabbit:
         try:
             while not self.running():
                 if (code := self.proc.poll()) is not None:
-                    raise self._failed(f"exited with status {code}")
+                    raise self.failure(f"exited with status {code}")
                 if time.monotonic() > deadline:
-                    raise self._failed(f"did not start within {timeout:.0f}s")
+                    raise self.failure(f"did not start within {timeout:.0f}s")
                 time.sleep(0.2)
             try:
                 wait_for_broker(self.url, timeout=max(1.0, deadline - time.monotonic()))
             except TimeoutError as exc:
-                raise self._failed(f"did not answer AMQP within {timeout:.0f}s") from exc
+                raise self.failure(f"did not answer AMQP within {timeout:.0f}s") from exc
             except LoginRefused as exc:
-                raise self._failed(f"refused its own login ({exc})") from exc
+                raise self.failure(f"refused its own login ({exc})") from exc
         except BrokerUnavailable:
             self.kill()
             raise
 
-    def _failed(self, what: str) -> BrokerUnavailable:
+    def failure(self, what: str) -> BrokerUnavailable:
+        """A :class:`BrokerUnavailable` saying this node ``what`` ("exited with status
+        1"), with the tails of its logs attached."""
         exc = BrokerUnavailable(f"RabbitMQ {self.node_name} on port {self.port} {what}; "
                                 f"see {self.log_path}")
         exc.add_note(log_tail(self.log_path))

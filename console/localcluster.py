@@ -141,7 +141,7 @@ class LocalCluster:
         for step in (("stop_app",), ("join_cluster", self.seed.node_name), ("start_app",)):
             code, _ = node.ctl_output(*step, timeout=120)
             if code != 0:
-                raise node._failed(f"could not {' '.join(step)} (rabbitmqctl status {code})")
+                raise node.failure(f"could not {' '.join(step)} (rabbitmqctl status {code})")
 
     def members(self, via: LocalRabbit | None = None) -> list[str]:
         """The running members of the cluster, as seen by ``via`` (default: any node up).

@@ -832,17 +832,28 @@ def nodes_text(snap: Snapshot, sort: str) -> str:
     return "\n".join(lines)
 
 
+def _textual_screen_render(app: App[Any]) -> Any:
+    """Adapter to textual's internals: the current screen as one rich renderable.
+
+    textual exports a screen only as SVG (``App.export_screenshot``); the renderable
+    that method draws, from the screen's compositor and the screens visible under
+    it, has no public accessor. This is the one place that reaches them, the way
+    ``export_screenshot`` itself does.
+    """
+    compositor, under = app.screen._compositor, app._background_screens  # noqa: SLF001
+    return compositor.render_update(full=True, screen_stack=under)
+
+
 def screen_text(app: App[Any]) -> str:
     """The current screen as plain text (a text capture; textual itself exports SVG).
 
-    It renders the screen the way ``App.export_screenshot`` does (textual's
-    compositor) but records text, so snapshots are readable and diffable.
+    It renders the screen the way ``App.export_screenshot`` does but records text,
+    so snapshots are readable and diffable.
     """
     width, height = app.size
     console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True,
                       color_system=None, record=True, legacy_windows=False, safe_box=False)
-    console.print(app.screen._compositor.render_update(
-        full=True, screen_stack=app._background_screens))
+    console.print(_textual_screen_render(app))
     return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
 
 

@@ -278,12 +278,11 @@ class Envelope(BaseModel):
         except ValidationError as exc:
             raise InvalidMessage(BadInput.SCHEMA_ERROR, _summarize(exc), partial) from None
         try:
-            env = (cls if version == spec.version else _Upcast).model_validate(
-                {**raw, "payload": payload})
+            full = {**raw, "payload": payload}
+            env = (cls.model_validate(full) if version == spec.version
+                   else _Upcast.as_sent_by(full, version, as_sent))
         except ValidationError as exc:
             raise InvalidMessage(BadInput.BAD_ENVELOPE, _summarize(exc), partial) from None
-        if isinstance(env, _Upcast):
-            env._as_sent = (version, as_sent)
         if env.apartment_id is None and spec.kind in (Kind.COMMAND, Kind.EVENT):
             raise InvalidMessage(
                 BadInput.BAD_ENVELOPE,
@@ -302,6 +301,15 @@ class _Upcast(Envelope):
     """
 
     _as_sent: tuple[int, dict[str, Any]] = PrivateAttr()
+
+    @classmethod
+    def as_sent_by(cls, data: dict[str, Any], version: int,
+                   payload: dict[str, Any]) -> _Upcast:
+        """Validate ``data`` (already upcast), remembering the ``version`` and the
+        ``payload`` it was sent with."""
+        env: _Upcast = cls.model_validate(data)
+        env._as_sent = (version, payload)
+        return env
 
     def content_hash(self) -> str:
         """Hashed as sent: a re-send matches what the older version's node recorded."""

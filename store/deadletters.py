@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, RowMapping, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from messages.registry import Consumer
@@ -94,8 +94,7 @@ def _aware(v: datetime) -> datetime:
     return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
 
 
-def _recorded(row: Any) -> Recorded:
-    m = row._mapping
+def _recorded(m: RowMapping) -> Recorded:
     letter = Letter(key=m["letter_key"], queue=m["queue"], reason=m["reason"],
                     detail=m["detail"], type=m["type"], message_id=m["message_id"],
                     correlation_id=m["correlation_id"], reply_to=m["reply_to"],
@@ -168,7 +167,7 @@ class DeadLetterBook:
         q = (select(t).where(t.c.seq > after, t.c.status.in_(list(statuses)))
              .order_by(t.c.seq).limit(limit))
         with self._engine.connect() as c:
-            return [_recorded(r) for r in c.execute(q)]
+            return [_recorded(r) for r in c.execute(q).mappings()]
 
     def find(self, ident: str) -> list[Recorded]:
         """The letter with id ``ident`` (its seq), or every letter with that message id."""
@@ -176,7 +175,7 @@ class DeadLetterBook:
         q = q.where(t.c.seq == int(ident)) if ident.isdigit() else q.where(
             t.c.message_id == ident)
         with self._engine.connect() as c:
-            return [_recorded(r) for r in c.execute(q.limit(MAX_PAGE))]
+            return [_recorded(r) for r in c.execute(q.limit(MAX_PAGE)).mappings()]
 
     def claim(self, seq: int) -> Recorded | None:
         """Take one letter for replay; None if it is replayed or another node holds it."""
@@ -188,7 +187,7 @@ class DeadLetterBook:
                             .values(status=REPLAYING, claimed_at=now)).rowcount
             if got != 1:
                 return None
-            row = c.execute(select(t).where(t.c.seq == seq)).first()
+            row = c.execute(select(t).where(t.c.seq == seq)).mappings().first()
         return None if row is None else _recorded(row)
 
     def replayed(self, seq: int) -> None:

@@ -65,7 +65,7 @@ def _processor(column: Column[Any], dialect: Any) -> _Processor:
     ``bytes`` as they are (SQLAlchemy wraps them in a ``memoryview`` first)."""
     if dialect.name == "sqlite" and isinstance(column.type, LargeBinary):
         return None
-    processor: _Processor = column.type._cached_bind_processor(dialect)
+    processor: _Processor = column.type.dialect_impl(dialect).bind_processor(dialect)
     return processor
 
 

@@ -3,8 +3,8 @@
 The sweeper shares the lock that every dispatch takes. These tests count the entries
 it looks at while holding it (``Directory.swept``), never a time: idle actors that
 were used recently cost it nothing, however many are live; stuck detection looks at
-the busy ones only. The sweeps are run by the test (``_sweep_once`` at a chosen
-instant), its thread stopped, so nothing else moves the count.
+the busy ones only. The sweeps are run by the test (``sweep_once`` at a chosen
+instant), with no sweeper thread, so nothing else moves the count.
 """
 
 from __future__ import annotations
@@ -73,8 +73,7 @@ def make_directory(tmp_path: Path, stall: Stall) -> Iterator[Callable[..., Direc
     def make(**kwargs: Any) -> Directory:
         d = Directory(EntityContext(EventStore(engine), writer, inject=stall),
                       idle_seconds=300.0, handler_timeout=1.0, **kwargs)
-        d.start()
-        d._stop.set()  # the sweeper thread ends at its first wake-up; only tests sweep
+        d.start(sweeper=False)  # only the test sweeps
         made.append(d)
         return d
 
@@ -112,7 +111,7 @@ def settled(tickets: list[Ticket]) -> bool:
 def swept_by(d: Directory, now: float) -> int:
     """Entries one sweep at ``now`` looked at under the lock."""
     before = d.swept
-    d._sweep_once(now)
+    d.sweep_once(now)
     return d.swept - before
 
 

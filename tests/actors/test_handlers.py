@@ -79,8 +79,8 @@ def accepted(rid: str = "r1", token: str = "tok_visa", guest: str = "g1",
 
 def ledger(node: Node, key: str) -> list[dict[str, Any]]:
     with node.engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(select(gateway_charges_table).where(
-            gateway_charges_table.c.idempotency_key == key))]
+        return [dict(r) for r in c.execute(select(gateway_charges_table).where(
+            gateway_charges_table.c.idempotency_key == key)).mappings()]
 
 
 def inbox_count(node: Node, consumer: Consumer, message_id: str) -> int:

@@ -345,13 +345,13 @@ def test_settles_run_on_the_consumer_thread(
     """Like RabbitConsumer, whose channel is not thread-safe: the test thread only asks."""
     topo = broker.topology
     threads: list[str] = []
-    settle = broker._settle
+    settle = broker.settle
 
     def recording(*args: Any, **kw: Any) -> None:
         threads.append(threading.current_thread().name)
         settle(*args, **kw)
 
-    monkeypatch.setattr(broker, "_settle", recording)
+    monkeypatch.setattr(broker, "settle", recording)
     for body in (b"ack", b"requeue", b"dead"):
         broker.publish(msg(topo.commands_exchange, "a", body))
     first, second, third = (intake_taker.take() for _ in range(3))

@@ -109,8 +109,8 @@ def all_event_ids(engine: Engine) -> set[str]:
 
 def outbox_rows(engine: Engine) -> list[dict[str, object]]:
     with engine.connect() as c:
-        return [dict(r._mapping) for r in c.execute(
-            select(outbox_table).order_by(outbox_table.c.id))]
+        return [dict(r) for r in c.execute(
+            select(outbox_table).order_by(outbox_table.c.id)).mappings()]
 
 
 def inbox_keys(engine: Engine) -> set[tuple[str, str]]:
