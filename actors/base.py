@@ -13,7 +13,6 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -22,6 +21,7 @@ import pykka
 
 from actors.outcome import Ticket
 from config.logs import handling
+from config.lru import BoundedLRU
 from messages.base import Envelope, InvalidMessage, Message
 from messages.events import CommandRejected, ReservationRejected
 from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
@@ -158,7 +158,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.lineage = 0  # which memory this actor decides from (see Commit.lineage)
         self._stale = 0  # a lineage the writer refused a commit of (set on its thread)
         self._retry: list[tuple[Envelope, Ticket]] = []  # refused, to decide again
-        self._conflicts: OrderedDict[str, int] = OrderedDict()  # message_id -> refusals
+        self._conflicts: BoundedLRU[str, int] = BoundedLRU(10_000)  # message_id -> refusals
 
     # --- to implement -------------------------------------------------------
     def initial(self) -> S:
@@ -352,10 +352,7 @@ class EntityActor(SupervisedActor, Generic[S]):
             if ticket.settled:
                 continue
             n = self._conflicts.get(env.message_id, 0) + 1
-            self._conflicts[env.message_id] = n
-            self._conflicts.move_to_end(env.message_id)
-            while len(self._conflicts) > 10_000:
-                self._conflicts.popitem(last=False)
+            self._conflicts.put(env.message_id, n)
             if n > MAX_CONFLICTS:
                 log.warning("%s: %s refused %d times; back to the broker", self.name,
                             env.message_id, n - 1)

@@ -51,6 +51,7 @@ from actors.base import EntityActor, EntityContext, Handle
 from actors.booking import ReservationActor
 from actors.outcome import Ticket
 from actors.poison import PoisonCounter
+from config.lru import BoundedLRU
 from messages import Envelope
 from messages.replies import POISON
 from supervisor import (
@@ -126,7 +127,7 @@ class Directory:
         self._lock = threading.RLock()
         self.swept = 0  # entries the sweeper looked at under the lock (tests read it)
         self._poison = PoisonCounter(poison_retries)
-        self._history: OrderedDict[str, tuple[int, Failure | None]] = OrderedDict()
+        self._history: BoundedLRU[str, tuple[int, Failure | None]] = BoundedLRU(10_000)
         self._alive = False
         self._stop = threading.Event()
         self.activations = 0
@@ -386,10 +387,7 @@ class Directory:
         threading.Thread(target=self.stop, name="directory-give-up", daemon=True).start()
 
     def _remember(self, eid: str, entry: _Entry) -> None:
-        self._history[eid] = (entry.restarts, entry.last_failure)
-        self._history.move_to_end(eid)
-        while len(self._history) > 10_000:
-            self._history.popitem(last=False)
+        self._history.put(eid, (entry.restarts, entry.last_failure))
 
     # --- operator actions -----------------------------------------------------------
     def passivate(self, eid: str) -> bool:

@@ -8,8 +8,7 @@ and an error reply for its producer, so one bad message cannot hold its apartmen
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
+from config.lru import BoundedLRU
 from messages import CommandResult, Envelope, Status
 from messages.replies import POISON
 from supervisor import Failure
@@ -26,7 +25,7 @@ class PoisonCounter:
 
     def __init__(self, retries: int) -> None:
         self.retries = retries
-        self._attempts: OrderedDict[str, int] = OrderedDict()
+        self._attempts: BoundedLRU[str, int] = BoundedLRU(MAX_TRACKED)
 
     def attempt(self, envelope: Envelope, failure: Failure) -> tuple[str, bytes] | None:
         """Count one crash on ``envelope``; past the limit, its dead letter.
@@ -37,10 +36,7 @@ class PoisonCounter:
         """
         mid = envelope.message_id
         n = self._attempts.get(mid, 0) + 1
-        self._attempts[mid] = n
-        self._attempts.move_to_end(mid)
-        while len(self._attempts) > MAX_TRACKED:
-            self._attempts.popitem(last=False)
+        self._attempts.put(mid, n)
         if n <= self.retries:
             return None
         detail = (f"crashed {failure.name} {n} times: {failure.error_type}: {failure.message}"

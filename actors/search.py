@@ -23,11 +23,10 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import pykka
 from sqlalchemy import (
@@ -48,6 +47,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from actors.base import Handle
 from actors.handler import HandlerActor, Reaction
 from actors.outcome import Ticket
+from config.lru import BoundedLRU
 from messages import (
     ApartmentAdded,
     ApartmentDelisted,
@@ -134,9 +134,8 @@ class CatchUp:
     def __init__(self, connect: Callable[[], Connection], *, memo: int = _MEMO) -> None:
         self._connect = connect
         self._types = search_event_types()
-        self._where: OrderedDict[int, tuple[str, int]] = OrderedDict()
-        self._proven: OrderedDict[str, int] = OrderedDict()
-        self._memo = memo
+        self._where: BoundedLRU[int, tuple[str, int]] = BoundedLRU(memo)
+        self._proven: BoundedLRU[str, int] = BoundedLRU(memo)
 
     def reached(self, positions: Iterable[int]) -> set[int]:
         """Those of ``positions`` whose write the read model includes."""
@@ -157,26 +156,15 @@ class CatchUp:
                     where = locate(conn, p)
                     if where is None:
                         continue  # not visible (yet): not reached
-                    _remember(self._where, p, where, self._memo)
+                    self._where.put(p, where)
                 sid, version = where
                 known = self._proven.get(sid, 0)
                 if known >= version or applied_through(conn, sid, version,
                                                         types=self._types, known=known):
                     found.add(p)
                     if version > known:
-                        _remember(self._proven, sid, version, self._memo)
+                        self._proven.put(sid, version)
         return found
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _remember(cache: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
 
 
 @dataclass(frozen=True)

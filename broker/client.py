@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from pika.exceptions import AMQPError, ChannelClosedByBroker, NackError, Unrouta
 from broker.base import Outgoing
 from broker.rabbitmq import connection_parameters, properties_of
 from broker.topology import Topology
+from config.lru import BoundedLRU
 from messages import Envelope, Kind
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,7 @@ class Client:
                  reply_cache: int = 10_000) -> None:
         self.topology = topology or Topology()
         self._url = url
-        self._reply_cache = reply_cache
-        self._replies: OrderedDict[str, bytes] = OrderedDict()
+        self._replies: BoundedLRU[str, bytes] = BoundedLRU(reply_cache)
         # Any, not Optional: console/demo.py reaches into ``_conn`` (see :meth:`pump`).
         self._conn: Any = None
         self._ch: Any = None
@@ -103,9 +102,7 @@ class Client:
     def _on_reply(self, _ch: Any, _method: Any, props: pika.BasicProperties,
                   body: bytes) -> None:
         if props.correlation_id:
-            self._replies[props.correlation_id] = body
-            while len(self._replies) > self._reply_cache:
-                self._replies.popitem(last=False)
+            self._replies.put(props.correlation_id, body)
 
     def consumers(self, queues: Sequence[str]) -> int:
         """How many consumers ``queues`` have together (a queue not declared has none).

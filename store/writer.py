@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, Table, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
+from config.lru import BoundedLRU
 from messages.base import Envelope
 from messages.registry import spec_of
 from store.eventstore import Snapshot, head_query
@@ -31,6 +32,10 @@ from store.tables import events_table, inbox_table, outbox_table, snapshots_tabl
 log = logging.getLogger(__name__)
 
 Done = Callable[[BaseException | None], None]
+
+# The most streams the writer remembers a version of, and a refused lineage of.
+_VERSIONS_MAX = 100_000
+_TAINTED_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -244,9 +249,8 @@ class StoreWriter:
         self._space = threading.Event()  # set when the writer took a batch off the queue
         self._sleeping = False
         self._on_committed = on_committed
-        self._versions: OrderedDict[str, int] = OrderedDict()  # stream -> version (LRU)
-        self._versions_max = 100_000
-        self._tainted: OrderedDict[str, int] = OrderedDict()  # stream -> refused lineage
+        self._versions: BoundedLRU[str, int] = BoundedLRU(_VERSIONS_MAX)  # stream -> version
+        self._tainted: BoundedLRU[str, int] = BoundedLRU(_TAINTED_MAX)  # stream -> lineage
         self._thread: threading.Thread | None = None
         self._running = False
         self.batches = 0
@@ -459,16 +463,12 @@ class StoreWriter:
         """Fail a commit and fence off the rest of its lineage on that stream."""
         if commit.stream_id is not None and commit.lineage and (
                 commit.events or isinstance(exc, ConcurrencyError)):
-            _taint(self._tainted, commit.stream_id, commit.lineage)
+            self._tainted.put(commit.stream_id, commit.lineage)
         _call(commit, exc)
 
     def _remember(self, versions: dict[str, int]) -> None:
-        cache = self._versions
         for sid, v in versions.items():
-            cache[sid] = v
-            cache.move_to_end(sid)
-        while len(cache) > self._versions_max:
-            cache.popitem(last=False)
+            self._versions.put(sid, v)
 
     def _after(self, batch: list[Commit]) -> None:
         self.batches += 1
@@ -483,19 +483,8 @@ class StoreWriter:
             _call(commit, None)
 
 
-_TAINTED_MAX = 100_000
-
-
-def _taint(tainted: OrderedDict[str, int], stream_id: str, lineage: int) -> None:
-    """Remember that ``lineage`` may no longer append to ``stream_id`` (bounded LRU)."""
-    tainted[stream_id] = lineage
-    tainted.move_to_end(stream_id)
-    while len(tainted) > _TAINTED_MAX:
-        tainted.popitem(last=False)
-
-
-def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
-           tainted: OrderedDict[str, int]
+def _apply(conn: Connection, batch: list[Commit], known: BoundedLRU[str, int],
+           tainted: BoundedLRU[str, int]
            ) -> tuple[dict[Commit, BaseException], dict[str, int]]:
     """Write a batch; commits that may not append are left out and returned.
 
@@ -547,7 +536,7 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
                 f"{sid}: decided at version {commit.expected_version}, store has {current}")
             versions[sid] = current
             if commit.lineage:
-                _taint(tainted, sid, commit.lineage)
+                tainted.put(sid, commit.lineage)
             continue
         versions[sid] = current + len(ev)
         if ev:
@@ -577,7 +566,7 @@ def _apply(conn: Connection, batch: list[Commit], known: Mapping[str, int],
 _UNREAD: Any = object()  # a quiet commit's head not read with the batch's
 
 
-def _version(conn: Connection, sid: str, expected: int, known: Mapping[str, int]) -> int:
+def _version(conn: Connection, sid: str, expected: int, known: BoundedLRU[str, int]) -> int:
     """The version to check an append to ``sid`` against: remembered, or read."""
     current = known.get(sid)
     if current is None and expected == 0:
