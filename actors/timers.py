@@ -180,6 +180,6 @@ def _fire(timer_id: str, env: Envelope, seen_attempts: int, now: datetime,
         if won:
             conn.execute(insert(outbox_table).values(
                 event_id=env.message_id, type=env.type, exchange=spec.exchange,
-                routing_key=env.apartment_id or "", body=env.to_json(), published_at=None))
+                routing_key=env.apartment_id or "", body=env.to_json()))
             claimed.add(timer_id)
     return effect

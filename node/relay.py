@@ -53,7 +53,7 @@ class _Row(NamedTuple):
 # runs once per command at a low rate.
 _ROUND = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
                  outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
-          .where(outbox_table.c.published_at.is_(None), outbox_table.c.id > bindparam("cursor"))
+          .where(outbox_table.c.id > bindparam("cursor"))
           .order_by(outbox_table.c.id).limit(bindparam("n")))
 
 
@@ -62,7 +62,7 @@ class Relay(PollingService):
 
     Args:
         engine: the store (reads).
-        writer: marks rows published.
+        writer: deletes the published rows.
         broker: gives the publisher.
         batch: most rows per publish round.
         max_delay: cap on the reconnect backoff.
@@ -85,7 +85,7 @@ class Relay(PollingService):
     def backlog(self) -> int:
         """Rows not yet published (counted by the database, not fetched)."""
         q = (select(func.count()).select_from(outbox_table)
-             .where(outbox_table.c.published_at.is_(None), outbox_table.c.id > self._cursor))
+             .where(outbox_table.c.id > self._cursor))
         with self._engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
@@ -122,7 +122,6 @@ class Relay(PollingService):
         """Claim, publish and delete one batch in one transaction (PostgreSQL)."""
         q = (select(outbox_table.c.id, outbox_table.c.event_id, outbox_table.c.type,
                     outbox_table.c.exchange, outbox_table.c.routing_key, outbox_table.c.body)
-             .where(outbox_table.c.published_at.is_(None))
              .order_by(outbox_table.c.id).limit(self._batch)
              .with_for_update(skip_locked=True))
         with self._engine.begin() as conn:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -29,22 +29,15 @@ class EventRow(SQLModel, table=True):
 
 
 class OutboxRow(SQLModel, table=True):
-    """An event waiting for the relay, deleted once the broker confirmed it.
+    """An event waiting for the relay, deleted once the broker confirmed it: every row
+    is unpublished, and the relay reads them in ``id`` order (the primary key).
 
     ``AUTOINCREMENT`` on SQLite: ids are never reused after deletes, so the relay's
-    cursor stays right. (``published_at`` is left from when rows were marked.)
+    cursor stays right.
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (
-        Index(
-            "ix_outbox_unpublished",
-            "id",
-            sqlite_where=text("published_at IS NULL"),
-            postgresql_where=text("published_at IS NULL"),
-        ),
-        {"sqlite_autoincrement": True},
-    )
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(max_length=100)
@@ -52,7 +45,6 @@ class OutboxRow(SQLModel, table=True):
     exchange: str = Field(max_length=200)
     routing_key: str = Field(max_length=200)
     body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    published_at: datetime | None = None
 
 
 class InboxRow(SQLModel, table=True):

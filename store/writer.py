@@ -197,7 +197,6 @@ class Commit:
                             "exchange": spec.exchange,
                             "routing_key": env.apartment_id or "",
                             "body": body,
-                            "published_at": None,
                         }
                     )
             self._rows = (ev, out)

@@ -34,7 +34,7 @@ from typing import Any
 
 import pika
 from pika.exceptions import AMQPError
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from broker.base import DEAD_ID_HEADER, REASON_HEADER
 from broker.rabbitmq import connection_parameters
@@ -184,8 +184,7 @@ def check(db: Path | str, history: History, dead: list[DeadLetter]) -> dict[str,
                                           gateway_charges_table.c.status)).all()
             notes = conn.execute(select(notifications_table.c.event_id,
                                         notifications_table.c.recipient)).all()
-            backlog = len(conn.execute(select(outbox_table.c.id).where(
-                outbox_table.c.published_at.is_(None))).all())
+            backlog = int(conn.execute(select(func.count()).select_from(outbox_table)).scalar_one())
     finally:
         engine.dispose()
 

@@ -65,8 +65,7 @@ def _store_figures(db: Path | str) -> tuple[int, int]:
     try:
         with engine.connect() as conn:
             n = conn.execute(select(func.count()).select_from(events_table)).scalar() or 0
-            backlog = conn.execute(select(func.count()).select_from(outbox_table).where(
-                outbox_table.c.published_at.is_(None))).scalar() or 0
+            backlog = conn.execute(select(func.count()).select_from(outbox_table)).scalar() or 0
             return (int(n), int(backlog))
     except Exception:  # noqa: BLE001 - the tables may not exist yet
         return (0, 0)

@@ -110,7 +110,7 @@ def _outbox_row(engine: Engine, exchange_logical: str) -> int:
     with engine.begin() as conn:
         res = conn.execute(insert(outbox_table).values(
             event_id=new_id(), type="ApartmentAdded", exchange=exchange_logical,
-            routing_key="", body=b"{}", published_at=None))
+            routing_key="", body=b"{}"))
         pk = res.inserted_primary_key
         assert pk is not None
         return int(pk[0])

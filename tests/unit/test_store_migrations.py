@@ -34,7 +34,7 @@ from store.db import (
 from store.tables import events_table, search_apartments_table, store_identity_table
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0010_store_identity"
+HEAD = "0011_outbox_published_at"
 
 
 def bare_engine(db_url: str) -> Engine:
@@ -51,7 +51,7 @@ def schema_diff(engine: Engine) -> list[object]:
 def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
     """The store as ``create_all`` made it before migrations: no city_key or currency,
     no inbox body_hash, none of the later tables (dead_letters, snapshots, store_identity),
-    no version."""
+    the outbox's published_at and its partial index, no version."""
     eng = bare_engine(db_url)
     try:
         SQLModel.metadata.create_all(eng)
@@ -64,6 +64,9 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
             c.execute(text("DROP TABLE dead_letters"))
             c.execute(text("DROP TABLE snapshots"))
             c.execute(text("DROP TABLE store_identity"))
+            c.execute(text(f"ALTER TABLE outbox ADD COLUMN published_at {_timestamp(eng)}"))
+            c.execute(text("CREATE INDEX ix_outbox_unpublished ON outbox (id) "
+                           "WHERE published_at IS NULL"))
             for name in without:
                 c.execute(text(f"DROP TABLE {name}"))
             c.execute(text("INSERT INTO search_apartments (apartment_id, city, title, "
@@ -77,13 +80,29 @@ def make_legacy_store(db_url: str, *, without: tuple[str, ...] = ()) -> None:
         eng.dispose()
 
 
+def _timestamp(engine: Engine) -> str:
+    """The aware timestamp type of the dialect (what SQLModel's datetime columns are)."""
+    return "TIMESTAMP WITH TIME ZONE" if engine.dialect.name == "postgresql" else "DATETIME"
+
+
+def _old_outbox_row(event_id: str, published_at: datetime | None) -> dict[str, object]:
+    return {"event_id": event_id, "type": "ApartmentAdded", "exchange": "ApartmentAdded",
+            "routing_key": "a1", "body": b"{}", "published_at": published_at}
+
+
+# The outbox before 0011 (``outbox_table`` has no published_at any more).
+_INSERT_OLD_OUTBOX = text(
+    "INSERT INTO outbox (event_id, type, exchange, routing_key, body, published_at) "
+    "VALUES (:event_id, :type, :exchange, :routing_key, :body, :published_at)")
+
+
 # --- a fresh store -------------------------------------------------------------------
 def test_the_migrations_know_their_head() -> None:
     assert head_revision() == HEAD
     assert known_revisions() == {INITIAL_REVISION, "0002_city_key", "0003_inbox_body_hash",
                                  "0004_dead_letters", "0005_outbox_prune", "0006_snapshots",
                                  "0007_search_covering", "0008_search_booked_nights",
-                                 "0009_search_currency", HEAD}
+                                 "0009_search_currency", "0010_store_identity", HEAD}
 
 
 def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
@@ -95,9 +114,7 @@ def test_a_fresh_store_is_migrated_to_head(engine: Engine) -> None:
 
 def test_the_migrated_schema_is_what_sqlmodel_declares(engine: Engine) -> None:
     assert schema_diff(engine) == []
-    # the details compare_metadata does not look at: the partial index, the named uniques
-    indexes = {ix["name"]: ix for ix in inspect(engine).get_indexes("outbox")}
-    assert "ix_outbox_unpublished" in indexes
+    # the details compare_metadata does not look at: the named uniques
     uniques = {u["name"] for u in inspect(engine).get_unique_constraints("events")}
     assert "uq_events_stream_version" in uniques
     notif = {u["name"] for u in inspect(engine).get_unique_constraints("notifications")}
@@ -237,13 +254,10 @@ def test_0005_drops_published_outbox_rows_and_ids_never_repeat(db_url: str) -> N
     try:
         with eng.begin() as conn:
             command.upgrade(_config(conn), "0004_dead_letters")
-        row = {"type": "ApartmentAdded", "exchange": "ApartmentAdded", "routing_key": "a1",
-               "body": b"{}"}
         with eng.begin() as c:
-            c.execute(insert(outbox_table), [
-                {**row, "event_id": "sent", "published_at": datetime.now(UTC)},
-                {**row, "event_id": "due", "published_at": None},
-                {**row, "event_id": "last", "published_at": None}])
+            c.execute(_INSERT_OLD_OUTBOX, [_old_outbox_row("sent", datetime.now(UTC)),
+                                           _old_outbox_row("due", None),
+                                           _old_outbox_row("last", None)])
         upgrade(eng)
         assert current_revision(eng) == HEAD
         with eng.begin() as c:
@@ -251,7 +265,9 @@ def test_0005_drops_published_outbox_rows_and_ids_never_repeat(db_url: str) -> N
                 select(outbox_table.c.event_id, outbox_table.c.id))}
             assert set(left) == {"due", "last"}
             c.execute(outbox_table.delete().where(outbox_table.c.event_id == "last"))
-            c.execute(insert(outbox_table).values(**row, event_id="new", published_at=None))
+            c.execute(insert(outbox_table).values(
+                event_id="new", type="ApartmentAdded", exchange="ApartmentAdded",
+                routing_key="a1", body=b"{}"))
             new_id = c.execute(select(outbox_table.c.id).where(
                 outbox_table.c.event_id == "new")).scalar_one()
         assert new_id > left["last"]
@@ -275,6 +291,48 @@ def test_0006_adds_the_snapshots_table_and_its_downgrade_drops_it(db_url: str) -
             command.downgrade(_config(conn), "0005_outbox_prune")
         assert "snapshots" not in inspect(eng).get_table_names()
         assert current_revision(eng) == "0005_outbox_prune"
+    finally:
+        eng.dispose()
+
+
+def test_0011_drops_published_at_keeps_the_rows_and_its_downgrade_adds_it_back(
+        db_url: str) -> None:
+    """Every row left is unpublished: the rows survive the rebuild, ids still never
+    repeat, and the downgrade restores the column (NULL) and its partial index."""
+    from alembic import command
+
+    from store.db import _config
+    from store.tables import outbox_table
+    eng = bare_engine(db_url)
+    try:
+        with eng.begin() as conn:
+            command.upgrade(_config(conn), "0010_store_identity")
+        with eng.begin() as c:
+            c.execute(_INSERT_OLD_OUTBOX, [_old_outbox_row("due", None),
+                                           _old_outbox_row("last", None)])
+        upgrade(eng)
+        columns = {col["name"] for col in inspect(eng).get_columns("outbox")}
+        assert "published_at" not in columns
+        assert "ix_outbox_unpublished" not in {
+            ix["name"] for ix in inspect(eng).get_indexes("outbox")}
+        assert schema_diff(eng) == []
+        with eng.begin() as c:
+            left: dict[str, int] = {str(r[0]): int(r[1]) for r in c.execute(
+                select(outbox_table.c.event_id, outbox_table.c.id))}
+            assert set(left) == {"due", "last"}
+            c.execute(outbox_table.delete().where(outbox_table.c.event_id == "last"))
+            new_id = c.execute(insert(outbox_table).values(
+                event_id="new", type="ApartmentAdded", exchange="ApartmentAdded",
+                routing_key="a1", body=b"{}")).inserted_primary_key
+        assert new_id is not None and new_id[0] > left["last"]
+        with eng.begin() as conn:
+            command.downgrade(_config(conn), "0010_store_identity")
+        assert current_revision(eng) == "0010_store_identity"
+        assert "ix_outbox_unpublished" in {
+            ix["name"] for ix in inspect(eng).get_indexes("outbox")}
+        with eng.connect() as c:
+            published = c.execute(text("SELECT event_id, published_at FROM outbox")).all()
+        assert sorted(tuple(r) for r in published) == [("due", None), ("new", None)]
     finally:
         eng.dispose()
 
