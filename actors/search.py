@@ -447,12 +447,12 @@ def matching(q: SearchApartments) -> ColumnElement[bool]:
 def statements(q: SearchApartments, *,
                total_limit: int = TOTAL_LIMIT) -> tuple[Select[Any], Select[Any]]:
     """What :func:`search` runs for ``q``: the ids of the page of hits with the number
-    of matches beside each (one pass, where a count and a page were two), and that
+    of matches beside each (one pass, not a count and a page), and that
     number alone, run only for a page past the last hit.
 
     Both count at most one match past ``max(total_limit, offset + limit)``: enough to
     page and to tell an exact total from a bound, without counting every apartment of
-    a large city (at 1,000,000 apartments that full count was most of a search's p99).
+    a large city (at 1,000,000 apartments a full count would be most of a search's p99).
     Only ids: with a city, the covering index (``ix_search_apartments_city_price``)
     answers both without reading a table row; the page's rows are read by key after.
     Apart so that a benchmark can ask the database for their plans.

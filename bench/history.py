@@ -1,8 +1,8 @@
 """What an apartment's history costs: ``python -m bench.history``.
 
-Issue 12 asks that no cost grow with history. For apartments with 10, 1,000 and
-10,000 events (``--sizes``) it prints, per operation, the time and its ratio to the
-smallest size's figure measured in the same run:
+No cost of an apartment should grow with its history. For apartments with 10, 1,000
+and 10,000 events (``--sizes``) it prints, per operation, the time and its ratio to
+the smallest size's figure measured in the same run:
 
 * **rehydrate**: an apartment actor rebuilding its memory from a SQLite file: from
   its snapshot and the events after it, as the actor left them (the tail is up to

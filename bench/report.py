@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-# The targets of issue 12: information next to the figures, never the exit status.
+# The performance targets: information next to the figures, never the exit status.
 CPU_VS_RAW_MAX = 2.0  # Staybook CPU per command <= 2x the raw request/reply's
 RATE_VS_RAW_MIN = 0.6  # Staybook commands/s >= 60% of the raw ceiling
 PACED_P99_MAX_MS = 50.0  # reply p99 at the highest paced rate (500/s)
@@ -158,8 +158,7 @@ def render(report: dict[str, Any]) -> str:
     ceiling = report.get("against_ceiling") or []
     if ceiling:
         lines.append("")
-        lines.append("  against the raw request/reply ceiling (targets of issue 12, "
-                     "information only):")
+        lines.append("  against the raw request/reply ceiling (targets, information only):")
         for c in ceiling:
             mark = {True: "✓", False: "✗", None: ""}[c["met"]]
             lines.append(f"    {c['name']:<46}{_fmt(c['value']):>9}   target "

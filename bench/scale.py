@@ -19,7 +19,7 @@ Run it with ``python -m bench.scale [--apartments 1000000]``. It:
    (:class:`broker.client.Client`: confirmed publish, then the reply), timing each,
    after ``--warmup`` untimed ones; and runs the same queries' statements in this
    process against the store, to tell the database's share from the broker's;
-5. prints the figures against issue 12's targets (RSS < 1 GiB, threads bounded by
+5. prints the figures against their targets (RSS < 1 GiB, threads bounded by
    the cap: at most the idle node's plus the cap plus 1% of it, at least 10, for
    passivated actors' threads still exiting; search p99 < 50 ms), marked ✓ or ✗;
    ``--json-out`` writes them all.
@@ -348,7 +348,7 @@ def _exiting(cap: int) -> int:
 
 
 def targets(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """(name, value, target, met) for each target of issue 12 this run measures."""
+    """(name, value, target, met) for each target this run measures."""
     node, q, c = report["node"] or {}, report["queries"] or {}, report["commands"] or {}
     plan = report["plan"] or {}
     rss = node.get("rss_max_bytes")
@@ -422,7 +422,7 @@ def render(report: dict[str, Any]) -> str:
         out.append(f"  node exit {report['node_exit_code']}; its log ends:\n"
                    f"{report['node_log_tail']}")
     out.append("")
-    out.append("  against issue 12's targets")
+    out.append("  against the targets")
     for name, value, target, met in targets(report):
         mark = "-" if met is None else ("✓" if met else "✗")
         out.append(f"    {name:<28} {value:<32} {target:<40} {mark}")
@@ -440,7 +440,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m bench.scale",
                                 description="A node over many apartments: memory, threads "
-                                            "and search latency against issue 12's targets.")
+                                            "and search latency against their targets.")
     p.add_argument("--apartments", type=positive, default=1_000_000)
     p.add_argument("--max-live", type=positive, default=ActorSettings().max_live,
                    help="the node's live-actor cap (default: the configured one)")

@@ -28,8 +28,9 @@ Every run but publish/consume reports CPU milliseconds per message of its proces
 (responders or nodes) plus the broker, read from ``/proc`` (:mod:`bench.cpu`); a
 Staybook run's CPU is counted until the node(s) drained the events its commands left,
 so it is what a command costs, and nothing leaks into the next run. The table ends
-with Staybook against the best raw figures and the targets of issue 12; those are
-information, not the exit status.
+with Staybook against the best raw figures and the performance targets (CPU per
+command, rate, paced latency: :mod:`bench.report`); those are information, not the
+exit status.
 
 The parts: :mod:`bench.workload` (the seeded commands), :mod:`bench.measure`
 (pipelined and paced publishing, timing), :mod:`bench.procs` (the private broker, the

@@ -267,7 +267,7 @@ class ConsumerHub(ReconnectingService):
 
     Every queue a node consumes (its command partitions, the handlers' queues, the
     dead letters) is a :class:`RabbitConsumer` on the broker's one hub. A thread per
-    queue used to cost a wake-up per delivery and per settle on each of them; here one
+    queue would cost a wake-up per delivery and per settle on each of them; here one
     ``process_data_events`` round reads the frames of every queue, and one wake-up
     sends a burst of replies and acks, whichever queues they are for.
 
@@ -904,10 +904,10 @@ class AsyncConfirmPublisher(Publisher):
             )
         except Exception as exc:
             raise PublishFailed(repr(exc)) from exc
-        # Wait in slices: if the I/O loop stopped before it ran the callback above,
-        # nobody will ever settle this batch (found by the fault drill: a broker
-        # shutdown left the relay waiting out the whole timeout). A closed publisher
-        # fails the wait at once.
+        # Wait in slices: if the I/O loop stopped before it ran the callback above (a
+        # broker shutdown), nobody will ever settle this batch, and one long wait
+        # would hold the relay for the whole timeout. A closed publisher fails the
+        # wait at once.
         deadline = time.monotonic() + timeout
         while not batch.done.wait(0.05):
             if self._closed.is_set():

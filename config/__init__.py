@@ -59,7 +59,7 @@ class BrokerSettings(BaseModel):
     # consistent-hash exchange. Choose P much larger than the number of nodes; changing
     # it re-maps apartments to partitions (drain the queues first). 0: one intake
     # queue that every node consumes at once (no per-apartment order across nodes; the
-    # store's fence still prevents double bookings; used to test exactly that).
+    # store's fence still prevents double bookings; tests use it to check exactly that).
     partitions: int = Field(DEFAULT_PARTITIONS, ge=0, le=1024)
 
     @field_validator("url")

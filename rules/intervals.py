@@ -2,8 +2,8 @@
 
 The apartment asks, for every request, acceptance and block, which accepted stays,
 pending requests or blocks share a night with some nights [start, end). Scanning
-them all made every command cost as much as the apartment's whole history; this index
-answers in O(log n + k).
+them all would make every command cost as much as the apartment's whole history; this
+index answers in O(log n + k).
 
 The entries ``(start, end, key)`` (dates as ordinals) are kept sorted by start, in
 chunks of at most ``2 * CHUNK``. An update copies one chunk and the tuple of chunk

@@ -43,7 +43,7 @@ class InsertRow:
     """An effect: insert ``row`` into ``table``.
 
     The writer inserts every commit's rows for one table with one statement per batch
-    (an ``executemany``), where a statement per commit cost a fifth of a command's CPU.
+    (an ``executemany``): a statement per commit costs about a fifth of a command's CPU.
     """
 
     table: Table
@@ -373,7 +373,7 @@ class StoreWriter:
         # The batch failed (another node took a version, or a message was handled
         # already). Re-read what the batch depends on, refuse what the store decided,
         # and write the rest in one transaction again; one by one only if that fails
-        # too. Without this screen one conflict cost a transaction per commit.
+        # too. Without this screen one conflict would cost a transaction per commit.
         self.conflicts += 1
         try:
             survivors = self._screen(batch)
