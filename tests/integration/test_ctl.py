@@ -40,7 +40,7 @@ from node import Node
 from rules.apartment import Apartment, StayStatus, evolve
 from rules.clock import pinned
 from store import Commit
-from tests.conftest import TODAY, day, make_settings, unique
+from tests.conftest import TODAY, day, eventually, make_settings, unique
 from tests.integration.conftest import _delete_prefix
 
 
@@ -438,6 +438,15 @@ def test_an_entity_action_finds_the_one_node_it_is_live_on(
     b = node_factory(node_name="node-b")
     wait_control(a)
     wait_control(b)
+    # Once the partitions are split: a node gives a partition's actors up with it.
+    assert a.partitions is not None and b.partitions is not None
+    every = list(range(a.topology.partitions))
+
+    def split() -> bool:
+        held_a, held_b = a.partitions.held(), b.partitions.held()  # type: ignore[union-attr]
+        return bool(held_a) and bool(held_b) and sorted([*held_a, *held_b]) == every
+
+    eventually(split, timeout=30)
     with Client(amqp_url, a.topology) as c:
         assert add_apartment(c, "apt-r")["status"] == "ok"
     assert "restarting" in ctl(a, "restart", "apartment:apt-r")  # no --node needed
