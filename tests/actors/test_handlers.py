@@ -155,15 +155,21 @@ def test_a_declined_token_records_payment_failed(memory_node: Node) -> None:
     assert [c["status"] for c in ledger(memory_node, "r3")] == ["declined"]
 
 
-@pytest.fixture
-def declining_node(tmp_path: Path) -> Iterator[Node]:
-    """A node whose simulated gateway declines every charge."""
+def _payment_node(tmp_path: Path, **payment: float) -> Iterator[Node]:
+    """A started node whose payment settings are ``payment``."""
     settings = make_settings(tmp_path)
-    settings.payment.decline_rate = 1.0
+    for name, value in payment.items():
+        setattr(settings.payment, name, value)
     node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture
+def declining_node(tmp_path: Path) -> Iterator[Node]:
+    """A node whose simulated gateway declines every charge."""
+    yield from _payment_node(tmp_path, decline_rate=1.0)
 
 
 def test_a_gateway_declining_everything_records_payment_failed(declining_node: Node) -> None:
@@ -379,12 +385,7 @@ def test_search_filters_by_currency_and_each_hit_names_its_own(memory_node: Node
 @pytest.fixture
 def impatient_node(tmp_path: Path) -> Iterator[Node]:
     """A node whose payment waits only briefly for a charge before a refund."""
-    settings = make_settings(tmp_path)
-    settings.payment.charge_wait_seconds = 0.2
-    node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
-    node.start()
-    yield node
-    node.stop()
+    yield from _payment_node(tmp_path, charge_wait_seconds=0.2)
 
 
 def test_a_cancellation_handled_before_its_charge_is_refunded(impatient_node: Node) -> None:

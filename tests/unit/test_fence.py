@@ -48,8 +48,11 @@ def _event(title: str) -> Envelope:
     return Envelope.new(payload, apartment_id="a1")
 
 
-def _commit(writer: StoreWriter, expected: int, lineage: int, title: str
-            ) -> tuple[threading.Event, list[BaseException | None]]:
+Pending = tuple[threading.Event, list[BaseException | None]]
+
+
+def _submit(writer: StoreWriter, commit: Commit) -> Pending:
+    """Submit ``commit``; what ``_wait`` reads its outcome from."""
     done = threading.Event()
     out: list[BaseException | None] = []
 
@@ -57,12 +60,17 @@ def _commit(writer: StoreWriter, expected: int, lineage: int, title: str
         out.append(exc)
         done.set()
 
-    writer.submit(Commit(stream_id=STREAM, expected_version=expected, events=[_event(title)],
-                         on_done=on_done, lineage=lineage))
+    commit.on_done = on_done
+    writer.submit(commit)
     return done, out
 
 
-def _wait(pending: tuple[threading.Event, list[BaseException | None]]) -> BaseException | None:
+def _commit(writer: StoreWriter, expected: int, lineage: int, title: str) -> Pending:
+    return _submit(writer, Commit(stream_id=STREAM, expected_version=expected,
+                                  events=[_event(title)], lineage=lineage))
+
+
+def _wait(pending: Pending) -> BaseException | None:
     done, out = pending
     assert done.wait(DEADLINE), "commit never finished"
     return out[0]
@@ -225,20 +233,11 @@ def test_a_batch_that_meets_a_conflict_is_screened_not_split_into_single_commits
     assert a.batches == batches + 2
 
 
-def _quiet(writer: StoreWriter, expected: int, lineage: int, mid: str
-           ) -> tuple[threading.Event, list[BaseException | None]]:
+def _quiet(writer: StoreWriter, expected: int, lineage: int, mid: str) -> Pending:
     """An actor's decision with no events: only its inbox row (and the fence)."""
-    done = threading.Event()
-    out: list[BaseException | None] = []
-
-    def on_done(exc: BaseException | None) -> None:
-        out.append(exc)
-        done.set()
-
-    writer.submit(Commit(stream_id=STREAM, expected_version=expected, lineage=lineage,
-                         inbox=InboxEntry("intake", mid, lambda pos: str(pos).encode()),
-                         on_done=on_done))
-    return done, out
+    return _submit(writer, Commit(
+        stream_id=STREAM, expected_version=expected, lineage=lineage,
+        inbox=InboxEntry("intake", mid, lambda pos: str(pos).encode())))
 
 
 def _replies(engine: Engine) -> dict[str, bytes]:
