@@ -120,6 +120,11 @@ class Crash:
     reason: str = "drill"
 
 
+@dataclass(frozen=True)
+class Ping:
+    """Ask any supervised actor whether it runs; it answers ``"pong"``."""
+
+
 class Gate(Protocol):
     """What a child needs of a shared dependency to ride out its outages."""
 
@@ -366,7 +371,7 @@ class SupervisedActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         """Run :meth:`receive`, reporting any failure and stopping the actor."""
-        if message == "ping":
+        if isinstance(message, Ping):
             return "pong"
         if self._link is not None and self._link.closing:
             return None  # shutting down: the broker redelivers what is skipped
@@ -566,10 +571,10 @@ class Child(Protocol):
 
 
 class ActorChild:
-    """A pykka actor child; ``ping`` is asked once to prove it started.
+    """A pykka actor child; :class:`Ping` is asked once to prove it started.
 
     Raises:
-        RuntimeError: if the actor did not answer ``ping`` in ``start_timeout``.
+        RuntimeError: if the actor did not answer :class:`Ping` in ``start_timeout``.
     """
 
     def __init__(self, ref: pykka.ActorRef[Any], *, start_timeout: float = 10.0,
@@ -578,7 +583,7 @@ class ActorChild:
         self.urn = ref.actor_urn
         self.kind = kind
         try:
-            ref.ask("ping", timeout=start_timeout)
+            ref.ask(Ping(), timeout=start_timeout)
         except Exception as exc:
             self.abandon()
             raise RuntimeError(f"child {self.urn} did not start: {exc!r}") from exc
@@ -793,6 +798,23 @@ class _Restart:
     generation: int
 
 
+@dataclass(frozen=True)
+class WhichChildren:
+    """Ask a supervisor for its children's rows (:meth:`Supervisor.which_children`)."""
+
+
+@dataclass(frozen=True)
+class CountChildren:
+    """Ask a supervisor for its counts (:meth:`Supervisor.count_children`)."""
+
+
+@dataclass(frozen=True)
+class RefOf:
+    """Ask a supervisor for its running child ``child_id`` (:meth:`Supervisor.ref_of`)."""
+
+    child_id: str
+
+
 class SupervisorGaveUp(Exception):
     """Too many restarts: the supervisor stopped its children and failed."""
 
@@ -907,12 +929,12 @@ class Supervisor(SupervisedActor):
             if message.generation == self._generation:
                 self._restart_now(message.indices)
             return None
-        if message == "which_children":
+        if isinstance(message, WhichChildren):
             return self.which_children()
-        if message == "count_children":
+        if isinstance(message, CountChildren):
             return self.count_children()
-        if isinstance(message, tuple) and message and message[0] == "ref_of":
-            return self.ref_of(message[1])
+        if isinstance(message, RefOf):
+            return self.ref_of(message.child_id)
         raise ValueError(f"{self.name}: unexpected message {message!r}")
 
     def _find(self, urn: str) -> _State | None:
@@ -1119,7 +1141,7 @@ class Application:
                                      strategy=self._strategy, intensity=self._intensity,
                                      handler_timeout=self._handler_timeout)
         try:
-            self.root.ask("ping", timeout=120)
+            self.root.ask(Ping(), timeout=120)
         except Exception as exc:
             raise RuntimeError(f"the supervision tree did not start: {exc}") from exc
 
@@ -1147,11 +1169,11 @@ class Application:
 
 
 def _expand(ref: pykka.ActorRef[Any]) -> list[dict[str, Any]]:
-    children: list[dict[str, Any]] = ref.ask("which_children", timeout=5)  # type: ignore[assignment]
+    children: list[dict[str, Any]] = ref.ask(WhichChildren(), timeout=5)  # type: ignore[assignment]
     for c in children:
         if c.get("kind") != "supervisor":
             continue
-        sub = ref.ask(("ref_of", c["id"]), timeout=5)
+        sub = ref.ask(RefOf(c["id"]), timeout=5)
         if isinstance(sub, pykka.ActorRef):
             with contextlib.suppress(Exception):
                 c["children"] = _expand(sub)

@@ -2,8 +2,8 @@
 
 Crash reporting (:class:`supervisor.SupervisedActor`) is the supervision runtime's;
 this module adds what an entity needs on top: its memory, the commit fence, the
-inbox replies, its snapshots and the messages (:class:`Handle`, :class:`Reload`)
-that drive it.
+inbox replies, its snapshots, the messages (:class:`Handle`, :class:`Reload`)
+that drive it and the requests (:class:`GetState`, :class:`GetVersion`) that read it.
 """
 
 from __future__ import annotations
@@ -67,6 +67,16 @@ class Reload:
     """
 
     lineage: int = 0
+
+
+@dataclass(frozen=True)
+class GetState:
+    """Ask an entity for its state in memory."""
+
+
+@dataclass(frozen=True)
+class GetVersion:
+    """Ask an entity for its version: the number of events its state holds."""
 
 
 @dataclass(frozen=True)
@@ -241,7 +251,7 @@ class EntityActor(SupervisedActor, Generic[S]):
             return super().on_receive(message)
 
     def receive(self, message: Any) -> Any:
-        """Handle :class:`Handle` and :class:`CommitFailed`; answer introspection."""
+        """Handle :class:`Handle` and :class:`CommitFailed`; answer the ``Get*`` requests."""
         if isinstance(message, Handle):
             self.last_active = time.monotonic()
             self._catch_up()
@@ -252,9 +262,9 @@ class EntityActor(SupervisedActor, Generic[S]):
         if isinstance(message, Reload):
             self._catch_up()
             return None
-        if message == "state":
+        if isinstance(message, GetState):
             return self.state
-        if message == "version":
+        if isinstance(message, GetVersion):
             return self.version
         raise ValueError(f"{self.name}: unexpected message {message!r}")
 

@@ -228,6 +228,11 @@ class Recheck:
     tick: bool = False
 
 
+@dataclass(frozen=True)
+class CountWaiting:
+    """Ask the search actor how many queries it has parked."""
+
+
 class SearchActor(HandlerActor):
     """Keeps the search read model and answers ``SearchApartments``.
 
@@ -252,7 +257,7 @@ class SearchActor(HandlerActor):
         self._poked = False  # a Recheck is in the mailbox (set from the writer thread)
 
     def receive(self, message: Any) -> Any:
-        """Handle events, queries, re-checks; ``"waiting"`` counts parked queries."""
+        """Handle events, queries, re-checks; answer :class:`CountWaiting`."""
         if isinstance(message, Recheck):
             if message.tick:
                 self._timer = None
@@ -260,7 +265,7 @@ class SearchActor(HandlerActor):
                 self._poked = False
             self._recheck()
             return None
-        if message == "waiting":
+        if isinstance(message, CountWaiting):
             return len(self.waiters)
         if isinstance(message, Handle) and message.envelope.kind is Kind.QUERY:
             self._query(message.envelope, message.ticket)

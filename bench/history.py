@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from actors.apartment import ApartmentActor
-from actors.base import EntityContext, Handle
+from actors.base import EntityContext, GetVersion, Handle
 from actors.outcome import Ticket
 from config import ActorSettings
 from messages import (
@@ -118,7 +118,7 @@ def write_history(ctx: EntityContext, apartment_id: str, events: int) -> History
         for c in commands(events, f"{apartment_id}."):
             env = Envelope.new(c, apartment_id=apartment_id)
             ref.tell(Handle(env, Ticket(lambda _o: None, message_id=env.message_id)))
-        version = ref.ask("version")
+        version = ref.ask(GetVersion())
         ctx.writer.barrier(timeout=120)
     finally:
         ref.stop()

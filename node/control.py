@@ -37,6 +37,7 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 from pydantic import BaseModel
 
+from actors.base import GetState, GetVersion
 from actors.directory import Directory
 from actors.lookup import resolve, stored_state
 from broker.rabbitmq import RabbitConsumer, ReconnectingService, connection_parameters
@@ -46,7 +47,7 @@ from node.repair import unpaid_bookings
 from node.threads import thread_cpu
 from rules.apartment import Apartment, Stay, StayStatus
 from store.deadletters import DEAD, REPLAYED, REPLAYING
-from supervisor import Crash
+from supervisor import Crash, RefOf, WhichChildren
 
 if TYPE_CHECKING:
     from node import Node
@@ -251,8 +252,8 @@ class ControlService(ReconnectingService):
             state: Any = None
             if ref is not None:
                 try:
-                    state = state_view(ref.ask("state", timeout=ASK_TIMEOUT))
-                    entity["version"] = ref.ask("version", timeout=ASK_TIMEOUT)
+                    state = state_view(ref.ask(GetState(), timeout=ASK_TIMEOUT))
+                    entity["version"] = ref.ask(GetVersion(), timeout=ASK_TIMEOUT)
                 except Exception as exc:  # noqa: BLE001 - dead, stuck or crashed: say so
                     state = {"unavailable": repr(exc)}
             entity["state"] = state
@@ -384,14 +385,14 @@ class ControlService(ReconnectingService):
 
 def _find(sup: pykka.ActorRef[Any], path: list[str], at: str
           ) -> tuple[dict[str, Any], Any] | None:
-    children: list[dict[str, Any]] = sup.ask("which_children", timeout=ASK_TIMEOUT)  # type: ignore[assignment]
+    children: list[dict[str, Any]] = sup.ask(WhichChildren(), timeout=ASK_TIMEOUT)  # type: ignore[assignment]
     for c in children:
         here = f"{at}/{c['id']}" if at else c["id"]
         if c["id"] == path[-1] and (len(path) == 1 or here.endswith("/".join(path))):
             c["path"] = here
-            return c, sup.ask(("ref_of", c["id"]), timeout=ASK_TIMEOUT)
+            return c, sup.ask(RefOf(c["id"]), timeout=ASK_TIMEOUT)
         if c.get("kind") == "supervisor":
-            sub = sup.ask(("ref_of", c["id"]), timeout=ASK_TIMEOUT)
+            sub = sup.ask(RefOf(c["id"]), timeout=ASK_TIMEOUT)
             if isinstance(sub, pykka.ActorRef):
                 found = _find(sub, path, here)
                 if found is not None:

@@ -46,6 +46,7 @@ _ID = re.compile(ID_PATTERN)
 COMMAND_KINDS = frozenset({Kind.COMMAND})
 HANDLER_KINDS = frozenset({Kind.EVENT})
 SEARCH_KINDS = frozenset({Kind.EVENT, Kind.QUERY})
+HANDLERS = (Consumer.PAYMENT, Consumer.NOTIFIER, Consumer.SEARCH)  # a handler actor each
 
 
 @dataclass
@@ -88,8 +89,7 @@ class Intake:
         self._queries_exchange = queries_exchange
         self._max_bytes = max_bytes
         self.counters = counters
-        self.routes: dict[str, _Route] = {c: _Route() for c in ("payment", "notifier",
-                                                                 "search")}
+        self.routes: dict[Consumer, _Route] = {c: _Route() for c in HANDLERS}
 
     def on_command(self, delivery: Delivery) -> None:
         try:
@@ -135,10 +135,9 @@ class Intake:
         except RuntimeError:
             ticket.requeue()
 
-    def handler_delivery(self, name: str, kinds: frozenset[Kind] = HANDLER_KINDS
+    def handler_delivery(self, consumer: Consumer, kinds: frozenset[Kind] = HANDLER_KINDS
                           ) -> Callable[[Delivery], None]:
-        route = self.routes[name]
-        consumer = Consumer(name)
+        route = self.routes[consumer]
 
         def on_delivery(delivery: Delivery) -> None:
             env = self._parse(delivery, kinds)
@@ -167,7 +166,7 @@ class Intake:
             self.counters.events_handled += 1
             try:
                 if ref is None:
-                    raise pykka.ActorDeadError(name)
+                    raise pykka.ActorDeadError(consumer.value)
                 ref.tell(Handle(env, ticket))
             except pykka.ActorDeadError:
                 ticket.requeue()

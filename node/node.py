@@ -59,6 +59,7 @@ from supervisor import (
     Dependency,
     DependencyDown,
     Intensity,
+    Ping,
     ReportFailure,
     Restart,
     Strategy,
@@ -207,25 +208,26 @@ class Node:
         if events:
             intake += [
                 self._consumer_spec(Consumer.SEARCH,
-                                    self.intake.handler_delivery("search", SEARCH_KINDS)),
-                self._consumer_spec(Consumer.PAYMENT, self.intake.handler_delivery("payment")),
+                                    self.intake.handler_delivery(Consumer.SEARCH, SEARCH_KINDS)),
+                self._consumer_spec(Consumer.PAYMENT,
+                                    self.intake.handler_delivery(Consumer.PAYMENT)),
                 self._consumer_spec(Consumer.NOTIFIER,
-                                    self.intake.handler_delivery("notifier")),
+                                    self.intake.handler_delivery(Consumer.NOTIFIER)),
                 self._consumer_spec(Consumer.RESERVATIONS, self.intake.on_reservation_event),
             ]
         # Every node records dead letters: the queue is only where they land.
         intake.append(self._dead_letter_spec())
         handlers = [
-            self._handler_spec("payment", lambda r: PaymentActor.start(
+            self._handler_spec(Consumer.PAYMENT, lambda r: PaymentActor.start(
                 "payment", self.store, self.writer, r, self.gateway,
                 max_attempts=self.settings.payment.max_attempts,
                 retry_delay=self.settings.payment.retry_delay,
                 charge_wait=self.settings.payment.charge_wait_seconds)),
-            self._handler_spec("notifier", lambda r: NotifierActor.start(
+            self._handler_spec(Consumer.NOTIFIER, lambda r: NotifierActor.start(
                 "notifier", self.store, self.writer, r)),
             # Parked queries hold unacked deliveries: leave most of the prefetch to the
             # events they wait for.
-            self._handler_spec("search", lambda r: SearchActor.start(
+            self._handler_spec(Consumer.SEARCH, lambda r: SearchActor.start(
                 "search", self.store, self.writer, r, max_waiting=min(
                     MAX_WAITING, self.settings.broker.handler_prefetch // 2))),
         ]
@@ -282,10 +284,10 @@ class Node:
             return []
         return [service_child("smtp", lambda: smtp, backoff=backoff)]
 
-    def _handler_spec(self, name: str,
+    def _handler_spec(self, consumer: Consumer,
                       start: Callable[[ReportFailure], pykka.ActorRef[Any]]
                       ) -> ChildSpec:
-        route = self.intake.routes[name]
+        route = self.intake.routes[consumer]
 
         def give_back() -> None:
             with route.lock:
@@ -304,7 +306,7 @@ class Node:
                 route.ref = ref
             return child
 
-        return ChildSpec(id=name, start=start_child, restart=Restart.PERMANENT,
+        return ChildSpec(id=consumer.value, start=start_child, restart=Restart.PERMANENT,
                          backoff=backoff_of(self.settings.supervision.handlers))
 
     def _consumer_spec(self, consumer: Consumer, on_delivery: Callable[[Delivery], None],
@@ -405,7 +407,7 @@ class Node:
         if root is None or not root.is_alive():
             return False, "the supervision tree is not running"
         try:
-            root.ask("ping", timeout=LIVENESS_TIMEOUT)
+            root.ask(Ping(), timeout=LIVENESS_TIMEOUT)
         except Exception:  # noqa: BLE001 - stuck or dead: either way not alive
             return False, f"the root supervisor did not answer in {LIVENESS_TIMEOUT:.0f}s"
         return True, "alive"
@@ -414,9 +416,14 @@ class Node:
         """The store stayed down past its limit: end the node with that one line."""
         self.app.fail("store", DependencyDown(reason))
 
-    def handler(self, name: str) -> pykka.ActorRef[Any] | None:
-        """The current actor of a handler (``payment``, ``notifier``, ``search``)."""
-        return self.intake.routes[name].ref
+    def handler(self, name: Consumer | str) -> pykka.ActorRef[Any] | None:
+        """The current actor of a handler (``payment``, ``notifier``, ``search``).
+
+        Raises:
+            ValueError: if ``name`` is no consumer.
+            KeyError: if it is a consumer without a handler actor.
+        """
+        return self.intake.routes[Consumer(name)].ref
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree gives up (True) or ``timeout`` passes (False)."""

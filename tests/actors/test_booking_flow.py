@@ -11,6 +11,7 @@ import pykka
 import pytest
 from sqlalchemy import func, select
 
+from actors.base import GetState
 from actors.notifier import notifications
 from broker.base import Outgoing
 from broker.memory import MemoryBroker
@@ -251,7 +252,7 @@ def test_a_message_id_reused_for_another_request_is_refused(
     assert letter.letter.reason == "idempotency_conflict"
     state = memory_node.directory.ref("apartment:a1")
     assert state is not None
-    apartment: Any = state.ask("state")
+    apartment: Any = state.ask(GetState())
     stays = apartment.stays
     assert (stays["r1"].start, stays["r1"].end) == (day(7), day(9))  # unchanged
 

@@ -39,6 +39,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from actors.base import GetState
 from actors.outcome import Outcome, Ticket
 from broker.memory import MemoryBroker
 from messages import (
@@ -347,7 +348,7 @@ class Ownership(RuleBasedStateMachine):
             assert d.restart(eid)
         new = d.ref(eid)
         assert new is not None
-        assert new.ask("state") == self._replayed(apt)
+        assert new.ask(GetState()) == self._replayed(apt)
         if self.owner[apt] == i:
             self.warm[apt] = True
 
@@ -366,7 +367,7 @@ class Ownership(RuleBasedStateMachine):
             ref = self.nodes[self.owner[apt]].directory.ref(f"apartment:{apt}")
             if not self.warm[apt] or ref is None:
                 continue
-            assert ref.ask("state") == self._replayed(apt), apt
+            assert ref.ask(GetState()) == self._replayed(apt), apt
 
 
 Ownership.TestCase.settings = settings(

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from actors.search import CountWaiting
 from broker.base import Outgoing
 from broker.memory import MemoryBroker
 from messages import (
@@ -106,9 +107,9 @@ def deliver_to_search(node: Node, env: Envelope) -> None:
 
 
 def waiting(node: Node) -> int:
-    ref = node.handler("search")
+    ref = node.handler(Consumer.SEARCH)
     assert ref is not None
-    n = ref.ask("waiting", timeout=DEADLINE)
+    n = ref.ask(CountWaiting(), timeout=DEADLINE)
     assert isinstance(n, int)
     return n
 

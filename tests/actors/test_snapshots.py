@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import update
 
 from actors.apartment import ApartmentActor
+from actors.base import GetState, GetVersion
 from broker.memory import MemoryBroker
 from messages import AcceptReservation, AddApartment, RejectReservation, RequestReservation
 from node import Node
@@ -91,7 +92,7 @@ def live_state(node: Node, apt: str) -> tuple[Any, Any]:
     """The live actor's memory: its state and version."""
     ref = node.directory.ref(f"apartment:{apt}")
     assert ref is not None
-    return ref.ask("state"), ref.ask("version")
+    return ref.ask(GetState()), ref.ask(GetVersion())
 
 
 def test_snapshots_are_written_as_the_stream_grows_and_rehydration_starts_there(

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from actors.base import GetState
 from actors.directory import Directory
 from actors.outcome import Outcome, Ticket
 from broker.memory import MemoryBroker
@@ -103,7 +104,7 @@ def test_a_stale_actor_decides_a_no_op_again_from_the_stream(
     assert stay.status is StayStatus.CANCELLED
     # A's actor now holds the stream as it is.
     ref = a.directory.ref(f"apartment:{APT}")
-    assert ref is not None and ref.ask("state") == _replayed(a)
+    assert ref is not None and ref.ask(GetState()) == _replayed(a)
 
 
 def test_a_stale_actor_does_not_drop_an_expiry(two_nodes: tuple[Node, Node]) -> None:
@@ -155,7 +156,7 @@ def test_releasing_a_source_stops_its_actors(tmp_path: Path) -> None:
         d.dispatch("apartment", "apt-2", other, ticket(), source="q.p002")
         eventually(lambda: len(settled) == 2)
         first = d.ref(f"apartment:{APT}")
-        assert first is not None and isinstance(first.ask("state"), Apartment)
+        assert first is not None and isinstance(first.ask(GetState()), Apartment)
         assert d.release("q.p001") == 1
         assert first.actor_stopped.is_set()
         assert d.ref(f"apartment:{APT}") is None

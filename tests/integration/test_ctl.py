@@ -40,6 +40,7 @@ from node import Node
 from rules.apartment import Apartment, StayStatus, evolve
 from rules.clock import pinned
 from store import Commit
+from supervisor import RefOf
 from tests.conftest import TODAY, day, eventually, make_settings, unique
 from tests.integration.conftest import _delete_prefix
 
@@ -78,7 +79,7 @@ def add_apartment(client: Client, apt: str) -> dict[str, Any]:
 
 def wait_control(node: Node) -> None:
     assert node.app.root is not None
-    control: Any = node.app.root.ask(("ref_of", "control"), timeout=5)
+    control: Any = node.app.root.ask(RefOf("control"), timeout=5)
     assert control.connected.wait(15)
 
 

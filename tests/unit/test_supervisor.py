@@ -18,15 +18,19 @@ from supervisor import (
     Application,
     Backoff,
     ChildSpec,
+    CountChildren,
     Failure,
     Intensity,
     Link,
+    Ping,
+    RefOf,
     ReportFailure,
     Restart,
     Shutdown,
     Strategy,
     SupervisedActor,
     Supervisor,
+    WhichChildren,
     supervisor_child,
 )
 from tests.conftest import eventually
@@ -105,17 +109,17 @@ def start_sup(specs: list[ChildSpec], **kw: Any) -> tuple[pykka.ActorRef[Supervi
     failures: list[Failure] = []
     kw.setdefault("check_interval", 0.02)
     ref = Supervisor.start("sup", specs, failures.append, **kw)
-    ref.ask("ping", timeout=10)
+    ref.ask(Ping(), timeout=10)
     return ref, failures
 
 
 def children(ref: pykka.ActorRef[Supervisor]) -> dict[str, dict[str, Any]]:
-    rows: list[dict[str, Any]] = ref.ask("which_children", timeout=5)  # type: ignore[assignment]
+    rows: list[dict[str, Any]] = ref.ask(WhichChildren(), timeout=5)  # type: ignore[assignment]
     return {r["id"]: r for r in rows}
 
 
 def child_ref(ref: pykka.ActorRef[Supervisor], cid: str) -> pykka.ActorRef[Any]:
-    got = ref.ask(("ref_of", cid), timeout=5)
+    got = ref.ask(RefOf(cid), timeout=5)
     assert isinstance(got, pykka.ActorRef)
     return got
 
@@ -142,7 +146,7 @@ def test_a_failed_start_stops_the_started_ones_and_fails() -> None:
     ref = Supervisor.start("sup", [spec("a", log), spec("b", log, fail_start=lambda: True),
                                    spec("c", log)], lambda _f: None)
     with pytest.raises(pykka.ActorDeadError):
-        ref.ask("ping", timeout=10)
+        ref.ask(Ping(), timeout=10)
     assert ("start", "c") not in log and ("stop", "a") in log
 
 
@@ -225,7 +229,7 @@ def test_restart_types(restart: Restart, after_crash: bool, after_exit: bool) ->
     else:
         eventually(lambda: children(ref)["a"]["status"] == "crashed")
         time.sleep(0.1)
-        assert children(ref)["a"]["restarts"] == 0 and ref.ask(("ref_of", "a")) is None
+        assert children(ref)["a"]["restarts"] == 0 and ref.ask(RefOf("a")) is None
 
 
 def test_shutdown_timeout_abandons_a_child_that_will_not_stop() -> None:
@@ -278,9 +282,9 @@ def test_escalation_reaches_the_root_and_the_application_fails() -> None:
     assert app.root is not None
 
     def crash_a() -> None:
-        handlers = app.root.ask(("ref_of", "handlers"), timeout=5)  # type: ignore[union-attr]
+        handlers = app.root.ask(RefOf("handlers"), timeout=5)  # type: ignore[union-attr]
         if isinstance(handlers, pykka.ActorRef) and handlers.is_alive():
-            a = handlers.ask(("ref_of", "a"), timeout=5)
+            a = handlers.ask(RefOf("a"), timeout=5)
             if isinstance(a, pykka.ActorRef):
                 with contextlib.suppress(pykka.ActorDeadError):
                     a.tell("boom")
@@ -303,7 +307,7 @@ def test_backoff_delays_follow_the_schedule_on_a_fake_clock() -> None:
     for n in range(1, 6):
         child_ref(ref, "a").tell("boom")
         eventually(lambda: children(ref)["a"]["status"] == "restarting")
-        assert ref.ask(("ref_of", "a"), timeout=5) is None  # not restarted before its time
+        assert ref.ask(RefOf("a"), timeout=5) is None  # not restarted before its time
         clock.run_all()
         eventually(running_after(ref, "a", n))
     assert clock.delays == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
@@ -334,7 +338,7 @@ def test_introspection() -> None:
     log: Log = []
     inner = supervisor_child("inner", [spec("x", log)])
     ref, _ = start_sup([spec("a", log), inner])
-    counts = ref.ask("count_children", timeout=5)
+    counts = ref.ask(CountChildren(), timeout=5)
     assert counts == {"specs": 2, "active": 2, "supervisors": 1, "workers": 1}
     rows = children(ref)
     assert rows["a"]["kind"] == "worker" and rows["a"]["mailbox"] == 0
