@@ -1,7 +1,7 @@
 """The short store drill (CI): PostgreSQL restarted, killed and cut off under traffic.
 
-``make drill-store`` runs the whole one (``python -m tests.faults.store_drill``), with
-a 30 s outage as well.
+``make drill-store`` runs the whole one (``python -m tests.faults.store_drill``): an
+immediate restart and outages of 5 and 30 s as well.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def test_short_store_drill_rides_out_every_outage(tmp_path: Path) -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    figures = run_store_drill(workdir=tmp_path, short=True, producers=3, seed=5)
+    figures = run_store_drill(workdir=tmp_path, short=True, producers=3, seed=5,
+                              settle=2.0)
     print(report(figures))
     rows = figures["faults_table"]
     assert [r["fault"] for r in rows] == [f.name for f in faults(short=True)]
