@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.drill, pytest.mark.integration, pytest.mark.postgresql
 @pytest.mark.timeout(600)
 def test_short_cluster_drill_loses_duplicates_and_overlaps_nothing(
         tmp_path: Path, postgresql_proc: Any) -> None:
-    seconds = float(os.environ.get("CLUSTER_DRILL_SECONDS", "45"))
+    seconds = float(os.environ.get("CLUSTER_DRILL_SECONDS", "35"))
     url = postgresql_url(postgresql_proc)
     try:
         figures = run_cluster_drill(seconds=seconds, db_url=url, producers=4, seed=11,

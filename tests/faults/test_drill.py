@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.drill, pytest.mark.integration]
 
 @pytest.mark.timeout(420)
 def test_short_drill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    seconds = float(os.environ.get("DRILL_SECONDS", "40"))
+    seconds = float(os.environ.get("DRILL_SECONDS", "30"))
     figures = run_drill(seconds=seconds, producers=4, seed=7, workdir=tmp_path)
     print(report(figures))
     print("\n".join(figures.get("evidence", [])))  # the offenders' streams, if any
