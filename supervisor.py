@@ -128,14 +128,8 @@ class Ping:
 class Gate(Protocol):
     """What a child needs of a shared dependency to ride out its outages."""
 
-    def is_outage(self, exc: BaseException) -> bool:
-        """Whether ``exc`` means the dependency cannot be reached."""
-
-    def trip(self, exc: BaseException | None = None) -> None:
-        """Mark the dependency down and have it probed."""
-
-    def wait_up(self, timeout: float | None = None) -> bool:
-        """Wait until it is back; False after ``timeout``."""
+    def ride_out(self, exc: BaseException, stop: Callable[[], bool] = ...) -> bool:
+        """True once the outage ``exc`` shows is over (see :meth:`Dependency.ride_out`)."""
 
 
 class DependencyDown(Exception):
@@ -241,26 +235,25 @@ class Dependency:
                 return False
         return True
 
-    def call(self, fn: Callable[[], _T], *, stop: Callable[[], bool] = lambda: False) -> _T:
-        """``fn()``, retried after each outage it meets once the dependency is back.
+    def ride_out(self, exc: BaseException, stop: Callable[[], bool] = lambda: False
+                 ) -> bool:
+        """Wait out the outage ``exc`` shows: True once the dependency is back, so the
+        caller does its work again.
 
-        Args:
-            stop: polled while waiting; when it turns True the outage error is raised.
-
-        Raises:
-            DependencyDown: when the dependency stayed down past its limit.
+        False at once when ``exc`` is no outage (the caller's own fault), and False when
+        ``stop()`` turns true while waiting or the dependency was given up on: the
+        caller then fails as it would have without this dependency.
         """
-        while True:
-            try:
-                return fn()
-            except Exception as exc:
-                if not self.is_outage(exc):
-                    raise
-                self.trip(exc)
-                while not self.wait_up(0.5):
-                    if stop():
-                        raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        if not self.is_outage(exc):
+            return False
+        self.trip(exc)
+        try:
+            while not self.wait_up(0.5):
+                if stop():
+                    return False
+        except DependencyDown:
+            return False
+        return True
 
     # --- the service --------------------------------------------------------------
     def start(self) -> None:
@@ -403,24 +396,27 @@ class SupervisedActor(pykka.ThreadingActor):
         if dep is None:
             return hook()
         link = self._link
+
+        def closing() -> bool:
+            return link is not None and link.closing
+
         while True:
             try:
                 return hook()
             except Exception as exc:
-                if not dep.is_outage(exc) or (link is not None and link.closing):
+                if closing():
                     raise
-                dep.trip(exc)
                 busy, self.waiting = (None if link is None else link.busy_since), True
                 if link is not None:
                     link.busy_since = None  # waiting is not being stuck
                 try:
-                    while not dep.wait_up(0.5):
-                        if link is not None and link.closing:
-                            raise
+                    back = dep.ride_out(exc, closing)
                 finally:
                     self.waiting = False
                     if link is not None and busy is not None:
                         link.busy_since = time.monotonic()
+                if not back:
+                    raise
 
     def _crash(self, phase: str, exc: BaseException) -> None:
         if self._reported:
@@ -726,10 +722,8 @@ class PollingService:
                 retry = self._retry_delay
             except Exception as exc:  # noqa: BLE001 - the work stays; the next poll retries
                 self.failed(exc)
-                dep = self.dependency
-                if dep is not None and dep.is_outage(exc):
-                    dep.trip(exc)
-                    self._wait_for(dep)
+                if self.dependency is not None and self.dependency.ride_out(
+                        exc, self._stop.is_set):
                     continue
                 self.failures += 1
                 log.warning("%s: round failed (%r); retrying in %.1fs", self.name, exc, retry)
@@ -739,14 +733,6 @@ class PollingService:
                 self._wake.wait(wait)
                 self._wake.clear()
         self.finished()
-
-    def _wait_for(self, dep: Gate) -> None:
-        """Sleep until ``dep`` is back or this service stops (a gave-up gate: stop)."""
-        try:
-            while not dep.wait_up(0.5) and not self._stop.is_set():
-                pass
-        except Exception:  # noqa: BLE001 - it gave up; the node is ending
-            self._stop.wait()
 
 
 StartFn = Callable[[ReportFailure], Child]

@@ -204,10 +204,7 @@ class ControlService(ReconnectingService):
             "dead_letters": n.counters.refused + n.directory.poisoned,
             "outbox_backlog": n.relay.backlog(), "writer_backlog": n.writer.backlog,
             "tree_status": "failed" if n.app.failed.is_set() else "running",
-            "ready": n.readiness()[0],
-            "store": ("up" if n.store_gate.up
-                      else f"down {n.store_gate.down_for():.0f}s: {n.store_gate.last_error}"),
-            "store_outages": n.store_gate.outages,
+            **n.store_status(),
             "partitions": None if n.partitions is None else sorted(n.partitions.held()),
             "members": None if n.membership is None else n.membership.members(),
         }

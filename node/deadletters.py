@@ -35,7 +35,7 @@ from broker.base import (
     Outgoing,
 )
 from store.deadletters import DEAD, REPLAYED, REPLAYING, BookFull, DeadLetterBook, Letter
-from supervisor import DependencyDown, Gate
+from supervisor import Gate
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class DeadLetterRecorder:
             except BookFull as exc:
                 why = f"{exc}: purge replayed or old letters (ctl dlq purge)"
             except Exception as exc:
-                if self._wait_for_store(exc):
+                if self._gate is not None and self._gate.ride_out(exc, self._stop.is_set):
                     continue
                 why = f"cannot record a dead letter ({exc!r}); retrying"
                 log.debug("recording dead letter %s failed", letter.key, exc_info=True)
@@ -210,19 +210,6 @@ class DeadLetterRecorder:
             self._stop.wait(delay)
             delay = min(delay * 2, _RETRY_MAX)
         return False
-
-    def _wait_for_store(self, exc: Exception) -> bool:
-        """True after waiting out the store's outage ``exc`` (False: not an outage)."""
-        gate = self._gate
-        if gate is None or not gate.is_outage(exc):
-            return False
-        gate.trip(exc)
-        try:
-            while not gate.wait_up(0.5) and not self._stop.is_set():
-                pass
-        except DependencyDown:
-            return False  # the node is ending: back off as for any other failure
-        return True
 
 
 def outgoing_of(letter: Letter) -> Outgoing:

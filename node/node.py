@@ -412,6 +412,13 @@ class Node:
             return False, f"the root supervisor did not answer in {LIVENESS_TIMEOUT:.0f}s"
         return True, "alive"
 
+    def store_status(self) -> dict[str, Any]:
+        """Readiness and the store's state, for ``status`` and ``ctl nodes``."""
+        gate = self.store_gate
+        return {"ready": self.readiness()[0],
+                "store": "up" if gate.up else f"down {gate.down_for():.0f}s: {gate.last_error}",
+                "store_outages": gate.outages}
+
     def _store_gave_up(self, reason: str) -> None:
         """The store stayed down past its limit: end the node with that one line."""
         self.app.fail("store", DependencyDown(reason))
@@ -446,7 +453,5 @@ class Node:
             "partitions": sorted(self.partitions.held()) if self.partitions else None,
             "timers_fired": self.timers.fired,
             "emails_sent": 0 if self.smtp is None else self.smtp.sent,
-            "ready": self.readiness()[0],
-            "store": "up" if self.store_gate.up else f"down {self.store_gate.down_for():.1f}s",
-            "store_outages": self.store_gate.outages,
+            **self.store_status(),
         }

@@ -98,14 +98,9 @@ class Gate(Protocol):
     """The store's availability, shared by everything on a node that uses the store
     (a :class:`supervisor.Dependency`: the store knows no supervision runtime)."""
 
-    def is_outage(self, exc: BaseException) -> bool:
-        """Whether ``exc`` means the store cannot be reached."""
-
-    def trip(self, exc: BaseException | None = None) -> None:
-        """Mark the store unavailable and have it probed."""
-
-    def wait_up(self, timeout: float | None = None) -> bool:
-        """Wait until the store is available again; False after ``timeout``."""
+    def ride_out(self, exc: BaseException, stop: Callable[[], bool] = ...) -> bool:
+        """True once the outage ``exc`` shows is over; False for any other error, or
+        when ``stop()`` turned true or the store was given up on while waiting."""
 
 
 Reply = Callable[[int | None], bytes]
@@ -417,18 +412,11 @@ class StoreWriter:
         False (the batch fails as before) for any other error, when the writer is
         stopping, or when the gate gave up on the store.
         """
-        gate = self.gate
-        if gate is None or not gate.is_outage(exc):
+        if self.gate is None:
             return False
-        gate.trip(exc)
-        self.held += 1
-        try:
-            while not gate.wait_up(0.5):
-                if not self._running:
-                    return False
-        except Exception:  # noqa: BLE001 - the gate gave up: fail the batch
-            return False
-        return True
+        back = self.gate.ride_out(exc, lambda: not self._running)
+        self.held += back
+        return back
 
     def _screen(self, batch: list[Commit]) -> list[Commit]:
         """Refuse the commits the store already contradicts; the others, in order.

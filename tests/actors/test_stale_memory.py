@@ -63,6 +63,11 @@ def _producer(node: Node) -> MemoryProducer:
     return MemoryProducer(node.broker)
 
 
+def _add() -> AddApartment:
+    return AddApartment(owner_id=OWNER, city="Rome", title="T", price_per_night=100,
+                        currency="EUR", capacity=2)
+
+
 def _replayed(node: Node) -> Apartment:
     state = Apartment(apartment_id=APT)
     for env in node.store.load(f"apartment:{APT}"):
@@ -86,8 +91,7 @@ def test_a_stale_actor_decides_a_no_op_again_from_the_stream(
     pending) that is "nothing to do"; from the stream it releases the nights."""
     a, b = two_nodes
     pa, pb = _producer(a), _producer(b)
-    assert pa.send(AddApartment(owner_id=OWNER, city="Rome", title="T", price_per_night=100,
-                                currency="EUR", capacity=2), APT)["status"] == "ok"
+    assert pa.send(_add(), APT)["status"] == "ok"
     assert pa.send(RequestReservation(reservation_id=RES, guest_id="g1", start=day(3),
                                       end=day(6)), APT)["status"] == "ok"
     assert a.directory.ref(f"apartment:{APT}") is not None  # A remembers: pending
@@ -112,8 +116,7 @@ def test_a_stale_actor_does_not_drop_an_expiry(two_nodes: tuple[Node, Node]) -> 
     to do"; from the stream, the request is open and not yet due."""
     a, b = two_nodes
     pa, pb = _producer(a), _producer(b)
-    assert pa.send(AddApartment(owner_id=OWNER, city="Rome", title="T", price_per_night=100,
-                                currency="EUR", capacity=2), APT)["status"] == "ok"
+    assert pa.send(_add(), APT)["status"] == "ok"
     assert pb.send(RequestReservation(reservation_id=RES, guest_id="g1", start=day(3),
                                       end=day(6)), APT)["status"] == "ok"
     reply = pa.send(ExpireReservation(reservation_id=RES), APT)
@@ -127,8 +130,7 @@ def test_a_no_op_on_current_memory_is_answered_with_the_head(
     with no events, at the stream's newest position (read with the fence's check)."""
     a, _b = two_nodes
     pa = _producer(a)
-    added = pa.send(AddApartment(owner_id=OWNER, city="Rome", title="T", price_per_night=100,
-                                 currency="EUR", capacity=2), APT)
+    added = pa.send(_add(), APT)
     reply = pa.send(ExpireReservation(reservation_id="nobody"), APT)
     assert reply["status"] == "ok" and reply["events"] == []
     assert reply["position"] == added["position"] == a.store.head(f"apartment:{APT}")
@@ -146,12 +148,8 @@ def test_releasing_a_source_stops_its_actors(tmp_path: Path) -> None:
         def ticket() -> Ticket:
             return Ticket(settled.append)
 
-        add = Envelope.new(AddApartment(owner_id=OWNER, city="Rome", title="T",
-                                        price_per_night=100, currency="EUR", capacity=2),
-                           apartment_id=APT)
-        other = Envelope.new(AddApartment(owner_id=OWNER, city="Rome", title="T",
-                                          price_per_night=100, currency="EUR", capacity=2),
-                             apartment_id="apt-2")
+        add = Envelope.new(_add(), apartment_id=APT)
+        other = Envelope.new(_add(), apartment_id="apt-2")
         d.dispatch("apartment", APT, add, ticket(), source="q.p001")
         d.dispatch("apartment", "apt-2", other, ticket(), source="q.p002")
         eventually(lambda: len(settled) == 2)

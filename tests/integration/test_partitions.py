@@ -37,6 +37,15 @@ def _settled(nodes: list[Node], partitions: int) -> bool:
             and balanced([len(ps) for ps in spread.values()], partitions))
 
 
+def _add(client: Client, apartments: list[str]) -> None:
+    """List each apartment, one request at a time, each answered ok."""
+    for apt in apartments:
+        env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="t",
+                                        price_per_night=10, currency="EUR", capacity=2),
+                           apartment_id=apt)
+        assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
+
+
 def _consumers(url: str, queues: list[str]) -> list[int]:
     conn = pika.BlockingConnection(connection_parameters(url))
     try:
@@ -90,11 +99,7 @@ def test_a_handoff_requeues_nothing_that_was_handled(
     parts_n = a.topology.partitions
     eventually(lambda: _settled([a], parts_n))
     with Client(amqp_url, a.topology) as client:
-        for i in range(8):
-            env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="t",
-                                            price_per_night=10, currency="EUR", capacity=2),
-                               apartment_id=f"h-{i}")
-            assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
+        _add(client, [f"h-{i}" for i in range(8)])
         sent: list[Envelope] = []
         b = None
         for k in range(30):
@@ -123,11 +128,7 @@ def test_a_node_keeps_no_actor_of_a_partition_it_gave_away(
     parts_n = a.topology.partitions
     eventually(lambda: _settled([a], parts_n))
     with Client(amqp_url, a.topology) as client:
-        for i in range(24):
-            env = Envelope.new(AddApartment(owner_id="o", city="Oslo", title="t",
-                                            price_per_night=10, currency="EUR", capacity=2),
-                               apartment_id=f"k-{i}")
-            assert client.request(env, timeout=20).payload.status == "ok"  # type: ignore[attr-defined]
+        _add(client, [f"k-{i}" for i in range(24)])
     assert a.directory.live == 24
     b = node_factory(node_name="b", roles=["commands"], cluster=FAST)
     eventually(lambda: _settled([a, b], parts_n), timeout=30)

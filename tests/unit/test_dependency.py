@@ -114,25 +114,33 @@ def test_past_its_limit_the_dependency_gives_up_once_and_waiters_learn_it(
         assert "connection refused" in reasons[0]
         with pytest.raises(DependencyDown):
             dep.wait_up(1.0)
-        with pytest.raises(DependencyDown):
-            dep.call(switch.use)
+        assert not dep.ride_out(Unreachable("still refused"))  # given up: fail as usual
     finally:
         dep.stop()
 
 
-def test_call_retries_after_the_outage_and_passes_other_errors(
+def test_ride_out_waits_for_the_outage_and_passes_other_errors(
         switch: Switch, gate: Dependency) -> None:
     switch.on = False
-    out: list[str] = []
-    t = threading.Thread(target=lambda: out.append(gate.call(switch.use)))
+    out: list[bool] = []
+    t = threading.Thread(target=lambda: out.append(gate.ride_out(Unreachable("refused"))))
     t.start()
     eventually(lambda: not gate.up)
+    assert out == []  # waiting while it is down
     switch.on = True
     t.join(10)
-    assert out == ["done"] and gate.up and gate.last_outage_seconds > 0
-    empty: dict[str, str] = {}
-    with pytest.raises(KeyError):
-        gate.call(lambda: empty["missing"])
+    assert out == [True] and gate.up and gate.last_outage_seconds > 0
+    assert not gate.ride_out(KeyError("a bug of the caller"))  # no outage: at once
+    stopping = threading.Event()
+    switch.on = False
+    t = threading.Thread(target=lambda: out.append(gate.ride_out(Unreachable("refused"),
+                                                                 stopping.is_set)))
+    t.start()
+    eventually(lambda: not gate.up)
+    stopping.set()
+    t.join(10)
+    assert out[-1] is False  # the caller stopped waiting
+    switch.on = True
 
 
 class Poller(PollingService):
