@@ -13,11 +13,15 @@ with start/stop/is_alive, watched by a periodic liveness check).
 The same check notices actors stuck in one handler longer than ``handler_timeout``:
 they are abandoned (marked dead, never sent to again) and restarted.
 
-OTP semantics kept: strategies one_for_one / one_for_all / rest_for_one (the dynamic
-``simple_one_for_one`` lives in :mod:`actors.directory`, built from the same
-:class:`Intensity` and :class:`Backoff`); restart types permanent / transient /
-temporary; shutdown as a timeout (then the child is abandoned) or ``brutal``; start
-in order, stop in reverse; optional restart backoff with jitter.
+Children started on demand by id are a :class:`DynamicSupervisor`'s (OTP's
+``simple_one_for_one``): capped, passivated when idle, restarted after a crash. Both
+kinds decide a restart with the same :class:`RestartPolicy` and find stuck children
+with the same :func:`stuck`.
+
+OTP semantics kept: strategies one_for_one / one_for_all / rest_for_one; restart
+types permanent / transient / temporary; shutdown as a timeout (then the child is
+abandoned) or ``brutal``; start in order, stop in reverse; optional restart backoff
+with jitter.
 
 This module is the supervision runtime: it imports pykka and the standard library
 only, and knows nothing of apartments, brokers or stores (a unit test holds it to
@@ -32,7 +36,7 @@ import random
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,6 +48,8 @@ log = logging.getLogger(__name__)
 
 BRUTAL: Literal["brutal"] = "brutal"
 _T = TypeVar("_T")
+_K_contra = TypeVar("_K_contra", contravariant=True)
+_V = TypeVar("_V")
 class ActorCrashed(Exception):
     """Raised out of a handler after the crash was reported (wraps the cause)."""
 
@@ -735,6 +741,80 @@ class PollingService:
         self.finished()
 
 
+class SupervisorGaveUp(Exception):
+    """Too many restarts: the supervisor stopped its children and failed."""
+
+
+class RestartPolicy:
+    """What follows a child's exit: the one decision fixed and dynamic children share.
+
+    A crash of a ``temporary`` child, and a normal exit of any child but a
+    ``permanent`` one, ends it. Any other exit is a restart, counted against the
+    intensity; past it the supervisor gives up. The delay before the restart comes
+    from the child's backoff, by the number of restarts in the current window.
+
+    Args:
+        name: the supervisor's name, for the log and the give-up message.
+        intensity: the restart limit.
+        rng: jitter source for the backoff.
+    """
+
+    def __init__(self, name: str, intensity: Intensity,
+                 rng: random.Random | None = None) -> None:
+        self.name = name
+        self.intensity = intensity
+        self._rng = rng or random.Random()
+
+    def after_exit(self, child_id: str, restart: Restart, failure: Failure | None,
+                   backoff: Backoff | None) -> float | None:
+        """Log the exit; the seconds to wait before restarting, or None: not restarted.
+
+        Raises:
+            SupervisorGaveUp: the restart would exceed the intensity.
+        """
+        if failure is None:
+            log.info("%s: child %s exited", self.name, child_id)
+            if restart is not Restart.PERMANENT:
+                return None
+        else:
+            log.warning("%s: child %s crashed in %s: %s: %s", self.name, child_id,
+                        failure.phase, failure.error_type, failure.message)
+            log.debug("%s: child %s crashed here:\n%s", self.name, child_id,
+                      failure.traceback)
+            if restart is Restart.TEMPORARY:
+                return None
+        if not self.intensity.allow():
+            last = f"{failure.error_type}: {failure.message}" if failure else "exited"
+            raise SupervisorGaveUp(
+                f"{self.name}: more than {self.intensity.max_restarts} restarts in "
+                f"{self.intensity.period}s; last: {child_id}: {last}")
+        return 0.0 if backoff is None else backoff.delay(self.intensity.recent, self._rng)
+
+
+def stuck(child_id: str, link: Link, urn: str, limit: float | None,
+          now: float) -> Failure | None:
+    """The failure of a child busy in one message longer than ``limit`` (None: not stuck).
+
+    Its supervisor abandons it (marks it dead, never sends to it again) and treats
+    it as crashed on that message.
+    """
+    if limit is None:
+        return None
+    busy = link.busy_for(now)
+    if busy <= limit:
+        return None
+    return Failure(child_id, "receive", "Stuck",
+                   f"busy {busy:.1f}s in one message (limit {limit}s)",
+                   "", time.time(), urn, cause=link.current)
+
+
+def failure_row(failure: Failure | None) -> dict[str, Any] | None:
+    """A failure as a row of the supervision tree shows it."""
+    return None if failure is None else {
+        "type": failure.error_type, "message": failure.message,
+        "traceback": failure.traceback, "at": failure.at}
+
+
 StartFn = Callable[[ReportFailure], Child]
 
 
@@ -801,10 +881,6 @@ class RefOf:
     child_id: str
 
 
-class SupervisorGaveUp(Exception):
-    """Too many restarts: the supervisor stopped its children and failed."""
-
-
 class Supervisor(SupervisedActor):
     """An OTP-style supervisor.
 
@@ -839,12 +915,11 @@ class Supervisor(SupervisedActor):
     ) -> None:
         super().__init__(name, report)
         self.strategy = strategy
-        self.intensity = intensity or Intensity()
+        self.policy = RestartPolicy(name, intensity or Intensity(), rng)
         self._children = [_State(s) for s in specs]
         self._check_interval = check_interval
         self._handler_timeout = handler_timeout
         self._scheduler = scheduler or ThreadScheduler()
-        self._rng = rng or random.Random()
         self._clock = clock
         self._generation = 0
         self._stopping = threading.Event()
@@ -935,40 +1010,28 @@ class Supervisor(SupervisedActor):
             if not st.child.is_alive():
                 # A crash is recorded on the Link before the child is marked stopped.
                 self._on_exit(st, st.link.failure)
-            elif (self._handler_timeout is not None
-                  and st.link.busy_for(now) > self._handler_timeout):
-                busy = st.link.busy_for(now)
+                continue
+            failure = stuck(st.spec.id, st.link, st.child.urn, self._handler_timeout, now)
+            if failure is not None:
                 st.child.abandon()
-                self._on_exit(st, Failure(
-                    st.spec.id, "receive", "Stuck",
-                    f"busy {busy:.1f}s in one message (limit {self._handler_timeout}s)",
-                    "", time.time(), st.child.urn))
+                self._on_exit(st, failure)
 
     def _on_exit(self, st: _State, failure: Failure | None) -> None:
         if st.child is None:
             return
         st.child = None
-        if failure is None:
-            log.info("%s: child %s exited", self.name, st.spec.id)
-            st.status = "exited"
-            if st.spec.restart is not Restart.PERMANENT:
-                return
-        else:
+        st.status = "exited" if failure is None else "crashed"
+        if failure is not None:
             st.last_failure = failure
-            st.status = "crashed"
-            log.warning("%s: child %s crashed: %s: %s", self.name, st.spec.id,
-                        failure.error_type, failure.message)
-            log.debug("%s: child %s crashed here:\n%s", self.name, st.spec.id,
-                      failure.traceback)
-            if st.spec.restart is Restart.TEMPORARY:
-                return
-        if not self.intensity.allow():
+        try:
+            delay = self.policy.after_exit(st.spec.id, st.spec.restart, failure,
+                                           st.spec.backoff)
+        except SupervisorGaveUp:
             self._stopping.set()
             self._stop_range(0, len(self._children))
-            last = f"{failure.error_type}: {failure.message}" if failure else "exited"
-            raise SupervisorGaveUp(
-                f"{self.name}: more than {self.intensity.max_restarts} restarts in "
-                f"{self.intensity.period}s; last: {st.spec.id}: {last}")
+            raise
+        if delay is None:
+            return
         idx = self._children.index(st)
         lo, hi = {Strategy.ONE_FOR_ONE: (idx, idx + 1),
                   Strategy.ONE_FOR_ALL: (0, len(self._children)),
@@ -977,14 +1040,12 @@ class Supervisor(SupervisedActor):
         st.restarts += 1
         indices = tuple(i for i in range(lo, hi)
                         if i == idx or self._children[i].spec.restart is not Restart.TEMPORARY)
-        backoff = st.spec.backoff
-        if backoff is None:
+        if st.spec.backoff is None:
             self._restart_now(indices)
             return
         self._generation += 1
         for i in indices:
             self._children[i].status = "restarting"
-        delay = backoff.delay(self.intensity.recent, self._rng)
         gen = self._generation
         self._scheduler.call_later(delay, lambda: self._tell_restart(indices, gen))
 
@@ -1031,12 +1092,7 @@ class Supervisor(SupervisedActor):
                 "status": st.status,
                 "restarts": st.restarts,
                 "uptime": round(self._clock() - st.started_at, 1) if st.child else 0.0,
-                "last_failure": None if st.last_failure is None else {
-                    "type": st.last_failure.error_type,
-                    "message": st.last_failure.message,
-                    "traceback": st.last_failure.traceback,
-                    "at": st.last_failure.at,
-                },
+                "last_failure": failure_row(st.last_failure),
             }
             if st.child is not None:
                 info.update(st.child.describe())
@@ -1050,6 +1106,463 @@ class Supervisor(SupervisedActor):
                    and st.child.kind == "supervisor")
         return {"specs": len(self._children), "active": len(active), "supervisors": sups,
                 "workers": len(self._children) - sups}
+
+
+class Memory(Protocol[_K_contra, _V]):
+    """A bounded map (an LRU): what a dynamic supervisor remembers of gone children."""
+
+    def get(self, key: _K_contra) -> _V | None:
+        """The value, or None."""
+
+    def put(self, key: _K_contra, value: _V) -> None:
+        """Keep ``value``, forgetting the oldest entry when full."""
+
+
+@dataclass(eq=False)  # hashed by identity: the busy set holds children, not ids
+class DynamicChild:
+    """One dynamic child as its supervisor keeps it, across its incarnations.
+
+    Attributes:
+        id: its id among its siblings (e.g. ``apartment:a1``).
+        ref: the running incarnation; None while it restarts.
+        link: the running incarnation's link.
+        pending: work handed to it and not yet settled, in the order it was handed
+            (token -> item, both the adapter's). A child with pending work is busy:
+            never passivated, watched for being stuck, and what it leaves at a crash
+            goes to its successor.
+        tag: where its work comes from (the adapter's; :meth:`DynamicSupervisor.release`
+            stops the children of one tag).
+    """
+
+    id: str
+    ref: pykka.ActorRef[Any] | None = None
+    link: Link | None = None
+    pending: dict[Any, Any] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)
+    restarts: int = 0
+    handled: int = 0
+    last_failure: Failure | None = None
+    tag: str | None = None
+
+
+class DynamicSupervisor:
+    """OTP's ``simple_one_for_one``: children started on demand by id, capped, passivated.
+
+    Each child is a pykka actor started by :meth:`start_child` on the first work for
+    its id. The restart decision (restart type, intensity, backoff) is the
+    :class:`RestartPolicy` every :class:`Supervisor` uses, and stuck detection is the
+    same :func:`stuck`; past the intensity, it stops every child and reports itself
+    dead (``is_alive`` False), so its parent decides. Around a crash the work a dead
+    child left pending goes, in order, to its successor (:meth:`resume`).
+
+    Children live in a dict in LRU order, under one lock that every hand-over of work
+    takes: beyond ``max_live``, the least recently used idle ones are passivated,
+    and idle ones are passivated after ``idle_seconds``. A child with pending work is
+    never passivated, so a successor never starts behind its predecessor. With every
+    child busy the cap is exceeded rather than work held back; the sweep brings it
+    back under once they are idle.
+
+    The sweep holds the same lock, so what it does under it must not grow with the
+    live children: eviction walks the LRU order only up to the first recently used
+    child (once under the cap), a bounded chunk at a time; stuck detection looks only
+    at the busy children, copied under the lock and checked outside it.
+
+    Subclasses (adapters) implement :meth:`start_child`, and may implement the hooks
+    :meth:`resume`, :meth:`crashed` and :meth:`dropped`, whose defaults do nothing.
+
+    Args:
+        name: its id in its parent, and its thread's name prefix.
+        max_live: the cap on live children.
+        idle_seconds: passivate children idle this long.
+        intensity: the restart limit before it gives up.
+        backoff: delay before a child restarts (None: at once).
+        handler_timeout: abandon a child stuck this long in one message (None: never).
+        history: remembers the restarts and last failure of children no longer live.
+        restart: the children's restart type (a normal exit is a passivation).
+        scheduler: runs delayed restarts.
+        rng: jitter source for the backoff.
+    """
+
+    chunk = 256  # idle children passivated per hold of the lock by the sweep
+
+    def __init__(self, name: str, *, max_live: int, idle_seconds: float,
+                 intensity: Intensity, backoff: Backoff | None,
+                 handler_timeout: float | None,
+                 history: Memory[str, tuple[int, Failure | None]],
+                 restart: Restart = Restart.TRANSIENT,
+                 scheduler: Scheduler | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.name = name
+        self.max_live = max_live
+        self.idle_seconds = idle_seconds
+        self.backoff = backoff
+        self.handler_timeout = handler_timeout
+        self.restart_type = restart
+        self.policy = RestartPolicy(name, intensity, rng)
+        self._history = history
+        self._scheduler = scheduler or ThreadScheduler()
+        self._children: OrderedDict[str, DynamicChild] = OrderedDict()
+        self._busy: set[DynamicChild] = set()
+        self._lock = threading.RLock()
+        self._alive = False
+        self._stop = threading.Event()
+        self.swept = 0  # children the sweep looked at under the lock (tests read it)
+        self.activations = 0
+        self.passivations = 0
+        self.restarts = 0
+        self.released = 0
+        self.gave_up: str | None = None
+
+    # --- hooks ----------------------------------------------------------------------
+    def start_child(self, child: DynamicChild, link: Link) -> pykka.ActorRef[Any]:
+        """Hook: start an incarnation of ``child`` that reports through ``link``."""
+        raise NotImplementedError
+
+    def resume(self, child: DynamicChild, ref: pykka.ActorRef[Any]) -> None:
+        """Hook: a successor started (under the lock): hand it the pending work."""
+
+    def crashed(self, child: DynamicChild, failure: Failure) -> None:
+        """Hook: ``child`` crashed (under the lock, before the restart is decided)."""
+
+    def dropped(self, child: DynamicChild) -> None:
+        """Hook: ``child`` stopped for good with its pending work (give it back)."""
+
+    # --- service ----------------------------------------------------------------------
+    def start(self, *, sweeper: bool = True) -> None:
+        """Start the sweep thread; children start on demand.
+
+        Without it (``sweeper=False``) nothing is passivated or abandoned but by a
+        caller of :meth:`sweep_once`: tests sweep at a time they set.
+        """
+        self._alive = True
+        self.gave_up = None
+        self._stop.clear()
+        if sweeper:
+            threading.Thread(target=self._sweep, name=f"{self.name}-sweeper",
+                             daemon=True).start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every child; their pending work is dropped (given back)."""
+        self._alive = False
+        self._stop.set()
+        with self._lock:
+            children = list(self._children.values())
+            self._children.clear()
+            self._busy.clear()
+        self._stop_all(children, timeout)
+
+    def is_alive(self) -> bool:
+        """False after ``stop`` or after giving up."""
+        return self._alive
+
+    # --- work -------------------------------------------------------------------------
+    def enlist(self, child_id: str, token: Any, item: Any,
+               tag: str | None = None) -> pykka.ActorRef[Any] | None:
+        """Hand work to ``child_id``, starting it if it is not live; its running actor.
+
+        The caller tells the actor the work, and calls :meth:`settle` once it is
+        done. None: the child is restarting, and :meth:`resume` will hand the work to
+        its successor.
+
+        Raises:
+            RuntimeError: when the supervisor is not running (the caller gives the
+                work back).
+        """
+        with self._lock:
+            if not self._alive:
+                raise RuntimeError(f"{self.name}: not running")
+            child = self._children.get(child_id)
+            new = child is None
+            if child is None:
+                child = DynamicChild(child_id)
+                restarts, last = self._history.get(child_id) or (0, None)
+                child.restarts, child.last_failure = restarts, last
+                self._children[child_id] = child
+                self._start(child, after_crash=False)
+            else:
+                self._children.move_to_end(child_id)
+            child.pending[token] = item
+            if tag is not None:
+                child.tag = tag
+            self._busy.add(child)
+            child.last_used = time.monotonic()
+            child.handled += 1
+            # Only now, with its work pending: were every other child busy, an
+            # eviction before would have taken this new one, and its work with it.
+            if new and len(self._children) > self.max_live:
+                self._evict(len(self._children) - self.max_live)
+            return child.ref
+
+    def settle(self, child_id: str, token: Any) -> None:
+        """The work ``token`` of ``child_id`` is done."""
+        with self._lock:
+            child = self._children.get(child_id)
+            if child is None:
+                return
+            child.pending.pop(token, None)
+            if not child.pending:
+                self._busy.discard(child)
+
+    def release(self, tag: str, timeout: float | None = 10.0) -> int:
+        """Stop every child whose work comes from ``tag``; their pending work is dropped.
+
+        ``timeout`` (None: do not wait) bounds the wait for them to stop.
+
+        Returns:
+            How many live children were released.
+        """
+        with self._lock:
+            victims = [c for c in self._children.values() if c.tag == tag]
+            for c in victims:
+                del self._children[c.id]
+                self._busy.discard(c)
+            self.released += len(victims)
+        if victims:
+            log.debug("%s: released %d children of %s", self.name, len(victims), tag)
+            self._stop_all(victims, timeout)
+        return len(victims)
+
+    def _start(self, child: DynamicChild, *, after_crash: bool) -> None:
+        child.link = Link(self._report)
+        child.link.after_crash = after_crash
+        child.ref = self.start_child(child, child.link)
+        child.started_at = time.time()
+        self.activations += 1
+
+    def _stop_all(self, children: list[DynamicChild], timeout: float | None) -> None:
+        """Stop the children all at once; then drop what they left pending.
+
+        Each actor finishes its current message and skips the rest of its mailbox.
+        """
+        for c in children:
+            if c.link is not None:
+                c.link.closing = True
+            if c.ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    c.ref.stop(block=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for c in children:
+            if c.ref is not None and deadline is not None:
+                c.ref.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+            self.dropped(c)
+
+    # --- passivation ------------------------------------------------------------------
+    def _evict(self, n: int) -> None:
+        """Passivate up to ``n`` idle children, least recently used first (under the lock)."""
+        victims: list[str] = []
+        for cid, c in self._children.items():
+            if len(victims) >= n:
+                break
+            if not (c.pending or c.ref is None):
+                victims.append(cid)
+        for ref in self._pop(victims):
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.stop(block=False)
+        if len(self._children) > self.max_live:
+            log.debug("%s over its cap (%d live, all busy)", self.name, len(self._children))
+
+    def _pop(self, victims: list[str]) -> list[pykka.ActorRef[Any]]:
+        """Remove idle children (under the lock); the actors to stop."""
+        refs = []
+        for cid in victims:
+            c = self._children.pop(cid)
+            self.passivations += 1
+            if c.ref is not None:
+                refs.append(c.ref)
+        return refs
+
+    def _sweep(self) -> None:
+        interval = max(0.05, min(self.idle_seconds / 4, 1.0))
+        while not self._stop.wait(interval):
+            self.sweep_once(time.monotonic())
+
+    def sweep_once(self, now: float) -> None:
+        """One sweep at ``now``: passivate the children idle too long, then abandon
+        those stuck too long."""
+        idle_before = now - self.idle_seconds
+        more = True
+        while more:
+            with self._lock:
+                victims, more = self._idle_victims(idle_before)
+                refs = self._pop(victims)
+            for idle in refs:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    idle.stop(block=False)
+        if self.handler_timeout is None:
+            return
+        with self._lock:
+            busy = list(self._busy)
+            self.swept += len(busy)
+        for c in busy:
+            link, ref = c.link, c.ref
+            if link is None or ref is None:
+                continue
+            failure = stuck(c.id, link, ref.actor_urn, self.handler_timeout, now)
+            if failure is None:
+                continue
+            with self._lock:  # rare: make sure it is still that actor, not a successor
+                if c.link is not link or c.ref is not ref:
+                    continue
+            abandon_actor(ref)  # never sent to again
+            link(failure)
+
+    def _idle_victims(self, idle_before: float) -> tuple[list[str], bool]:
+        """Up to :attr:`chunk` children to passivate now; whether more may follow.
+
+        Those over the cap (it is exceeded while every child is busy, and
+        :meth:`enlist` trims it only when it starts another), then those idle since
+        before ``idle_before``. Walks the LRU order and stops at the first child used
+        since, once under the cap: the rest were used later. Only busy children
+        (bounded by the work in flight) are stepped over.
+        """
+        victims: list[str] = []
+        excess = len(self._children) - self.max_live
+        for cid, c in self._children.items():
+            self.swept += 1
+            if c.last_used > idle_before and len(victims) >= excess:
+                return victims, False
+            if c.pending or c.ref is None:
+                continue
+            victims.append(cid)
+            if len(victims) >= self.chunk:
+                return victims, True
+        return victims, False
+
+    # --- supervision ------------------------------------------------------------------
+    def _report(self, failure: Failure) -> None:
+        """A child crashed (called on its thread): restart it, end it, or give up."""
+        with self._lock:
+            child = self._children.get(failure.name)
+            if child is None or child.ref is None or child.ref.actor_urn != failure.actor_urn:
+                return
+            child.ref = None
+            child.link = None
+            child.last_failure = failure
+            self.crashed(child, failure)
+            try:
+                delay = self.policy.after_exit(child.id, self.restart_type, failure,
+                                               self.backoff)
+            except SupervisorGaveUp as exc:
+                self._give_up(str(exc))
+                return
+            if delay is None:
+                del self._children[child.id]
+                self._busy.discard(child)
+            else:
+                child.restarts += 1
+                self.restarts += 1
+            self._history.put(child.id, (child.restarts, child.last_failure))
+        if delay is None:
+            self.dropped(child)
+        elif self.backoff is None:
+            self._restart(child)
+        else:
+            self._scheduler.call_later(delay, lambda: self._restart(child))
+
+    def _restart(self, child: DynamicChild) -> None:
+        with self._lock:
+            if (not self._alive or self._children.get(child.id) is not child
+                    or child.ref is not None):
+                return
+            self._start(child, after_crash=True)
+            assert child.ref is not None
+            self.resume(child, child.ref)
+
+    def _give_up(self, reason: str) -> None:
+        self.gave_up = reason
+        log.error("%s; giving up", reason)
+        self._alive = False
+        threading.Thread(target=self.stop, name=f"{self.name}-give-up", daemon=True).start()
+
+    # --- operator actions ---------------------------------------------------------------
+    def passivate(self, child_id: str) -> bool:
+        """Stop a live child now; False while it has pending work.
+
+        Raises:
+            KeyError: if the child is not live.
+        """
+        with self._lock:
+            c = self._children[child_id]
+            if c.pending or c.ref is None:
+                return False
+            del self._children[child_id]
+            self.passivations += 1
+            ref = c.ref
+        with contextlib.suppress(pykka.ActorDeadError):
+            ref.stop(block=False)
+        return True
+
+    def restart(self, child_id: str, timeout: float = 5.0) -> bool:
+        """Restart a live child (an operator's restart, not counted as a crash).
+
+        The old actor finishes its current message and skips the rest of its
+        mailbox; the successor is handed the work the old one left, in order.
+        False: it is already restarting.
+
+        Raises:
+            KeyError: if the child is not live.
+        """
+        with self._lock:
+            c = self._children[child_id]
+            old, link = c.ref, c.link
+            if old is None:
+                return False
+            c.ref = None  # new work waits for the successor
+            c.link = None
+            c.restarts += 1
+            if link is not None:
+                link.closing = True
+        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+            old.stop(block=True, timeout=timeout)
+        self._restart(c)
+        return True
+
+    # --- introspection ------------------------------------------------------------------
+    @property
+    def live(self) -> int:
+        """Live children."""
+        with self._lock:
+            return len(self._children)
+
+    def ref(self, child_id: str) -> pykka.ActorRef[Any] | None:
+        """The running actor of a child, if any."""
+        with self._lock:
+            c = self._children.get(child_id)
+            return c.ref if c else None
+
+    def which_children(self) -> list[dict[str, Any]]:
+        """Every live child's row."""
+        now = time.time()
+        with self._lock:
+            children = list(self._children.values())
+        return [self.row(c, now) for c in children]
+
+    def describe(self, child_id: str) -> dict[str, Any] | None:
+        """One live child's row (as in :meth:`which_children`), found without a scan."""
+        with self._lock:
+            c = self._children.get(child_id)
+        return None if c is None else self.row(c, time.time())
+
+    def remembered(self, child_id: str) -> tuple[int, dict[str, Any] | None] | None:
+        """Restarts and last failure of a child that crashed and is no longer live."""
+        with self._lock:
+            seen = self._history.get(child_id)
+        return None if seen is None else (seen[0], failure_row(seen[1]))
+
+    def count_children(self) -> dict[str, int]:
+        """OTP's count_children."""
+        n = self.live
+        return {"specs": n, "active": n, "supervisors": 0, "workers": n}
+
+    def row(self, c: DynamicChild, now: float) -> dict[str, Any]:
+        """A child's row in the supervision tree."""
+        return {"id": c.id, "restart": self.restart_type.value, "source": c.tag,
+                "status": "running" if c.ref is not None else "restarting",
+                "mailbox": mailbox_size(c.ref) if c.ref is not None else 0,
+                "pending": len(c.pending), "handled": c.handled, "restarts": c.restarts,
+                "uptime": round(now - c.started_at, 1),
+                "last_failure": failure_row(c.last_failure)}
 
 
 class _DeadChild:

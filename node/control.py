@@ -180,7 +180,7 @@ class ControlService(ReconnectingService):
         limit = max(0, min(int(args.get("entities", ENTITY_CHILDREN)), MAX_TOP))
         tree = safe_tree(self._node)
         for c in tree:
-            if c["id"] == Directory.name:
+            if c["id"] == Directory.ID:
                 rows = self._node.directory.which_children()
                 rows.sort(key=lambda r: (r["status"] == "running", -r["mailbox"],
                                          -r["restarts"], r["id"]))
@@ -423,7 +423,7 @@ def tree_restarts(tree: list[dict[str, Any]]) -> int:
     """Restarts counted by every supervisor of a tree (entities are counted apart, by the
     directory, so the entity actors listed under ``entities`` are not added again)."""
     return sum(int(c.get("restarts", 0))
-               + (0 if c["id"] == Directory.name else tree_restarts(c.get("children", [])))
+               + (0 if c["id"] == Directory.ID else tree_restarts(c.get("children", [])))
                for c in tree)
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from actors.base import EntityContext
-from actors.directory import SWEEP_CHUNK, Directory
+from actors.directory import Directory
 from actors.outcome import Outcome, Ticket
 from messages import AddApartment, Envelope
 from store import EventStore, StoreWriter, make_engine
-from supervisor import InjectedCrash
+from supervisor import InjectedCrash, Intensity
 from tests.conftest import eventually
 
 
@@ -72,7 +72,9 @@ def make_directory(tmp_path: Path, stall: Stall) -> Iterator[Callable[..., Direc
 
     def make(**kwargs: Any) -> Directory:
         d = Directory(EntityContext(EventStore(engine), writer, inject=stall),
-                      idle_seconds=300.0, handler_timeout=1.0, **kwargs)
+                      **{"max_live": 10_000, "idle_seconds": 300.0, "handler_timeout": 1.0,
+                         "intensity": Intensity(100, 5.0), "backoff": None,
+                         "poison_retries": 3, **kwargs})
         d.start(sweeper=False)  # only the test sweeps
         made.append(d)
         return d
@@ -128,7 +130,7 @@ def test_idle_recent_actors_cost_the_sweep_nothing_under_the_lock(directory: Dir
     assert d.passivations == 0
 
     # Idle past idle_seconds: all passivated, in chunks, each entry looked at once.
-    assert swept_by(d, time.monotonic() + 301) == 410 > SWEEP_CHUNK
+    assert swept_by(d, time.monotonic() + 301) == 410 > Directory.chunk
     assert d.live == 0 and d.passivations == 410
     assert all(t.outcome is not None and t.outcome.kind == "ack" for t in few + many)
 
