@@ -328,7 +328,7 @@ def test_a_handled_crash_is_one_warning_line_with_the_traceback_at_debug(
     add(producer)
     ref = memory_node.directory.ref("apartment:a1")
     assert ref is not None
-    with caplog.at_level(logging.DEBUG, logger="actors.directory"):
+    with caplog.at_level(logging.DEBUG, logger="supervisor"):
         ref.tell(Crash("drill"))
         eventually(lambda: memory_node.directory.restarts == 1)
     crash_lines = [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -81,23 +81,6 @@ def spec(name: str, log: Log, *, restart: Restart = Restart.PERMANENT,
     return ChildSpec(id=name, start=start, restart=restart, shutdown=shutdown, backoff=backoff)
 
 
-class ManualScheduler:
-    """A fake clock for backoff: records delays, runs callbacks when told."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-        self.due: list[Callable[[], None]] = []
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        self.delays.append(delay)
-        self.due.append(fn)
-
-    def run_all(self) -> None:
-        due, self.due = self.due, []
-        for fn in due:
-            fn()
-
-
 @pytest.fixture(autouse=True)
 def _no_leftover_actors() -> Iterator[None]:
     yield
