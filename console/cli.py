@@ -145,7 +145,7 @@ def _declare(settings: Settings, url: str) -> None:
     )
 
     try:
-        RabbitBroker(url, _topology(settings)).declare()
+        RabbitBroker.from_settings(settings, url).declare()
     except HashExchangeMissing:
         raise
     except BrokerSetupError as exc:
