@@ -45,9 +45,8 @@ class SmtpChannel(PollingService):
     """
 
     def __init__(self, engine: Engine, writer: StoreWriter, *, host: str, port: int,
-                 sender: str = "staybook@localhost",
-                 address_of: Callable[[str], str | None] = lambda who: f"{who}@localhost",
-                 poll_interval: float = 0.5, timeout: float = 10.0, batch: int = 100) -> None:
+                 sender: str, address_of: Callable[[str], str | None],
+                 poll_interval: float, timeout: float = 10.0, batch: int = 100) -> None:
         super().__init__("smtp", poll_interval, dependency=writer.gate)
         self._engine = engine
         self._writer = writer

@@ -106,8 +106,8 @@ class SimulatedGateway:
         decline_token_prefix: tokens that always decline.
     """
 
-    def __init__(self, engine: Engine, *, decline_rate: float = 0.0,
-                 decline_token_prefix: str = "tok_decline") -> None:
+    def __init__(self, engine: Engine, *, decline_rate: float,
+                 decline_token_prefix: str) -> None:
         self.engine = engine
         self.decline_rate = decline_rate
         self.decline_token_prefix = decline_token_prefix
@@ -232,8 +232,8 @@ class PaymentActor(HandlerActor):
     consumer: ClassVar[str] = "payment"
 
     def __init__(self, name: str, store: EventStore, writer: StoreWriter,
-                 report: ReportFailure, gateway: PaymentGateway, *, max_attempts: int = 3,
-                 retry_delay: float = 0.05, charge_wait: float = 5.0) -> None:
+                 report: ReportFailure, gateway: PaymentGateway, *, max_attempts: int,
+                 retry_delay: float, charge_wait: float) -> None:
         super().__init__(name, store, writer, report)
         self.gateway = gateway
         self.max_attempts = max_attempts

@@ -106,8 +106,8 @@ class TimerService(PollingService):
         clock: the current time (UTC); injectable for tests.
     """
 
-    def __init__(self, engine: Engine, writer: StoreWriter, *, poll_interval: float = 0.5,
-                 refire_after: float = 30.0, batch: int = 100,
+    def __init__(self, engine: Engine, writer: StoreWriter, *, poll_interval: float,
+                 refire_after: float, batch: int = 100,
                  clock: Clock = wall_clock) -> None:
         super().__init__("timers", poll_interval, dependency=writer.gate)
         self._engine = engine

@@ -176,8 +176,8 @@ class Membership(ReconnectingService):
 
     def __init__(self, broker: RabbitBroker, node_name: str, partitions: int, *,
                  held: Callable[[], set[int]], want: Callable[[set[int]], None],
-                 interval: float = 0.5, timeout: float = 2.0,
-                 leave_seconds: float = 12.0, store_id: str | None = None,
+                 interval: float, timeout: float, leave_seconds: float,
+                 store_id: str | None = None,
                  store: str | None = None) -> None:
         super().__init__("membership", broker.reconnect_max_delay)
         self.leave_seconds = leave_seconds
@@ -415,7 +415,7 @@ class PartitionIntake:
     name = "partitions"
 
     def __init__(self, broker: RabbitBroker, on_delivery: Callable[[Any], None], *,
-                 prefetch: int, release_seconds: float = 12.0,
+                 prefetch: int, release_seconds: float,
                  release: Callable[[str, float | None], object] | None = None) -> None:
         self._broker = broker
         self._release = release

@@ -27,8 +27,8 @@ from pika.exceptions import AMQPError
 from pika.spec import Basic, BasicProperties
 
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
-from broker.topology import HASH_EXCHANGE_TYPE, HASH_PLUGIN, Topology
-from config import redact_url, split_urls
+from broker.topology import HASH_EXCHANGE_TYPE, HASH_PLUGIN, Topology, topology_of
+from config import Settings, redact_url, split_urls
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ class RabbitBroker(Broker):
         url: str,
         topology: Topology,
         *,
-        heartbeat: int = 30,
-        reconnect_max_delay: float = 10.0,
-        drain_seconds: float = 10.0,
+        heartbeat: int,
+        reconnect_max_delay: float,
+        drain_seconds: float,
     ) -> None:
         super().__init__(topology)
         self.url = url
@@ -134,6 +134,14 @@ class RabbitBroker(Broker):
         self.reconnect_max_delay = reconnect_max_delay
         self._hub_lock = threading.Lock()
         self._hub: ConsumerHub | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None) -> RabbitBroker:
+        """The broker ``settings`` describe (at ``url`` instead of theirs, when given)."""
+        return cls(url or settings.broker.url, topology_of(settings),
+                   heartbeat=settings.broker.heartbeat,
+                   reconnect_max_delay=settings.broker.reconnect_max_delay,
+                   drain_seconds=settings.cluster.drain_seconds)
 
     def params(self) -> list[pika.URLParameters]:
         """Fresh connection parameters, one per broker of the cluster (random start)."""
@@ -454,7 +462,7 @@ class RabbitConsumer:
     """
 
     def __init__(self, hub: ConsumerHub, queue: str, on_delivery: OnDelivery, *,
-                 prefetch: int, name: str, drain_seconds: float = 10.0,
+                 prefetch: int, name: str, drain_seconds: float,
                  on_subscribed: Callable[[], None] | None = None) -> None:
         self.name = name
         self._on_subscribed = on_subscribed

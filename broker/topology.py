@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from config import Settings
+from config import BrokerSettings, Settings
 from messages.registry import (
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
@@ -72,6 +72,9 @@ HASH_EXCHANGE_TYPE = "x-consistent-hash"
 HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
 
 
+_BROKER = BrokerSettings()  # the bounds' defaults are the settings'
+
+
 @dataclass(frozen=True)
 class Topology:
     """Every name Staybook uses on the broker.
@@ -81,13 +84,17 @@ class Topology:
         queue_max_length: bound on every work queue.
         dead_letter_max_length: bound on the dead-letter queue.
         delivery_limit: redeliveries before a message is dead-lettered as poison.
-        partitions: command partition queues (0: one intake queue, no plugin needed).
+        partitions: command partition queues (0: one intake queue, no plugin needed;
+            the in-memory twin's).
+
+    A node's is :func:`topology_of` its settings; the defaults here are the settings'
+    defaults, for tools and tests that only need names.
     """
 
-    prefix: str = "staybook"
-    queue_max_length: int = 1_000_000
-    dead_letter_max_length: int = 100_000
-    delivery_limit: int = 5
+    prefix: str = _BROKER.prefix
+    queue_max_length: int = _BROKER.queue_max_length
+    dead_letter_max_length: int = _BROKER.dead_letter_max_length
+    delivery_limit: int = _BROKER.delivery_limit
     partitions: int = 0
 
     def exchange(self, logical: str) -> str:

@@ -30,6 +30,8 @@ app.add_typer(broker_app, name="broker")
 db_app = typer.Typer(help="The store's schema (Alembic migrations; STAYBOOK_DATABASE_URL).",
                      no_args_is_help=True)
 app.add_typer(db_app, name="db")
+config_app = typer.Typer(help="The settings (config/__init__.py).", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 # --- operator console (console/ctl.py, console/tui.py) ---------------------------------
 from console.ctl import ctl_app  # noqa: E402 - grouped with the console block
@@ -143,7 +145,7 @@ def _declare(settings: Settings, url: str) -> None:
     )
 
     try:
-        RabbitBroker(url, _topology(settings)).declare()
+        RabbitBroker.from_settings(settings, url).declare()
     except HashExchangeMissing:
         raise
     except BrokerSetupError as exc:
@@ -766,6 +768,18 @@ def _existing_sqlite(url: str) -> None:
             and parsed.database != ":memory:" and not Path(parsed.database).exists()):
         raise FileNotFoundError(f"no SQLite database at {parsed.database} (set "
                                 "STAYBOOK_DATABASE_URL, or create it: staybook db upgrade)")
+
+
+@config_app.command("defaults")
+def config_defaults() -> None:
+    """Print every setting at its default, with what it means, as TOML.
+
+    A starting point for the file STAYBOOK_CONFIG names; deploy/staybook.toml is this
+    output.
+    """
+    from config.document import defaults_toml
+
+    typer.echo(defaults_toml(), nl=False)
 
 
 @db_app.command("upgrade")

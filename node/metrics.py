@@ -167,7 +167,7 @@ class MetricsServer:
     ``/healthz`` answers 200 while the process and its supervision tree run, 503 once
     the tree gave up: a liveness probe, which must not fail during an outage the node
     rides out (restarting it then would gain nothing). ``/metrics`` (and any other
-    path, as before) is the Prometheus text.
+    path) is the Prometheus text.
 
     Args:
         metrics: the node's metrics.
@@ -179,7 +179,7 @@ class MetricsServer:
 
     name = "metrics"
 
-    def __init__(self, metrics: NodeMetrics, port: int, address: str = "127.0.0.1",
+    def __init__(self, metrics: NodeMetrics, port: int, address: str,
                  ready: Readiness | None = None, alive: Readiness | None = None) -> None:
         self._ready = ready or (lambda: (True, "ready"))
         self._alive = alive or (lambda: (True, "alive"))

@@ -33,7 +33,6 @@ from actors.timers import TimerService
 from broker.base import Broker, Delivery
 from broker.membership import Membership, PartitionIntake
 from broker.rabbitmq import RabbitBroker
-from broker.topology import topology_of
 from config import Settings, SupervisorSettings
 from messages import (
     Consumer,
@@ -102,10 +101,7 @@ class Node:
                  clock: Clock = wall_clock,
                  inject: Callable[[str, Envelope], None] | None = None) -> None:
         self.settings = settings
-        self.broker = broker or RabbitBroker(
-            settings.broker.url, topology_of(settings), heartbeat=settings.broker.heartbeat,
-            reconnect_max_delay=settings.broker.reconnect_max_delay,
-            drain_seconds=settings.cluster.drain_seconds)
+        self.broker = broker or RabbitBroker.from_settings(settings)
         self.topology = self.broker.topology
         self.engine = make_engine(settings.database_url, synchronous=settings.store.synchronous)
         self.store = EventStore(self.engine)

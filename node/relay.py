@@ -69,7 +69,7 @@ class Relay(PollingService):
     """
 
     def __init__(self, engine: Engine, writer: StoreWriter, broker: Broker, *,
-                 batch: int = 500, max_delay: float = 10.0) -> None:
+                 batch: int, max_delay: float) -> None:
         # Polls every 0.1 s besides the writer's wake-ups: an events-role process in
         # another process writes to the same outbox without waking this relay.
         super().__init__("relay", 0.1, max_delay=max_delay, retry_delay=0.1)

@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import OperationalError
 
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from config import StoreSettings
 from store.tables import store_identity_table
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ LEGACY_TABLES = frozenset({
 # pg_advisory_lock key of the schema upgrade (any fixed 64-bit number; "staybook").
 MIGRATION_LOCK_KEY = 0x73746179626F6F6B
 _SQLITE_LOCK_ATTEMPTS = 10
+SYNCHRONOUS = StoreSettings().synchronous  # the setting's default, for tools and tests
 
 
 def database_url(url: str | URL) -> URL:
@@ -94,7 +96,8 @@ def store_id(engine: Engine) -> str:
     return str(found)
 
 
-def make_engine(url: str | URL, *, synchronous: str = "FULL", migrate: bool = True) -> Engine:
+def make_engine(url: str | URL, *, synchronous: str = SYNCHRONOUS,
+                migrate: bool = True) -> Engine:
     """Create an engine and, unless ``migrate`` is False, upgrade the schema to head.
 
     SQLite: WAL (readers never block the writer), ``synchronous`` as configured (FULL:

@@ -114,7 +114,7 @@ class DeadLetterBook:
             so the recorder holds it in the queue instead of dropping anything.
     """
 
-    def __init__(self, engine: Engine, *, max_rows: int = 100_000) -> None:
+    def __init__(self, engine: Engine, *, max_rows: int) -> None:
         self._engine = engine
         self.max_rows = max_rows
 

@@ -186,7 +186,7 @@ def test_a_gateway_declining_everything_records_payment_failed(declining_node: N
 def test_simulated_gateway_declines_at_rate_one_and_remembers(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
     try:
-        always = SimulatedGateway(engine, decline_rate=1.0)
+        always = SimulatedGateway(engine, decline_rate=1.0, decline_token_prefix="tok_decline")
         for i in range(20):
             r = always.charge(idempotency_key=f"k{i}", amount=100, card_token="tok_visa")
             assert (r.ok, r.reason) == (False, "card_declined")
@@ -194,7 +194,7 @@ def test_simulated_gateway_declines_at_rate_one_and_remembers(tmp_path: Path) ->
             assert again == r
             assert always.charges_for(f"k{i}") == 1
 
-        never = SimulatedGateway(engine, decline_rate=0.0)
+        never = SimulatedGateway(engine, decline_rate=0.0, decline_token_prefix="tok_decline")
         ok = never.charge(idempotency_key="fresh", amount=250, card_token="tok_visa")
         assert ok.ok and ok.charge_id.startswith("ch_")
         # the same key returns the recorded charge, whatever is asked the second time

@@ -133,7 +133,7 @@ def test_retries_are_bounded() -> None:
 
 def test_the_gateway_refunds_once_per_key_and_never_more_than_it_took(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'g.db'}")
-    gw = SimulatedGateway(engine)
+    gw = SimulatedGateway(engine, decline_rate=0.0, decline_token_prefix="tok_decline")
     assert gw.charge(idempotency_key="r1", amount=1000, card_token="tok_visa").ok
     first = gw.refund(idempotency_key="refund:r1", charge_key="r1", amount=5000)
     assert (first.ok, first.amount) == (True, 1000)
@@ -161,7 +161,8 @@ def test_a_due_timer_fires_once_per_attempt_through_the_outbox(tmp_path: Path) -
         conn.execute(insert(timers_table).values(
             timer_id="expire:r1", apartment_id="a1", reservation_id="r1",
             command="ExpireReservation", due_at=t0 + timedelta(minutes=1), attempts=0))
-    service = TimerService(engine, writer, refire_after=60, clock=lambda: now[0])
+    service = TimerService(engine, writer, poll_interval=0.5, refire_after=60,
+                           clock=lambda: now[0])
     try:
         assert service.fire_due() == 0  # not due yet
         now[0] = t0 + timedelta(minutes=1)

@@ -65,7 +65,7 @@ def test_a_full_disk_holds_commands_until_space_is_freed(small_disk: Path) -> No
     settings.store.probe_max_seconds = 0.2
     node = Node(settings, broker=MemoryBroker(), clock=pinned(TODAY))
     node.start()
-    server = MetricsServer(node.metrics, 0, ready=node.readiness)
+    server = MetricsServer(node.metrics, 0, "127.0.0.1", ready=node.readiness)
     server.start()
     try:
         assert isinstance(node.broker, MemoryBroker)

@@ -126,7 +126,8 @@ def test_the_relay_deletes_a_row_only_after_its_confirm(
         broker_url: str, names: dict[str, str], tmp_path: Path) -> None:
     """A row whose exchange refuses it stays unpublished, retried, until it is accepted."""
     prefix = names["exchange"].rsplit(".", 1)[0]
-    broker = RabbitBroker(broker_url, Topology(prefix=prefix), reconnect_max_delay=0.2)
+    broker = RabbitBroker(broker_url, Topology(prefix=prefix), heartbeat=30,
+                          reconnect_max_delay=0.2, drain_seconds=10.0)
     engine = make_engine(f"sqlite:///{tmp_path / 'relay.db'}")
     writer = StoreWriter(engine)
     relay = Relay(engine, writer, broker, batch=10, max_delay=0.2)

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from broker.rabbitmq import HashExchangeMissing, RabbitBroker
-from broker.topology import HASH_PLUGIN, Topology
+from broker.topology import HASH_PLUGIN
+from config import Settings
 from console.localbroker import RABBIT_BIN, LocalRabbit
 from tests.conftest import unique
 
@@ -89,7 +90,8 @@ def _cli_env(url: str, tmp_path: Path) -> dict[str, str]:
 def test_serve_enables_the_missing_plugin_on_a_local_node_and_says_so(
         bare_rabbit: LocalRabbit, tmp_path: Path) -> None:
     with pytest.raises(HashExchangeMissing) as missing:  # the connection-level 503
-        RabbitBroker(bare_rabbit.url, Topology(prefix=unique("t"), partitions=2)).declare()
+        RabbitBroker.from_settings(Settings(broker={
+            "url": bare_rabbit.url, "prefix": unique("t"), "partitions": 2})).declare()
     assert str(missing.value).splitlines() == [
         f"RabbitMQ has no consistent-hash exchange: enable it with "
         f"'rabbitmq-plugins enable {HASH_PLUGIN}'"]

@@ -22,7 +22,8 @@ from tests.conftest import eventually, unique
 
 @pytest.fixture
 def broker(amqp_url: str) -> Iterator[RabbitBroker]:
-    b = RabbitBroker(amqp_url, Topology(prefix=unique("hub")), reconnect_max_delay=0.5)
+    b = RabbitBroker(amqp_url, Topology(prefix=unique("hub")), heartbeat=30,
+                     reconnect_max_delay=0.5, drain_seconds=10.0)
     yield b
     b.close()
 

@@ -213,6 +213,7 @@ def test_email_once_per_notification_even_on_redelivery(
         smtp_server: tuple[_Inbox, int]) -> None:
     inbox, port = smtp_server
     smtp = SmtpChannel(node.engine, node.writer, host="127.0.0.1", port=port,
+                       sender="staybook@staybook.test",
                        address_of=lambda who: f"{who}@staybook.test", poll_interval=0.05)
     smtp.start()
     try:
@@ -239,7 +240,9 @@ def test_email_once_per_notification_even_on_redelivery(
         assert len(notifications(node.engine, "olga")) == 2
     finally:
         smtp.stop()
-    restarted = SmtpChannel(node.engine, node.writer, host="127.0.0.1", port=port)
+    restarted = SmtpChannel(node.engine, node.writer, host="127.0.0.1", port=port,
+                            sender="staybook@staybook.test",
+                            address_of=lambda who: f"{who}@staybook.test", poll_interval=0.05)
     assert restarted.send_pending() == 0  # a restarted channel sends nothing again
     assert len(inbox.messages) == 2
 

@@ -31,7 +31,7 @@ def deployed(amqp_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """A prefix's topology declared, with a message waiting in its dead-letter queue."""
     settings = Settings(broker={"url": amqp_url, "prefix": unique("td"), "partitions": 2})
     topo = topology_of(settings)
-    broker = RabbitBroker(amqp_url, topo)
+    broker = RabbitBroker.from_settings(settings)
     broker.declare()
     broker.close()
     conn = pika.BlockingConnection(connection_parameters(amqp_url))

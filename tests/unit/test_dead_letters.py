@@ -23,6 +23,7 @@ from store.deadletters import DEAD, REPLAYED, REPLAYING, BookFull, DeadLetterBoo
 from store.tables import dead_letters_table, inbox_table
 from tests.conftest import eventually
 
+ROOM = 1_000  # more letters than any test records: the book is never full
 
 def letter(key: str, *, queue: str | None = "t.intake", message_id: str | None = "m1",
            body: bytes = b'{"type": "AddApartment"}') -> Letter:
@@ -39,7 +40,7 @@ def rows(engine: Engine) -> list[tuple[Any, ...]]:
 
 # --- the book ------------------------------------------------------------------------
 def test_a_letter_is_recorded_once_and_read_in_landing_order(engine: Engine) -> None:
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     assert book.record(letter("k1"))
     assert not book.record(letter("k1"))  # redelivered to the recorder: not twice
     assert book.record(letter("k2", message_id="m2"))
@@ -53,7 +54,7 @@ def test_a_letter_is_recorded_once_and_read_in_landing_order(engine: Engine) -> 
 
 
 def test_reading_changes_no_row(engine: Engine) -> None:
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     for i in range(5):
         book.record(letter(f"k{i}", message_id=f"m{i}"))
     before = rows(engine)
@@ -76,7 +77,7 @@ def test_a_full_book_refuses_more(engine: Engine) -> None:
 
 
 def test_one_claim_wins_and_a_release_makes_it_dead_again(engine: Engine) -> None:
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     book.record(letter("k1"))
     [rec] = book.page()
     got = book.claim(rec.seq)
@@ -95,7 +96,7 @@ def test_one_claim_wins_and_a_release_makes_it_dead_again(engine: Engine) -> Non
 
 
 def test_concurrent_claims_give_each_letter_to_one(engine: Engine) -> None:
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     for i in range(20):
         book.record(letter(f"k{i}"))
     seqs = [r.seq for r in book.page()]
@@ -190,7 +191,7 @@ def refuse(broker: MemoryBroker, n: int) -> None:
 def test_the_recorder_empties_the_queue_into_the_book(engine: Engine) -> None:
     broker = MemoryBroker()
     broker.declare()
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     rec, consumer = recording(broker, book)
     try:
         refuse(broker, 5)
@@ -222,7 +223,7 @@ def test_a_spare_copy_of_a_handled_message_is_not_a_dead_letter(engine: Engine) 
     for mid, headers in letters:
         broker.publish(Outgoing(topo.dead_letter_exchange, "", b"{}", message_id=mid,
                                 headers=headers))
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     rec, consumer = recording(broker, book)
     try:
         eventually(lambda: broker.depth(topo.dead_letter_queue) == 0)
@@ -273,7 +274,7 @@ def test_replay_puts_a_letter_back_on_its_queue_once(engine: Engine) -> None:
     broker = MemoryBroker()
     broker.declare()
     intake = broker.topology.queue(Consumer.INTAKE)
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     book.record(Letter(key="k1", queue=intake, reason="poison", detail="d", type="X",
                        message_id="m1", correlation_id="c1",
                        reply_to="amq.rabbitmq.reply-to.abc",
@@ -295,7 +296,7 @@ def test_replay_puts_a_letter_back_on_its_queue_once(engine: Engine) -> None:
 def test_replay_to_a_queue_that_is_gone_keeps_the_letter(engine: Engine) -> None:
     broker = MemoryBroker()
     broker.declare()
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     book.record(letter("k1", queue="t.gone"))
     book.record(letter("k2", queue=None))
     results = replay(book, broker)
@@ -306,7 +307,7 @@ def test_replay_to_a_queue_that_is_gone_keeps_the_letter(engine: Engine) -> None
 
 
 def test_letters_survive_a_json_round_trip_of_their_headers(engine: Engine) -> None:
-    book = DeadLetterBook(engine)
+    book = DeadLetterBook(engine, max_rows=ROOM)
     lt = letter("k1")
     book.record(Letter(**{**lt.__dict__, "headers": {"x-death": [{"count": 1}], "n": None}}))
     [r] = book.page()

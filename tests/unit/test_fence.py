@@ -153,7 +153,8 @@ def test_a_due_timer_fires_once_across_two_nodes(
         conn.execute(insert(timers_table).values(
             timer_id="expire:r1", apartment_id="a1", reservation_id="r1",
             command="ExpireReservation", due_at=t0, attempts=0))
-    services = [TimerService(e, w, refire_after=60, clock=lambda: t0 + timedelta(seconds=1))
+    services = [TimerService(e, w, poll_interval=0.5, refire_after=60,
+                             clock=lambda: t0 + timedelta(seconds=1))
                 for e, w in zip(engines, writers, strict=True)]
     # Park both writers' threads inside a transaction, so both services read the due
     # row before either claim is written: the two claims really race in the database.

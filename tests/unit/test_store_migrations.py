@@ -90,7 +90,7 @@ def _old_outbox_row(event_id: str, published_at: datetime | None) -> dict[str, o
             "routing_key": "a1", "body": b"{}", "published_at": published_at}
 
 
-# The outbox before 0011 (``outbox_table`` has no published_at any more).
+# An outbox row at revision 0010: with the published_at column that 0011 drops.
 _INSERT_OLD_OUTBOX = text(
     "INSERT INTO outbox (event_id, type, exchange, routing_key, body, published_at) "
     "VALUES (:event_id, :type, :exchange, :routing_key, :body, :published_at)")

@@ -1,7 +1,7 @@
 """inbox.body_hash: what each handled message asked, to refuse a re-used message_id.
 
 Nullable: rows written before this revision have no hash, and a re-send that finds
-one of them is answered from the inbox as before.
+one of them is answered from the inbox without the check.
 
 Revision ID: 0003_inbox_body_hash
 Revises: 0002_city_key
