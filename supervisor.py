@@ -521,9 +521,9 @@ class Backoff:
         jitter: relative spread, 0..1 (0.1 means +/-10 %), so restarts do not align.
     """
 
-    min: float = 0.05
-    max: float = 5.0
-    jitter: float = 0.1
+    min: float
+    max: float
+    jitter: float
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The delay before restart number ``attempt`` (1-based) in the current window."""
@@ -535,8 +535,8 @@ class Backoff:
 class Intensity:
     """At most ``max_restarts`` restarts within ``period`` seconds (OTP's MaxR/MaxT)."""
 
-    max_restarts: int = 3
-    period: float = 5.0
+    max_restarts: int
+    period: float
     clock: Callable[[], float] = time.monotonic
     _times: deque[float] = field(default_factory=deque)
 
@@ -906,7 +906,7 @@ class Supervisor(SupervisedActor):
         report: ReportFailure,
         *,
         strategy: Strategy = Strategy.ONE_FOR_ONE,
-        intensity: Intensity | None = None,
+        intensity: Intensity,
         check_interval: float = 0.5,
         handler_timeout: float | None = None,
         scheduler: Scheduler | None = None,
@@ -915,7 +915,7 @@ class Supervisor(SupervisedActor):
     ) -> None:
         super().__init__(name, report)
         self.strategy = strategy
-        self.policy = RestartPolicy(name, intensity or Intensity(), rng)
+        self.policy = RestartPolicy(name, intensity, rng)
         self._children = [_State(s) for s in specs]
         self._check_interval = check_interval
         self._handler_timeout = handler_timeout
@@ -1588,7 +1588,7 @@ def supervisor_child(
     specs: list[ChildSpec],
     *,
     strategy: Strategy = Strategy.ONE_FOR_ONE,
-    intensity: Callable[[], Intensity] = Intensity,
+    intensity: Callable[[], Intensity],
     handler_timeout: float | None = None,
     backoff: Backoff | None = None,
 ) -> ChildSpec:
@@ -1620,11 +1620,11 @@ class Application:
     """
 
     def __init__(self, specs: list[ChildSpec], *, strategy: Strategy = Strategy.ONE_FOR_ONE,
-                 intensity: Intensity | None = None,
+                 intensity: Intensity,
                  handler_timeout: float | None = None) -> None:
         self._specs = specs
         self._strategy = strategy
-        self._intensity = intensity or Intensity(max_restarts=3, period=30)
+        self._intensity = intensity
         self._handler_timeout = handler_timeout
         self.root: pykka.ActorRef[Supervisor] | None = None
         self.failed = threading.Event()

@@ -91,6 +91,7 @@ def start_sup(specs: list[ChildSpec], **kw: Any) -> tuple[pykka.ActorRef[Supervi
         Failure]]:
     failures: list[Failure] = []
     kw.setdefault("check_interval", 0.02)
+    kw.setdefault("intensity", Intensity(3, 5.0))
     ref = Supervisor.start("sup", specs, failures.append, **kw)
     ref.ask(Ping(), timeout=10)
     return ref, failures
@@ -127,7 +128,8 @@ def test_children_start_in_order_and_stop_in_reverse() -> None:
 def test_a_failed_start_stops_the_started_ones_and_fails() -> None:
     log: Log = []
     ref = Supervisor.start("sup", [spec("a", log), spec("b", log, fail_start=lambda: True),
-                                   spec("c", log)], lambda _f: None)
+                                   spec("c", log)], lambda _f: None,
+                         intensity=Intensity(3, 5.0))
     with pytest.raises(pykka.ActorDeadError):
         ref.ask(Ping(), timeout=10)
     assert ("start", "c") not in log and ("stop", "a") in log
@@ -292,7 +294,7 @@ def test_backoff_jitter_stays_within_bounds() -> None:
 
 def test_introspection() -> None:
     log: Log = []
-    inner = supervisor_child("inner", [spec("x", log)])
+    inner = supervisor_child("inner", [spec("x", log)], intensity=lambda: Intensity(3, 5.0))
     ref, _ = start_sup([spec("a", log), inner])
     counts = ref.ask(CountChildren(), timeout=5)
     assert counts == {"specs": 2, "active": 2, "supervisors": 1, "workers": 1}
