@@ -322,23 +322,13 @@ class Node:
     def _handler_spec(self, consumer: Consumer,
                       start: Callable[[ReportFailure], pykka.ActorRef[Any]]
                       ) -> ChildSpec:
-        route = self.intake.routes[consumer]
-
-        def give_back() -> None:
-            with route.lock:
-                pending = list(route.pending)
-            for t in pending:
-                if not t.submitted:
-                    t.requeue()
-
         def start_child(report: ReportFailure) -> Child:
             # What the previous incarnation left unhandled (it crashed, or skipped its
             # mailbox while being stopped) goes back to the broker.
-            give_back()
+            self.intake.give_back(consumer)
             ref = start(report)
             child = ActorChild(ref)
-            with route.lock:
-                route.ref = ref
+            self.intake.attach(consumer, ref)
             return child
 
         return ChildSpec(id=consumer.value, start=start_child, restart=Restart.PERMANENT,
@@ -465,7 +455,7 @@ class Node:
             ValueError: if ``name`` is no consumer.
             KeyError: if it is a consumer without a handler actor.
         """
-        return self.intake.routes[Consumer(name)].ref
+        return self.intake.handler_ref(Consumer(name))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree gives up (True) or ``timeout`` passes (False)."""
