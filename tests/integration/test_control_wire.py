@@ -5,6 +5,10 @@ Consoles of other releases read these replies, so their shape is part of the con
 keys in order, with ``snapshots/control_wire.json``. Values that depend on clocks,
 random ids or timing are replaced by their JSON type first; every other value is
 compared as it is. ``STAYBOOK_UPDATE_SNAPSHOTS=1`` writes the file anew.
+
+Each result is also read back into its model (``messages.control.RESULTS``) and
+written again unchanged, and validated by the schema docs/asyncapi.yaml publishes
+for its op.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from pydantic import TypeAdapter
 
 from broker.client import Client
 from console.control_client import ControlClient
@@ -25,10 +32,12 @@ from messages import (
     ReservationAccepted,
     ReservationRequested,
 )
+from messages.control import RESULTS, to_wire
 from node import Node
 from store import Commit
 from tests.conftest import day, eventually
 from tests.integration.test_ctl import add_apartment, wait_control
+from tests.unit.test_contract import generated
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "control_wire.json"
 
@@ -68,6 +77,20 @@ def normalised(value: Any, names: dict[str, str]) -> Any:
         for real, shown in names.items():
             value = value.replace(real, shown)
     return value
+
+
+def check_result(op: str, result: Any) -> None:
+    """``result`` reads into its op's model and writes back as it came, key for key,
+    and the published schema of the op's result accepts it."""
+    doc = generated()
+    kind = RESULTS[op]
+    again = to_wire(TypeAdapter(kind).validate_python(result))
+    assert json.dumps(again) == json.dumps(result), op
+    # Tree rows nest: the refs stay, resolved against the document's schemas.
+    schema = {**doc["components"]["messages"]["ControlReply"]["x-staybook-results"][op],
+              "components": {"schemas": doc["components"]["schemas"]}}
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(result)]
+    assert not errors, (op, errors[:3])
 
 
 def _commit(node: Node, stream: str, expected: int, events: list[Any], apt: str) -> None:
@@ -146,6 +169,10 @@ def test_every_control_op_answers_the_json_it_always_has(node: Node, client: Cli
         ask("dlq_replay", {"all": True})
         threads = ask("threads")
     assert threads["ok"] and {"thread", "threads", "cpu_s"} == set(threads["result"][0])
+    assert {r["op"] for r in replies} - {"nope"} == set(RESULTS)  # every op is pinned
+    for r in replies:
+        if r["reply"]["ok"]:
+            check_result(r["op"], r["reply"]["result"])
     # Which threads run, and how busy they were, varies: one row, by its types.
     replies[-1]["reply"]["result"] = [{k: json_type(v) for k, v in threads["result"][0].items()}]
     got = json.dumps(normalised(replies, {name: "<node>",
