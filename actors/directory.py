@@ -171,4 +171,4 @@ class Directory(DynamicSupervisor):
 
     def row(self, c: DynamicChild, now: float) -> dict[str, Any]:
         """An entity's row: the supervisor's, with its kind."""
-        return {"kind": c.id.split(":", 1)[0], **super().row(c, now)}
+        return {"id": c.id, "kind": c.id.split(":", 1)[0], **super().row(c, now)}

@@ -2,7 +2,9 @@
 
 The document describes Staybook itself: it *receives* commands and queries (each with
 a reply to the producer's ``reply_to``), *sends* events on one fanout exchange per type,
-and its own consumers *receive* them from their queues. Every message lists every
+and its own consumers *receive* them from their queues; operators ask nodes on the
+control channel, whose answers are the models of ``messages/control.py`` with a fixed
+JSON shape. Every message lists every
 version a node still reads (``messages/upcasters.py``), each with the JSON Schema of its
 pydantic model, inside the envelope the wire carries. Producers in any language read it
 (``examples/node-producer``); ``messages/compat.py`` checks that no published schema
@@ -18,10 +20,11 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from broker.topology import HASH_EXCHANGE_TYPE, Topology
 from config import BrokerSettings
+from messages import control
 from messages.base import ID_PATTERN, BadInput, Envelope
 from messages.examples import EXAMPLES
 from messages.registry import (
@@ -76,6 +79,7 @@ def document(title_version: str = "1") -> dict[str, Any]:
     schemas["Envelope"] = _envelope_schema()
     schemas["AmqpProperties"] = _properties()
     messages["DeadLetter"] = _dead_letter_message()
+    messages.update(_control_messages(schemas))
     doc: dict[str, Any] = _plain({
         "asyncapi": ASYNCAPI_VERSION,
         "info": _info(title_version),
@@ -318,6 +322,26 @@ def _channels(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dict[
             "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
             "bindings": _queue("dead-letters"),
         },
+        "control": {
+            "address": "{node_key}",
+            "title": "Control",
+            "description": (
+                "Topic exchange for operators (`staybook ctl`, `staybook console`); each "
+                "node consumes its own exclusive queue `staybook.control.<node_name>`. Only "
+                "users listed in the node's control.operators are answered, by the "
+                "broker-validated AMQP user_id."),
+            "parameters": {"node_key": {
+                "description": "`node.<node_name>` for one node, `all` for every node."}},
+            "messages": _refs(["ControlRequest"]),
+            "bindings": _exchange("control", "topic"),
+        },
+        "controlReply": {
+            "address": None,
+            "title": "Control replies",
+            "description": "The operator's reply_to queue (direct reply-to): one reply "
+                           "per node that answered.",
+            "messages": _refs(["ControlReply"]),
+        },
     }
     for s in specs:
         if s.kind is Kind.EVENT and s.consumers:
@@ -375,6 +399,15 @@ def _operations(specs: list[MessageSpec], versions: dict[str, list[str]]) -> dic
         "receiveCommand": request("commands", Kind.COMMAND, "CommandResult", "commands"),
         "receiveQuery": request("queries", Kind.QUERY, "SearchResults", "queries",
                                 also="CommandResult"),
+        "receiveControl": {
+            "action": "receive",
+            "channel": {"$ref": "#/channels/control"},
+            "title": "Staybook answers operators",
+            "summary": "An operator asks one node or all; each answers on reply_to.",
+            "messages": _ops_refs("control", ["ControlRequest"]),
+            "reply": {"address": reply_address, "channel": {"$ref": "#/channels/controlReply"},
+                      "messages": _ops_refs("controlReply", ["ControlReply"])},
+        },
         "deadLetter": {
             "action": "send",
             "channel": {"$ref": "#/channels/deadLetters"},
@@ -421,6 +454,81 @@ def _dead_letter_message() -> dict[str, Any]:
         "payload": {"description": "The body as sent."},
     }
 
+
+
+# --- the control channel ----------------------------------------------------------------
+def _control_messages(schemas: dict[str, Any]) -> dict[str, Any]:
+    """The operator's request and a node's reply, each op's result with its schema.
+
+    The result schemas come from the models in :mod:`messages.control`, whose JSON is
+    fixed: consoles of other releases read it.
+    """
+    results: dict[str, Any] = {}
+    for op, kind in control.RESULTS.items():
+        results[op] = _control_schema(schemas, kind)
+    request = control.ControlRequest.model_json_schema()
+    reply = control.ControlReply.model_json_schema(mode="serialization")
+    reply["properties"]["result"] = {"description": (
+        "The op's result when ok (absent otherwise): its schema is the op's entry in "
+        "x-staybook-results.")}
+    reply["properties"]["error"] = {"type": "string", "description": (
+        "Why the node did not answer the op (absent when ok).")}
+    names = sorted({m.__name__ for m in _models(control.RESULTS.values())})
+    return {
+        "ControlRequest": {
+            "name": "ControlRequest",
+            "title": "An operator's request",
+            "summary": "`op` and its `args`; reply_to, correlation_id and user_id set.",
+            "contentType": "application/json",
+            "headers": {"$ref": SCHEMAS + "AmqpProperties"},
+            "payload": {**request, "properties": {
+                "op": {"type": "string", "enum": list(control.RESULTS)},
+                "args": {"type": "object", "description": "The op's arguments."}}},
+        },
+        "ControlReply": {
+            "name": "ControlReply",
+            "title": "A node's answer to an operator",
+            "summary": "`result` when `ok`, else `error`; `node` names who answered.",
+            "description": (
+                "`result` is the op's typed answer, a model of `messages/control.py` ("
+                + ", ".join(names) + "), or a line of text (restart, stop, crash) or a "
+                "count (dlq_purge); `x-staybook-results` gives each op's schema. The JSON "
+                "shape of every result is fixed: consoles of other releases read it, "
+                "so a key is never renamed, retyped or moved, and an optional key is "
+                "absent (not null) when it does not apply. "
+                "tests/integration/test_control_wire.py pins it."),
+            "contentType": "application/json",
+            "correlationId": {"description": "The request's AMQP correlation_id.",
+                              "location": "$message.header#/correlation_id"},
+            "payload": reply,
+            "x-staybook-results": results,
+        },
+    }
+
+
+def _control_schema(schemas: dict[str, Any], kind: Any) -> dict[str, Any]:
+    """The JSON Schema of a control type; the models it names go into ``schemas``."""
+    schema: dict[str, Any] = TypeAdapter(kind).json_schema(
+        ref_template=SCHEMAS + "{model}", mode="serialization")
+    named = list(schema.pop("$defs", {}).items())
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        named.append((kind.__name__, schema))
+        schema = {"$ref": SCHEMAS + kind.__name__}
+    for name, sub in named:
+        if schemas.setdefault(name, sub) != sub:
+            raise ValueError(f"two different schemas are named {name}")
+    return schema
+
+
+def _models(kinds: Any) -> set[type[BaseModel]]:
+    """The models among ``kinds`` (lists of them and unions of them too)."""
+    out: set[type[BaseModel]] = set()
+    for kind in kinds:
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            out.add(kind)
+        else:
+            out |= _models(getattr(kind, "__args__", ()))
+    return out
 
 
 # --- the human-readable page ---------------------------------------------------------------

@@ -89,7 +89,34 @@ class Intake:
         self._queries_exchange = queries_exchange
         self._max_bytes = max_bytes
         self.counters = counters
-        self.routes: dict[Consumer, _Route] = {c: _Route() for c in HANDLERS}
+        self._routes: dict[Consumer, _Route] = {c: _Route() for c in HANDLERS}
+
+    def handler_ref(self, consumer: Consumer) -> pykka.ActorRef[Any] | None:
+        """The current actor of a handler (None until it first started).
+
+        Raises:
+            KeyError: if ``consumer`` has no handler actor.
+        """
+        return self._routes[consumer].ref
+
+    def attach(self, consumer: Consumer, ref: pykka.ActorRef[Any]) -> None:
+        """Make ``ref`` the handler's actor: deliveries from now on are told to it."""
+        route = self._routes[consumer]
+        with route.lock:
+            route.ref = ref
+
+    def give_back(self, consumer: Consumer) -> None:
+        """Requeue what the handler's actor was told and never took up.
+
+        Called before a new actor is attached: the previous one crashed, or skipped
+        its mailbox while being stopped, and the broker redelivers what it left.
+        """
+        route = self._routes[consumer]
+        with route.lock:
+            pending = list(route.pending)
+        for t in pending:
+            if not t.submitted:
+                t.requeue()
 
     def on_command(self, delivery: Delivery) -> None:
         try:
@@ -137,7 +164,7 @@ class Intake:
 
     def handler_delivery(self, consumer: Consumer, kinds: frozenset[Kind] = HANDLER_KINDS
                           ) -> Callable[[Delivery], None]:
-        route = self.routes[consumer]
+        route = self._routes[consumer]
 
         def on_delivery(delivery: Delivery) -> None:
             env = self._parse(delivery, kinds)

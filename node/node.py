@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -38,7 +39,8 @@ from messages import (
     Consumer,
     Envelope,
 )
-from node.control import ControlService, safe_tree, tree_restarts
+from messages.control import NodeStatus
+from node.control import ControlService, tree_restarts
 from node.deadletters import DeadLetterRecorder
 from node.intake import SEARCH_KINDS, Counters, Intake
 from node.metrics import MetricsServer, NodeGauges, NodeMetrics
@@ -258,7 +260,8 @@ class Node:
                 return self.metrics_server
             specs.append(service_child("metrics", server))
         if self.settings.control.enabled and isinstance(self.broker, RabbitBroker):
-            specs.append(service_child("control", lambda: ControlService(self),
+            specs.append(service_child("control",
+                                       lambda: ControlService(self, self.settings, self.topology),
                                        backoff=backoff_of(self.settings.supervision.root)))
         return specs
 
@@ -267,10 +270,42 @@ class Node:
         d = self.directory
         return NodeGauges(live_actors=d.live, max_live=d.max_live, activations=d.activations,
                           passivations=d.passivations,
-                          restarts=d.restarts + tree_restarts(safe_tree(self)),
+                          restarts=d.restarts + tree_restarts(self.supervision_tree()),
                           dead_letters=self.counters.refused + d.poisoned,
                           outbox_backlog=self.relay.backlog(), writer_backlog=self.writer.backlog,
                           store_up=self.store_gate.up, store_outages=self.store_gate.outages)
+
+    def node_status(self, since: float) -> NodeStatus:
+        """Counters and gauges for the control channel's ``status``, the uptime counted
+        from ``since`` (when the control service started)."""
+        d = self.directory
+        p99 = self.metrics.p99()
+        now = time.time()
+        return NodeStatus(
+            node=self.settings.node_name, time=now, uptime=round(now - since, 1),
+            live_actors=d.live, max_live=d.max_live, activations=d.activations,
+            passivations=d.passivations,
+            restarts=d.restarts + tree_restarts(self.supervision_tree()),
+            commands=self.counters.commands, handled=self.metrics.handled,
+            p99_ms=None if p99 is None else round(p99 * 1000, 2),
+            dead_letters=self.counters.refused + d.poisoned,
+            outbox_backlog=self.relay.backlog(), writer_backlog=self.writer.backlog,
+            tree_status="failed" if self.app.failed.is_set() else "running",
+            **self.store_status(),
+            partitions=None if self.partitions is None else sorted(self.partitions.held()),
+            members=None if self.membership is None else self.membership.members())
+
+    def supervision_tree(self) -> list[dict[str, Any]]:
+        """The supervision tree, or [] while it is stopping (asks can time out)."""
+        try:
+            return self.app.tree()
+        except Exception:  # noqa: BLE001 - introspection must never fail its caller
+            return []
+
+    def supervision_root(self) -> pykka.ActorRef[Any] | None:
+        """The root supervisor while it runs."""
+        root = self.app.root
+        return root if root is not None and root.is_alive() else None
     # --- end operator console ---------------------------------------------------------
 
     def _smtp_spec(self, backoff: Backoff | None) -> list[ChildSpec]:
@@ -283,23 +318,13 @@ class Node:
     def _handler_spec(self, consumer: Consumer,
                       start: Callable[[ReportFailure], pykka.ActorRef[Any]]
                       ) -> ChildSpec:
-        route = self.intake.routes[consumer]
-
-        def give_back() -> None:
-            with route.lock:
-                pending = list(route.pending)
-            for t in pending:
-                if not t.submitted:
-                    t.requeue()
-
         def start_child(report: ReportFailure) -> Child:
             # What the previous incarnation left unhandled (it crashed, or skipped its
             # mailbox while being stopped) goes back to the broker.
-            give_back()
+            self.intake.give_back(consumer)
             ref = start(report)
             child = ActorChild(ref)
-            with route.lock:
-                route.ref = ref
+            self.intake.attach(consumer, ref)
             return child
 
         return ChildSpec(id=consumer.value, start=start_child, restart=Restart.PERMANENT,
@@ -377,14 +402,14 @@ class Node:
             return False, "the supervision tree gave up"
         if self.partitions is not None and not self.partitions_chosen.is_set():
             return False, "waiting for the cluster to assign partitions"
-        idle = sorted(getattr(c, "queue", c.name) for c in self._consumers()
+        idle = sorted(getattr(c, "queue", c.name) for c in self.running_consumers()
                       if not getattr(c, "consuming", c.is_alive()))
         if idle:
             more = f" and {len(idle) - 3} more" if len(idle) > 3 else ""
             return False, f"not consuming {', '.join(idle[:3])}{more}"
         return True, "ready"
 
-    def _consumers(self) -> list[Any]:
+    def running_consumers(self) -> list[Any]:
         """The consumers this node runs now: its queues' and its partitions'."""
         consumers = list(self.consumers.values())
         if self.partitions is not None:
@@ -426,7 +451,7 @@ class Node:
             ValueError: if ``name`` is no consumer.
             KeyError: if it is a consumer without a handler actor.
         """
-        return self.intake.routes[Consumer(name)].ref
+        return self.intake.handler_ref(Consumer(name))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree gives up (True) or ``timeout`` passes (False)."""

@@ -12,10 +12,9 @@ bounded page at a time, and sends the command that completes each one.
 
 from __future__ import annotations
 
-from typing import Any
-
 from actors.lookup import stored_state
 from messages import Envelope, PaymentFailed
+from messages.control import RepairPage, UnpaidBooking
 from rules.apartment import Apartment, StayStatus
 from store import EventStore
 
@@ -25,14 +24,14 @@ MAX_FOLDED = 256  # apartments kept folded during one request
 
 
 def unpaid_bookings(store: EventStore, *, after: int = 0, limit: int = 100,
-                    budget: int = BUDGET) -> dict[str, Any]:
+                    budget: int = BUDGET) -> RepairPage:
     """One page of the scan: the failed payments after store position ``after`` whose
     apartment still holds the stay as accepted, at most ``limit`` of them.
 
     ``next`` is the position to continue after, or None once every failed payment was
     examined; ``scanned`` counts the failed payments this page examined.
     """
-    found: list[dict[str, Any]] = []
+    found: list[UnpaidBooking] = []
     scanned = 0
     folded: dict[str, Apartment] = {}
     while scanned < budget:
@@ -46,14 +45,14 @@ def unpaid_bookings(store: EventStore, *, after: int = 0, limit: int = 100,
             if row is not None:
                 found.append(row)
                 if len(found) >= limit:
-                    return {"found": found, "scanned": scanned, "next": after}
+                    return RepairPage(found=found, scanned=scanned, next=after)
         if len(page) < want:
-            return {"found": found, "scanned": scanned, "next": None}
-    return {"found": found, "scanned": scanned, "next": after}
+            return RepairPage(found=found, scanned=scanned, next=None)
+    return RepairPage(found=found, scanned=scanned, next=after)
 
 
 def _still_booked(store: EventStore, env: Envelope,
-                  folded: dict[str, Apartment]) -> dict[str, Any] | None:
+                  folded: dict[str, Apartment]) -> UnpaidBooking | None:
     """The reservation of a ``PaymentFailed`` if its apartment holds it as accepted."""
     failed = env.payload
     if not isinstance(failed, PaymentFailed):
@@ -71,6 +70,7 @@ def _still_booked(store: EventStore, env: Envelope,
     stay = state.stays.get(rid)
     if stay is None or stay.status is not StayStatus.ACCEPTED:
         return None
-    return {"reservation_id": rid, "apartment_id": apartment_id, "guest_id": stay.guest_id,
-            "start": stay.start.isoformat(), "end": stay.end.isoformat(),
-            "amount": failed.amount, "currency": state.currency, "reason": failed.reason}
+    return UnpaidBooking(reservation_id=rid, apartment_id=apartment_id,
+                         guest_id=stay.guest_id, start=stay.start.isoformat(),
+                         end=stay.end.isoformat(), amount=failed.amount,
+                         currency=state.currency, reason=failed.reason)

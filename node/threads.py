@@ -13,7 +13,8 @@ import re
 import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+
+from messages.control import ThreadCpu
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _NUMBERS = re.compile(r"\d+")
@@ -24,7 +25,7 @@ def group_of(name: str) -> str:
     return _NUMBERS.sub("N", name)
 
 
-def thread_cpu() -> list[dict[str, Any]]:
+def thread_cpu() -> list[ThreadCpu]:
     """CPU seconds (user + system) of this process's live threads, by group, busiest first.
 
     Threads that ended are not counted (their time is in the process's total only).
@@ -43,5 +44,5 @@ def thread_cpu() -> list[dict[str, Any]]:
         g = group_of(t.name)
         cpu[g] += (int(fields[11]) + int(fields[12])) / _TICK
         count[g] += 1
-    return [{"thread": g, "threads": count[g], "cpu_s": round(cpu[g], 2)}
+    return [ThreadCpu(thread=g, threads=count[g], cpu_s=round(cpu[g], 2))
             for g in sorted(cpu, key=lambda k: -cpu[k])]

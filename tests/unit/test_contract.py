@@ -80,8 +80,10 @@ def validator(doc: dict[str, Any], key: str) -> Draft202012Validator:
 
 
 def messages_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The document's Staybook messages (the dead-letter wrapper is not one)."""
-    return {k: m for k, m in doc["components"]["messages"].items() if k != "DeadLetter"}
+    """The document's Staybook messages, those of the registry (not the dead-letter
+    wrapper, nor the control channel's request and reply)."""
+    return {k: m for k, m in doc["components"]["messages"].items()
+            if "x-staybook-kind" in m}
 
 
 KEYS = [message_key(s, v) for s in all_specs() for v in accepted_versions(s)]

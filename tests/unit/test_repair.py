@@ -3,8 +3,6 @@ whatever their size, add up to one whole scan."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from sqlalchemy import Engine
 
@@ -21,6 +19,7 @@ from messages import (
     ReservationCancelled,
     ReservationRequested,
 )
+from messages.control import UnpaidBooking
 from node import repair
 from node.repair import unpaid_bookings
 from store import Commit, EventStore, StoreWriter
@@ -79,8 +78,8 @@ def _fill(engine: Engine) -> None:
         writer.stop()
 
 
-def _ids(rows: list[dict[str, Any]]) -> list[str]:
-    return [r["reservation_id"] for r in rows]
+def _ids(rows: list[UnpaidBooking]) -> list[str]:
+    return [r.reservation_id for r in rows]
 
 
 def test_it_finds_declined_stays_still_booked_and_pages_add_up(
@@ -88,22 +87,22 @@ def test_it_finds_declined_stays_still_booked_and_pages_add_up(
     _fill(engine)
     store = EventStore(engine)
     whole = unpaid_bookings(store)
-    assert _ids(whole["found"]) == ["res-0", "res-1", "res-3", "res-4", "res-b"]
-    assert (whole["scanned"], whole["next"]) == (6, None)
-    assert whole["found"][3] == {
+    assert _ids(whole.found) == ["res-0", "res-1", "res-3", "res-4", "res-b"]
+    assert (whole.scanned, whole.next) == (6, None)
+    assert whole.found[3].model_dump() == {
         "reservation_id": "res-4", "apartment_id": "apt-a", "guest_id": "gina",
         "start": day(9).isoformat(), "end": day(10).isoformat(), "amount": 100,
         "currency": "NOK", "reason": "declined"}
     monkeypatch.setattr(repair, "PAGE", 2)  # several queries per request, too
     for limit, budget in ((1, 10), (10, 1), (2, 3), (5, 5)):
-        found: list[dict[str, Any]] = []
+        found: list[UnpaidBooking] = []
         after: int | None = 0
         requests = 0
         while after is not None:
             page = unpaid_bookings(store, after=after, limit=limit, budget=budget)
-            assert len(page["found"]) <= limit and page["scanned"] <= budget
-            found += page["found"]
-            after = page["next"]
+            assert len(page.found) <= limit and page.scanned <= budget
+            found += page.found
+            after = page.next
             requests += 1
             assert requests <= 10, (limit, budget)
-        assert found == whole["found"], (limit, budget)
+        assert found == whole.found, (limit, budget)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+from messages.control import ThreadCpu
 from node.threads import group_of, thread_cpu
 
 
@@ -27,17 +28,17 @@ def test_a_busy_thread_shows_its_cpu() -> None:
         t.start()
     try:
         deadline = time.monotonic() + 30
-        rows: dict[str, dict[str, object]] = {}
+        rows: dict[str, ThreadCpu] = {}
         while time.monotonic() < deadline:
-            rows = {r["thread"]: r for r in thread_cpu()}
-            cpu = rows.get("spinner-N", {}).get("cpu_s", 0)
-            if isinstance(cpu, float) and cpu >= 0.05:
+            rows = {r.thread: r for r in thread_cpu()}
+            spinners_row = rows.get("spinner-N")
+            if spinners_row is not None and spinners_row.cpu_s >= 0.05:
                 break
             time.sleep(0.05)
     finally:
         stop.set()
         for t in spinners:
             t.join()
-    assert rows["spinner-N"]["threads"] == 2
-    cpu = [float(str(r["cpu_s"])) for r in rows.values()]
+    assert rows["spinner-N"].threads == 2
+    cpu = [r.cpu_s for r in rows.values()]
     assert cpu == sorted(cpu, reverse=True)  # busiest first
