@@ -172,7 +172,7 @@ class ThreadService:
     body that waits on anything else is woken by :meth:`interrupt`. :meth:`facts` adds
     the service's own facts to :meth:`health`.
 
-    A body that raises has crashed: the error is logged and kept in :attr:`crash`
+    A body that raises has crashed: the error is logged and kept in :attr:`last_crash`
     before the thread ends, so whoever finds the service dead (the supervisor's
     liveness check) can also tell why; the callback given to :meth:`start` hears of it
     at once. Each start gives its thread a stop event of its own: a thread that
@@ -187,7 +187,7 @@ class ThreadService:
     def __init__(self, name: str, *, thread_name: str | None = None) -> None:
         self.name = name
         self.thread_name = thread_name or name
-        self.crash: Failure | None = None  # the last crash of the body, kept across starts
+        self.last_crash: Failure | None = None  # the last crash of the body, kept across starts
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()  # the newest thread's; each thread keeps its own
         self._own = threading.local()  # on a service thread: ``stop``, that thread's event
@@ -246,7 +246,7 @@ class ThreadService:
 
     def health(self) -> Health:
         """Name, liveness, last crash and the service's own facts."""
-        crash = self.crash
+        crash = self.last_crash
         return Health(self.name, self.is_alive(),
                       None if crash is None else f"{crash.error_type}: {crash.message}",
                       self.facts())
@@ -273,14 +273,14 @@ class ThreadService:
         try:
             self.run()
         except BaseException as exc:  # recorded below; the thread then ends, dead
-            self.crash = Failure(
+            self.last_crash = Failure(
                 name=self.name, phase="run", error_type=type(exc).__name__,
                 message=str(exc)[:500], traceback="".join(traceback.format_exception(exc))[-4000:],
                 at=time.time(), actor_urn=f"service:{self.name}")
             log.error("%s: its thread crashed", self.name, exc_info=exc)
             if on_crash is not None:
                 try:
-                    on_crash(self.crash)
+                    on_crash(self.last_crash)
                 except Exception:
                     log.exception("reporting the crash of %s failed", self.name)
 

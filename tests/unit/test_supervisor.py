@@ -368,7 +368,7 @@ def test_a_thread_service_starts_and_stops() -> None:
     eventually(lambda: body.rounds > 0)
     assert body.is_alive() and "body-thread" in {t.name for t in threading.enumerate()}
     assert body.stop(5) is True
-    assert not body.is_alive() and body.crash is None
+    assert not body.is_alive() and body.last_crash is None
 
 
 def test_stop_is_bounded_when_the_body_ignores_it() -> None:
@@ -408,9 +408,9 @@ def test_a_crashing_body_is_dead_with_its_error() -> None:
     assert body.health().error is None
     crash.set()
     eventually(lambda: not body.is_alive())
-    assert body.crash is not None and heard == [body.crash]
-    assert (body.crash.error_type, body.crash.message) == ("RuntimeError", "body broke")
-    assert "body broke" in body.crash.traceback
+    assert body.last_crash is not None and heard == [body.last_crash]
+    assert (body.last_crash.error_type, body.last_crash.message) == ("RuntimeError", "body broke")
+    assert "body broke" in body.last_crash.traceback
     health = body.health()
     assert (health.alive, health.error) == (False, "RuntimeError: body broke")
     assert body.stop(1) is True
