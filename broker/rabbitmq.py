@@ -762,12 +762,13 @@ class _Batch:
         self.done.set()
 
 
-class AsyncConfirmPublisher(Publisher):
+class AsyncConfirmPublisher(ThreadService, Publisher):
     """Publishes with pipelined publisher confirms on a ``SelectConnection`` thread.
 
     ``publish_confirmed`` hands a batch to the I/O loop and waits until the broker
     has acked every message of it (one ``multiple`` ack often covers many). Messages
-    are published ``mandatory``: an unroutable one fails its batch.
+    are published ``mandatory``: an unroutable one fails its batch. The I/O loop is
+    the service's thread, started here; :meth:`close` stops it.
 
     Args:
         params: connection parameters, or one per broker of a cluster: tried in
@@ -776,6 +777,7 @@ class AsyncConfirmPublisher(Publisher):
 
     def __init__(self, params: pika.connection.Parameters
                  | Sequence[pika.connection.Parameters]) -> None:
+        super().__init__("relay-publisher")
         self._params = ([params] if isinstance(params, pika.connection.Parameters)
                         else list(params))
         self._opened = False
@@ -787,13 +789,13 @@ class AsyncConfirmPublisher(Publisher):
         self._seq = 0
         self._pending: dict[int, tuple[_Batch, str | None]] = {}  # seq -> batch, id
         self._returned_ids: dict[str, str] = {}  # message id -> why it was returned
-        self._thread = threading.Thread(target=self._run, name="relay-publisher", daemon=True)
-        self._thread.start()
+        self.start()
         if not self._ready.wait(15) or self._error:
             self.close()
             raise PublishFailed(f"could not open the publisher: {self._error or 'timeout'}")
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The I/O loop: open a connection (trying each broker in turn) and serve it."""
         try:
             # A broker that refuses is left for the next; one that opened and then
             # closed ends this publisher (its owner makes a new one, from the start).
@@ -921,15 +923,18 @@ class AsyncConfirmPublisher(Publisher):
         """False once the connection has closed."""
         return not self._closed.is_set()
 
-    def close(self) -> None:
-        """Close the connection and stop the I/O loop."""
+    def interrupt(self) -> None:
+        """Have the I/O loop close the connection (or stop, if none is open)."""
         conn = self._conn
         if conn is not None and not self._closed.is_set():
             with contextlib.suppress(Exception):
                 conn.ioloop.add_callback_threadsafe(
                     lambda: conn.close() if conn.is_open else conn.ioloop.stop()
                 )
-        self._thread.join(5)
+
+    def close(self) -> None:
+        """Close the connection and stop the I/O loop (waiting 5 s at most)."""
+        self.stop(5)
 
 
 class LoginRefused(Exception):
