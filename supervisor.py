@@ -37,8 +37,8 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -142,7 +142,150 @@ class DependencyDown(Exception):
     """A shared dependency stayed unreachable past its limit: the node cannot go on."""
 
 
-class Dependency:
+@dataclass(frozen=True)
+class Health:
+    """What the supervision tree shows of a service, besides its status and restarts.
+
+    Attributes:
+        name: the service's name.
+        alive: whether its thread runs.
+        error: how its thread last crashed, as ``Type: message`` (None: it never did).
+        facts: the service's own, e.g. ``connected``, ``reconnects``, ``failures``,
+            ``backlog`` (plain values: the tree is sent to operators as JSON).
+    """
+
+    name: str
+    alive: bool
+    error: str | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """The service's facts, then its name, liveness and last error, as one flat row."""
+        return {**self.facts, "name": self.name, "alive": self.alive, "error": self.error}
+
+
+class ThreadService:
+    """A service that owns one thread: the start, bounded stop and liveness of them all.
+
+    A subclass implements :meth:`run`, the thread's body, which returns once
+    :meth:`stopping` is true; waiting with :meth:`pause` ends at once on a stop, and a
+    body that waits on anything else is woken by :meth:`interrupt`. :meth:`facts` adds
+    the service's own facts to :meth:`health`.
+
+    A body that raises has crashed: the error is logged and kept in :attr:`last_crash`
+    before the thread ends, so whoever finds the service dead (the supervisor's
+    liveness check) can also tell why; the callback given to :meth:`start` hears of it
+    at once. Each start gives its thread a stop event of its own: a thread that
+    outlived a stop's timeout still sees itself stopped when the service is started
+    again, rather than running on beside its successor.
+
+    Args:
+        name: the service's name and, unless ``thread_name`` is given, its thread's.
+        thread_name: the thread's name, where it differs (it groups CPU by thread).
+    """
+
+    def __init__(self, name: str, *, thread_name: str | None = None) -> None:
+        self.name = name
+        self.thread_name = thread_name or name
+        self.last_crash: Failure | None = None  # the last crash of the body, kept across starts
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # the newest thread's; each thread keeps its own
+        self._own = threading.local()  # on a service thread: ``stop``, that thread's event
+
+    # --- hooks ----------------------------------------------------------------------
+    def run(self) -> None:
+        """Hook: the thread's body; return once :meth:`stopping` is true."""
+        raise NotImplementedError
+
+    def interrupt(self) -> None:
+        """Hook: wake a body that waits on something other than :meth:`pause`.
+
+        Called on the stopping thread, after the stop was asked for; it must not block.
+        """
+
+    def facts(self) -> dict[str, Any]:
+        """Hook: the service's own facts for :meth:`health` (cheap: read on every look)."""
+        return {}
+
+    # --- lifecycle ------------------------------------------------------------------
+    def start(self, on_crash: ReportFailure | None = None) -> None:
+        """Start the thread.
+
+        Args:
+            on_crash: called on the thread with the :class:`Failure` if the body raises.
+        """
+        stop = threading.Event()
+        self._stop = stop
+        self._thread = threading.Thread(target=self._main, args=(stop, on_crash),
+                                        name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the thread to stop and wait for it, at most ``timeout`` seconds.
+
+        Returns:
+            True once it has ended (or never ran); False while it still runs: it is
+            left to end on its own (a service stopping itself is never waited for).
+        """
+        self._stop.set()
+        self.interrupt()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+            if thread.is_alive() and timeout > 0:
+                log.warning("%s did not stop within %.1fs; left to end on its own",
+                            self.name, timeout)
+        return not thread.is_alive()
+
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def health(self) -> Health:
+        """Name, liveness, last crash and the service's own facts."""
+        crash = self.last_crash
+        return Health(self.name, self.is_alive(),
+                      None if crash is None else f"{crash.error_type}: {crash.message}",
+                      self.facts())
+
+    # --- for the body ---------------------------------------------------------------
+    def stopping(self) -> bool:
+        """True once a stop was asked for (on the service's thread: that thread's stop)."""
+        return self._event().is_set()
+
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less when a stop is asked for; True when it was."""
+        return self._event().wait(seconds)
+
+    def on_thread(self) -> bool:
+        """True when called on the service's current thread."""
+        return threading.current_thread() is self._thread
+
+    def _event(self) -> threading.Event:
+        own: threading.Event | None = getattr(self._own, "stop", None)
+        return self._stop if own is None else own
+
+    def _main(self, stop: threading.Event, on_crash: ReportFailure | None) -> None:
+        self._own.stop = stop
+        try:
+            self.run()
+        except BaseException as exc:  # recorded below; the thread then ends, dead
+            self.last_crash = Failure(
+                name=self.name, phase="run", error_type=type(exc).__name__,
+                message=str(exc)[:500], traceback="".join(traceback.format_exception(exc))[-4000:],
+                at=time.time(), actor_urn=f"service:{self.name}")
+            log.error("%s: its thread crashed", self.name, exc_info=exc)
+            if on_crash is not None:
+                try:
+                    on_crash(self.last_crash)
+                except Exception:
+                    log.exception("reporting the crash of %s failed", self.name)
+
+
+class Dependency(ThreadService):
     """A dependency the children share (the store): up, or down until a probe answers.
 
     "Let it crash" is for faults of the child, not of what it depends on. A child
@@ -153,7 +296,8 @@ class Dependency:
     ``probe`` with capped exponential backoff and reopens the gate when it answers
     (Akka's ``CircuitBreaker`` and backoff supervisor, Erlang's ``fuse``). Down for
     longer than ``limit`` seconds, it gives up: ``on_give_up`` is called once with
-    one line that says so, and waiters get :class:`DependencyDown`.
+    one line that says so, and waiters get :class:`DependencyDown`. Its row in the
+    tree says whether it is up, how long it has been down and why.
 
     Args:
         name: the service's child id and thread name.
@@ -171,7 +315,7 @@ class Dependency:
                  min_delay: float = 0.05, max_delay: float = 2.0,
                  on_give_up: Callable[[str], None] | None = None,
                  describe: Callable[[BaseException], str] | None = None) -> None:
-        self.name = name
+        super().__init__(name)
         self._describe = describe or _one_line
         self._probe = probe
         self._is_outage = is_outage
@@ -182,9 +326,7 @@ class Dependency:
         self._up = threading.Event()
         self._up.set()
         self._tripped = threading.Event()
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self.down_since: float | None = None  # monotonic, while down
         self.last_error = ""
         self.outages = 0
@@ -262,32 +404,29 @@ class Dependency:
         return True
 
     # --- the service --------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, on_crash: ReportFailure | None = None) -> None:
         """Start the probing thread (it sleeps while the dependency is up)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        super().start(on_crash)
         if not self.up:
             self._tripped.set()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop probing."""
-        self._stop.set()
+    def interrupt(self) -> None:
+        """Wake the thread sleeping while the dependency is up, so it sees the stop."""
         self._tripped.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
-    def is_alive(self) -> bool:
-        """True while the probing thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+    def facts(self) -> dict[str, Any]:
+        """Up or down (and for how long), outages so far, the last error."""
+        return {"up": self.up, "down_for": round(self.down_for(), 1),
+                "outages": self.outages, "last_error": self.last_error or None}
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        """Sleep while up; while down, probe with backoff until it answers."""
+        while not self.stopping():
             self._tripped.wait()
             self._tripped.clear()
             delay = self._min_delay
-            while not self.up and not self._stop.is_set():
-                if self._stop.wait(delay):
+            while not self.up and not self.stopping():
+                if self.pause(delay):
                     return
                 try:
                     self._probe()
@@ -458,15 +597,19 @@ def mailbox_size(ref: pykka.ActorRef[Any]) -> int:
 
 
 class Service(Protocol):
-    """Something a supervisor can start, stop and watch (a thread with a job)."""
+    """Something a supervisor can start, stop and watch (a thread with a job).
+
+    :class:`ThreadService` is the one implementation that owns a thread; the others
+    (a consumer on a shared connection, a set of consumers) drive threads they share.
+    """
 
     name: str
 
     def start(self) -> None:
         """Start; raise if it cannot."""
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and wait up to ``timeout`` seconds."""
+    def stop(self, timeout: float = 10.0) -> bool | None:
+        """Stop and wait up to ``timeout`` seconds; False if it still runs (None: unknown)."""
 
     def is_alive(self) -> bool:
         """True while it runs."""
@@ -631,15 +774,31 @@ def abandon_actor(ref: pykka.ActorRef[Any]) -> None:
 
 
 class ServiceChild:
-    """A thread-based service child; its death is noticed by the liveness check."""
+    """A thread-based service child; its death is noticed by the liveness check.
+
+    A :class:`ThreadService` whose thread crashes also reports the crash, through
+    ``report``, so the supervisor sees it as a crash (with its error) rather than an exit.
+
+    Args:
+        service: the service, started here.
+        report: the supervisor's crash callback (None: only the liveness check).
+    """
 
     _seq = 0
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, report: ReportFailure | None = None) -> None:
         self.service = service
         ServiceChild._seq += 1
         self.urn = f"service:{service.name}:{ServiceChild._seq}"
-        service.start()
+        self._report = report
+        if isinstance(service, ThreadService):
+            service.start(on_crash=None if report is None else self._crashed)
+        else:
+            service.start()
+
+    def _crashed(self, failure: Failure) -> None:
+        if self._report is not None:
+            self._report(replace(failure, actor_urn=self.urn))
 
     def stop(self, shutdown: Shutdown) -> bool:
         """Stop the service; False if its thread outlived the timeout."""
@@ -655,11 +814,14 @@ class ServiceChild:
         return self.service.is_alive()
 
     def describe(self) -> dict[str, Any]:
-        """What kind of child this is."""
-        return {"kind": "service"}
+        """Kind, the service's name and liveness, and a thread service's health."""
+        s = self.service
+        if isinstance(s, ThreadService):
+            return {"kind": "service", **s.health().row()}
+        return {"kind": "service", "name": s.name, "alive": s.is_alive()}
 
 
-class PollingService:
+class PollingService(ThreadService):
     """A supervised thread that calls :meth:`poll` until stopped.
 
     ``poll`` returns True when there may be more to do at once; otherwise the thread
@@ -678,14 +840,12 @@ class PollingService:
 
     def __init__(self, name: str, interval: float, *, max_delay: float = 30.0,
                  retry_delay: float | None = None, dependency: Gate | None = None) -> None:
-        self.name = name
+        super().__init__(name)
         self.dependency = dependency
         self._interval = interval
         self._max_delay = max_delay
         self._retry_delay = interval if retry_delay is None else retry_delay
-        self._stop = threading.Event()
         self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self.failures = 0
 
     def poll(self) -> bool:
@@ -698,30 +858,22 @@ class PollingService:
     def finished(self) -> None:
         """Hook: the thread is about to end; the default does nothing."""
 
-    def start(self) -> None:
-        """Start the thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current round."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the thread runs."""
-        return self._thread is not None and self._thread.is_alive()
-
     def wake(self) -> None:
         """There is work now: poll without waiting for the interval."""
         self._wake.set()
 
-    def _run(self) -> None:
+    def interrupt(self) -> None:
+        """Cut the idle wait short, so a stop takes effect after the current round."""
+        self._wake.set()
+
+    def facts(self) -> dict[str, Any]:
+        """Rounds that failed (outages of the dependency are not counted)."""
+        return {"failures": self.failures}
+
+    def run(self) -> None:
+        """Poll, sleep or back off, until stopped; then :meth:`finished`."""
         retry = self._retry_delay
-        while not self._stop.is_set():
+        while not self.stopping():
             wait = self._interval
             try:
                 more = self.poll()
@@ -729,7 +881,7 @@ class PollingService:
             except Exception as exc:  # noqa: BLE001 - the work stays; the next poll retries
                 self.failed(exc)
                 if self.dependency is not None and self.dependency.ride_out(
-                        exc, self._stop.is_set):
+                        exc, self.stopping):
                     continue
                 self.failures += 1
                 log.warning("%s: round failed (%r); retrying in %.1fs", self.name, exc, retry)
@@ -1605,8 +1757,8 @@ def service_child(id_: str, make: Callable[[], Service], *,
                   restart: Restart = Restart.PERMANENT, shutdown: Shutdown = 10.0,
                   backoff: Backoff | None = None) -> ChildSpec:
     """A child spec for a thread-based service."""
-    return ChildSpec(id=id_, start=lambda _report: ServiceChild(make()), restart=restart,
-                     shutdown=shutdown, backoff=backoff)
+    return ChildSpec(id=id_, start=lambda report: ServiceChild(make(), report),
+                     restart=restart, shutdown=shutdown, backoff=backoff)
 
 
 class Application:

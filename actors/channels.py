@@ -58,6 +58,10 @@ class SmtpChannel(PollingService):
         self._batch = batch
         self.sent = 0
 
+    def facts(self) -> dict[str, Any]:
+        """Failed rounds and e-mails sent."""
+        return {**super().facts(), "sent": self.sent}
+
     def poll(self) -> bool:
         """Send what is unsent; look again at once when a full batch went out."""
         return self.send_pending() >= self._batch

@@ -117,6 +117,10 @@ class TimerService(PollingService):
         self._clock = clock
         self.fired = 0
 
+    def facts(self) -> dict[str, Any]:
+        """Failed rounds and timers fired by this node."""
+        return {**super().facts(), "fired": self.fired}
+
     def poll(self) -> bool:
         """Fire what is due; look again at once when a full batch fired."""
         return self.fire_due() >= self._batch

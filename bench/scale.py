@@ -41,7 +41,6 @@ import re
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -68,6 +67,7 @@ from console.localbroker import log_tail
 from console.localdb import create_database, local_postgresql
 from messages import Envelope, RequestReservation, SearchApartments, SearchResults, new_id
 from store import make_engine
+from supervisor import ThreadService
 
 RSS_TARGET = 1 << 30
 P99_TARGET_MS = 50.0
@@ -75,26 +75,24 @@ SAMPLE_SECONDS = 0.1
 MiB = 1 << 20
 
 
-class Sampler:
+class Sampler(ThreadService):
     """The max resident memory and thread count of one process, sampled on a thread."""
 
     def __init__(self, pid: int, interval: float = SAMPLE_SECONDS) -> None:
+        super().__init__("sampler")
         self.pid = pid
         self.interval = interval
         self.rss_max = 0
         self.threads_max = 0
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
 
     def __enter__(self) -> Sampler:
         self.sample()
-        self._thread.start()
+        self.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stop()
         self.sample()
 
     def sample(self) -> tuple[int, int] | None:
@@ -106,8 +104,9 @@ class Sampler:
             self.threads_max = max(self.threads_max, now[1])
         return now
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def run(self) -> None:
+        """Sample every ``interval`` seconds until stopped."""
+        while not self.pause(self.interval):
             self.sample()
 
 

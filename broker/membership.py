@@ -310,6 +310,10 @@ class Membership(ReconnectingService):
         return assign(self.partitions, self.members()).get(self.node_name, [])
 
     # --- the loop ----------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        """The connection's facts, and the live members this node sees."""
+        return {**super().facts(), "members": len(self.members())}
+
     def session(self) -> None:
         """Beat, listen and reconcile until stopped; announce leaving on the way out."""
         conn = self._conn or self._open()
@@ -322,7 +326,7 @@ class Membership(ReconnectingService):
             self._listening_since = self._listened_from or time.monotonic()
             self._listened_from = None
             next_beat = 0.0
-            while not self._stop.is_set():
+            while not self.stopping():
                 now = time.monotonic()
                 if now >= next_beat:
                     # Listen for two beats before the first choice, so a node that

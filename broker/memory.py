@@ -21,6 +21,7 @@ from typing import Any
 
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
 from broker.topology import Topology
+from supervisor import ReportFailure, ThreadService
 
 
 class QueueFull(Exception):
@@ -277,7 +278,7 @@ class _MemoryDelivery(Delivery):
         )
 
 
-class _MemoryConsumer:
+class _MemoryConsumer(ThreadService):
     """Hands out deliveries and settles them, both on its own thread.
 
     Settles from other threads go on ``_settles`` (guarded by ``_settles_lock``; the
@@ -290,39 +291,35 @@ class _MemoryConsumer:
         self, broker: MemoryBroker, queue: str, on_delivery: OnDelivery, prefetch: int,
         name: str, on_subscribed: Callable[[], None] | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name)
         self._on_subscribed = on_subscribed
         self._broker = broker
         self._queue = queue
         self._on_delivery = on_delivery
         self._prefetch = prefetch
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._settles_lock = threading.Lock()
         self._settles: deque[Callable[[], None]] = deque()
         self._accepting = False  # the thread will run what is put on _settles
 
-    def start(self) -> None:
+    def start(self, on_crash: ReportFailure | None = None) -> None:
+        """Subscribe, then hand out deliveries on the consumer's thread."""
         if self._on_subscribed is not None:
             self._on_subscribed()
-        self._stop.clear()
         with self._settles_lock:
             self._accepting = True
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        super().start(on_crash)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
+    def interrupt(self) -> None:
+        """Wake the thread waiting for a message, so it sees the stop."""
         self._broker.wake()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def facts(self) -> dict[str, Any]:
+        """The consumer's queue and the settles waiting for its thread."""
+        return {"queue": self._queue, "backlog": len(self._settles)}
 
     def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` (a settle) on this consumer's thread; at once if called there."""
-        if threading.current_thread() is self._thread:
+        if self.on_thread():
             work()
             return
         with self._settles_lock:
@@ -351,12 +348,13 @@ class _MemoryConsumer:
             self._settles.popleft()()
 
     def _interrupted(self) -> bool:
-        return self._stop.is_set() or bool(self._settles)
+        return self.stopping() or bool(self._settles)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Settle, then take and hand out a message, until stopped."""
         b = self._broker
         try:
-            while not self._stop.is_set():
+            while not self.stopping():
                 self._drain()
                 msg = b.take(self._queue, self._prefetch, interrupted=self._interrupted,
                              timeout=0.5)

@@ -29,6 +29,7 @@ from pika.spec import Basic, BasicProperties
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
 from broker.topology import HASH_EXCHANGE_TYPE, HASH_PLUGIN, Topology, topology_of
 from config import Settings, redact_url, split_urls
+from supervisor import ThreadService
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +207,14 @@ class RabbitBroker(Broker):
         return AsyncConfirmPublisher(self.params())
 
 
-class ReconnectingService:
+class ReconnectingService(ThreadService):
     """A supervised thread that holds one broker connection and reconnects on its own.
 
     :meth:`session` opens a connection and works until stopped or until the
     connection fails; a failure (``AMQPError``/``OSError``) is retried after a backoff
     that starts at 0.1 s, doubles to ``max_delay``, and starts over once a session had
-    connected (``connected`` set). Broker flaps thus never reach the supervisor.
+    connected (``connected`` set). Broker flaps thus never reach the supervisor; any
+    other error is a crash of the thread, which the supervisor sees.
 
     Args:
         name: the child id and thread name.
@@ -220,10 +222,8 @@ class ReconnectingService:
     """
 
     def __init__(self, name: str, max_delay: float) -> None:
-        self.name = name
+        super().__init__(name)
         self._max_delay = max_delay
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         self.reconnects = 0
 
@@ -233,41 +233,32 @@ class ReconnectingService:
         return self._max_delay
 
     def session(self) -> None:
-        """Hook: connect and work until ``self._stop`` is set (raise when the link fails)."""
+        """Hook: connect and work until :meth:`stopping` (raise when the link fails)."""
         raise NotImplementedError
 
-    def start(self) -> None:
-        """Start the thread (it connects and reconnects by itself)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+    def facts(self) -> dict[str, Any]:
+        """Whether a session is connected, and how often the connection was lost."""
+        return {"connected": self.connected.is_set(), "reconnects": self.reconnects}
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop and close the connection."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        """True while the thread runs (connected or reconnecting)."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run sessions until stopped, reconnecting with backoff when the link fails."""
         delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self.session()
-                delay = 0.1
-            except (AMQPError, OSError) as exc:
-                if self.connected.is_set():
-                    delay = 0.1  # it was up: start the backoff over, not where it left off
-                self.connected.clear()
-                self.reconnects += 1
-                log.warning("%s: connection lost (%r); reconnecting in %.1fs",
-                            self.name, exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self._max_delay)
-        self.connected.clear()
+        try:
+            while not self.stopping():
+                try:
+                    self.session()
+                    delay = 0.1
+                except (AMQPError, OSError) as exc:
+                    if self.connected.is_set():
+                        delay = 0.1  # it was up: start the backoff over, not where it left off
+                    self.connected.clear()
+                    self.reconnects += 1
+                    log.warning("%s: connection lost (%r); reconnecting in %.1fs",
+                                self.name, exc, delay)
+                    self.pause(delay)
+                    delay = min(delay * 2, self._max_delay)
+        finally:
+            self.connected.clear()  # a crashed session is not connected either
 
 
 class ConsumerHub(ReconnectingService):
@@ -342,7 +333,7 @@ class ConsumerHub(ReconnectingService):
 
     def submit(self, work: Callable[[], None]) -> None:
         """Run ``work`` on the hub's thread, soon (now, if this is that thread)."""
-        if threading.current_thread() is self._thread:
+        if self.on_thread():
             work()
             return
         conn = self._conn
@@ -370,7 +361,7 @@ class ConsumerHub(ReconnectingService):
                 self._pending.clear()
                 self._wake_scheduled = False
             self.connected.set()
-            while not self._stop.is_set():
+            while not self.stopping():
                 draining = self._reconcile(conn)
                 conn.process_data_events(time_limit=0.02 if draining else 0.2)
                 self._drain()
@@ -771,12 +762,13 @@ class _Batch:
         self.done.set()
 
 
-class AsyncConfirmPublisher(Publisher):
+class AsyncConfirmPublisher(ThreadService, Publisher):
     """Publishes with pipelined publisher confirms on a ``SelectConnection`` thread.
 
     ``publish_confirmed`` hands a batch to the I/O loop and waits until the broker
     has acked every message of it (one ``multiple`` ack often covers many). Messages
-    are published ``mandatory``: an unroutable one fails its batch.
+    are published ``mandatory``: an unroutable one fails its batch. The I/O loop is
+    the service's thread, started here; :meth:`close` stops it.
 
     Args:
         params: connection parameters, or one per broker of a cluster: tried in
@@ -785,6 +777,7 @@ class AsyncConfirmPublisher(Publisher):
 
     def __init__(self, params: pika.connection.Parameters
                  | Sequence[pika.connection.Parameters]) -> None:
+        super().__init__("relay-publisher")
         self._params = ([params] if isinstance(params, pika.connection.Parameters)
                         else list(params))
         self._opened = False
@@ -796,13 +789,13 @@ class AsyncConfirmPublisher(Publisher):
         self._seq = 0
         self._pending: dict[int, tuple[_Batch, str | None]] = {}  # seq -> batch, id
         self._returned_ids: dict[str, str] = {}  # message id -> why it was returned
-        self._thread = threading.Thread(target=self._run, name="relay-publisher", daemon=True)
-        self._thread.start()
+        self.start()
         if not self._ready.wait(15) or self._error:
             self.close()
             raise PublishFailed(f"could not open the publisher: {self._error or 'timeout'}")
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The I/O loop: open a connection (trying each broker in turn) and serve it."""
         try:
             # A broker that refuses is left for the next; one that opened and then
             # closed ends this publisher (its owner makes a new one, from the start).
@@ -930,15 +923,18 @@ class AsyncConfirmPublisher(Publisher):
         """False once the connection has closed."""
         return not self._closed.is_set()
 
-    def close(self) -> None:
-        """Close the connection and stop the I/O loop."""
+    def interrupt(self) -> None:
+        """Have the I/O loop close the connection (or stop, if none is open)."""
         conn = self._conn
         if conn is not None and not self._closed.is_set():
             with contextlib.suppress(Exception):
                 conn.ioloop.add_callback_threadsafe(
                     lambda: conn.close() if conn.is_open else conn.ioloop.stop()
                 )
-        self._thread.join(5)
+
+    def close(self) -> None:
+        """Close the connection and stop the I/O loop (waiting 5 s at most)."""
+        self.stop(5)
 
 
 class LoginRefused(Exception):

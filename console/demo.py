@@ -36,6 +36,7 @@ from messages import (
     SearchApartments,
 )
 from messages.registry import event_exchanges
+from supervisor import ThreadService
 
 
 def refusal(exc: NodeNameInUse | StoreMismatch) -> str:
@@ -61,30 +62,29 @@ class DemoResult:
 ACCEPTED_NOTICES = ("Your request was accepted", "Booking confirmed")
 
 
-class EventTap:
+class EventTap(ThreadService):
     """An exclusive queue bound to every event exchange, read on its own thread."""
 
     def __init__(self, url: str, topology: Topology,
                  on_event: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__("event-tap")
         self._conn = pika.BlockingConnection(connection_parameters(url))
         ch = self._conn.channel()
         q = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
         for ex in event_exchanges():
             ch.queue_bind(q, topology.exchange(ex))
         ch.basic_consume(q, lambda _c, _m, _p, body: on_event(json.loads(body)), auto_ack=True)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="event-tap")
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        """Read events until stopped, then close the connection."""
+        while not self.stopping():
             self._conn.process_data_events(time_limit=0.1)
         self._conn.close()
 
     def close(self) -> None:
-        """Stop reading and close."""
-        self._stop.set()
-        self._thread.join(5)
+        """Stop reading and close (waiting 5 s at most)."""
+        self.stop(5)
 
 
 def next_week(today: date) -> tuple[date, date, date]:

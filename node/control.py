@@ -188,6 +188,10 @@ class ControlService(ReconnectingService):
         self.refused = 0
 
     # --- service ------------------------------------------------------------------
+    def facts(self) -> dict[str, Any]:
+        """The connection's facts, and the requests answered and refused."""
+        return {**super().facts(), "answered": self.answered, "refused": self.refused}
+
     def session(self) -> None:
         """One connection's life: answer requests until stopped or the link fails."""
         self._serve()
@@ -205,7 +209,7 @@ class ControlService(ReconnectingService):
             ch.basic_qos(prefetch_count=16)
             ch.basic_consume(self._queue, self._on_request, auto_ack=True)
             self.connected.set()
-            while not self._stop.is_set():
+            while not self.stopping():
                 conn.process_data_events(time_limit=0.2)
         finally:
             if conn.is_open:

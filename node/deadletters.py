@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import queue
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +34,7 @@ from broker.base import (
     Outgoing,
 )
 from store.deadletters import DEAD, REPLAYED, REPLAYING, BookFull, DeadLetterBook, Letter
-from supervisor import Gate
+from supervisor import Gate, ThreadService
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def letter_of(d: Delivery) -> Letter:
         headers=headers, body=d.body)
 
 
-class DeadLetterRecorder:
+class DeadLetterRecorder(ThreadService):
     """Records each delivery of the dead-letter queue in the book, then acks it.
 
     A service of the node's tree (one thread). Deliveries wait in a queue that the
@@ -120,14 +119,11 @@ class DeadLetterRecorder:
             recorder waits for it to come back rather than retrying on its own.
     """
 
-    name = "dead-letters"
-
     def __init__(self, book: DeadLetterBook, gate: Gate | None = None) -> None:
+        super().__init__("dead-letters")
         self.book = book
         self._gate = gate
         self._q: queue.Queue[Delivery] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.recorded = 0
         self.duplicates = 0
         self.spare_copies = 0
@@ -137,29 +133,29 @@ class DeadLetterRecorder:
         """The consumer's callback: queue it for the recording thread."""
         self._q.put(delivery)
 
-    def start(self) -> None:
-        """Start the recording thread."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop recording; unrecorded deliveries are requeued.
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop recording; unrecorded deliveries are requeued."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        Returns:
+            False when the thread still runs after ``timeout`` (see ThreadService.stop).
+        """
+        stopped = super().stop(timeout)
         while True:
             try:
                 self._q.get_nowait().requeue()
             except queue.Empty:
                 break
+        return stopped
 
-    def is_alive(self) -> bool:
-        """True while the thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+    def facts(self) -> dict[str, Any]:
+        """Letters recorded, duplicates, failed attempts, deliveries waiting."""
+        return {"recorded": self.recorded, "duplicates": self.duplicates,
+                "spare_copies": self.spare_copies, "failures": self.failures,
+                "backlog": self._q.qsize()}
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        """Record each delivery, then ack it, until stopped."""
+        while not self.stopping():
             try:
                 d = self._q.get(timeout=0.2)
             except queue.Empty:
@@ -181,7 +177,7 @@ class DeadLetterRecorder:
         """
         letter = letter_of(d)
         delay, warned = 0.1, 0.0
-        while not self._stop.is_set():
+        while not self.stopping():
             try:
                 # The reason is a node's own when it refused the message, so only the
                 # broker's delivery limit gives this one.
@@ -199,7 +195,7 @@ class DeadLetterRecorder:
             except BookFull as exc:
                 why = f"{exc}: purge replayed or old letters (ctl dlq purge)"
             except Exception as exc:
-                if self._gate is not None and self._gate.ride_out(exc, self._stop.is_set):
+                if self._gate is not None and self._gate.ride_out(exc, self.stopping):
                     continue
                 why = f"cannot record a dead letter ({exc!r}); retrying"
                 log.debug("recording dead letter %s failed", letter.key, exc_info=True)
@@ -207,7 +203,7 @@ class DeadLetterRecorder:
             if time.monotonic() - warned > 60:
                 log.warning("%s", why)
                 warned = time.monotonic()
-            self._stop.wait(delay)
+            self.pause(delay)
             delay = min(delay * 2, _RETRY_MAX)
         return False
 

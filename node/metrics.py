@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from actors.outcome import Ticket
+from supervisor import ReportFailure, ThreadService
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
@@ -151,6 +152,7 @@ Readiness = Callable[[], tuple[bool, str]]
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    timeout = 0.5  # how long one handle_request waits, so a stop is seen in time
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -158,7 +160,7 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes are not worth a line each."""
 
 
-class MetricsServer:
+class MetricsServer(ThreadService):
     """The HTTP endpoint Prometheus scrapes, ``/ready`` and ``/healthz``, as a service.
 
     ``/ready`` answers 200 while the node can do its work and 503 (with the reason,
@@ -177,25 +179,29 @@ class MetricsServer:
         alive: whether the node is alive, and why not (None: always alive).
     """
 
-    name = "metrics"
-
     def __init__(self, metrics: NodeMetrics, port: int, address: str,
                  ready: Readiness | None = None, alive: Readiness | None = None) -> None:
+        super().__init__("metrics")
         self._ready = ready or (lambda: (True, "ready"))
         self._alive = alive or (lambda: (True, "alive"))
         self._metrics = metrics
         self._port = port
         self._address = address
         self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         self.bound_port: int | None = None
+        self.answered = 0
 
-    def start(self) -> None:
-        """Listen and serve on a daemon thread."""
+    def start(self, on_crash: ReportFailure | None = None) -> None:
+        """Listen, then serve on the service's thread.
+
+        Raises:
+            OSError: when the address cannot be bound.
+        """
         scrape = make_wsgi_app(self._metrics.registry)
         probes = {"/ready": self._ready, "/healthz": self._alive}
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
+            self.answered += 1
             probe = probes.get(str(environ.get("PATH_INFO")))
             if probe is not None:
                 ok, why = probe()
@@ -206,19 +212,31 @@ class MetricsServer:
 
         server = make_server(self._address, self._port, app, _Server,
                              handler_class=_QuietHandler)
-        thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
-        thread.start()
-        self._server, self._thread = server, thread
+        self._server = server
         self.bound_port = int(server.server_address[1])
+        super().start(on_crash)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop listening."""
+    def run(self) -> None:
+        """Serve one request at a time (each on a thread of its own) until stopped.
+
+        Not ``serve_forever``: its ``shutdown`` waits without a bound for the loop to
+        end, and forever if the loop never ran.
+        """
+        server = self._server
+        while server is not None and not self.stopping():
+            server.handle_request()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop serving, then stop listening.
+
+        Returns:
+            False when the thread still runs after ``timeout`` (see ThreadService.stop).
+        """
+        stopped = super().stop(timeout)
         if self._server is not None:
-            self._server.shutdown()
             self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        return stopped
 
-    def is_alive(self) -> bool:
-        """True while the serving thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+    def facts(self) -> dict[str, Any]:
+        """The port it listens on and the requests it answered."""
+        return {"port": self.bound_port, "answered": self.answered}

@@ -89,6 +89,10 @@ class Relay(PollingService):
         with self._engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
+    def facts(self) -> dict[str, Any]:
+        """Failed rounds and rows published (the backlog is a query: see backlog())."""
+        return {**super().facts(), "published": self.published}
+
     def poll(self) -> bool:
         """Publish one batch; True while full batches keep coming."""
         return self._round()

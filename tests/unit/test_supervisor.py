@@ -30,7 +30,9 @@ from supervisor import (
     Strategy,
     SupervisedActor,
     Supervisor,
+    ThreadService,
     WhichChildren,
+    service_child,
     supervisor_child,
 )
 from tests.conftest import eventually
@@ -333,3 +335,117 @@ def test_concurrent_crashes_are_all_handled() -> None:
     for t in threads:
         t.join()
     eventually(lambda: all(restarts(ref, f"w{i}") == 1 for i in range(6)))
+
+
+# --- ThreadService: the base of every service that owns a thread -------------------------
+class Body(ThreadService):
+    """A service whose body the test steers: it may ignore the stop, or crash."""
+
+    def __init__(self, *, ignore_stop: threading.Event | None = None,
+                 crash: threading.Event | None = None) -> None:
+        super().__init__("body", thread_name="body-thread")
+        self.ignore_stop = ignore_stop  # while unset, the body does not look at the stop
+        self.crash_now = crash
+        self.rounds = 0
+
+    def run(self) -> None:
+        while True:
+            if self.ignore_stop is not None:
+                self.ignore_stop.wait()
+            if self.crash_now is not None and self.crash_now.is_set():
+                raise RuntimeError("body broke")
+            if self.pause(0.01):
+                return
+            self.rounds += 1
+
+    def facts(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "backlog": 7}
+
+
+def test_a_thread_service_starts_and_stops() -> None:
+    body = Body()
+    body.start()
+    eventually(lambda: body.rounds > 0)
+    assert body.is_alive() and "body-thread" in {t.name for t in threading.enumerate()}
+    assert body.stop(5) is True
+    assert not body.is_alive() and body.last_crash is None
+
+
+def test_stop_is_bounded_when_the_body_ignores_it() -> None:
+    held = threading.Event()
+    body = Body(ignore_stop=held)
+    body.start()
+    try:
+        began = time.monotonic()
+        assert body.stop(0.2) is False  # reported, not waited for
+        assert time.monotonic() - began < 5
+        assert body.is_alive()
+    finally:
+        held.set()
+    eventually(lambda: not body.is_alive())
+
+
+def test_a_thread_left_behind_by_a_stop_ends_when_the_service_starts_again() -> None:
+    """Each start's thread keeps its own stop: the old one does not run on beside the new."""
+    held = threading.Event()
+    body = Body(ignore_stop=held)
+    body.start()
+    assert body.stop(0.05) is False
+    old = next(t for t in threading.enumerate() if t.name == "body-thread")
+    body.start()
+    held.set()
+    old.join(5)
+    assert not old.is_alive() and body.is_alive()
+    assert body.stop(5) is True
+
+
+def test_a_crashing_body_is_dead_with_its_error() -> None:
+    crash = threading.Event()
+    heard: list[Failure] = []
+    body = Body(crash=crash)
+    body.start(on_crash=heard.append)
+    eventually(lambda: body.rounds > 0)
+    assert body.health().error is None
+    crash.set()
+    eventually(lambda: not body.is_alive())
+    assert body.last_crash is not None and heard == [body.last_crash]
+    assert (body.last_crash.error_type, body.last_crash.message) == ("RuntimeError", "body broke")
+    assert "body broke" in body.last_crash.traceback
+    health = body.health()
+    assert (health.alive, health.error) == (False, "RuntimeError: body broke")
+    assert body.stop(1) is True
+
+
+def test_health_carries_the_services_facts() -> None:
+    body = Body()
+    body.start()
+    try:
+        eventually(lambda: body.rounds > 0)
+        row = body.health().row()
+        assert (row["name"], row["alive"], row["error"], row["backlog"]) == (
+            "body", True, None, 7)
+        assert row["rounds"] > 0
+    finally:
+        body.stop()
+
+
+def test_a_service_child_shows_its_health_and_its_crash() -> None:
+    """The tree's row carries the service's facts; a crash is a crash, with its error."""
+    crash = threading.Event()
+    bodies: list[Body] = []
+
+    def make() -> Body:
+        bodies.append(Body(crash=crash if not bodies else None))
+        return bodies[-1]
+
+    ref, _ = start_sup([service_child("svc", make)])
+    row = children(ref)["svc"]
+    assert (row["kind"], row["name"], row["alive"], row["backlog"]) == (
+        "service", "body", True, 7)
+    crash.set()
+    eventually(running_after(ref, "svc", 1))
+    row = children(ref)["svc"]
+    assert row["last_failure"]["type"] == "RuntimeError"
+    assert row["last_failure"]["message"] == "body broke"
+    assert (row["alive"], row["error"]) == (True, None)  # the restart made a new body
+    assert not bodies[0].is_alive() and bodies[1].is_alive()
