@@ -129,6 +129,11 @@ class MemoryBroker(Broker):
             q = self._queues[queue]
             return len(q.ready) + q.unacked
 
+    def ready(self, queue: str) -> int:
+        """Messages ready in a queue: what RabbitMQ's ``queue.declare-ok`` counts."""
+        with self._lock:
+            return len(self._queues[queue].ready)
+
     def drain(self, queue: str) -> list[Outgoing]:
         """Remove and return every ready message of a queue."""
         with self._lock:
