@@ -17,10 +17,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
 from broker.topology import Topology
+
+DELIVERY_COUNT = "x-delivery-count"
 
 
 class QueueFull(Exception):
@@ -205,8 +208,6 @@ class MemoryBroker(Broker):
     def _dead_letter_locked(self, q: _Queue, msg: _Message, reason: str) -> None:
         if not q.dead_letter_exchange:
             return
-        headers = dict(msg.out.headers)
-        headers["x-death"] = [{"reason": reason, "queue": q.name, "count": msg.deliveries}]
         out = Outgoing(
             exchange=q.dead_letter_exchange,
             routing_key=msg.out.routing_key,
@@ -215,10 +216,33 @@ class MemoryBroker(Broker):
             correlation_id=msg.out.correlation_id,
             type=msg.out.type,
             reply_to=msg.out.reply_to,
-            headers=headers,
+            headers=with_death(msg.out, q.name, reason),
+            persistent=msg.out.persistent,
         )
         for target in self._route(out.exchange, out.routing_key):
             target.ready.append(_Message(out))
+
+
+def with_death(out: Outgoing, queue: str, reason: str) -> dict[str, Any]:
+    """``out``'s headers once the broker dead-letters it from ``queue``, as RabbitMQ
+    writes them: one ``x-death`` entry per queue and reason (newest first, counting
+    how often), and the ``x-first-death-*`` headers of the first death."""
+    headers = dict(out.headers)
+    deaths = [dict(d) for d in headers.get("x-death") or []]
+    now = datetime.now(UTC).replace(microsecond=0)  # an AMQP timestamp: whole seconds
+    same = next((d for d in deaths if (d.get("queue"), d.get("reason")) == (queue, reason)),
+                None)
+    if same is None:
+        entry = {"count": 1, "reason": reason, "queue": queue, "time": now,
+                 "exchange": out.exchange, "routing-keys": [out.routing_key]}
+    else:
+        deaths.remove(same)
+        entry = {**same, "count": same["count"] + 1, "time": now}
+    headers["x-death"] = [entry, *deaths]
+    headers.setdefault("x-first-death-exchange", out.exchange)
+    headers.setdefault("x-first-death-queue", queue)
+    headers.setdefault("x-first-death-reason", reason)
+    return headers
 
 
 class _MemoryDelivery(Delivery):
@@ -234,7 +258,9 @@ class _MemoryDelivery(Delivery):
             correlation_id=out.correlation_id,
             message_id=out.message_id,
             redelivered=msg.redelivered,
-            headers=dict(out.headers),
+            # a quorum queue counts the earlier deliveries of a redelivered message
+            headers=(dict(out.headers) if msg.deliveries <= 1
+                     else {**out.headers, DELIVERY_COUNT: msg.deliveries - 1}),
             exchange=out.exchange,
             routing_key=out.routing_key,
         )

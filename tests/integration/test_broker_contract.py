@@ -19,6 +19,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pika
@@ -503,6 +504,42 @@ def test_a_requeued_message_goes_back_to_the_head(broker: Harness) -> None:
         third = taker.take()
         assert (third.body, third.redelivered) == (b"b", False)
         third.ack()
+
+
+def test_past_the_delivery_limit_a_message_is_dead_lettered_with_x_death(
+        make_broker: MakeBroker) -> None:
+    b = make_broker(delivery_limit=2)
+    topo = b.topology
+    intake = intake_of(b)
+    deliveries: list[tuple[bool, object]] = []
+
+    def always_requeue(d: Delivery) -> None:
+        deliveries.append((d.redelivered, d.headers.get(DELIVERY_COUNT)))
+        d.requeue()
+
+    assert b.publish(msg(topo.commands_exchange, "apt-1", b"poison", message_id="m1",
+                         headers={"keep": "me"}, persistent=False))
+    c = b.broker.consumer(intake, always_requeue, prefetch=1, name="requeuer")
+    c.start()
+    try:
+        copy = b.get(topo.dead_letter_queue)
+    finally:
+        c.stop()
+    # delivered delivery_limit + 1 times (RabbitMQ: "more than the limit" returns),
+    # each redelivery counting the ones before
+    assert deliveries == [(False, None), (True, 1), (True, 2)]
+    assert b.ready(intake) == 0
+    assert copy is not None
+    assert (copy.exchange, copy.routing_key, copy.body, copy.message_id, copy.persistent) == (
+        topo.dead_letter_exchange, "apt-1", b"poison", "m1", False)
+    assert copy.headers["keep"] == "me"
+    [death] = copy.headers["x-death"]
+    assert isinstance(death.pop("time"), datetime)
+    assert death == {"count": 1, "reason": "delivery_limit", "queue": intake,
+                     "exchange": topo.commands_exchange, "routing-keys": ["apt-1"]}
+    assert (copy.headers["x-first-death-reason"], copy.headers["x-first-death-queue"],
+            copy.headers["x-first-death-exchange"]) == (
+        "delivery_limit", intake, topo.commands_exchange)
 
 
 def test_the_dead_letter_queue_has_no_delivery_limit(make_broker: MakeBroker) -> None:

@@ -19,7 +19,6 @@ from broker import Delivery, Outgoing, Topology
 from broker.base import reply_type
 from broker.memory import MemoryBroker, QueueFull
 from messages import Consumer
-from tests.conftest import eventually
 
 DEADLINE = 10.0
 
@@ -75,37 +74,6 @@ def test_a_full_queue_refuses_the_publish() -> None:
     assert [o.body for o in b.drain(intake)] == [b"0", b"1", b"2"]  # the old ones stay
     b.publish(msg(topo.commands_exchange, "a", b"4"))  # room again
     assert b.depth(intake) == 1
-
-
-# --- requeue, redelivery, the delivery limit -----------------------------------------
-def test_past_the_delivery_limit_a_message_is_dead_lettered_with_x_death() -> None:
-    b = make_broker(delivery_limit=2)
-    topo = b.topology
-    intake = topo.queue(Consumer.INTAKE)
-    deliveries: list[bool] = []
-
-    def always_requeue(d: Delivery) -> None:
-        deliveries.append(d.redelivered)
-        d.requeue()
-
-    b.publish(msg(topo.commands_exchange, "apt-1", b"poison", message_id="m1",
-                  headers={"keep": "me"}))
-    c = b.consumer(intake, always_requeue, prefetch=1, name="requeuer")
-    c.start()
-    try:
-        eventually(lambda: b.depth(topo.dead_letter_queue) == 1)
-        eventually(lambda: b.depth(intake) == 0)
-    finally:
-        c.stop()
-    # delivered delivery_limit + 1 times (RabbitMQ: "more than the limit" returns)
-    assert deliveries == [False, True, True]
-    dead = b.drain(topo.dead_letter_queue)
-    assert len(dead) == 1
-    copy = dead[0]
-    assert (copy.body, copy.message_id, copy.routing_key) == (b"poison", "m1", "apt-1")
-    assert copy.headers["keep"] == "me"
-    assert copy.headers["x-death"] == [{"reason": "delivery_limit", "queue": intake,
-                                        "count": 3}]
 
 
 # --- settling on the consumer's thread ------------------------------------------------
