@@ -1,8 +1,8 @@
 """An in-process broker with RabbitMQ's semantics that Staybook relies on.
 
-Exchanges (topic '#', fanout, default), bounded queues with reject-publish, manual
-acks, prefetch, requeue with a delivery limit, dead-lettering, and reply queues. It
-serves the unit and actor tests, which need no RabbitMQ.
+Exchanges (topic '#', fanout, default), bounded quorum queues (reject-publish or
+drop-head), manual acks, prefetch, requeue with a delivery limit, dead-lettering,
+and reply queues. It serves the unit and actor tests, which need no RabbitMQ.
 
 Like :class:`broker.rabbitmq.RabbitConsumer`, a consumer settles its deliveries on its
 own thread: ``ack``/``requeue``/``dead_letter`` from another thread enqueue the work
@@ -41,14 +41,29 @@ class _Message:
     redelivered: bool = False
 
 
+REJECT_PUBLISH = "reject-publish"
+# A quorum queue that refused a publish takes them again once its ready messages are
+# down to this share of its max length.
+SOFT_LIMIT = 0.8
+
+
 @dataclass
 class _Queue:
+    """A quorum queue: its bound counts ready messages only, as RabbitMQ's does.
+
+    With ``reject-publish`` it refuses publishes once more than ``max_length`` are
+    ready (the publish that crosses the bound is still taken), until they are down
+    to ``SOFT_LIMIT`` of it; otherwise (``drop-head``) it drops its oldest.
+    """
+
     name: str
     max_length: int | None
     delivery_limit: int | None
     dead_letter_exchange: str | None
+    overflow: str = "drop-head"
     ready: deque[_Message] = field(default_factory=deque)
     unacked: int = 0
+    refusing: bool = False
 
 
 class MemoryBroker(Broker):
@@ -78,6 +93,7 @@ class MemoryBroker(Broker):
                         args.get("x-max-length"),
                         args.get("x-delivery-limit"),
                         args.get("x-dead-letter-exchange"),
+                        args.get("x-overflow", "drop-head"),
                     ),
                 )
             for b in self.topology.bindings():
@@ -96,17 +112,36 @@ class MemoryBroker(Broker):
         """Route a message; False when nothing was bound to take it.
 
         Raises:
-            QueueFull: when a bounded target queue is full.
+            QueueFull: when a target queue refused it; like RabbitMQ, which nacks
+                such a publish, the other target queues have taken it.
         """
         with self._lock:
             targets = self._route(out.exchange, out.routing_key)
-            for q in targets:  # like RabbitMQ, only ready messages count toward the limit
-                if q.max_length is not None and len(q.ready) >= q.max_length:
-                    raise QueueFull(q.name)
+            refused = [q for q in targets if q.refusing]
             for q in targets:
-                q.ready.append(_Message(out))
+                if not q.refusing:
+                    q.ready.append(_Message(out))
+                    self._bound_locked(q)
             self._lock.notify_all()
+            if refused:
+                raise QueueFull(refused[0].name)
             return bool(targets)
+
+    def _bound_locked(self, q: _Queue) -> None:
+        """Apply ``q``'s max length after a publish to it."""
+        if q.max_length is None or len(q.ready) <= q.max_length:
+            return
+        if q.overflow == REJECT_PUBLISH:
+            q.refusing = True
+            return
+        while len(q.ready) > q.max_length:
+            self._dead_letter_locked(q, q.ready.popleft(), "maxlen")
+
+    def _took_locked(self, q: _Queue) -> None:
+        """Messages left ``q``'s ready ones: a refusing queue may take publishes again."""
+        if q.refusing and q.max_length is not None and (
+                len(q.ready) <= int(q.max_length * SOFT_LIMIT)):
+            q.refusing = False
 
     def _route(self, exchange: str, routing_key: str) -> list[_Queue]:
         if exchange == "":
@@ -124,7 +159,9 @@ class MemoryBroker(Broker):
             q = self._queues[queue]
             if not self._lock.wait_for(lambda: bool(q.ready), timeout):
                 return None
-            return q.ready.popleft().out
+            msg = q.ready.popleft()
+            self._took_locked(q)
+            return msg.out
 
     def depth(self, queue: str) -> int:
         """Messages ready plus unacked in a queue."""
@@ -143,6 +180,7 @@ class MemoryBroker(Broker):
             q = self._queues[queue]
             out = [m.out for m in q.ready]
             q.ready.clear()
+            self._took_locked(q)
             return out
 
     def consumer(
@@ -178,6 +216,7 @@ class MemoryBroker(Broker):
             msg = q.ready.popleft()
             msg.deliveries += 1
             q.unacked += 1
+            self._took_locked(q)
             return msg
 
     def wake(self) -> None:

@@ -363,6 +363,53 @@ def fill(h: Harness, out: Outgoing) -> int:
     raise AssertionError("never refused")
 
 
+def test_a_full_work_queue_refuses_publishes_until_drained_to_its_soft_limit(
+        make_broker: MakeBroker) -> None:
+    """Quorum reject-publish: the publish that crosses the bound is taken, then none
+    until the ready messages are down to 80 % of it; the old ones all stay."""
+    b = make_broker(queue_max_length=5)
+    topo = b.topology
+    intake = intake_of(b)
+    for i in range(6):
+        assert b.publish(msg(topo.commands_exchange, "a", f"{i}".encode()))
+    with pytest.raises(Refused):
+        b.publish(msg(topo.commands_exchange, "a", b"refused"))
+    assert b.ready(intake) == 6
+    got = b.get(intake)
+    assert got is not None and got.body == b"0"
+    with pytest.raises(Refused):  # 5 ready: at the bound, above its 80 %
+        b.publish(msg(topo.commands_exchange, "a", b"refused"))
+    assert b.get(intake) is not None  # 4 ready: 80 % of 5
+    eventually(lambda: b.publish(msg(topo.commands_exchange, "a", b"6")), DEADLINE)
+    assert [o.body for o in b.drain(intake)] == [b"2", b"3", b"4", b"5", b"6"]
+
+
+def test_the_unrouted_queue_drops_its_oldest_when_full(make_broker: MakeBroker) -> None:
+    """Events nobody consumes are kept, bounded; publishing them never fails."""
+    b = make_broker(dead_letter_max_length=3)
+    topo = b.topology
+    [ex] = [e.name for e in topo.exchanges() if "NotificationSent" in e.name]
+    for i in range(5):
+        assert b.publish(msg(ex, "", f"{i}".encode()))
+    assert [o.body for o in b.drain(topo.unrouted_queue)] == [b"2", b"3", b"4"]
+
+
+def test_an_event_refused_by_one_full_queue_still_reaches_the_others(
+        make_broker: MakeBroker) -> None:
+    """The publisher gets a nack, and the other bound queues a copy each: a retry
+    duplicates it there (the handlers' inboxes absorb that)."""
+    b = make_broker(queue_max_length=1)
+    topo = b.topology
+    spec = next(s for s in all_specs() if s.kind is Kind.EVENT and len(s.consumers) > 1)
+    full, *others = sorted(topo.queue(c) for c in spec.consumers)
+    assert fill(b, msg("", full, b"filler")) == 2
+    with pytest.raises(Refused):
+        b.publish(msg(topo.exchange(spec.exchange), "", b"event"))
+    assert b.ready(full) == 2
+    for name in others:
+        assert [o.body for o in b.drain(name)] == [b"event"]
+
+
 def test_unacked_messages_do_not_count_toward_the_max_length(
         make_broker: MakeBroker) -> None:
     b = make_broker(queue_max_length=2)

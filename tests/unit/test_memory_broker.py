@@ -17,7 +17,7 @@ import pytest
 
 from broker import Delivery, Outgoing, Topology
 from broker.base import reply_type
-from broker.memory import MemoryBroker, QueueFull
+from broker.memory import MemoryBroker
 from messages import Consumer
 
 DEADLINE = 10.0
@@ -59,21 +59,6 @@ def intake_taker(broker: MemoryBroker) -> Iterator[Taker]:
     t.consumer.start()
     yield t
     t.consumer.stop()
-
-
-# --- bounded queues ------------------------------------------------------------------
-def test_a_full_queue_refuses_the_publish() -> None:
-    b = make_broker(queue_max_length=3)
-    topo = b.topology
-    intake = topo.queue(Consumer.INTAKE)
-    for i in range(3):
-        b.publish(msg(topo.commands_exchange, "a", f"{i}".encode()))
-    with pytest.raises(QueueFull):
-        b.publish(msg(topo.commands_exchange, "a", b"3"))
-    assert b.depth(intake) == 3
-    assert [o.body for o in b.drain(intake)] == [b"0", b"1", b"2"]  # the old ones stay
-    b.publish(msg(topo.commands_exchange, "a", b"4"))  # room again
-    assert b.depth(intake) == 1
 
 
 # --- settling on the consumer's thread ------------------------------------------------
