@@ -24,6 +24,9 @@ from broker.base import Broker, Delivery, OnDelivery, Outgoing, Publisher
 from broker.topology import Topology
 
 DELIVERY_COUNT = "x-delivery-count"
+# How long a stopping consumer waits for its deliveries unless told: none, so a test
+# that stops a consumer holding deliveries has them back in the queue at once.
+DRAIN_SECONDS = 0.0
 
 
 class QueueFull(Exception):
@@ -190,10 +193,12 @@ class MemoryBroker(Broker):
     ) -> _MemoryConsumer:
         """A consumer thread for ``queue`` that settles its deliveries itself.
 
-        ``drain_seconds`` is not modelled: a settle that comes after the consumer
-        stopped is applied on the caller's thread instead of being lost.
+        Like a RabbitMQ consumer, stopping waits up to ``drain_seconds`` (None:
+        ``DRAIN_SECONDS``) for the deliveries handed out to be settled, then gives the
+        rest back to the queue, redelivered; a settle that comes later is ignored.
         """
-        return _MemoryConsumer(self, queue, on_delivery, prefetch, name, on_subscribed)
+        return _MemoryConsumer(self, queue, on_delivery, prefetch, name, on_subscribed,
+                               DRAIN_SECONDS if drain_seconds is None else drain_seconds)
 
     # --- for its consumers ---------------------------------------------------------
     def take(self, queue: str, prefetch: int, *, interrupted: Callable[[], bool],
@@ -316,24 +321,35 @@ class _MemoryDelivery(Delivery):
     def _dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
         self._consumer.submit(lambda: self._do_dead_letter(headers, reply))
 
-    # The work itself, on the consumer's thread.
+    # The work itself, on the consumer's thread; none once the consumer gave it back.
     def _do_ack(self, reply: bytes | None) -> None:
+        if self._consumer.release(self):
+            self._apply_ack(reply)
+
+    def _do_requeue(self) -> None:
+        if self._consumer.release(self):
+            self.give_back()
+
+    def _do_dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
+        if not self._consumer.release(self):
+            return
+        dlx = self._broker.topology.dead_letter_exchange
+        try:
+            self._broker.publish(self._dead_copy(dlx, headers))
+        except QueueFull:
+            self.give_back()  # not dead-lettered: give it back rather than lose it
+            return
+        self._apply_ack(reply)
+
+    def _apply_ack(self, reply: bytes | None) -> None:
         if reply is not None:
             with contextlib.suppress(QueueFull):  # RabbitMQ drops it too; the ack stands
                 self._broker.publish(self.reply_outgoing(reply))
         self._broker.settle(self.queue, self._msg, requeue=False)
 
-    def _do_requeue(self) -> None:
+    def give_back(self) -> None:
+        """Requeue the message (released by its consumer)."""
         self._broker.settle(self.queue, self._msg, requeue=True)
-
-    def _do_dead_letter(self, headers: dict[str, Any], reply: bytes | None) -> None:
-        dlx = self._broker.topology.dead_letter_exchange
-        try:
-            self._broker.publish(self._dead_copy(dlx, headers))
-        except QueueFull:
-            self._do_requeue()  # not dead-lettered: give it back rather than lose it
-            return
-        self._do_ack(reply)
 
     def _dead_copy(self, dlx: str, headers: dict[str, Any]) -> Outgoing:
         return Outgoing(
@@ -353,12 +369,15 @@ class _MemoryConsumer:
     Settles from other threads go on ``_settles`` (guarded by ``_settles_lock``; the
     broker's :meth:`MemoryBroker.wake` rouses the thread) and run between deliveries.
     Once the thread has drained them and stopped accepting (on stop), a settle runs on
-    the caller's thread: late, but never lost.
+    the caller's thread, while stop waits for it (``drain_seconds``); what is still
+    unsettled then goes back to the queue, and its late settle is ignored, as
+    RabbitMQ redelivers what a closed channel held.
     """
 
     def __init__(
         self, broker: MemoryBroker, queue: str, on_delivery: OnDelivery, prefetch: int,
         name: str, on_subscribed: Callable[[], None] | None = None,
+        drain_seconds: float = DRAIN_SECONDS,
     ) -> None:
         self.name = name
         self._on_subscribed = on_subscribed
@@ -371,6 +390,9 @@ class _MemoryConsumer:
         self._settles_lock = threading.Lock()
         self._settles: deque[Callable[[], None]] = deque()
         self._accepting = False  # the thread will run what is put on _settles
+        self._drain_seconds = drain_seconds
+        self._held: set[_MemoryDelivery] = set()  # handed out, unsettled (_settles_lock)
+        self._released = threading.Condition(self._settles_lock)
 
     def start(self) -> None:
         if self._on_subscribed is not None:
@@ -386,6 +408,21 @@ class _MemoryConsumer:
         self._broker.wake()
         if self._thread is not None:
             self._thread.join(timeout)
+        with self._settles_lock:
+            self._released.wait_for(lambda: not self._held,
+                                    min(timeout, self._drain_seconds))
+            unsettled, self._held = self._held, set()
+        for d in unsettled:
+            d.give_back()
+
+    def release(self, d: _MemoryDelivery) -> bool:
+        """Take ``d`` off the unsettled ones; False if stop gave it back already."""
+        with self._settles_lock:
+            if d not in self._held:
+                return False
+            self._held.remove(d)
+            self._released.notify_all()
+            return True
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -431,7 +468,10 @@ class _MemoryConsumer:
                 msg = b.take(self._queue, self._prefetch, interrupted=self._interrupted,
                              timeout=0.5)
                 if msg is not None:
-                    self._on_delivery(_MemoryDelivery(self, b, self._queue, msg))
+                    d = _MemoryDelivery(self, b, self._queue, msg)
+                    with self._settles_lock:
+                        self._held.add(d)
+                    self._on_delivery(d)
         finally:
             while True:  # settle what was submitted, then let late settles run in place
                 self._drain()

@@ -672,6 +672,50 @@ def test_racing_settlements_have_one_winner(broker: Harness) -> None:
     assert broker.ready(intake) == 0
 
 
+# --- stopping a consumer ---------------------------------------------------------------
+def test_a_stop_waits_for_the_deliveries_handed_out(broker: Harness) -> None:
+    """A graceful stop hands nothing back that is being handled: settles go through
+    until the last one."""
+    topo = broker.topology
+    for i in range(2):
+        assert broker.publish(msg(topo.commands_exchange, "a", f"{i}".encode()))
+    taker = Taker(broker, intake_of(broker))
+    taker.consumer.start()
+    first, second = taker.take(), taker.take()
+    stopped = threading.Event()
+
+    def stop() -> None:
+        taker.consumer.stop(DEADLINE)
+        stopped.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    first.ack()
+    assert not stopped.wait(0.3)  # the second is still out
+    second.ack()
+    assert stopped.wait(DEADLINE)
+    assert broker.ready(intake_of(broker)) == 0  # both acked, none given back
+
+
+def test_what_a_stop_leaves_unsettled_is_redelivered(broker: Harness) -> None:
+    """Past its drain time a stop gives the rest back; a settle after that is moot."""
+    topo = broker.topology
+    for i in range(2):
+        assert broker.publish(msg(topo.commands_exchange, "a", f"{i}".encode()))
+    taker = Taker(broker, intake_of(broker), drain_seconds=0.2)
+    taker.consumer.start()
+    held = [taker.take(), taker.take()]
+    taker.consumer.stop()
+    held[0].ack()  # too late: the broker has it back
+    with taking(broker, intake_of(broker)) as after:
+        again = [after.take(), after.take()]
+        assert sorted(d.body for d in again) == [b"0", b"1"]
+        assert [(d.redelivered, d.headers.get(DELIVERY_COUNT)) for d in again] == [
+            (True, 1), (True, 1)]
+        for d in again:
+            d.ack()
+    assert broker.ready(intake_of(broker)) == 0
+
+
 # --- dead-lettering by a node ---------------------------------------------------------
 def test_dead_letter_puts_the_reason_on_the_copy_and_replies(broker: Harness) -> None:
     topo = broker.topology

@@ -86,27 +86,6 @@ def test_settles_run_on_the_consumer_thread(
     assert broker.depth(topo.dead_letter_queue) == 1
 
 
-def test_settles_around_a_stop_are_not_lost(broker: MemoryBroker) -> None:
-    """One submitted before stop() runs before the thread ends; one after runs in place."""
-    topo = broker.topology
-    intake = topo.queue(Consumer.INTAKE)
-    reply_q = broker.reply_queue()
-    for i in range(2):
-        broker.publish(msg(topo.commands_exchange, "a", f"{i}".encode(), message_id=f"m{i}",
-                           reply_to=reply_q))
-    taker = Taker(broker, intake)
-    taker.consumer.start()
-    before, after = taker.take(), taker.take()
-    before.ack(b"r0")
-    taker.consumer.stop()
-    assert not taker.consumer.is_alive()
-    assert broker.depth(intake) == 1  # the ack before stop() was applied by the thread
-    after.ack(b"r1")
-    assert broker.depth(intake) == 0  # and this one on the caller's thread
-    replies = [broker.get(reply_q, timeout=DEADLINE) for _ in range(2)]
-    assert [r.correlation_id for r in replies if r is not None] == ["m0", "m1"]
-
-
 @pytest.mark.parametrize(("body", "expected"), [
     (b'{"message_id":"m","correlation_id":"c","causation_id":null,"type":"SearchResults",'
      b'"version":1,"payload":{"type":"x"}}', "SearchResults"),
