@@ -128,8 +128,8 @@ def dead_letter_via(broker: MemoryBroker, body: bytes, **headers: Any) -> Any:
     c = broker.consumer(intake, got.append, prefetch=1, name="t")
     c.start()
     eventually(lambda: bool(got))
-    c.stop()
     got[0].dead_letter("schema_error", "bad field")
+    c.stop()
     taken: list[Any] = []
     c = broker.consumer(topo.dead_letter_queue, taken.append, prefetch=1, name="t2")
     c.start()
