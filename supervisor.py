@@ -1016,6 +1016,23 @@ class _Restart:
     generation: int
 
 
+class _Ticker(ThreadService):
+    """Tells its supervisor to look at its children every ``interval`` seconds."""
+
+    def __init__(self, name: str, supervisor: pykka.ActorRef[Any], interval: float) -> None:
+        super().__init__(name)
+        self._supervisor = supervisor
+        self._interval = interval
+
+    def run(self) -> None:
+        """Tick until stopped or the supervisor is gone."""
+        while not self.pause(self._interval):
+            try:
+                self._supervisor.tell(_Tick())
+            except pykka.ActorDeadError:
+                return
+
+
 @dataclass(frozen=True)
 class WhichChildren:
     """Ask a supervisor for its children's rows (:meth:`Supervisor.which_children`)."""
@@ -1074,7 +1091,7 @@ class Supervisor(SupervisedActor):
         self._scheduler = scheduler or ThreadScheduler()
         self._clock = clock
         self._generation = 0
-        self._stopping = threading.Event()
+        self._ticker = _Ticker(f"{name}-ticker", self.actor_ref, check_interval)
 
     # --- lifecycle ------------------------------------------------------------------
     def started(self) -> None:
@@ -1085,24 +1102,17 @@ class Supervisor(SupervisedActor):
             except Exception:
                 self._stop_range(0, i)
                 raise
-        threading.Thread(target=self._tick, name=f"{self.name}-ticker", daemon=True).start()
+        self._ticker.start()
 
     def on_stop(self) -> None:
         """Stop children in reverse start order."""
-        self._stopping.set()
+        self._ticker.stop(0.0)
         self._stop_range(0, len(self._children))
 
     def on_failure(self, *_exc: object) -> None:
         """A crashed supervisor leaves no orphans."""
-        self._stopping.set()
+        self._ticker.stop(0.0)
         self._stop_range(0, len(self._children))
-
-    def _tick(self) -> None:
-        while not self._stopping.wait(self._check_interval):
-            try:
-                self.actor_ref.tell(_Tick())
-            except pykka.ActorDeadError:
-                return
 
     def _report_to_me(self, failure: Failure) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
@@ -1179,7 +1189,7 @@ class Supervisor(SupervisedActor):
             delay = self.policy.after_exit(st.spec.id, st.spec.restart, failure,
                                            st.spec.backoff)
         except SupervisorGaveUp:
-            self._stopping.set()
+            self._ticker.stop(0.0)
             self._stop_range(0, len(self._children))
             raise
         if delay is None:
@@ -1298,7 +1308,7 @@ class DynamicChild:
     tag: str | None = None
 
 
-class DynamicSupervisor:
+class DynamicSupervisor(ThreadService):
     """OTP's ``simple_one_for_one``: children started on demand by id, capped, passivated.
 
     Each child is a pykka actor started by :meth:`start_child` on the first work for
@@ -1320,8 +1330,9 @@ class DynamicSupervisor:
     child (once under the cap), a bounded chunk at a time; stuck detection looks only
     at the busy children, copied under the lock and checked outside it.
 
-    Subclasses (adapters) implement :meth:`start_child`, and may implement the hooks
-    :meth:`resume`, :meth:`crashed` and :meth:`dropped`, whose defaults do nothing.
+    It is a :class:`ThreadService`: its thread sweeps. Subclasses (adapters)
+    implement :meth:`start_child`, and may implement the hooks :meth:`resume`,
+    :meth:`crashed` and :meth:`dropped`, whose defaults do nothing.
 
     Args:
         name: its id in its parent, and its thread's name prefix.
@@ -1345,7 +1356,7 @@ class DynamicSupervisor:
                  restart: Restart = Restart.TRANSIENT,
                  scheduler: Scheduler | None = None,
                  rng: random.Random | None = None) -> None:
-        self.name = name
+        super().__init__(name, thread_name=f"{name}-sweeper")
         self.max_live = max_live
         self.idle_seconds = idle_seconds
         self.backoff = backoff
@@ -1358,7 +1369,7 @@ class DynamicSupervisor:
         self._busy: set[DynamicChild] = set()
         self._lock = threading.RLock()
         self._alive = False
-        self._stop = threading.Event()
+        self._sweeping = False
         self.swept = 0  # children the sweep looked at under the lock (tests read it)
         self.activations = 0
         self.passivations = 0
@@ -1381,7 +1392,7 @@ class DynamicSupervisor:
         """Hook: ``child`` stopped for good with its pending work (give it back)."""
 
     # --- service ----------------------------------------------------------------------
-    def start(self, *, sweeper: bool = True) -> None:
+    def start(self, on_crash: ReportFailure | None = None, *, sweeper: bool = True) -> None:
         """Start the sweep thread; children start on demand.
 
         Without it (``sweeper=False``) nothing is passivated or abandoned but by a
@@ -1389,24 +1400,36 @@ class DynamicSupervisor:
         """
         self._alive = True
         self.gave_up = None
-        self._stop.clear()
+        self._sweeping = sweeper
         if sweeper:
-            threading.Thread(target=self._sweep, name=f"{self.name}-sweeper",
-                             daemon=True).start()
+            super().start(on_crash)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every child; their pending work is dropped (given back)."""
+    def run(self) -> None:
+        """Sweep every quarter of ``idle_seconds`` (0.05 s to 1 s)."""
+        interval = max(0.05, min(self.idle_seconds / 4, 1.0))
+        while not self.pause(interval):
+            self.sweep_once(time.monotonic())
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop sweeping and stop every child; their pending work is dropped."""
         self._alive = False
-        self._stop.set()
+        stopped = super().stop(timeout)
         with self._lock:
             children = list(self._children.values())
             self._children.clear()
             self._busy.clear()
         self._stop_all(children, timeout)
+        return stopped
 
     def is_alive(self) -> bool:
-        """False after ``stop`` or after giving up."""
-        return self._alive
+        """False after ``stop``, after giving up, or once its sweep thread died."""
+        return self._alive and (not self._sweeping or super().is_alive())
+
+    def facts(self) -> dict[str, Any]:
+        """Live children, and the counts of their lives."""
+        return {"live": self.live, "activations": self.activations,
+                "passivations": self.passivations, "restarts": self.restarts,
+                "released": self.released, "gave_up": self.gave_up}
 
     # --- work -------------------------------------------------------------------------
     def enlist(self, child_id: str, token: Any, item: Any,
@@ -1523,11 +1546,6 @@ class DynamicSupervisor:
             if c.ref is not None:
                 refs.append(c.ref)
         return refs
-
-    def _sweep(self) -> None:
-        interval = max(0.05, min(self.idle_seconds / 4, 1.0))
-        while not self._stop.wait(interval):
-            self.sweep_once(time.monotonic())
 
     def sweep_once(self, now: float) -> None:
         """One sweep at ``now``: passivate the children idle too long, then abandon
