@@ -1427,8 +1427,8 @@ class DynamicSupervisor(ThreadService):
 
     def facts(self) -> dict[str, Any]:
         """Live children, and the counts of their lives."""
-        return {"live": self.live, "activations": self.activations,
-                "passivations": self.passivations, "restarts": self.restarts,
+        return {"live_children": self.live, "activations": self.activations,
+                "passivations": self.passivations, "child_restarts": self.restarts,
                 "released": self.released, "gave_up": self.gave_up}
 
     # --- work -------------------------------------------------------------------------

@@ -47,6 +47,11 @@ VOLATILE = frozenset({
     "occurred_at", "recorded_at", "replayed_at", "expires_at", "message_id",
     "causation_id", "correlation_id", "mailbox", "unacked", "delivered", "acked",
     "headers", "reply_to", "unavailable",
+    # A service's own facts in the tree count work its thread does at its own pace.
+    "published", "fired", "sent", "recorded", "duplicates", "spare_copies", "failures",
+    "backlog", "up", "down_for", "outages", "last_error", "connected", "reconnects",
+    "answered", "refused", "live_children", "activations", "passivations",
+    "child_restarts", "released",
 })
 
 
