@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import pykka
 
@@ -23,7 +24,6 @@ from actors.outcome import Ticket
 from config.logs import handling
 from config.lru import BoundedLRU
 from messages.base import Envelope, InvalidMessage, Message
-from messages.events import CommandRejected, ReservationRejected
 from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
 from rules.clock import Clock, wall_clock
 from rules.policy import Lifecycle
@@ -424,8 +424,15 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> tuple[bytes, str]:
         """The CommandResult for a command and the events it produced, and its status."""
-        result = command_result(env.payload, events)
+        result = command_result(events, self.refusal(env.payload, [e.payload for e in events]))
         return env.follow(result).to_json(), result.status.value
+
+    def refusal(self, command: Message, events: Sequence[Message]) -> Refusal | None:
+        """Hook: the event among ``events`` that turned ``command`` down (None: done).
+
+        What counts as a refusal is the entity's rules' to say; by default none does.
+        """
+        return None
 
     def _committed(self, env: Envelope, lineage: int, reply: _Reply | None,
                    exc: BaseException | None) -> None:
@@ -494,20 +501,28 @@ class _Reply:
         return self.stored
 
 
-def command_result(command: Message, events: Sequence[Envelope]) -> CommandResult:
+class Refusal(Protocol):
+    """An event that turned a command down: why (a reason code) and in words."""
+
+    @property
+    def reason(self) -> StrEnum:
+        """The reason code the reply carries."""
+
+    @property
+    def detail(self) -> str:
+        """The explanation the reply carries (empty: none)."""
+
+
+def command_result(events: Sequence[Envelope], refusal: Refusal | None = None) -> CommandResult:
     """Summarise a command's events as its reply.
 
-    The first event is the command's own outcome: a ``CommandRejected``, or a
-    ``ReservationRejected`` for any command but the owner's ``RejectReservation``
-    (where it is the success), makes the reply ``rejected`` with its reason. Later
-    rejections (other requests an acceptance displaced) are consequences.
+    ``refusal`` is the event that turned the command down (see
+    :meth:`EntityActor.refusal`): the reply is then ``rejected`` with its reason, and
+    ``ok`` without one.
     """
     summary = [{"type": e.type, "version": e.version, "message_id": e.message_id,
                 **e.payload.model_dump(mode="json")} for e in events]
-    first = events[0].payload if events else None
-    refused = isinstance(first, CommandRejected) or (
-        isinstance(first, ReservationRejected) and type(command).__name__ != "RejectReservation")
-    if isinstance(first, ReservationRejected | CommandRejected) and refused:
-        return CommandResult(status=Status.REJECTED, reason=first.reason.value,
-                             detail=first.detail or None, events=summary)
+    if refusal is not None:
+        return CommandResult(status=Status.REJECTED, reason=refusal.reason.value,
+                             detail=refusal.detail or None, events=summary)
     return CommandResult(status=Status.OK, events=summary)
