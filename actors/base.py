@@ -9,10 +9,8 @@ that drive it and the requests (:class:`GetState`, :class:`GetVersion`) that rea
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,22 +19,20 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import pykka
 
 from actors.outcome import Ticket
+from actors.repository import Repository
 from config.logs import handling
-from config.lru import BoundedLRU
 from messages.base import Envelope, InvalidMessage, Message
 from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
 from rules.clock import Clock, wall_clock
 from rules.policy import Lifecycle
 from store import (
-    Commit,
     ConcurrencyError,
     DuplicateMessage,
     EventStore,
     InboxEntry,
     StoreWriter,
 )
-from store.eventstore import Snapshot
-from store.writer import Effect, snapshot_effects
+from store.writer import Effect
 from supervisor import Failure, ReportFailure, SupervisedActor
 
 log = logging.getLogger(__name__)
@@ -115,9 +111,6 @@ class EntityContext:
 
 S = TypeVar("S")
 
-_LINEAGES = itertools.count(1)  # one per rehydration, unique in the process
-MAX_CONFLICTS = 20  # local re-decisions of one command before it goes back to the broker
-
 
 class EntityActor(SupervisedActor, Generic[S]):
     """An entity (one event stream) as an actor: rehydrate, decide, commit, reply.
@@ -140,7 +133,7 @@ class EntityActor(SupervisedActor, Generic[S]):
     An entity whose stream grows without bound (an apartment) sets ``snapshot_tag``
     and implements :meth:`encode_state` and :meth:`decode_state`: every
     ``snapshot_every`` events it writes its state in the same commit as the events
-    (see :meth:`rehydrate`).
+    (see :class:`actors.repository.Repository`).
 
     Subclasses set ``kind`` and implement :meth:`initial`, :meth:`decide_payloads`
     and :meth:`apply`.
@@ -158,17 +151,12 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.entity_id = entity_id
         self.key = key
         self.ctx = ctx
-        self.state: S = self.initial()
-        self.version = 0
-        self.snapshot_version = 0  # of the stream's snapshot it read or wrote last (0: none)
+        self.repository: Repository[S] = Repository(entity_id, self, ctx.store, ctx.writer,
+                                                    ctx.snapshot_every)
         self._lock = threading.Lock()
         self._inflight: dict[str, list[Ticket]] = {}
         self._asked: dict[str, str | None] = {}  # in flight: message_id -> content hash
-        self.last_active = time.monotonic()
-        self.lineage = 0  # which memory this actor decides from (see Commit.lineage)
-        self._stale = 0  # a lineage the writer refused a commit of (set on its thread)
         self._retry: list[tuple[Envelope, Ticket]] = []  # refused, to decide again
-        self._conflicts: BoundedLRU[str, int] = BoundedLRU(10_000)  # message_id -> refusals
 
     # --- to implement -------------------------------------------------------
     def initial(self) -> S:
@@ -211,39 +199,12 @@ class EntityActor(SupervisedActor, Generic[S]):
         """
         if self._link is None or self._link.after_crash:
             self.ctx.writer.barrier()
-        self.rehydrate()
+        self.repository.rehydrate()
 
-    def rehydrate(self) -> None:
-        """Rebuild memory from the store: the stream's snapshot and the events after it.
-
-        A snapshot is written in the commit of the events it covers, so it is the state
-        of exactly those. One in another format (``snapshot_tag``: written by other
-        code) or that does not decode is not used: the actor logs a warning and folds
-        the whole stream, and its next commit writes a new snapshot. Whatever is in the
-        snapshots table, rehydration never fails because of it.
-        """
-        snapped = 0
-        state = self.initial()
-        if self.snapshot_tag is None:
-            events = self.ctx.store.load(self.entity_id)
-        else:
-            snapshot, events = self.ctx.store.resume(self.entity_id)
-            if snapshot is not None:
-                try:
-                    if snapshot.schema_tag != self.snapshot_tag:
-                        raise ValueError(f"its format is {snapshot.schema_tag!r}, "
-                                         f"this code's {self.snapshot_tag!r}")
-                    state, snapped = self.decode_state(snapshot.body), snapshot.version
-                except Exception as exc:  # noqa: BLE001 - any bad snapshot: replay instead
-                    log.warning("%s: not using the snapshot at version %d (%s); replaying "
-                                "the stream", self.name, snapshot.version, exc)
-                    events = self.ctx.store.load(self.entity_id)
-        for env in events:
-            state = self.apply(state, env.payload)
-        self.state = state
-        self.version = snapped + len(events)
-        self.snapshot_version = snapped
-        self.lineage = next(_LINEAGES)
+    @property
+    def state(self) -> S:
+        """The memory ``decide`` runs on (the repository's)."""
+        return self.repository.state
 
     def on_receive(self, message: Any) -> Any:
         """As the supervision runtime does, with the message's ids on its log lines."""
@@ -253,7 +214,6 @@ class EntityActor(SupervisedActor, Generic[S]):
     def receive(self, message: Any) -> Any:
         """Handle :class:`Handle` and :class:`CommitFailed`; answer the ``Get*`` requests."""
         if isinstance(message, Handle):
-            self.last_active = time.monotonic()
             self._catch_up()
             self._handle(message.envelope, message.ticket)
             return None
@@ -263,9 +223,9 @@ class EntityActor(SupervisedActor, Generic[S]):
             self._catch_up()
             return None
         if isinstance(message, GetState):
-            return self.state
+            return self.repository.state
         if isinstance(message, GetVersion):
-            return self.version
+            return self.repository.version
         raise ValueError(f"{self.name}: unexpected message {message!r}")
 
     def _handle(self, env: Envelope, ticket: Ticket) -> None:
@@ -296,53 +256,21 @@ class EntityActor(SupervisedActor, Generic[S]):
             self.ctx.inject(self.entity_id, env)
         payloads = self.decide_payloads(env)
         events = [env.follow(p, apartment_id=self.key_apartment(env)) for p in payloads]
-        state = self.state
-        for e in events:
-            state = self.apply(state, e.payload)
+        change = self.repository.change(events)
         reply = _Reply(*self.reply_for(env, events)) if self.replies else None
-        lineage = self.lineage
-        effects = list(self.effects_for(events))
-        version = self.version + len(events)
-        every = self.ctx.snapshot_every
-        if events and self.snapshot_tag and every and version - self.snapshot_version >= every:
-            state, taken = self._snapshot(state, version)
-            effects += taken
-        commit = Commit(
-            stream_id=self.entity_id,
-            expected_version=self.version,
-            events=events,
-            inbox=InboxEntry(self.consumer, mid, None if reply is None else reply.finish,
-                             asked),
-            on_done=lambda exc: self._committed(env, lineage, reply, exc),
-            keep_private=1 if self.records_input else 0,
-            lineage=lineage,
-            effects=effects,
-        )
+        lineage = change.lineage
         with self._lock:
             self._inflight[mid] = [ticket]
             self._asked[mid] = asked
         ticket.submitted = True
-        self.state = state
-        self.version = version
-        self.ctx.writer.submit(commit)
-
-    def _snapshot(self, state: S, version: int) -> tuple[S, list[Effect]]:
-        """``state`` as its snapshot at ``version`` holds it, and the rows that write it.
-
-        The state as read back from the body equals ``state``; keeping it instead means
-        what the snapshot holds stays encoded, so the next snapshot encodes only what
-        changed since. A snapshot that cannot be made is skipped (it is only a
-        shortcut), and tried again ``snapshot_every`` events later.
-        """
-        assert self.snapshot_tag is not None
-        self.snapshot_version = version
-        try:
-            body, again = self.encode_state(state)
-        except Exception:
-            log.exception("%s: no snapshot at version %d", self.name, version)
-            return state, []
-        return again, snapshot_effects(Snapshot(self.entity_id, version, self.snapshot_tag,
-                                                body))
+        self.repository.commit(
+            change,
+            inbox=InboxEntry(self.consumer, mid, None if reply is None else reply.finish,
+                             asked),
+            effects=self.effects_for(events),
+            keep_private=1 if self.records_input else 0,
+            on_done=lambda exc: self._committed(env, lineage, reply, exc),
+        )
 
     def _catch_up(self) -> None:
         """After a refused commit: reload from the store, then decide the refused again.
@@ -353,19 +281,13 @@ class EntityActor(SupervisedActor, Generic[S]):
         decided afresh, in their original order, before anything newer. A command
         refused ``MAX_CONFLICTS`` times goes back to the broker instead.
         """
-        if self._stale and self._stale == self.lineage:
-            self.ctx.writer.barrier()
-            self.rehydrate()
+        self.repository.catch_up()
         with self._lock:
             retry, self._retry = self._retry, []
         for env, ticket in retry:
             if ticket.settled:
                 continue
-            n = self._conflicts.get(env.message_id, 0) + 1
-            self._conflicts.put(env.message_id, n)
-            if n > MAX_CONFLICTS:
-                log.warning("%s: %s refused %d times; back to the broker", self.name,
-                            env.message_id, n - 1)
+            if not self.repository.again(env.message_id):
                 ticket.requeue()
                 continue
             self._handle(env, ticket)
@@ -459,7 +381,7 @@ class EntityActor(SupervisedActor, Generic[S]):
             found = self.ctx.store.handled(self.consumer, mid)
             for t in tickets:
                 self._answer_again(env, asked, found or (None, None), t)
-            self._stale = lineage
+            self.repository.refused(lineage)
         elif isinstance(exc, ConcurrencyError):
             # Decided on memory the store does not share (another writer appended, or
             # an earlier commit of this memory was refused): reload and decide again.
@@ -468,7 +390,7 @@ class EntityActor(SupervisedActor, Generic[S]):
                 for t in tickets:
                     t.submitted = False  # a crash before the retry re-tells it
                     self._retry.append((env, t))
-            self._stale = lineage
+            self.repository.refused(lineage)
             if self._reported:  # this incarnation crashed: nobody would retry them
                 self._give_back()
                 return

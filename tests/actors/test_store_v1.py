@@ -63,10 +63,10 @@ def test_version_1_events_load_as_version_2(node: Node) -> None:
 
 def test_the_old_snapshot_is_ignored_and_the_actor_folds_the_upcast_events(
         node: Node) -> None:
-    actor = rehydrated(node, "v1-lisbon")
-    assert actor.snapshot_version == 0  # apartment/1 is not this node's format
-    assert actor.state == replayed(node, "v1-lisbon")
-    assert actor.state.currency == "EUR"
+    memory = rehydrated(node, "v1-lisbon")
+    assert memory.snapshot_version == 0  # apartment/1 is not this node's format
+    assert memory.state == replayed(node, "v1-lisbon")
+    assert memory.state.currency == "EUR"
 
 
 def test_the_node_goes_on_where_version_1_stopped(node: Node) -> None:
