@@ -21,7 +21,7 @@ import pykka
 from actors.outcome import Ticket
 from actors.repository import Repository
 from config.logs import handling
-from messages.base import Envelope, InvalidMessage, Message
+from messages.base import Envelope, Message
 from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
 from rules.clock import Clock, wall_clock
 from rules.policy import Lifecycle
@@ -299,23 +299,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         if asked is not None and stored_hash is not None and stored_hash != asked:
             self._refuse_conflict(env, ticket)
         else:
-            ticket.ack(self._positioned(stored_reply))
-
-    def _positioned(self, reply: bytes | None) -> bytes | None:
-        """A stored reply; one stored before replies carried a position gets the head's.
-
-        The stream's newest event is at or after the command's own, so a producer that
-        searches ``after`` it still reads its write.
-        """
-        if reply is None or not self.replies:
-            return reply
-        try:
-            payload = Envelope.from_json(reply, max_bytes=1 << 30).payload
-        except InvalidMessage:
-            return reply
-        if not isinstance(payload, CommandResult) or payload.position is not None:
-            return reply
-        return with_position(reply, self.ctx.store.head(self.entity_id))
+            ticket.ack(stored_reply)
 
     def _refuse_conflict(self, env: Envelope, ticket: Ticket) -> None:
         """Dead-letter a message_id re-used for a different request, and say so."""
