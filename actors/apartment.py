@@ -66,9 +66,9 @@ class ApartmentActor(EntityActor[Apartment]):
         """The rules' refusal of ``command`` (see :func:`rules.apartment.refusal_of`)."""
         return refusal_of(command, events)
 
-    def vacant(self) -> bool:
+    def vacant(self, state: Apartment) -> bool:
         """Never added: its commands are all refused, and nothing is kept for it."""
-        return not self.state.listed
+        return not state.listed
 
     def _failed_payment(self, reservation_id: str) -> frozenset[str]:
         """``{reservation_id}`` when its payment stream records ``PaymentFailed``."""

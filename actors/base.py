@@ -9,8 +9,9 @@ that drive it and the requests (:class:`GetState`, :class:`GetVersion`) that rea
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,11 +19,12 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import pykka
 
+from actors.inflight import Outcomes, Pending, Reply
 from actors.outcome import Ticket
 from actors.repository import Repository
 from config.logs import handling
 from messages.base import Envelope, Message
-from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
+from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status
 from rules.clock import Clock, wall_clock
 from rules.policy import Lifecycle
 from store import (
@@ -113,18 +115,22 @@ S = TypeVar("S")
 
 
 class EntityActor(SupervisedActor, Generic[S]):
-    """An entity (one event stream) as an actor: rehydrate, decide, commit, reply.
+    """An entity (one event stream) as an actor: its mailbox, its decisions, its replies.
 
+    Its memory is its :attr:`repository`'s (:mod:`actors.repository`): rehydrated
+    from the store, folded forward by every decision, and committed behind a fence.
     For each message: a message id already in the inbox gets its stored reply and
     changes nothing (the inbox is read first for redeliveries; for anything else the
     inbox row's primary key catches the duplicate at commit, and the actor reloads);
-    otherwise ``decide`` yields events, ``evolve`` folds them into
-    the state at once (so the next message sees them), and the events, the inbox row
-    and the reply go to the writer as one commit. The ticket is acked and the reply
-    sent only after that commit is durable. A commit refused for a duplicate or a stale
-    version means memory ran ahead of the store: the actor reloads it (producers
-    retrying are normal and must not spend the restart intensity); any other failed
-    commit crashes the actor and its supervisor restarts it from the store.
+    a re-send of a message whose commit is in flight waits on that commit; otherwise
+    ``decide`` yields events, the repository folds them into memory at once (so the
+    next message sees them), and the events, the inbox row and the reply go to the
+    writer as one commit. The ticket is acked and the reply sent only after that
+    commit is durable. A commit refused for a duplicate or a stale version means
+    memory ran ahead of the store: the actor reloads it (producers retrying are normal
+    and must not spend the restart intensity) and decides the refused commands again;
+    any other failed commit crashes the actor and its supervisor restarts it from the
+    store. What the writer's thread touches is in :mod:`actors.inflight`.
 
     A process entity (``records_input``) records a private copy of the fact it
     reacts to as its first event, so it can be rehydrated; only what it decides is
@@ -132,11 +138,10 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     An entity whose stream grows without bound (an apartment) sets ``snapshot_tag``
     and implements :meth:`encode_state` and :meth:`decode_state`: every
-    ``snapshot_every`` events it writes its state in the same commit as the events
-    (see :class:`actors.repository.Repository`).
+    ``snapshot_every`` events its state is written in the same commit as the events.
 
     Subclasses set ``kind`` and implement :meth:`initial`, :meth:`decide_payloads`
-    and :meth:`apply`.
+    and :meth:`apply`; one that replies implements :meth:`refusal`.
     """
 
     kind: ClassVar[str] = "entity"
@@ -153,10 +158,9 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.ctx = ctx
         self.repository: Repository[S] = Repository(entity_id, self, ctx.store, ctx.writer,
                                                     ctx.snapshot_every)
-        self._lock = threading.Lock()
-        self._inflight: dict[str, list[Ticket]] = {}
-        self._asked: dict[str, str | None] = {}  # in flight: message_id -> content hash
-        self._retry: list[tuple[Envelope, Ticket]] = []  # refused, to decide again
+        self._inflight: dict[str, Pending] = {}  # message_id -> its commit, not yet read back
+        self._outcomes = Outcomes()  # the writer's thread hands them to this one
+        self._retry: deque[tuple[Envelope, Ticket]] = deque()  # refused, to decide again
 
     # --- to implement -------------------------------------------------------
     def initial(self) -> S:
@@ -180,15 +184,35 @@ class EntityActor(SupervisedActor, Generic[S]):
         """The state :meth:`encode_state` made ``body`` of; raises if it is not one."""
         raise NotImplementedError
 
-    def vacant(self) -> bool:
-        """Whether this entity's memory is worth nothing (e.g. an apartment never added).
+    def vacant(self, state: S) -> bool:
+        """Whether ``state`` is worth nothing in memory (e.g. an apartment never added).
 
         A command for an id nobody created is refused, but the actor it activated
         would otherwise stay live, shown in the tree as if it ran something.
         """
         return False
 
+    def refusal(self, command: Message, events: Sequence[Message]) -> Refusal | None:
+        """The event among ``events`` that turned ``command`` down (None: done).
+
+        What counts as a refusal is the entity's rules' to say; by default none does.
+        """
+        return None
+
+    def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
+        """Extra statements a commit of ``events`` runs in its transaction (none)."""
+        return ()
+
+    def key_apartment(self, env: Envelope) -> str | None:
+        """The partition key of the events (the command's apartment)."""
+        return env.apartment_id
+
     # --- life ---------------------------------------------------------------
+    @property
+    def state(self) -> S:
+        """The memory ``decide`` runs on (the repository's)."""
+        return self.repository.state
+
     def started(self) -> None:
         """Rehydrate from the store.
 
@@ -201,15 +225,14 @@ class EntityActor(SupervisedActor, Generic[S]):
             self.ctx.writer.barrier()
         self.repository.rehydrate()
 
-    @property
-    def state(self) -> S:
-        """The memory ``decide`` runs on (the repository's)."""
-        return self.repository.state
-
     def on_receive(self, message: Any) -> Any:
         """As the supervision runtime does, with the message's ids on its log lines."""
         with logged_as(message):
             return super().on_receive(message)
+
+    def on_stop(self) -> None:
+        """Give back the refused commands a stopped actor will not decide again."""
+        self._give_back()
 
     def receive(self, message: Any) -> Any:
         """Handle :class:`Handle` and :class:`CommitFailed`; answer the ``Get*`` requests."""
@@ -233,19 +256,12 @@ class EntityActor(SupervisedActor, Generic[S]):
         # Producers' commands carry an idempotency key (their message_id): what they
         # asked is hashed, so a key re-used for another request is refused.
         asked = env.content_hash() if self.replies else None
-        with self._lock:
-            if mid in self._inflight:  # a duplicate of a message not yet committed
-                if self._asked.get(mid) != asked:
-                    conflict = True
-                else:
-                    conflict = False
-                    ticket.submitted = True
-                    self._inflight[mid].append(ticket)
+        pending = self._inflight.get(mid)
+        if pending is not None:  # a re-send of a message not yet committed
+            if pending.asked != asked:
+                self._refuse_conflict(env, ticket)
             else:
-                conflict = None
-        if conflict:
-            self._refuse_conflict(env, ticket)
-        if conflict is not None:
+                pending.join(ticket)
             return
         if ticket.redelivered:  # most likely handled before: ask the inbox first
             found = self.ctx.store.handled(self.consumer, mid)
@@ -257,11 +273,9 @@ class EntityActor(SupervisedActor, Generic[S]):
         payloads = self.decide_payloads(env)
         events = [env.follow(p, apartment_id=self.key_apartment(env)) for p in payloads]
         change = self.repository.change(events)
-        reply = _Reply(*self.reply_for(env, events)) if self.replies else None
-        lineage = change.lineage
-        with self._lock:
-            self._inflight[mid] = [ticket]
-            self._asked[mid] = asked
+        reply = Reply(*self._reply_for(env, events)) if self.replies else None
+        pending = Pending(env, asked, change.lineage, reply, self.vacant(change.state), ticket)
+        self._inflight[mid] = pending
         ticket.submitted = True
         self.repository.commit(
             change,
@@ -269,28 +283,96 @@ class EntityActor(SupervisedActor, Generic[S]):
                              asked),
             effects=self.effects_for(events),
             keep_private=1 if self.records_input else 0,
-            on_done=lambda exc: self._committed(env, lineage, reply, exc),
+            on_done=functools.partial(self._committed, pending),
         )
 
+    def _reply_for(self, env: Envelope, events: Sequence[Envelope]) -> tuple[bytes, str]:
+        """The CommandResult for a command and the events it produced, and its status."""
+        result = command_result(events, self.refusal(env.payload, [e.payload for e in events]))
+        return env.follow(result).to_json(), result.status.value
+
+    def _committed(self, pending: Pending, exc: BaseException | None) -> None:
+        """Writer thread: answer a durable commit's tickets; hand its outcome over.
+
+        Only ``pending`` and the handoff are used here (see :mod:`actors.inflight`):
+        the actor learns every outcome on its own thread (:meth:`_read_outcomes`),
+        where a refused commit's tickets are answered or decided again. Any other
+        failure gives the tickets back and crashes the actor, which restarts from
+        the store.
+        """
+        if exc is None:
+            pending.answer()
+            self._outcomes.put(pending, None)
+            on_vacant = self.ctx.on_vacant
+            if on_vacant is not None and pending.vacant:
+                on_vacant(self.entity_id)  # refused when anything is still in flight
+            return
+        if not isinstance(exc, ConcurrencyError | DuplicateMessage):
+            log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
+            for t in pending.take():
+                t.requeue()
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(CommitFailed(exc))
+            return
+        if not self._outcomes.put(pending, exc):  # stopped: nobody here decides them again
+            for t in pending.take():
+                t.requeue()
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(Reload(pending.lineage))
+
     def _catch_up(self) -> None:
-        """After a refused commit: reload from the store, then decide the refused again.
+        """Read the commits' outcomes; after a refusal, reload, then decide the refused again.
 
         The writer refuses every later commit of a refused lineage, so once the memory
         is rebuilt (after a barrier: everything decided on the old memory has been
-        refused by then, and its tickets are in ``_retry``) the refused commands are
-        decided afresh, in their original order, before anything newer. A command
-        refused ``MAX_CONFLICTS`` times goes back to the broker instead.
+        refused by then, and is read back here) the refused commands are decided
+        afresh, in their original order, before anything newer. Each is dropped only
+        once decided: a store outage met on the way runs this again from it.
         """
-        self.repository.catch_up()
-        with self._lock:
-            retry, self._retry = self._retry, []
-        for env, ticket in retry:
-            if ticket.settled:
+        self._read_outcomes()
+        if self.repository.catch_up():
+            self._read_outcomes()
+        while self._retry:
+            env, ticket = self._retry[0]
+            if not ticket.settled:
+                self._handle(env, ticket)
+            self._retry.popleft()
+
+    def _read_outcomes(self) -> None:
+        """Forget the commits the writer answered; take back the ones it refused.
+
+        A duplicate is answered from the inbox (or refused as a re-used id), and the
+        memory that applied it a second time is rebuilt; a commit decided on memory
+        the store does not share (another writer appended, or an earlier commit of
+        that memory was refused) is decided again, up to the repository's limit. An
+        outcome is dropped only once read: a store outage met on the way reads it again.
+        """
+        outcomes = self._outcomes
+        while outcomes:
+            pending, error = outcomes.first()
+            env = pending.envelope
+            found = None
+            if isinstance(error, DuplicateMessage):
+                found = self.ctx.store.handled(self.consumer, env.message_id)
+            outcomes.drop_first()
+            if self._inflight.get(env.message_id) is pending:
+                del self._inflight[env.message_id]
+            if error is None:
                 continue
-            if not self.repository.again(env.message_id):
-                ticket.requeue()
-                continue
-            self._handle(env, ticket)
+            self.repository.refused(pending.lineage)
+            tickets = pending.take()
+            if isinstance(error, DuplicateMessage):
+                for t in tickets:
+                    self._answer_again(env, pending.asked, found or (None, None), t)
+            elif self.repository.again(env.message_id):
+                log.debug("%s: %s; reloading from the store", self.name, error)
+                for t in tickets:
+                    t.submitted = False  # a crash before the retry re-tells it
+                    self._retry.append((env, t))
+            else:
+                for t in tickets:
+                    t.requeue()
 
     def _answer_again(self, env: Envelope, asked: str | None,
                       found: tuple[bytes | None, str | None], ticket: Ticket) -> None:
@@ -311,100 +393,19 @@ class EntityActor(SupervisedActor, Generic[S]):
         ticket.refuse(IDEMPOTENCY_CONFLICT, detail, reply)
 
     def _give_back(self) -> None:
-        """Requeue the refused commands this actor will not decide again."""
-        with self._lock:
-            retry, self._retry = self._retry, []
-        for _env, t in retry:
-            t.requeue()
+        """Requeue the refused commands this actor will not decide again.
+
+        Closing the handoff makes the writer requeue what it refuses from now on.
+        """
+        for pending, error in self._outcomes.close():
+            if error is not None:
+                for t in pending.take():
+                    t.requeue()
+        while self._retry:
+            self._retry.popleft()[1].requeue()
 
     def _on_crash(self, failure: Failure) -> None:
         self._give_back()
-
-    def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
-        """Hook: extra statements a commit of ``events`` runs in its transaction (none)."""
-        return ()
-
-    def key_apartment(self, env: Envelope) -> str | None:
-        """The partition key of the events (the command's apartment)."""
-        return env.apartment_id
-
-    def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> tuple[bytes, str]:
-        """The CommandResult for a command and the events it produced, and its status."""
-        result = command_result(events, self.refusal(env.payload, [e.payload for e in events]))
-        return env.follow(result).to_json(), result.status.value
-
-    def refusal(self, command: Message, events: Sequence[Message]) -> Refusal | None:
-        """Hook: the event among ``events`` that turned ``command`` down (None: done).
-
-        What counts as a refusal is the entity's rules' to say; by default none does.
-        """
-        return None
-
-    def _committed(self, env: Envelope, lineage: int, reply: _Reply | None,
-                   exc: BaseException | None) -> None:
-        """Writer thread: settle the tickets of a commit."""
-        mid = env.message_id
-        with self._lock:
-            tickets = self._inflight.pop(mid, [])
-            asked = self._asked.pop(mid, None)
-        if exc is None:
-            for t in tickets:
-                if reply is None:
-                    t.ack()
-                else:
-                    t.ack(reply.stored, reply.status)
-            on_vacant = self.ctx.on_vacant
-            if on_vacant is not None and self.vacant():
-                on_vacant(self.entity_id)  # refused when anything is still in flight
-            return
-        if isinstance(exc, DuplicateMessage):
-            # A re-send that was not flagged redelivered: the inbox answers it (or
-            # refuses a re-used id), and this actor, whose memory applied it a second
-            # time, reloads (no crash: a producer retrying is normal, and must not
-            # spend the restart intensity).
-            found = self.ctx.store.handled(self.consumer, mid)
-            for t in tickets:
-                self._answer_again(env, asked, found or (None, None), t)
-            self.repository.refused(lineage)
-        elif isinstance(exc, ConcurrencyError):
-            # Decided on memory the store does not share (another writer appended, or
-            # an earlier commit of this memory was refused): reload and decide again.
-            log.debug("%s: %s; reloading from the store", self.name, exc)
-            with self._lock:
-                for t in tickets:
-                    t.submitted = False  # a crash before the retry re-tells it
-                    self._retry.append((env, t))
-            self.repository.refused(lineage)
-            if self._reported:  # this incarnation crashed: nobody would retry them
-                self._give_back()
-                return
-        else:
-            log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
-            for t in tickets:
-                t.requeue()
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(CommitFailed(exc))
-            return
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(Reload(lineage))
-
-
-class _Reply:
-    """A command's reply, finished by the writer with the position of its events.
-
-    Only the writer learns the positions (inside the transaction); ``stored`` is what
-    its last call made, the reply the inbox holds once the commit succeeded.
-    """
-
-    def __init__(self, template: bytes, status: str) -> None:
-        self.template = template
-        self.stored = template
-        self.status = status
-
-    def finish(self, position: int | None) -> bytes:
-        """Writer thread: the reply with ``position``, remembered as ``stored``."""
-        self.stored = with_position(self.template, position)
-        return self.stored
 
 
 class Refusal(Protocol):

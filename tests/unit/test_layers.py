@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 APP = {"actors", "broker", "config", "console", "messages", "node", "rules", "store", "bench",
        "tests"}
-GENERIC_ACTOR = ("actors/base.py",)
+GENERIC_ACTOR = ("actors/base.py", "actors/inflight.py", "actors/repository.py")
 
 
 def imported_roots(path: Path) -> set[str]:
