@@ -1,9 +1,11 @@
-"""The entity actor: an apartment or a reservation, rehydrated from its events.
+"""The entity actor: an apartment or a reservation, deciding one message at a time.
 
 Crash reporting (:class:`supervisor.SupervisedActor`) is the supervision runtime's;
-this module adds what an entity needs on top: its memory, the commit fence, the
-inbox replies, its snapshots, the messages (:class:`Handle`, :class:`Reload`)
-that drive it and the requests (:class:`GetState`, :class:`GetVersion`) that read it.
+the memory, its snapshots and the commit fence are the repository's
+(:mod:`actors.repository`); what the store writer's thread touches is in
+:mod:`actors.inflight`. This module adds the mailbox: the messages (:class:`Handle`,
+:class:`Reload`) that drive an entity, the requests (:class:`GetState`,
+:class:`GetVersion`) that read it, its replies, and the hooks an entity implements.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def logged_as(message: Any) -> contextlib.AbstractContextManager[None]:
 
 @dataclass(frozen=True)
 class Reload:
-    """Tell an entity that a commit of ``lineage`` was refused: rebuild its memory.
+    """Tell an entity that a commit of ``lineage`` was refused: take the refusal back
+    (handed over by the writer) and rebuild its memory.
 
     Attributes:
         lineage: the memory the refused commit was decided from; an actor that has
@@ -128,9 +131,10 @@ class EntityActor(SupervisedActor, Generic[S]):
     writer as one commit. The ticket is acked and the reply sent only after that
     commit is durable. A commit refused for a duplicate or a stale version means
     memory ran ahead of the store: the actor reloads it (producers retrying are normal
-    and must not spend the restart intensity) and decides the refused commands again;
-    any other failed commit crashes the actor and its supervisor restarts it from the
-    store. What the writer's thread touches is in :mod:`actors.inflight`.
+    and must not spend the restart intensity), answers a duplicate from the inbox and
+    decides a stale command again; any other failed commit crashes the actor and its
+    supervisor restarts it from the store. What the writer's thread touches is in
+    :mod:`actors.inflight`.
 
     A process entity (``records_input``) records a private copy of the fact it
     reacts to as its first event, so it can be rehydrated; only what it decides is
