@@ -11,10 +11,10 @@ import logging
 from collections.abc import Sequence
 from typing import ClassVar
 
-from actors.base import EntityActor, EntityContext
+from actors.base import EntityActor, EntityContext, Refusal
 from actors.timers import timer_effects
 from messages import CancelUnpaidReservation, CommandRejected, Envelope, Message, PaymentFailed
-from rules.apartment import UNAUTHORIZED, Apartment, Rules, decide, evolve
+from rules.apartment import UNAUTHORIZED, Apartment, Rules, decide, evolve, refusal_of
 from rules.snapshot import SCHEMA, SnapshotError, from_snapshot, snapshot_of
 from store.writer import Effect
 from supervisor import ReportFailure
@@ -62,9 +62,13 @@ class ApartmentActor(EntityActor[Apartment]):
                             envelope.message_id)
         return events
 
-    def vacant(self) -> bool:
+    def refusal(self, command: Message, events: Sequence[Message]) -> Refusal | None:
+        """The rules' refusal of ``command`` (see :func:`rules.apartment.refusal_of`)."""
+        return refusal_of(command, events)
+
+    def vacant(self, state: Apartment) -> bool:
         """Never added: its commands are all refused, and nothing is kept for it."""
-        return not self.state.listed
+        return not state.listed
 
     def _failed_payment(self, reservation_id: str) -> frozenset[str]:
         """``{reservation_id}`` when its payment stream records ``PaymentFailed``."""

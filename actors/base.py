@@ -1,42 +1,42 @@
-"""The entity actor: an apartment or a reservation, rehydrated from its events.
+"""The entity actor: an apartment or a reservation, deciding one message at a time.
 
 Crash reporting (:class:`supervisor.SupervisedActor`) is the supervision runtime's;
-this module adds what an entity needs on top: its memory, the commit fence, the
-inbox replies, its snapshots, the messages (:class:`Handle`, :class:`Reload`)
-that drive it and the requests (:class:`GetState`, :class:`GetVersion`) that read it.
+the memory, its snapshots and the commit fence are the repository's
+(:mod:`actors.repository`); what the store writer's thread touches is in
+:mod:`actors.inflight`. This module adds the mailbox: the messages (:class:`Handle`,
+:class:`Reload`) that drive an entity, the requests (:class:`GetState`,
+:class:`GetVersion`) that read it, its replies, and the hooks an entity implements.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
 import logging
-import threading
-import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from enum import StrEnum
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import pykka
 
+from actors.inflight import Outcomes, Pending, Reply
 from actors.outcome import Ticket
+from actors.repository import Repository
 from config.logs import handling
-from config.lru import BoundedLRU
-from messages.base import Envelope, InvalidMessage, Message
-from messages.events import CommandRejected, ReservationRejected
-from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status, with_position
+from messages.base import Envelope, Message
+from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status
 from rules.clock import Clock, wall_clock
 from rules.policy import Lifecycle
 from store import (
-    Commit,
     ConcurrencyError,
     DuplicateMessage,
     EventStore,
     InboxEntry,
     StoreWriter,
 )
-from store.eventstore import Snapshot
-from store.writer import Effect, snapshot_effects
+from store.writer import Effect
 from supervisor import Failure, ReportFailure, SupervisedActor
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def logged_as(message: Any) -> contextlib.AbstractContextManager[None]:
 
 @dataclass(frozen=True)
 class Reload:
-    """Tell an entity that a commit of ``lineage`` was refused: rebuild its memory.
+    """Tell an entity that a commit of ``lineage`` was refused: take the refusal back
+    (handed over by the writer) and rebuild its memory.
 
     Attributes:
         lineage: the memory the refused commit was decided from; an actor that has
@@ -115,23 +116,25 @@ class EntityContext:
 
 S = TypeVar("S")
 
-_LINEAGES = itertools.count(1)  # one per rehydration, unique in the process
-MAX_CONFLICTS = 20  # local re-decisions of one command before it goes back to the broker
-
 
 class EntityActor(SupervisedActor, Generic[S]):
-    """An entity (one event stream) as an actor: rehydrate, decide, commit, reply.
+    """An entity (one event stream) as an actor: its mailbox, its decisions, its replies.
 
+    Its memory is its :attr:`repository`'s (:mod:`actors.repository`): rehydrated
+    from the store, folded forward by every decision, and committed behind a fence.
     For each message: a message id already in the inbox gets its stored reply and
     changes nothing (the inbox is read first for redeliveries; for anything else the
     inbox row's primary key catches the duplicate at commit, and the actor reloads);
-    otherwise ``decide`` yields events, ``evolve`` folds them into
-    the state at once (so the next message sees them), and the events, the inbox row
-    and the reply go to the writer as one commit. The ticket is acked and the reply
-    sent only after that commit is durable. A commit refused for a duplicate or a stale
-    version means memory ran ahead of the store: the actor reloads it (producers
-    retrying are normal and must not spend the restart intensity); any other failed
-    commit crashes the actor and its supervisor restarts it from the store.
+    a re-send of a message whose commit is in flight waits on that commit; otherwise
+    ``decide`` yields events, the repository folds them into memory at once (so the
+    next message sees them), and the events, the inbox row and the reply go to the
+    writer as one commit. The ticket is acked and the reply sent only after that
+    commit is durable. A commit refused for a duplicate or a stale version means
+    memory ran ahead of the store: the actor reloads it (producers retrying are normal
+    and must not spend the restart intensity), answers a duplicate from the inbox and
+    decides a stale command again; any other failed commit crashes the actor and its
+    supervisor restarts it from the store. What the writer's thread touches is in
+    :mod:`actors.inflight`.
 
     A process entity (``records_input``) records a private copy of the fact it
     reacts to as its first event, so it can be rehydrated; only what it decides is
@@ -139,11 +142,10 @@ class EntityActor(SupervisedActor, Generic[S]):
 
     An entity whose stream grows without bound (an apartment) sets ``snapshot_tag``
     and implements :meth:`encode_state` and :meth:`decode_state`: every
-    ``snapshot_every`` events it writes its state in the same commit as the events
-    (see :meth:`rehydrate`).
+    ``snapshot_every`` events its state is written in the same commit as the events.
 
     Subclasses set ``kind`` and implement :meth:`initial`, :meth:`decide_payloads`
-    and :meth:`apply`.
+    and :meth:`apply`; one that replies implements :meth:`refusal`.
     """
 
     kind: ClassVar[str] = "entity"
@@ -158,17 +160,11 @@ class EntityActor(SupervisedActor, Generic[S]):
         self.entity_id = entity_id
         self.key = key
         self.ctx = ctx
-        self.state: S = self.initial()
-        self.version = 0
-        self.snapshot_version = 0  # of the stream's snapshot it read or wrote last (0: none)
-        self._lock = threading.Lock()
-        self._inflight: dict[str, list[Ticket]] = {}
-        self._asked: dict[str, str | None] = {}  # in flight: message_id -> content hash
-        self.last_active = time.monotonic()
-        self.lineage = 0  # which memory this actor decides from (see Commit.lineage)
-        self._stale = 0  # a lineage the writer refused a commit of (set on its thread)
-        self._retry: list[tuple[Envelope, Ticket]] = []  # refused, to decide again
-        self._conflicts: BoundedLRU[str, int] = BoundedLRU(10_000)  # message_id -> refusals
+        self.repository: Repository[S] = Repository(entity_id, self, ctx.store, ctx.writer,
+                                                    ctx.snapshot_every)
+        self._inflight: dict[str, Pending] = {}  # message_id -> its commit, not yet read back
+        self._outcomes = Outcomes()  # the writer's thread hands them to this one
+        self._retry: deque[tuple[Envelope, Ticket]] = deque()  # refused, to decide again
 
     # --- to implement -------------------------------------------------------
     def initial(self) -> S:
@@ -192,15 +188,35 @@ class EntityActor(SupervisedActor, Generic[S]):
         """The state :meth:`encode_state` made ``body`` of; raises if it is not one."""
         raise NotImplementedError
 
-    def vacant(self) -> bool:
-        """Whether this entity's memory is worth nothing (e.g. an apartment never added).
+    def vacant(self, state: S) -> bool:
+        """Whether ``state`` is worth nothing in memory (e.g. an apartment never added).
 
         A command for an id nobody created is refused, but the actor it activated
         would otherwise stay live, shown in the tree as if it ran something.
         """
         return False
 
+    def refusal(self, command: Message, events: Sequence[Message]) -> Refusal | None:
+        """The event among ``events`` that turned ``command`` down (None: done).
+
+        What counts as a refusal is the entity's rules' to say; by default none does.
+        """
+        return None
+
+    def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
+        """Extra statements a commit of ``events`` runs in its transaction (none)."""
+        return ()
+
+    def key_apartment(self, env: Envelope) -> str | None:
+        """The partition key of the events (the command's apartment)."""
+        return env.apartment_id
+
     # --- life ---------------------------------------------------------------
+    @property
+    def state(self) -> S:
+        """The memory ``decide`` runs on (the repository's)."""
+        return self.repository.state
+
     def started(self) -> None:
         """Rehydrate from the store.
 
@@ -211,49 +227,20 @@ class EntityActor(SupervisedActor, Generic[S]):
         """
         if self._link is None or self._link.after_crash:
             self.ctx.writer.barrier()
-        self.rehydrate()
-
-    def rehydrate(self) -> None:
-        """Rebuild memory from the store: the stream's snapshot and the events after it.
-
-        A snapshot is written in the commit of the events it covers, so it is the state
-        of exactly those. One in another format (``snapshot_tag``: written by other
-        code) or that does not decode is not used: the actor logs a warning and folds
-        the whole stream, and its next commit writes a new snapshot. Whatever is in the
-        snapshots table, rehydration never fails because of it.
-        """
-        snapped = 0
-        state = self.initial()
-        if self.snapshot_tag is None:
-            events = self.ctx.store.load(self.entity_id)
-        else:
-            snapshot, events = self.ctx.store.resume(self.entity_id)
-            if snapshot is not None:
-                try:
-                    if snapshot.schema_tag != self.snapshot_tag:
-                        raise ValueError(f"its format is {snapshot.schema_tag!r}, "
-                                         f"this code's {self.snapshot_tag!r}")
-                    state, snapped = self.decode_state(snapshot.body), snapshot.version
-                except Exception as exc:  # noqa: BLE001 - any bad snapshot: replay instead
-                    log.warning("%s: not using the snapshot at version %d (%s); replaying "
-                                "the stream", self.name, snapshot.version, exc)
-                    events = self.ctx.store.load(self.entity_id)
-        for env in events:
-            state = self.apply(state, env.payload)
-        self.state = state
-        self.version = snapped + len(events)
-        self.snapshot_version = snapped
-        self.lineage = next(_LINEAGES)
+        self.repository.rehydrate()
 
     def on_receive(self, message: Any) -> Any:
         """As the supervision runtime does, with the message's ids on its log lines."""
         with logged_as(message):
             return super().on_receive(message)
 
+    def on_stop(self) -> None:
+        """Give back the refused commands a stopped actor will not decide again."""
+        self._give_back()
+
     def receive(self, message: Any) -> Any:
         """Handle :class:`Handle` and :class:`CommitFailed`; answer the ``Get*`` requests."""
         if isinstance(message, Handle):
-            self.last_active = time.monotonic()
             self._catch_up()
             self._handle(message.envelope, message.ticket)
             return None
@@ -263,9 +250,9 @@ class EntityActor(SupervisedActor, Generic[S]):
             self._catch_up()
             return None
         if isinstance(message, GetState):
-            return self.state
+            return self.repository.state
         if isinstance(message, GetVersion):
-            return self.version
+            return self.repository.version
         raise ValueError(f"{self.name}: unexpected message {message!r}")
 
     def _handle(self, env: Envelope, ticket: Ticket) -> None:
@@ -273,19 +260,12 @@ class EntityActor(SupervisedActor, Generic[S]):
         # Producers' commands carry an idempotency key (their message_id): what they
         # asked is hashed, so a key re-used for another request is refused.
         asked = env.content_hash() if self.replies else None
-        with self._lock:
-            if mid in self._inflight:  # a duplicate of a message not yet committed
-                if self._asked.get(mid) != asked:
-                    conflict = True
-                else:
-                    conflict = False
-                    ticket.submitted = True
-                    self._inflight[mid].append(ticket)
+        pending = self._inflight.get(mid)
+        if pending is not None:  # a re-send of a message not yet committed
+            if pending.asked != asked:
+                self._refuse_conflict(env, ticket)
             else:
-                conflict = None
-        if conflict:
-            self._refuse_conflict(env, ticket)
-        if conflict is not None:
+                pending.join(ticket)
             return
         if ticket.redelivered:  # most likely handled before: ask the inbox first
             found = self.ctx.store.handled(self.consumer, mid)
@@ -296,79 +276,107 @@ class EntityActor(SupervisedActor, Generic[S]):
             self.ctx.inject(self.entity_id, env)
         payloads = self.decide_payloads(env)
         events = [env.follow(p, apartment_id=self.key_apartment(env)) for p in payloads]
-        state = self.state
-        for e in events:
-            state = self.apply(state, e.payload)
-        reply = _Reply(*self.reply_for(env, events)) if self.replies else None
-        lineage = self.lineage
-        effects = list(self.effects_for(events))
-        version = self.version + len(events)
-        every = self.ctx.snapshot_every
-        if events and self.snapshot_tag and every and version - self.snapshot_version >= every:
-            state, taken = self._snapshot(state, version)
-            effects += taken
-        commit = Commit(
-            stream_id=self.entity_id,
-            expected_version=self.version,
-            events=events,
+        change = self.repository.change(events)
+        reply = Reply(*self._reply_for(env, events)) if self.replies else None
+        pending = Pending(env, asked, change.lineage, reply, self.vacant(change.state), ticket)
+        self._inflight[mid] = pending
+        ticket.submitted = True
+        self.repository.commit(
+            change,
             inbox=InboxEntry(self.consumer, mid, None if reply is None else reply.finish,
                              asked),
-            on_done=lambda exc: self._committed(env, lineage, reply, exc),
+            effects=self.effects_for(events),
             keep_private=1 if self.records_input else 0,
-            lineage=lineage,
-            effects=effects,
+            on_done=functools.partial(self._committed, pending),
         )
-        with self._lock:
-            self._inflight[mid] = [ticket]
-            self._asked[mid] = asked
-        ticket.submitted = True
-        self.state = state
-        self.version = version
-        self.ctx.writer.submit(commit)
 
-    def _snapshot(self, state: S, version: int) -> tuple[S, list[Effect]]:
-        """``state`` as its snapshot at ``version`` holds it, and the rows that write it.
+    def _reply_for(self, env: Envelope, events: Sequence[Envelope]) -> tuple[bytes, str]:
+        """The CommandResult for a command and the events it produced, and its status."""
+        result = command_result(events, self.refusal(env.payload, [e.payload for e in events]))
+        return env.follow(result).to_json(), result.status.value
 
-        The state as read back from the body equals ``state``; keeping it instead means
-        what the snapshot holds stays encoded, so the next snapshot encodes only what
-        changed since. A snapshot that cannot be made is skipped (it is only a
-        shortcut), and tried again ``snapshot_every`` events later.
+    def _committed(self, pending: Pending, exc: BaseException | None) -> None:
+        """Writer thread: answer a durable commit's tickets; hand its outcome over.
+
+        Only ``pending`` and the handoff are used here (see :mod:`actors.inflight`):
+        the actor learns every outcome on its own thread (:meth:`_read_outcomes`),
+        where a refused commit's tickets are answered or decided again. Any other
+        failure gives the tickets back and crashes the actor, which restarts from
+        the store.
         """
-        assert self.snapshot_tag is not None
-        self.snapshot_version = version
-        try:
-            body, again = self.encode_state(state)
-        except Exception:
-            log.exception("%s: no snapshot at version %d", self.name, version)
-            return state, []
-        return again, snapshot_effects(Snapshot(self.entity_id, version, self.snapshot_tag,
-                                                body))
+        if exc is None:
+            pending.answer()
+            self._outcomes.put(pending, None)
+            on_vacant = self.ctx.on_vacant
+            if on_vacant is not None and pending.vacant:
+                on_vacant(self.entity_id)  # refused when anything is still in flight
+            return
+        if not isinstance(exc, ConcurrencyError | DuplicateMessage):
+            log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
+            for t in pending.take():
+                t.requeue()
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(CommitFailed(exc))
+            return
+        if not self._outcomes.put(pending, exc):  # stopped: nobody here decides them again
+            for t in pending.take():
+                t.requeue()
+            return
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(Reload(pending.lineage))
 
     def _catch_up(self) -> None:
-        """After a refused commit: reload from the store, then decide the refused again.
+        """Read the commits' outcomes; after a refusal, reload, then decide the refused again.
 
         The writer refuses every later commit of a refused lineage, so once the memory
         is rebuilt (after a barrier: everything decided on the old memory has been
-        refused by then, and its tickets are in ``_retry``) the refused commands are
-        decided afresh, in their original order, before anything newer. A command
-        refused ``MAX_CONFLICTS`` times goes back to the broker instead.
+        refused by then, and is read back here) the refused commands are decided
+        afresh, in their original order, before anything newer. Each is dropped only
+        once decided: a store outage met on the way runs this again from it.
         """
-        if self._stale and self._stale == self.lineage:
-            self.ctx.writer.barrier()
-            self.rehydrate()
-        with self._lock:
-            retry, self._retry = self._retry, []
-        for env, ticket in retry:
-            if ticket.settled:
+        self._read_outcomes()
+        if self.repository.catch_up():
+            self._read_outcomes()
+        while self._retry:
+            env, ticket = self._retry[0]
+            if not ticket.settled:
+                self._handle(env, ticket)
+            self._retry.popleft()
+
+    def _read_outcomes(self) -> None:
+        """Forget the commits the writer answered; take back the ones it refused.
+
+        A duplicate is answered from the inbox (or refused as a re-used id), and the
+        memory that applied it a second time is rebuilt; a commit decided on memory
+        the store does not share (another writer appended, or an earlier commit of
+        that memory was refused) is decided again, up to the repository's limit. An
+        outcome is dropped only once read: a store outage met on the way reads it again.
+        """
+        outcomes = self._outcomes
+        while outcomes:
+            pending, error = outcomes.first()
+            env = pending.envelope
+            found = None
+            if isinstance(error, DuplicateMessage):
+                found = self.ctx.store.handled(self.consumer, env.message_id)
+            outcomes.drop_first()
+            if self._inflight.get(env.message_id) is pending:
+                del self._inflight[env.message_id]
+            if error is None:
                 continue
-            n = self._conflicts.get(env.message_id, 0) + 1
-            self._conflicts.put(env.message_id, n)
-            if n > MAX_CONFLICTS:
-                log.warning("%s: %s refused %d times; back to the broker", self.name,
-                            env.message_id, n - 1)
-                ticket.requeue()
-                continue
-            self._handle(env, ticket)
+            self.repository.refused(pending.lineage)
+            tickets = pending.take()
+            if isinstance(error, DuplicateMessage):
+                for t in tickets:
+                    self._answer_again(env, pending.asked, found or (None, None), t)
+            elif self.repository.again(env.message_id):
+                log.debug("%s: %s; reloading from the store", self.name, error)
+                for t in tickets:
+                    t.submitted = False  # a crash before the retry re-tells it
+                    self._retry.append((env, t))
+            else:
+                for t in tickets:
+                    t.requeue()
 
     def _answer_again(self, env: Envelope, asked: str | None,
                       found: tuple[bytes | None, str | None], ticket: Ticket) -> None:
@@ -377,23 +385,7 @@ class EntityActor(SupervisedActor, Generic[S]):
         if asked is not None and stored_hash is not None and stored_hash != asked:
             self._refuse_conflict(env, ticket)
         else:
-            ticket.ack(self._positioned(stored_reply))
-
-    def _positioned(self, reply: bytes | None) -> bytes | None:
-        """A stored reply; one stored before replies carried a position gets the head's.
-
-        The stream's newest event is at or after the command's own, so a producer that
-        searches ``after`` it still reads its write.
-        """
-        if reply is None or not self.replies:
-            return reply
-        try:
-            payload = Envelope.from_json(reply, max_bytes=1 << 30).payload
-        except InvalidMessage:
-            return reply
-        if not isinstance(payload, CommandResult) or payload.position is not None:
-            return reply
-        return with_position(reply, self.ctx.store.head(self.entity_id))
+            ticket.ack(stored_reply)
 
     def _refuse_conflict(self, env: Envelope, ticket: Ticket) -> None:
         """Dead-letter a message_id re-used for a different request, and say so."""
@@ -405,109 +397,43 @@ class EntityActor(SupervisedActor, Generic[S]):
         ticket.refuse(IDEMPOTENCY_CONFLICT, detail, reply)
 
     def _give_back(self) -> None:
-        """Requeue the refused commands this actor will not decide again."""
-        with self._lock:
-            retry, self._retry = self._retry, []
-        for _env, t in retry:
-            t.requeue()
+        """Requeue the refused commands this actor will not decide again.
+
+        Closing the handoff makes the writer requeue what it refuses from now on.
+        """
+        for pending, error in self._outcomes.close():
+            if error is not None:
+                for t in pending.take():
+                    t.requeue()
+        while self._retry:
+            self._retry.popleft()[1].requeue()
 
     def _on_crash(self, failure: Failure) -> None:
         self._give_back()
 
-    def effects_for(self, events: Sequence[Envelope]) -> Sequence[Effect]:
-        """Hook: extra statements a commit of ``events`` runs in its transaction (none)."""
-        return ()
 
-    def key_apartment(self, env: Envelope) -> str | None:
-        """The partition key of the events (the command's apartment)."""
-        return env.apartment_id
+class Refusal(Protocol):
+    """An event that turned a command down: why (a reason code) and in words."""
 
-    def reply_for(self, env: Envelope, events: Sequence[Envelope]) -> tuple[bytes, str]:
-        """The CommandResult for a command and the events it produced, and its status."""
-        result = command_result(env.payload, events)
-        return env.follow(result).to_json(), result.status.value
+    @property
+    def reason(self) -> StrEnum:
+        """The reason code the reply carries."""
 
-    def _committed(self, env: Envelope, lineage: int, reply: _Reply | None,
-                   exc: BaseException | None) -> None:
-        """Writer thread: settle the tickets of a commit."""
-        mid = env.message_id
-        with self._lock:
-            tickets = self._inflight.pop(mid, [])
-            asked = self._asked.pop(mid, None)
-        if exc is None:
-            for t in tickets:
-                if reply is None:
-                    t.ack()
-                else:
-                    t.ack(reply.stored, reply.status)
-            on_vacant = self.ctx.on_vacant
-            if on_vacant is not None and self.vacant():
-                on_vacant(self.entity_id)  # refused when anything is still in flight
-            return
-        if isinstance(exc, DuplicateMessage):
-            # A re-send that was not flagged redelivered: the inbox answers it (or
-            # refuses a re-used id), and this actor, whose memory applied it a second
-            # time, reloads (no crash: a producer retrying is normal, and must not
-            # spend the restart intensity).
-            found = self.ctx.store.handled(self.consumer, mid)
-            for t in tickets:
-                self._answer_again(env, asked, found or (None, None), t)
-            self._stale = lineage
-        elif isinstance(exc, ConcurrencyError):
-            # Decided on memory the store does not share (another writer appended, or
-            # an earlier commit of this memory was refused): reload and decide again.
-            log.debug("%s: %s; reloading from the store", self.name, exc)
-            with self._lock:
-                for t in tickets:
-                    t.submitted = False  # a crash before the retry re-tells it
-                    self._retry.append((env, t))
-            self._stale = lineage
-            if self._reported:  # this incarnation crashed: nobody would retry them
-                self._give_back()
-                return
-        else:
-            log.warning("%s: commit failed (%r); restarting from the store", self.name, exc)
-            for t in tickets:
-                t.requeue()
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(CommitFailed(exc))
-            return
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(Reload(lineage))
+    @property
+    def detail(self) -> str:
+        """The explanation the reply carries (empty: none)."""
 
 
-class _Reply:
-    """A command's reply, finished by the writer with the position of its events.
-
-    Only the writer learns the positions (inside the transaction); ``stored`` is what
-    its last call made, the reply the inbox holds once the commit succeeded.
-    """
-
-    def __init__(self, template: bytes, status: str) -> None:
-        self.template = template
-        self.stored = template
-        self.status = status
-
-    def finish(self, position: int | None) -> bytes:
-        """Writer thread: the reply with ``position``, remembered as ``stored``."""
-        self.stored = with_position(self.template, position)
-        return self.stored
-
-
-def command_result(command: Message, events: Sequence[Envelope]) -> CommandResult:
+def command_result(events: Sequence[Envelope], refusal: Refusal | None = None) -> CommandResult:
     """Summarise a command's events as its reply.
 
-    The first event is the command's own outcome: a ``CommandRejected``, or a
-    ``ReservationRejected`` for any command but the owner's ``RejectReservation``
-    (where it is the success), makes the reply ``rejected`` with its reason. Later
-    rejections (other requests an acceptance displaced) are consequences.
+    ``refusal`` is the event that turned the command down (see
+    :meth:`EntityActor.refusal`): the reply is then ``rejected`` with its reason, and
+    ``ok`` without one.
     """
     summary = [{"type": e.type, "version": e.version, "message_id": e.message_id,
                 **e.payload.model_dump(mode="json")} for e in events]
-    first = events[0].payload if events else None
-    refused = isinstance(first, CommandRejected) or (
-        isinstance(first, ReservationRejected) and type(command).__name__ != "RejectReservation")
-    if isinstance(first, ReservationRejected | CommandRejected) and refused:
-        return CommandResult(status=Status.REJECTED, reason=first.reason.value,
-                             detail=first.detail or None, events=summary)
+    if refusal is not None:
+        return CommandResult(status=Status.REJECTED, reason=refusal.reason.value,
+                             detail=refusal.detail or None, events=summary)
     return CommandResult(status=Status.OK, events=summary)

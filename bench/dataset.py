@@ -4,8 +4,9 @@ Sending a million ``AddApartment`` through a node would take longer than the run
 measures it. :func:`load` writes the same rows instead, in bulk: each apartment's
 commands are decided by the real rules (:mod:`rules.apartment`), their events
 serialized by the writer's own :class:`store.writer.Commit`, their replies made by
-the actor's :func:`actors.base.command_result` with the position the writer would
-stamp, and search's rows and inbox entries made as its handler makes them. So:
+the actor's :func:`actors.base.command_result` (with the rules' ``refusal_of``) and
+the position the writer would stamp, and search's rows and inbox entries made as its
+handler makes them. So:
 
 * ``events``: every apartment's ``ApartmentAdded``; for the booked ones (a share,
   ``booked_share``), one to three stays, each ``ReservationRequested`` then
@@ -55,7 +56,7 @@ from messages import (
 )
 from messages.registry import spec_of
 from messages.replies import Status, with_position
-from rules.apartment import Apartment, Rules, decide, evolve
+from rules.apartment import Apartment, Rules, decide, evolve, refusal_of
 from store import make_engine
 from store.rawsql import insert_rows
 from store.tables import events_table, inbox_table, search_apartments_table, search_booked_table
@@ -189,7 +190,7 @@ class _Apartments:
                       for p in decide(state, command, self.rules)]
             for e in events:
                 state = evolve(state, e.payload)
-            result = command_result(command, events)
+            result = command_result(events, refusal_of(command, [e.payload for e in events]))
             if result.status is not Status.OK:
                 raise RuntimeError(f"{command!r} on {key}: {result.reason} {result.detail}")
             ev, published = Commit(stream_id=stream, expected_version=version,

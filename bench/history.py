@@ -165,7 +165,7 @@ def _measure_one(ctx: EntityContext, h: History, budget: float) -> dict[str, flo
 
     def rehydrate(kind: type[ApartmentActor]) -> ApartmentActor:
         actor = kind(eid, h.apartment_id, ctx, lambda _f: None)
-        actor.rehydrate()
+        actor.repository.rehydrate()
         return actor
 
     state: Apartment = rehydrate(ApartmentActor).state

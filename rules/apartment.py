@@ -41,6 +41,7 @@ anyone else ``not_guest``; the refusal is recorded and logged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
@@ -455,6 +456,23 @@ def _cancel_unpaid(state: Apartment, c: CancelUnpaidReservation,
     if stay is None or stay.status is not StayStatus.ACCEPTED:
         return []  # already ended some other way: nothing to give back
     return _cancelled(state, stay, Party.SYSTEM, PAYMENT_FAILED, rules)
+
+
+def refusal_of(command: Message, events: Sequence[Message]
+               ) -> CommandRejected | ReservationRejected | None:
+    """The event that turned ``command`` down, if its events say it was (None: done).
+
+    A command's first event is its own outcome: a ``CommandRejected``, or a
+    ``ReservationRejected`` for any command but the owner's ``RejectReservation``, for
+    which it is the success. Later rejections (other requests an acceptance displaced)
+    are consequences, not the command's refusal.
+    """
+    first = events[0] if events else None
+    if isinstance(first, CommandRejected):
+        return first
+    if isinstance(first, ReservationRejected) and not isinstance(command, RejectReservation):
+        return first
+    return None
 
 
 def evolve(state: Apartment, event: Message) -> Apartment:

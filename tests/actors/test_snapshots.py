@@ -18,6 +18,7 @@ from sqlalchemy import update
 
 from actors.apartment import ApartmentActor
 from actors.base import GetState, GetVersion
+from actors.repository import Repository
 from broker.memory import MemoryBroker
 from messages import AcceptReservation, AddApartment, RejectReservation, RequestReservation
 from node import Node
@@ -81,11 +82,11 @@ def stored_snapshot(node: Node, apt: str) -> Snapshot:
     return snapshot
 
 
-def rehydrated(node: Node, apt: str) -> ApartmentActor:
-    """An apartment actor (not started) that has rehydrated from the store."""
+def rehydrated(node: Node, apt: str) -> Repository[Apartment]:
+    """An apartment actor's repository (the actor not started), rehydrated from the store."""
     actor = ApartmentActor(f"apartment:{apt}", apt, node.directory.ctx, lambda _f: None)
-    actor.rehydrate()
-    return actor
+    actor.repository.rehydrate()
+    return actor.repository
 
 
 def live_state(node: Node, apt: str) -> tuple[Any, Any]:
@@ -104,9 +105,9 @@ def test_snapshots_are_written_as_the_stream_grows_and_rehydration_starts_there(
     # the last commit would have taken one had the stream grown EVERY since
     assert snapshot.schema_tag == SCHEMA and n - EVERY < snapshot.version <= n
     assert from_snapshot(snapshot.body) == replayed(node, "a1", snapshot.version)
-    actor = rehydrated(node, "a1")
-    assert actor.snapshot_version == snapshot.version
-    assert (actor.state, actor.version) == (replayed(node, "a1"), n)
+    memory = rehydrated(node, "a1")
+    assert memory.snapshot_version == snapshot.version
+    assert (memory.state, memory.version) == (replayed(node, "a1"), n)
     # the real path: a restarted actor decides on the same memory as the full replay
     assert node.directory.restart("apartment:a1")
     assert live_state(node, "a1") == (replayed(node, "a1"), n)
@@ -146,15 +147,15 @@ def test_a_bad_snapshot_is_logged_and_the_stream_replayed(
             tamper(node, "a1", schema_tag="apartment/0")
         case _:
             tamper(node, "a1", body=stored_snapshot(node, "a2").body)
-    with caplog.at_level(logging.WARNING, logger="actors.base"):
-        actor = rehydrated(node, "a1")
+    with caplog.at_level(logging.WARNING, logger="actors.repository"):
+        memory = rehydrated(node, "a1")
         assert node.directory.restart("apartment:a1")  # the actor itself: no crash
         reply = p.send(RequestReservation(reservation_id="next", guest_id="g", start=day(40),
                                           end=day(42)), "a1")
     assert reply["status"] == "ok"
     warned = [r for r in caplog.records if "not using the snapshot" in r.getMessage()]
     assert len(warned) == 2 and all(r.levelno == logging.WARNING for r in warned)
-    assert (actor.snapshot_version, actor.state) == (0, replayed(node, "a1", actor.version))
+    assert (memory.snapshot_version, memory.state) == (0, replayed(node, "a1", memory.version))
     assert live_state(node, "a1") == (replayed(node, "a1"), head(node, "a1"))
     # the commit after the replay wrote a good snapshot again
     again = stored_snapshot(node, "a1")
@@ -166,6 +167,6 @@ def test_a_snapshot_the_stream_does_not_reach_is_not_used(node: Node) -> None:
     """A row claiming a version after the stream's newest cannot be its state."""
     book(producer_of(node), "a1", 8)
     tamper(node, "a1", version=head(node, "a1") + 10)
-    actor = rehydrated(node, "a1")
-    assert (actor.snapshot_version, actor.version) == (0, head(node, "a1"))
-    assert actor.state == replayed(node, "a1")
+    memory = rehydrated(node, "a1")
+    assert (memory.snapshot_version, memory.version) == (0, head(node, "a1"))
+    assert memory.state == replayed(node, "a1")

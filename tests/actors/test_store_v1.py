@@ -49,6 +49,17 @@ def test_the_fixture_is_version_1_on_disk() -> None:
     assert db.execute("SELECT schema_tag FROM snapshots").fetchall() == [("apartment/1",)]
 
 
+def test_every_reply_the_fixture_stores_carries_its_position() -> None:
+    """Replies carried the position of their write before version 1 was released, so a
+    re-send is answered with its stored reply as it is: none needs a position added."""
+    db = sqlite3.connect(":memory:")
+    db.executescript(FIXTURE.read_text())
+    replies = [json.loads(r) for (r,) in db.execute(
+        "SELECT reply FROM inbox WHERE reply IS NOT NULL ORDER BY recorded_at")]
+    assert len(replies) == 11 and {r["type"] for r in replies} == {"CommandResult"}
+    assert all(isinstance(r["payload"]["position"], int) for r in replies)
+
+
 def test_version_1_events_load_as_version_2(node: Node) -> None:
     first = node.store.load("apartment:v1-lisbon")[0]
     assert first.version == ApartmentAdded.VERSION == 2
@@ -63,10 +74,10 @@ def test_version_1_events_load_as_version_2(node: Node) -> None:
 
 def test_the_old_snapshot_is_ignored_and_the_actor_folds_the_upcast_events(
         node: Node) -> None:
-    actor = rehydrated(node, "v1-lisbon")
-    assert actor.snapshot_version == 0  # apartment/1 is not this node's format
-    assert actor.state == replayed(node, "v1-lisbon")
-    assert actor.state.currency == "EUR"
+    memory = rehydrated(node, "v1-lisbon")
+    assert memory.snapshot_version == 0  # apartment/1 is not this node's format
+    assert memory.state == replayed(node, "v1-lisbon")
+    assert memory.state.currency == "EUR"
 
 
 def test_the_node_goes_on_where_version_1_stopped(node: Node) -> None:

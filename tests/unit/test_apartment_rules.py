@@ -21,7 +21,7 @@ from messages import (
     ReservationRejected,
     ReservationRequested,
 )
-from rules.apartment import Apartment, Rules, StayStatus, decide, evolve
+from rules.apartment import Apartment, Rules, StayStatus, decide, evolve, refusal_of
 from tests.conftest import TODAY, day
 
 RULES = Rules(today=TODAY, max_stay_nights=30)
@@ -160,6 +160,23 @@ def test_reject_by_owner() -> None:
     state = given(ADDED, requested("r1", day(7), day(14)))
     ev = only(decide(state, RejectReservation(reservation_id="r1", owner_id="o1"), RULES))
     assert isinstance(ev, ReservationRejected) and ev.reason is Reason.REJECTED_BY_OWNER
+
+
+def test_a_commands_refusal_is_its_first_event_unless_the_owner_rejected() -> None:
+    """The owner's rejection is its command's success; a displaced request is a consequence."""
+    state = given(ADDED, requested("r1", day(7), day(14)), requested("r2", day(10), day(12),
+                                                                     "g2"))
+    reject = RejectReservation(reservation_id="r1", owner_id="o1")
+    assert refusal_of(reject, decide(state, reject, RULES)) is None
+    accept = AcceptReservation(reservation_id="r1", owner_id="o1")
+    displaced = decide(state, accept, RULES)
+    assert isinstance(displaced[-1], ReservationRejected) and refusal_of(accept, displaced) is None
+    taken = decide(reduce(evolve, displaced, state), request("r3", day(8), day(9)), RULES)
+    assert refusal_of(request("r3", day(8), day(9)), taken) is only(taken)
+    mallory = AcceptReservation(reservation_id="r1", owner_id="mallory")
+    refused = decide(state, mallory, RULES)
+    assert isinstance(only(refused), CommandRejected) and refusal_of(mallory, refused) is refused[0]
+    assert refusal_of(accept, []) is None
 
 
 def test_answering_twice_is_refused() -> None:

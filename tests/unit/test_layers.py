@@ -12,6 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 APP = {"actors", "broker", "config", "console", "messages", "node", "rules", "store", "bench",
        "tests"}
+GENERIC_ACTOR = ("actors/base.py", "actors/inflight.py", "actors/repository.py")
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -52,6 +53,26 @@ def test_the_rules_import_only_messages_and_the_standard_library() -> None:
     for path in sorted((ROOT / "rules").glob("*.py")):
         roots = imported_roots(path)
         assert roots <= allowed, (path.name, roots - allowed)
+
+
+def test_the_generic_entity_actor_names_no_domain_message() -> None:
+    """What a domain's commands and events mean is its rules' and its actor's to say.
+
+    No registered message but the generic reply is named in the generic modules, as an
+    identifier, an attribute or a string.
+    """
+    from messages.registry import all_specs
+
+    domain = {spec.type for spec in all_specs()} - {"CommandResult"}
+    for name in GENERIC_ACTOR:
+        tree = ast.parse((ROOT / name).read_text())
+        named = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        named |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        named |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                  for a in n.names}
+        named |= {n.value for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not named & domain, (name, named & domain)
 
 
 def test_imported_roots_sees_imports_inside_functions(tmp_path: Path) -> None:
