@@ -22,7 +22,9 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, Engine, Table, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
+from config import StoreSettings
 from config.lru import BoundedLRU
+from config.service import Failure, ThreadService
 from messages.base import Envelope
 from messages.registry import spec_of
 from store.eventstore import Snapshot, head_query
@@ -201,13 +203,14 @@ class Commit:
 _STOP = object()
 
 
-class StoreWriter:
+class StoreWriter(ThreadService):
     """Owns the single write connection and group-commits :class:`Commit` objects.
 
     Args:
         engine: the store's engine.
-        batch_max: most commits in one transaction.
-        queue_max: bound on waiting commits; ``submit`` blocks when full (backpressure).
+        batch_max: most commits in one transaction (None: the setting's default).
+        queue_max: bound on waiting commits; ``submit`` blocks when full
+            (backpressure; None: the setting's default).
         on_committed: called after a successful transaction that put rows in the
             outbox (wakes the relay).
         lazy_delay: how long a ``lazy`` commit may wait for company (seconds).
@@ -219,58 +222,54 @@ class StoreWriter:
             commits are refused as duplicates or conflicts, as for any re-send.)
     """
 
-    name = "store"
-
     def __init__(
         self,
         engine: Engine,
         *,
-        batch_max: int = 256,
-        queue_max: int = 10_000,
+        batch_max: int | None = None,
+        queue_max: int | None = None,
         on_committed: Callable[[], None] | None = None,
         lazy_delay: float = 0.5,
         gate: Gate | None = None,
     ) -> None:
+        super().__init__("store", thread_name="store-writer")
+        defaults = StoreSettings()
         self._engine = engine
         self.gate = gate
         self._lazy: list[Commit] = []  # writer thread only
         self._lazy_since = 0.0
         self._lazy_delay = lazy_delay
-        self._batch_max = batch_max
+        self._batch_max = defaults.batch_max if batch_max is None else batch_max
         self._items: deque[Any] = deque()
-        self._queue_max = queue_max
+        self._queue_max = defaults.queue_max if queue_max is None else queue_max
         self._wake = threading.Event()
         self._space = threading.Event()  # set when the writer took a batch off the queue
         self._sleeping = False
         self._on_committed = on_committed
         self._versions: BoundedLRU[str, int] = BoundedLRU(_VERSIONS_MAX)  # stream -> version
         self._tainted: BoundedLRU[str, int] = BoundedLRU(_TAINTED_MAX)  # stream -> lineage
-        self._thread: threading.Thread | None = None
         self._running = False
         self.batches = 0
         self.commits = 0
         self.conflicts = 0  # batches that failed as a whole and were screened
         self.held = 0  # transactions the store's outages made the writer write again
 
-    def start(self) -> None:
+    def start(self, on_crash: Callable[[Failure], None] | None = None) -> None:
         """Start the writer thread."""
         self._running = True
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        super().start(on_crash)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop."""
-        if self._thread is None:
-            return
+    def interrupt(self) -> None:
+        """A stop: write what is queued before it, then end (the stop is queued last)."""
         if self._running:  # one stop sentinel only: a restarted writer must not find one
             self._running = False
             self._items.append(_STOP)
             self._wake.set()
-        self._thread.join(timeout)
 
-    def is_alive(self) -> bool:
-        """True while the writer thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+    def facts(self) -> dict[str, Any]:
+        """Waiting commits, and the counts of the writer's work."""
+        return {"backlog": len(self._items), "batches": self.batches,
+                "commits": self.commits, "conflicts": self.conflicts, "held": self.held}
 
     def set_on_committed(self, callback: Callable[[], None]) -> None:
         """Set the hook called after each successful transaction."""
@@ -314,7 +313,8 @@ class StoreWriter:
         """Commits waiting for the writer."""
         return len(self._items)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Group-commit what is queued until the stop comes out of the queue."""
         items = self._items
         while True:
             if not items:

@@ -51,7 +51,7 @@ VOLATILE = frozenset({
     "published", "fired", "sent", "recorded", "duplicates", "spare_copies", "failures",
     "backlog", "up", "down_for", "outages", "last_error", "connected", "reconnects",
     "answered", "refused", "live_children", "activations", "passivations",
-    "child_restarts", "released",
+    "child_restarts", "released", "batches", "commits", "conflicts", "held",
 })
 
 
