@@ -150,8 +150,8 @@ class Dependency(ThreadService):
     """
 
     def __init__(self, name: str, probe: Callable[[], None],
-                 is_outage: Callable[[BaseException], bool], *, limit: float | None = 600.0,
-                 min_delay: float = 0.05, max_delay: float = 2.0,
+                 is_outage: Callable[[BaseException], bool], *, limit: float | None,
+                 max_delay: float, min_delay: float = 0.05,
                  on_give_up: Callable[[str], None] | None = None,
                  describe: Callable[[BaseException], str] | None = None) -> None:
         super().__init__(name)

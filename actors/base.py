@@ -24,6 +24,7 @@ import pykka
 from actors.inflight import Outcomes, Pending, Reply
 from actors.outcome import Ticket
 from actors.repository import Repository
+from config import ActorSettings
 from config.logs import handling
 from messages.base import Envelope, Message
 from messages.replies import IDEMPOTENCY_CONFLICT, CommandResult, Status
@@ -87,6 +88,9 @@ class CommitFailed:
     error: BaseException
 
 
+_ACTORS = ActorSettings()  # the defaults of what a node sets from its settings
+
+
 @dataclass
 class EntityContext:
     """What every entity actor shares on a node.
@@ -104,11 +108,11 @@ class EntityContext:
 
     store: EventStore
     writer: StoreWriter
-    max_stay_nights: int = 30
+    max_stay_nights: int = field(default_factory=lambda: _ACTORS.max_stay_nights)
     clock: Clock = wall_clock
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     inject: Callable[[str, Envelope], None] | None = None
-    snapshot_every: int = 50
+    snapshot_every: int = field(default_factory=lambda: _ACTORS.snapshot_every)
     # Told an entity's id when it has nothing worth keeping in memory (see
     # EntityActor.vacant); the directory passivates it if it is idle.
     on_vacant: Callable[[str], None] | None = None
