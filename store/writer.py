@@ -409,7 +409,7 @@ class StoreWriter(ThreadService):
     def _back_after_outage(self, exc: BaseException) -> bool:
         """True when ``exc`` was the store's outage and the store is back: write again.
 
-        False (the batch fails as before) for any other error, when the writer is
+        False (the batch fails, its commits get the error) for any other error, when the writer is
         stopping, or when the gate gave up on the store.
         """
         if self.gate is None:
