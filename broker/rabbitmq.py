@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -423,6 +423,13 @@ class ConsumerHub(ReconnectingService):
                 # That queue's channel is gone (the broker closed it): its deliveries
                 # come again on the next one. The connection and the others are fine.
                 log.debug("%s: settling on a closed channel (%r)", self.name, exc)
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            try:
+                sub.flush_acks()
+            except pika.exceptions.AMQPChannelError as exc:
+                log.debug("%s: acking on a closed channel (%r)", self.name, exc)
 
     def publish_confirmed(self, out: Outgoing) -> None:
         """Publish ``out`` (mandatory) and wait for its confirm; on the hub's thread only.
@@ -470,7 +477,11 @@ class RabbitConsumer:
         self._deadline = 0.0
         self._retry_at = 0.0
         self._backoff = 0.1
-        self._outstanding = 0  # delivered and not yet settled on the wire (hub's thread)
+        self._outstanding = 0  # delivered and not yet settled (hub's thread)
+        # The channel's unsettled delivery tags in delivery order, and those acked
+        # since the last flush (hub's thread): see flush_acks.
+        self._tags: OrderedDict[int, None] = OrderedDict()
+        self._to_ack: set[int] = set()
         self.delivered = 0
         self.acked = 0  # taken off the queue for good (handled or dead-lettered)
 
@@ -572,6 +583,7 @@ class RabbitConsumer:
         own = self._channel
         if self._wanted and own is not None and own is ch and own.is_open:
             with contextlib.suppress(AMQPError, OSError):
+                self.flush_acks()
                 own.close()
 
     def cancel(self, now: float) -> None:
@@ -600,6 +612,7 @@ class RabbitConsumer:
                             "redelivers them", self.name, self._outstanding,
                             self._drain_seconds)
             with contextlib.suppress(AMQPError, OSError):
+                self.flush_acks()
                 ch.close()
         self.lost()  # not wanted, so this also lets stop return
         return True
@@ -611,6 +624,8 @@ class RabbitConsumer:
         """
         self._channel = None
         self._outstanding = 0
+        self._tags.clear()
+        self._to_ack.clear()
         self._cancelled = False
         if not self._wanted:
             self._done.set()
@@ -623,6 +638,7 @@ class RabbitConsumer:
         body: bytes,
     ) -> None:
         delivery = RabbitDelivery(self, self._hub, channel, method, props, body)
+        self._tags[method.delivery_tag] = None
         self._outstanding += 1
         self.delivered += 1
         self._backoff = 0.1
@@ -652,17 +668,47 @@ class RabbitConsumer:
         )
 
     def ack(self, tag: int) -> None:
-        """Ack the delivery ``tag``: taken off the queue for good."""
+        """Ack the delivery ``tag`` at the end of this round (see :meth:`flush_acks`)."""
         assert self._channel is not None
         self._outstanding -= 1
         self.acked += 1
-        self._channel.basic_ack(tag)
+        self._to_ack.add(tag)
 
     def nack(self, tag: int) -> None:
-        """Give the delivery ``tag`` back to the queue."""
+        """Give the delivery ``tag`` back to the queue, now."""
         assert self._channel is not None
         self._outstanding -= 1
+        self._tags.pop(tag, None)
         self._channel.basic_nack(tag, requeue=True)
+
+    def flush_acks(self) -> None:
+        """Send the acks of this round: one ``multiple`` ack for the oldest run of them.
+
+        A ``multiple`` ack settles every unsettled delivery up to its tag, so it covers
+        only the run of acked tags that starts at the oldest unsettled one; an acked
+        delivery behind one still being handled is acked on its own. Either way every
+        ack goes out in the round it was made in, after the replies of that round:
+        nothing is held back, so the prefetch window refills as before.
+        On the hub's thread only.
+        """
+        to_ack = self._to_ack
+        if not to_ack or self._channel is None:
+            return
+        tags = self._tags
+        last = None
+        while tags:
+            oldest = next(iter(tags))
+            if oldest not in to_ack:
+                break
+            tags.popitem(last=False)
+            to_ack.discard(oldest)
+            last = oldest
+        if last is not None:
+            self._channel.basic_ack(last, multiple=True)
+        for tag in sorted(to_ack):
+            tags.pop(tag, None)
+            self._channel.basic_ack(tag)
+        to_ack.clear()
 
 
 class RabbitDelivery(Delivery):

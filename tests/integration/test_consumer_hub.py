@@ -123,3 +123,37 @@ def test_stopping_one_consumer_drains_it_and_leaves_the_other_consuming(
     assert held.empty() and ca.acked == 3 and ca.unacked == 0
     eventually(lambda: _depth(amqp_url, a) == (2, 0))  # the rest is the broker's again
     assert cb.is_alive() and not ca.is_alive()
+
+
+def test_a_multiple_ack_never_covers_a_delivery_still_being_handled(
+        broker: RabbitBroker, amqp_url: str) -> None:
+    """Acks of a round go out as one ``multiple`` ack for the oldest run only.
+
+    The oldest delivery is held; the ones after it are acked (on their own, behind
+    it), then the held one is given back: it alone comes again, so no ack covered it.
+    """
+    name = broker.topology.queue("acks")
+    _declare(amqp_url, name)
+    held: list[Delivery] = []
+    seen: queue.Queue[bytes] = queue.Queue()
+
+    def on_delivery(d: Delivery) -> None:
+        seen.put(d.body)
+        if d.body == b"0" and not d.redelivered:
+            held.append(d)  # still being handled
+        else:
+            d.ack()
+
+    c = broker.consumer(name, on_delivery, prefetch=16, name="acks")
+    c.start()
+    _publish(amqp_url, name, *[str(i).encode() for i in range(8)])
+    first = [seen.get(timeout=10) for _ in range(8)]
+    assert sorted(first) == [str(i).encode() for i in range(8)]
+    eventually(lambda: c.unacked == 1)
+    held[0].requeue()
+    assert seen.get(timeout=10) == b"0"  # given back, so not covered by an ack
+    eventually(lambda: c.unacked == 0)
+    c.stop()
+    assert _depth(amqp_url, name) == (0, 0)  # and the others were acked for good
+    with pytest.raises(queue.Empty):
+        seen.get(timeout=0.5)
