@@ -39,12 +39,12 @@ It writes its counters (deliveries, acks, publishes, confirms, rounds) as JSON t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import signal
 import sqlite3
 import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,7 +167,7 @@ class Floor:
         self._scheduled = False
         self._fresh = False
         self._seq = 0
-        self._unconfirmed: deque[tuple[int, int]] = deque()  # (publish seq, outbox id)
+        self._unconfirmed: dict[int, int] = {}  # publish seq -> outbox id, in publish order
         self._confirmed: list[tuple[int]] = []  # outbox ids to delete
         self._lazy: object | None = None
         self._versions: dict[str, int] = {}
@@ -347,25 +347,33 @@ class Floor:
         ch = self._confirm
         for exchange, key, eid, t, body, row in messages:
             self._seq += 1
-            self._unconfirmed.append((self._seq, row))
+            self._unconfirmed[self._seq] = row
             ch.basic_publish(exchange, key, body, BasicProperties(
                 content_type="application/json", delivery_mode=2, message_id=eid, type=t),
                 mandatory=True)
         self.counters["publishes"] += len(messages)
 
     def _on_confirmed(self, frame: Any) -> None:
+        """An ack (or nack) from the broker: its rows are deleted with the next round.
+
+        Queues confirm at their own pace, so a single ack may come for a later message
+        than an earlier one still pending; a ``multiple`` one covers every pending
+        message up to its tag (the oldest first, in publish order).
+        """
         method = frame.method
         tag = method.delivery_tag
         pending = self._unconfirmed
         done = self._confirmed
-        n = 0
-        while pending and (pending[0][0] <= tag if method.multiple else pending[0][0] == tag):
-            done.append((pending.popleft()[1],))
-            n += 1
-        if isinstance(method, pika.spec.Basic.Nack):
-            self.counters["nacks"] += n
+        if method.multiple:
+            tags = list(itertools.takewhile(lambda t: t <= tag, pending))
         else:
-            self.counters["confirms"] += n
+            tags = [tag] if tag in pending else []
+        for t in tags:
+            done.append((pending.pop(t),))
+        if isinstance(method, pika.spec.Basic.Nack):
+            self.counters["nacks"] += len(tags)
+        else:
+            self.counters["confirms"] += len(tags)
         if done and self._lazy is None and self._conn is not None:
             self._lazy = self._conn.ioloop.call_later(LAZY_DELAY, self._delete)
 

@@ -303,7 +303,7 @@ def _floor_lines(report: dict[str, Any]) -> list[str]:
         for c in rows:
             mark = {True: "✓", False: "✗", None: ""}[c["met"]]
             lines.append(f"    {c['name']:<36}{_fmt(c['staybook']):>10}{_fmt(c['floor']):>10}"
-                         f"{_fmt(c['ratio']):>8}   {c['target']:<8}{mark}")
+                         f"{_fmt(c['ratio']):>8}   {c['target']:<10}{mark}")
     counts = report.get("message_counts")
     if counts:
         lines += ["", f"  messages per command at saturation ({counts['source']}):",

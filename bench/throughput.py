@@ -15,22 +15,27 @@ Run it with ``python -m bench.throughput [--options]``. It:
    ``<prefix>.bench-rpc``, answered by 1, then 2 :mod:`bench.responder` processes
    (one constant reply, an ack, nothing else); then 1 responder at each ``--paced``
    rate, the floor of the low-rate figures;
-4. starts ``staybook serve`` (or, with ``--split``, a commands and an events process)
+4. runs the floor (unless ``--skip-floor``): :mod:`bench.floor`, the bare pipeline
+   doing Staybook's broker and store work per command in two processes, on the same
+   commands at saturation and at each paced rate (:func:`_floor_runs`);
+5. starts ``staybook serve`` (or, with ``--split``, a commands and an events process)
    on a unique prefix and a fresh durable SQLite store, waits for its consumers, and
    publishes the workload pipelined (at most ``--window`` awaiting their reply),
    ``reply_to`` an exclusive auto-delete queue, ``correlation_id = message_id``,
    timing every reply: Staybook at saturation;
-5. then, on the same node(s), for each ``--paced`` rate a fresh workload (its own
-   apartments and reservations) published at that fixed rate for ``--paced-seconds``;
-6. prints a table (and ``--json-out``), stops the node(s) with SIGTERM, cleans up.
+6. then, on the same node(s), for each ``--paced`` rate a fresh workload (its own
+   apartments and reservations, the floor's too) published at that fixed rate for
+   ``--paced-seconds``;
+7. prints a table (and ``--json-out``), stops the node(s) with SIGTERM, cleans up.
 
 Every run but publish/consume reports CPU milliseconds per message of its processes
 (responders or nodes) plus the broker, read from ``/proc`` (:mod:`bench.cpu`); a
 Staybook run's CPU is counted until the node(s) drained the events its commands left,
 so it is what a command costs, and nothing leaks into the next run. The table ends
-with Staybook against the best raw figures and the performance targets (CPU per
-command, rate, paced latency: :mod:`bench.report`); those are information, not the
-exit status.
+with Staybook against the best raw figures and against the floor, each with its
+performance target (CPU per command, rate, paced latency: :mod:`bench.report`), and
+both sides' messages per command (the private broker's management API); those are
+information, not the exit status.
 
 The parts: :mod:`bench.workload` (the seeded commands), :mod:`bench.measure`
 (pipelined and paced publishing, timing), :mod:`bench.procs` (the private broker, the
