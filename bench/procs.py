@@ -58,23 +58,27 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def private_broker(state_dir: Path, deadline: float) -> Iterator[LocalRabbit]:
+def private_broker(state_dir: Path, deadline: float, *,
+                   management: bool = False) -> Iterator[LocalRabbit]:
     """A RabbitMQ node of our own for the duration (installed first when permitted).
 
     Started before ``deadline`` or not at all; stopped cleanly (SIGKILL if it hangs)
-    on the way out, so the caller can remove ``state_dir``.
+    on the way out, so the caller can remove ``state_dir``. With ``management``, its
+    management API is on, on a free port (:func:`management_url`): it counts
+    publishes, deliveries, acks and confirms, at some CPU cost of the broker's.
 
     Raises:
         SetupFailed: when it cannot be installed or does not come up in time.
     """
     try:
-        port = free_port_pair()
-        # The management API counts publishes, deliveries, acks and confirms: the
-        # benchmark compares Staybook's with the floor's.
-        rabbit = LocalRabbit(state_dir, port=port,
+        if management:  # the cluster's plugins: the consistent-hash exchange and the API
+            port = free_port_pair()
+            rabbit = LocalRabbit(state_dir, port=port,
                                  node_name=f"staybook-bench-{os.getpid()}-{port}@localhost",
                                  install=True, plugins=RABBITMQ_CLUSTER_PLUGINS_FILE,
                                  management_port=_free_port())
+        else:
+            rabbit = LocalRabbit.private(state_dir, "staybook-bench", install=True)
         print(f"starting a private RabbitMQ {rabbit.node_name} on port {rabbit.port} ...",
               file=sys.stderr, flush=True)
         rabbit.start(timeout=max(1.0, min(120.0, deadline - time.monotonic())))

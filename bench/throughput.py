@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["config"]["broker"] = redact_url(url)
                 wait_for_broker(url, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
             else:
-                rabbit = stack.enter_context(private_broker(work / "rabbitmq", deadline))
+                rabbit = stack.enter_context(private_broker(work / "rabbitmq", deadline,
+                                                            management=True))
                 url, management = rabbit.url, management or management_url(rabbit)
                 report["config"]["broker"] = f"private RabbitMQ at {redact_url(url)}"
                 broker = broker_pids(rabbit.node_name)
