@@ -10,24 +10,29 @@ removes what it declared. :func:`responders` runs the raw ceiling's answering si
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pika
 from pika.exceptions import AMQPError
 
 from broker.rabbitmq import all_consumed, connection_parameters
 from broker.topology import Topology
-from config import DEFAULT_PARTITIONS
-from console.localbroker import BrokerUnavailable, LocalRabbit, log_tail
+from config import DEFAULT_PARTITIONS, RABBITMQ_CLUSTER_PLUGINS_FILE
+from console.localbroker import BrokerUnavailable, LocalRabbit, free_port_pair, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,18 +41,44 @@ class SetupFailed(Exception):
     """The broker or the node could not be started."""
 
 
+STATS_LAG_S = 5.5  # the management API's figures trail the broker's by up to about 5 s
+
+
+def management_url(rabbit: LocalRabbit) -> str | None:
+    """A private node's management API, with the guest login (None: not enabled)."""
+    if rabbit.management_port is None:
+        return None
+    return f"http://guest:guest@127.0.0.1:{rabbit.management_port}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextlib.contextmanager
-def private_broker(state_dir: Path, deadline: float) -> Iterator[LocalRabbit]:
+def private_broker(state_dir: Path, deadline: float, *,
+                   management: bool = False) -> Iterator[LocalRabbit]:
     """A RabbitMQ node of our own for the duration (installed first when permitted).
 
     Started before ``deadline`` or not at all; stopped cleanly (SIGKILL if it hangs)
-    on the way out, so the caller can remove ``state_dir``.
+    on the way out, so the caller can remove ``state_dir``. With ``management``, its
+    management API is on, on a free port (:func:`management_url`): it counts
+    publishes, deliveries, acks and confirms, at some CPU cost of the broker's.
 
     Raises:
         SetupFailed: when it cannot be installed or does not come up in time.
     """
     try:
-        rabbit = LocalRabbit.private(state_dir, "staybook-bench", install=True)
+        if management:  # the cluster's plugins: the consistent-hash exchange and the API
+            port = free_port_pair()
+            rabbit = LocalRabbit(state_dir, port=port,
+                                 node_name=f"staybook-bench-{os.getpid()}-{port}@localhost",
+                                 install=True, plugins=RABBITMQ_CLUSTER_PLUGINS_FILE,
+                                 management_port=_free_port())
+        else:
+            rabbit = LocalRabbit.private(state_dir, "staybook-bench", install=True)
         print(f"starting a private RabbitMQ {rabbit.node_name} on port {rabbit.port} ...",
               file=sys.stderr, flush=True)
         rabbit.start(timeout=max(1.0, min(120.0, deadline - time.monotonic())))
@@ -199,3 +230,124 @@ def delete_prefix(url: str, topology: Topology, extra_queues: Sequence[str] = ()
         finally:
             with contextlib.suppress(AMQPError, OSError):
                 conn.close()
+
+
+COUNTED = ("publish", "deliver", "ack", "confirm")
+
+
+def message_counts(management_url: str | None, timeout: float = 10.0
+                   ) -> dict[str, int] | None:
+    """The broker's message totals so far (:data:`COUNTED`), from its management API.
+
+    None when there is no API or it does not answer within ``timeout`` (it starts a
+    little after AMQP). ``deliver`` counts deliveries to consumers that ack; the
+    replies, consumed with automatic acks, are in ``publish`` only.
+    """
+    if not management_url:
+        return None
+    parts = urlsplit(management_url)
+    base = f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
+    login = base64.b64encode(f"{parts.username or 'guest'}:{parts.password or 'guest'}"
+                             .encode()).decode()
+    if parts.scheme not in ("http", "https"):
+        return None
+    request = urllib.request.Request(f"{base}/api/overview",  # noqa: S310 - http(s) only
+                                     headers={"Authorization": f"Basic {login}"})
+    limit = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+                stats: dict[str, Any] = json.load(answer).get("message_stats") or {}
+            return {k: int(stats.get(k) or 0) for k in COUNTED}
+        except (OSError, ValueError):
+            if time.monotonic() > limit:
+                return None
+            time.sleep(0.5)
+
+
+def settled_counts(api: str | None) -> dict[str, int] | None:
+    """:func:`message_counts` once the broker's statistics caught up with now.
+
+    The management API aggregates what the channels report every few seconds: a
+    reading waits :data:`STATS_LAG_S` first (so it is taken at saturation only).
+    """
+    if not api:
+        return None
+    time.sleep(STATS_LAG_S)
+    return message_counts(api)
+
+
+@dataclass
+class FloorProcesses:
+    """The floor's two processes (:mod:`bench.floor`), events first, as a split node."""
+
+    procs: dict[str, subprocess.Popen[bytes]]
+    counters: dict[str, Path]
+    logs: dict[str, Path]
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Each role's pid."""
+        return {role: p.pid for role, p in self.procs.items()}
+
+    def alive(self) -> bool:
+        """Whether both still run."""
+        return all(p.poll() is None for p in self.procs.values())
+
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
+        """SIGTERM both, wait; their exit codes and counters by role."""
+        out: dict[str, Any] = {}
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for role, p in self.procs.items():
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+            try:
+                counters = json.loads(self.counters[role].read_text())
+            except (OSError, ValueError):
+                counters = None
+            out[role] = {"exit_code": p.returncode, "counters": counters}
+        return out
+
+
+@contextlib.contextmanager
+def floor_processes(url: str, workdir: Path, deadline: float, *,
+                    args: Mapping[str, Sequence[str]],
+                    queues: Mapping[str, Sequence[str]]) -> Iterator[FloorProcesses]:
+    """Start ``python -m bench.floor`` per role with ``args[role]``; stop them after.
+
+    Yields once every queue of ``queues[role]`` has a consumer.
+
+    Raises:
+        SetupFailed: when one exits, or they are not consuming in time.
+    """
+    floor = FloorProcesses({}, {}, {})
+    try:
+        for role in ("events", "commands"):
+            counters = workdir / f"floor-{role}.json"
+            counters.unlink(missing_ok=True)
+            log_path = workdir / f"floor-{role}.log"
+            with log_path.open("ab") as log:
+                floor.procs[role] = subprocess.Popen(
+                    [sys.executable, "-m", "bench.floor", "--role", role, "--url", url,
+                     "--counters", str(counters), *args[role]], cwd=REPO, stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+            floor.counters[role], floor.logs[role] = counters, log_path
+        limit = min(deadline, time.monotonic() + 60)
+        wanted = [q for role in ("events", "commands") for q in queues[role]]
+        while not all_consumed(url, wanted):
+            for role, p in floor.procs.items():
+                if p.poll() is not None:
+                    raise SetupFailed(f"the floor's {role} process exited with "
+                                      f"{p.returncode}: {log_tail(floor.logs[role], 15)}")
+            if time.monotonic() > limit:
+                raise SetupFailed("the floor's processes did not consume in time")
+            time.sleep(0.1)
+        yield floor
+    finally:
+        floor.stop()

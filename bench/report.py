@@ -14,6 +14,14 @@ CPU_VS_RAW_MAX = 2.0  # Staybook CPU per command <= 2x the raw request/reply's
 RATE_VS_RAW_MIN = 0.6  # Staybook commands/s >= 60% of the raw ceiling
 PACED_P99_MAX_MS = 50.0  # reply p99 at the highest paced rate (500/s)
 PACED_CPU_MAX = 1.5  # CPU per command at the lowest paced rate (150/s) <= 1.5x saturation
+# Against the floor (bench.floor), Staybook over the floor: (name, target text, test).
+FLOOR_TOTAL_MAX = 2.0  # CPU per command, processes + broker, at saturation
+FLOOR_PROCS_MAX = 3.0  # CPU per command of the processes
+FLOOR_BROKER_MAX = 1.25  # CPU per command of the broker
+FLOOR_RATE_MIN = 0.75  # commands/s at saturation
+FLOOR_PACED_P99_MAX = 3.0  # reply p99 at the lowest paced rate
+FLOOR_PACED_CPU_MAX = 2.0  # CPU per command at the lowest paced rate
+COUNTS_AGREE = 0.10  # Staybook's and the floor's messages per command: at most 10% apart
 
 
 def exit_code(report: dict[str, Any], *, skip_raw: bool) -> int:
@@ -29,6 +37,7 @@ def exit_code(report: dict[str, Any], *, skip_raw: bool) -> int:
           and all(_answered(r) for r in (e2e, *paced))
           and len(paced) == len(report["config"].get("paced_rates", []))
           and report["node_exit_code"] == 0
+          and _floor_answered(report)
           and (skip_raw or (raw is not None and raw["received"] == raw["messages"]
                             and sum(not r.get("rate") for r in rpc)
                             == len(report["config"].get("responders", []))
@@ -36,6 +45,16 @@ def exit_code(report: dict[str, Any], *, skip_raw: bool) -> int:
                             == len(report["config"].get("paced_rates", []))
                             and all(r["replies"] == r["commands"] for r in rpc))))
     return 0 if ok else 1
+
+
+def _floor_answered(report: dict[str, Any]) -> bool:
+    """The floor, when it ran: every command answered in each of its runs, as Staybook's."""
+    floor = report.get("floor")
+    if floor is None:
+        return True
+    runs = [floor["end_to_end"], *floor["paced"]]
+    return (all(r is not None and _answered(r) for r in runs)
+            and len(floor["paced"]) == len(report["config"].get("paced_rates", [])))
 
 
 def _answered(r: dict[str, Any]) -> bool:
@@ -92,6 +111,72 @@ def against_ceiling(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def against_floor(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Staybook beside the floor, figure by figure: both values, the ratio, the target.
+
+    Rows of ``name``, ``staybook``, ``floor``, ``ratio`` (Staybook over the floor;
+    None when either is missing), ``target`` (text) and ``met`` (None with no ratio).
+    The paced figures are the lowest paced rate's (150/s by default).
+    """
+    floor = report.get("floor") or {}
+    f_sat, s_sat = floor.get("end_to_end") or {}, report.get("end_to_end") or {}
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, s: float | None, f: float | None, target: str, at_most: float | None,
+            at_least: float | None = None) -> None:
+        r = _ratio(s, f)
+        met = None if r is None else (r <= at_most if at_most is not None
+                                      else r >= (at_least or 0.0))
+        rows.append({"name": name, "staybook": s, "floor": f, "ratio": r,
+                     "target": target, "met": met})
+
+    if not f_sat or not s_sat:
+        return rows
+    s_cpu, f_cpu = s_sat.get("cpu_ms_per_command") or {}, f_sat.get("cpu_ms_per_command") or {}
+    add("CPU ms/cmd saturation, total", s_cpu.get("sum"), f_cpu.get("sum"),
+        f"<= {FLOOR_TOTAL_MAX:g}x", FLOOR_TOTAL_MAX)
+    add("CPU ms/cmd saturation, processes", s_cpu.get("nodes"), f_cpu.get("floor"),
+        f"<= {FLOOR_PROCS_MAX:g}x", FLOOR_PROCS_MAX)
+    add("CPU ms/cmd saturation, broker", s_cpu.get("broker"), f_cpu.get("broker"),
+        f"<= {FLOOR_BROKER_MAX:g}x", FLOOR_BROKER_MAX)
+    add("cmd/s saturation", s_sat.get("rate_per_s"), f_sat.get("rate_per_s"),
+        f">= {FLOOR_RATE_MIN:.0%}", None, FLOOR_RATE_MIN)
+    s_paced = min(report.get("paced") or [], key=lambda r: r["rate"], default=None)
+    f_paced = {r["rate"]: r for r in floor.get("paced") or []}
+    if s_paced is not None and (fp := f_paced.get(s_paced["rate"])) is not None:
+        rate = f"{s_paced['rate']:g}/s"
+        add(f"reply p99 ms paced {rate}", s_paced["latency_ms"]["p99"],
+            fp["latency_ms"]["p99"], f"<= {FLOOR_PACED_P99_MAX:g}x", FLOOR_PACED_P99_MAX)
+        add(f"CPU ms/cmd paced {rate}, total", _cpu(s_paced), _cpu(fp),
+            f"<= {FLOOR_PACED_CPU_MAX:g}x", FLOOR_PACED_CPU_MAX)
+    return rows
+
+
+def message_counts(report: dict[str, Any]) -> dict[str, Any] | None:
+    """Publishes, deliveries, acks and confirms per command at saturation, both sides.
+
+    From the broker's management API when it was read (both sides), else the floor's
+    own counters (Staybook's then unknown). ``agree``: every count of Staybook's within
+    :data:`COUNTS_AGREE` of the floor's (None when Staybook's is unknown).
+    """
+    floor = (report.get("floor") or {}).get("end_to_end")
+    if floor is None:
+        return None
+    staybook = (report.get("end_to_end") or {}).get("messages_per_command")
+    mine = floor.get("messages_per_command")
+    source = "management API"
+    if mine is None or staybook is None:
+        mine, staybook, source = floor.get("own_counts_per_command"), None, "own counters"
+    if mine is None:
+        return None
+    diff = None if staybook is None else {
+        k: round(staybook[k] / mine[k] - 1, 3) if mine[k] else None for k in mine}
+    agree = None if diff is None else all(
+        d is not None and abs(d) <= COUNTS_AGREE for d in diff.values())
+    return {"source": source, "staybook": staybook, "floor": mine, "difference": diff,
+            "agree": agree}
+
+
 def _cpu(run: dict[str, Any]) -> float | None:
     """A run's CPU ms per message of its processes plus the broker."""
     cpu = run.get("cpu_ms_per_message") or run.get("cpu_ms_per_command") or {}
@@ -140,6 +225,13 @@ def render(report: dict[str, Any]) -> str:
         name = (f"raw request/reply, {_responders(r['responders'])}" if not r.get("rate")
                 else f"raw paced {r['rate']:g}/s, {_responders(r['responders'])}")
         row(name, r, "commands", "replies", _procs(r["cpu_ms_per_message"], "responders"))
+    floor = report.get("floor") or {}
+    if floor.get("end_to_end") is not None:
+        row("floor at saturation", floor["end_to_end"], "commands", "replies",
+            _procs(floor["end_to_end"]["cpu_ms_per_command"], "floor"))
+    for r in floor.get("paced") or []:
+        row(f"floor paced {r['rate']:g}/s", r, "commands", "replies",
+            _procs(r["cpu_ms_per_command"], "floor"))
     row("Staybook at saturation", e2e, "commands", "replies",
         _procs(e2e["cpu_ms_per_command"], "nodes") if e2e and "cpu_ms_per_command" in e2e
         else None)
@@ -147,7 +239,7 @@ def render(report: dict[str, Any]) -> str:
         row(f"Staybook paced {r['rate']:g}/s", r, "commands", "replies",
             _procs(r["cpu_ms_per_command"], "nodes"))
     lines.append("  (CPU from /proc, user + system, per answered message. procs: the "
-                 "responders or the node processes, never this benchmark's own;")
+                 "responders, the floor's or the node processes, never this benchmark's;")
     lines.append("   Staybook's counted until its events are drained; '-': not visible, "
                  "e.g. an external broker)")
     ratio = report["ratio"]
@@ -163,6 +255,7 @@ def render(report: dict[str, Any]) -> str:
             mark = {True: "✓", False: "✗", None: ""}[c["met"]]
             lines.append(f"    {c['name']:<46}{_fmt(c['value']):>9}   target "
                          f"{c['target']:<10}{mark}")
+    lines.extend(_floor_lines(report))
     if e2e is not None:
         lines.append("")
         lines.append("  replies: " + ", ".join(f"{k} {v}" for k, v in e2e["status"].items())
@@ -198,6 +291,35 @@ def render(report: dict[str, Any]) -> str:
     if report.get("node_log_tail"):
         lines.append(report["node_log_tail"])
     return "\n".join(lines)
+
+
+def _floor_lines(report: dict[str, Any]) -> list[str]:
+    """Staybook beside the floor (ratios, targets), and both sides' messages per command."""
+    rows = report.get("against_floor") or []
+    lines: list[str] = []
+    if rows:
+        lines += ["", "  Staybook against the floor (bench.floor; targets, information only):",
+                  f"    {'':<36}{'Staybook':>10}{'floor':>10}{'ratio':>8}   target"]
+        for c in rows:
+            mark = {True: "✓", False: "✗", None: ""}[c["met"]]
+            lines.append(f"    {c['name']:<36}{_fmt(c['staybook']):>10}{_fmt(c['floor']):>10}"
+                         f"{_fmt(c['ratio']):>8}   {c['target']:<10}{mark}")
+    counts = report.get("message_counts")
+    if counts:
+        lines += ["", f"  messages per command at saturation ({counts['source']}):",
+                  f"    {'':<10}{'publish':>9}{'deliver':>9}{'ack':>9}{'confirm':>9}"]
+        for side in ("staybook", "floor"):
+            figures = counts[side]
+            lines.append(f"    {side:<10}" + "".join(
+                f"{_fmt(figures[k] if figures else None):>9}"
+                for k in ("publish", "deliver", "ack", "confirm")))
+        diff = counts.get("difference")
+        if diff:
+            lines.append(f"    {'apart':<10}" + "".join(
+                f"{'-' if diff[k] is None else f'{diff[k]:+.0%}':>9}"
+                for k in ("publish", "deliver", "ack", "confirm"))
+                + f"   within {COUNTS_AGREE:.0%}: " + ("yes" if counts["agree"] else "NO"))
+    return lines
 
 
 def _procs(cpu: dict[str, Any], part: str) -> dict[str, Any]:

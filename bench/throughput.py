@@ -15,22 +15,27 @@ Run it with ``python -m bench.throughput [--options]``. It:
    ``<prefix>.bench-rpc``, answered by 1, then 2 :mod:`bench.responder` processes
    (one constant reply, an ack, nothing else); then 1 responder at each ``--paced``
    rate, the floor of the low-rate figures;
-4. starts ``staybook serve`` (or, with ``--split``, a commands and an events process)
+4. runs the floor (unless ``--skip-floor``): :mod:`bench.floor`, the bare pipeline
+   doing Staybook's broker and store work per command in two processes, on the same
+   commands at saturation and at each paced rate (:func:`_floor_runs`);
+5. starts ``staybook serve`` (or, with ``--split``, a commands and an events process)
    on a unique prefix and a fresh durable SQLite store, waits for its consumers, and
    publishes the workload pipelined (at most ``--window`` awaiting their reply),
    ``reply_to`` an exclusive auto-delete queue, ``correlation_id = message_id``,
    timing every reply: Staybook at saturation;
-5. then, on the same node(s), for each ``--paced`` rate a fresh workload (its own
-   apartments and reservations) published at that fixed rate for ``--paced-seconds``;
-6. prints a table (and ``--json-out``), stops the node(s) with SIGTERM, cleans up.
+6. then, on the same node(s), for each ``--paced`` rate a fresh workload (its own
+   apartments and reservations, the floor's too) published at that fixed rate for
+   ``--paced-seconds``;
+7. prints a table (and ``--json-out``), stops the node(s) with SIGTERM, cleans up.
 
 Every run but publish/consume reports CPU milliseconds per message of its processes
 (responders or nodes) plus the broker, read from ``/proc`` (:mod:`bench.cpu`); a
 Staybook run's CPU is counted until the node(s) drained the events its commands left,
 so it is what a command costs, and nothing leaks into the next run. The table ends
-with Staybook against the best raw figures and the performance targets (CPU per
-command, rate, paced latency: :mod:`bench.report`); those are information, not the
-exit status.
+with Staybook against the best raw figures and against the floor, each with its
+performance target (CPU per command, rate, paced latency: :mod:`bench.report`), and
+both sides' messages per command (the private broker's management API); those are
+information, not the exit status.
 
 The parts: :mod:`bench.workload` (the seeded commands), :mod:`bench.measure`
 (pipelined and paced publishing, timing), :mod:`bench.procs` (the private broker, the
@@ -57,6 +62,7 @@ import functools
 import json
 import math
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -69,6 +75,8 @@ from typing import Any
 from pika.exceptions import AMQPError
 
 from bench.cpu import Meter, Reading, broker_pids, ms_per, total
+from bench.floor import create_store
+from bench.floorplan import FOLLOW_ONS, RECORDED, deliveries, fanout, plan, write_plan
 from bench.measure import (
     queue_depths,
     run_end_to_end,
@@ -81,15 +89,18 @@ from bench.procs import (
     NodeProcess,
     SetupFailed,
     delete_prefix,
+    floor_processes,
+    management_url,
     private_broker,
     responders,
+    settled_counts,
     start_node,
 )
-from bench.report import against_ceiling, exit_code, render
+from bench.report import against_ceiling, against_floor, exit_code, message_counts, render
 from bench.workload import Command, build_workload
-from broker.rabbitmq import wait_for_broker
+from broker.rabbitmq import RabbitBroker, wait_for_broker
 from broker.topology import Topology
-from config import DEFAULT_PARTITIONS, redact_url
+from config import DEFAULT_PARTITIONS, BrokerSettings, redact_url
 from console.control_client import ControlClient, ControlFailed
 from console.localbroker import log_tail
 from messages import new_id
@@ -116,11 +127,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "paced_rates": args.paced, "paced_seconds": args.paced_seconds},
         "workload": dict(Counter(c.type for c in commands)),
         "end_to_end": None, "raw": None, "raw_rpc": [], "paced": [], "ratio": None,
-        "against_ceiling": [], "timed_out": False,
+        "floor": None, "against_ceiling": [], "against_floor": [], "message_counts": None,
+        "timed_out": False,
         "node_exit_code": None, "setup_error": None, "error": None,
     }
     url = args.amqp_url or os.environ.get("STAYBOOK_BROKER__URL")
+    management = args.management_url
     topology = Topology(prefix=prefix, partitions=DEFAULT_PARTITIONS)
+    floor_topology = Topology(prefix=f"{prefix}-floor", partitions=DEFAULT_PARTITIONS)
+    paced = [_paced_workload(args, i, rate) for i, rate in enumerate(args.paced)]
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="staybook-bench-")))
         try:
@@ -129,8 +144,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 report["config"]["broker"] = redact_url(url)
                 wait_for_broker(url, timeout=max(1.0, min(60.0, deadline - time.monotonic())))
             else:
-                rabbit = stack.enter_context(private_broker(work / "rabbitmq", deadline))
-                url = rabbit.url
+                rabbit = stack.enter_context(private_broker(work / "rabbitmq", deadline,
+                                                            management=True))
+                url, management = rabbit.url, management or management_url(rabbit)
                 report["config"]["broker"] = f"private RabbitMQ at {redact_url(url)}"
                 broker = broker_pids(rabbit.node_name)
                 if broker is None:
@@ -138,11 +154,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           file=sys.stderr)
             raw_queue, rpc_queue = f"{prefix}.bench-raw", f"{prefix}.bench-rpc"
             stack.callback(delete_prefix, url, topology, [raw_queue, rpc_queue])
+            stack.callback(delete_prefix, url, floor_topology)
+            report["config"]["message_counts"] = ("management API" if management
+                                                  else "the floor's own counters")
             if not args.skip_raw:
                 _raw_runs(report, url, raw_queue, rpc_queue, commands, args, work, deadline,
                           broker)
+            if not args.skip_floor and time.monotonic() < deadline:
+                report["floor"] = _floor_runs(url, floor_topology, commands, paced, args,
+                                              work, deadline, broker, management)
             if time.monotonic() < deadline:
-                _staybook_runs(report, url, topology, commands, args, work, deadline, broker)
+                _staybook_runs(report, url, topology, commands, paced, args, work, deadline,
+                               broker, management)
         except SetupFailed as exc:
             report["setup_error"] = str(exc)
         except (TimeoutError, AMQPError, OSError) as exc:
@@ -156,6 +179,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if e2e and raw and e2e["rate_per_s"] and raw["rate_per_s"]:
         report["ratio"] = round(e2e["rate_per_s"] / raw["rate_per_s"], 4)
     report["against_ceiling"] = against_ceiling(report)
+    report["against_floor"] = against_floor(report)
+    report["message_counts"] = message_counts(report)
     report["total_s"] = round(time.monotonic() - t0, 1)
     report["exit_code"] = exit_code(report, skip_raw=args.skip_raw)
     return report
@@ -207,8 +232,9 @@ def _paced_bound(args: argparse.Namespace, rate: float) -> int:
 
 
 def _staybook_runs(report: dict[str, Any], url: str, topology: Topology,
-                   commands: Sequence[Command], args: argparse.Namespace, work: Path,
-                   deadline: float, broker: list[int] | None) -> None:
+                   commands: Sequence[Command], paced: Sequence[Sequence[Command]],
+                   args: argparse.Namespace, work: Path, deadline: float,
+                   broker: list[int] | None, management: str | None) -> None:
     """Start the node(s); saturation, then each paced rate on the same node(s); stop."""
     nodes = ([start_node(url, topology.prefix, work, deadline, roles=["events"]),
               start_node(url, topology.prefix, work, deadline, roles=["commands"])]
@@ -223,12 +249,12 @@ def _staybook_runs(report: dict[str, Any], url: str, topology: Topology,
                 url, [*topology.work_queues(), topology.dead_letter_queue])
             return e2e
 
-        report["end_to_end"] = _metered(meter, nodes, saturate, url, topology, deadline)
-        for i, rate in enumerate(args.paced):
+        report["end_to_end"] = _metered(meter, nodes, saturate, url, topology, deadline,
+                                        management)
+        for todo, rate in zip(paced, args.paced, strict=True):
             if time.monotonic() > deadline:
                 break
-            run_paced = functools.partial(run_end_to_end, url, topology,
-                                          _paced_workload(args, i, rate),
+            run_paced = functools.partial(run_end_to_end, url, topology, todo,
                                           _paced_bound(args, rate), deadline, rate=rate)
             report["paced"].append(
                 {"rate": rate, **_metered(meter, nodes, run_paced, url, topology, deadline)})
@@ -245,24 +271,160 @@ def _staybook_runs(report: dict[str, Any], url: str, topology: Topology,
 
 
 def _metered(meter: Meter, nodes: Sequence[NodeProcess], measure: Callable[[], dict[str, Any]],
-             url: str, topology: Topology, deadline: float) -> dict[str, Any]:
+             url: str, topology: Topology, deadline: float,
+             management: str | None = None) -> dict[str, Any]:
     """One Staybook run with the CPU it cost per command, counted until it is drained.
 
     The events a command leaves behind are part of its cost, and must not leak into
-    the next run: the CPU is read at the last reply and once the nodes are idle.
+    the next run: the CPU is read at the last reply and once the nodes are idle. So
+    are the broker's message counts, when its management API is there.
     """
     threads_before = _threads(url, topology)
+    counts = settled_counts(management)
     before = meter.read()
     out = measure()
     at_reply = meter.read()
     out["drained_s"] = wait_drained(url, topology, [n.name for n in nodes], deadline)
     after = meter.read()
+    out["messages_per_command"] = per_command(counts, settled_counts(management),
+                                              out["replies"])
     out["cpu_ms_per_command_by_thread"] = thread_shares(
         threads_before, _threads(url, topology), out["replies"])
     out["cpu_ms_per_command"] = _node_cpu(before, after, out["replies"], nodes)
     out["cpu_ms_per_command_at_last_reply"] = _node_cpu(before, at_reply, out["replies"],
                                                         nodes)
     return out
+
+
+def _floor_runs(url: str, topology: Topology, commands: Sequence[Command],
+                paced: Sequence[Sequence[Command]], args: argparse.Namespace, work: Path,
+                deadline: float, broker: list[int] | None,
+                management: str | None) -> dict[str, Any]:
+    """The floor (:mod:`bench.floor`) on the same commands: saturation, then each paced rate.
+
+    Its processes start afresh for each run (the commands process is given that run's
+    plan), on a topology of its own declared as a node declares Staybook's, and one
+    store file for all its runs, as Staybook's node keeps one.
+    """
+    settings = BrokerSettings()
+    RabbitBroker(url, topology, heartbeat=settings.heartbeat, reconnect_max_delay=5.0,
+                 drain_seconds=1.0).declare()
+    db = work / "floor.db"
+    create_store(db)
+    routes = fanout()
+    exchanges = {t: topology.exchange(f"events.{t}") for t in routes}
+    handlers = routes_consumers(routes)
+    queues = {"commands": topology.intake_queues(),
+              "events": [topology.queue(c) for c in handlers]}
+    common = ["--db", str(db), "--exchanges", json.dumps(exchanges), "--synchronous", "FULL"]
+    out: dict[str, Any] = {"prefix": topology.prefix, "end_to_end": None, "paced": []}
+
+    def one(todo: Sequence[Command], window: int, rate: float | None) -> dict[str, Any]:
+        api = management if rate is None else None  # counted at saturation only
+        steps = plan(todo, date.today())
+        write_plan(steps, work / "floor-plan.tsv")
+        expected = len(todo) + deliveries(steps, routes)
+        args_of = {
+            "commands": [*common, "--prefetch", str(settings.prefetch),
+                         "--plan", str(work / "floor-plan.tsv"),
+                         *[f"--queue={q}=intake" for q in queues["commands"]]],
+            "events": [*common, "--prefetch", str(settings.handler_prefetch),
+                       "--follow", json.dumps(FOLLOW_ONS), "--recorded", ",".join(RECORDED),
+                       *[f"--queue={topology.queue(c)}={c}" for c in handlers]],
+        }
+        with floor_processes(url, work, deadline, args=args_of, queues=queues) as procs:
+            pids = procs.pids
+            meter = Meter({"floor": list(pids.values()), "broker": broker,
+                           **{f"floor-{r}": [p] for r, p in pids.items()}})
+            counts = settled_counts(api)
+            base = _store_rows(db)[0]
+            before = meter.read()
+            run = run_end_to_end(url, topology, todo, window, deadline, rate=rate)
+            at_reply = meter.read()
+            run["drained_s"] = _floor_drained(db, base + expected, deadline, procs.alive)
+            after = meter.read()
+            run["messages_per_command"] = per_command(counts, settled_counts(api),
+                                                      run["replies"])
+            stopped = procs.stop()
+        cpu = ms_per(before, after, run["replies"])
+        run["cpu_ms_per_command"] = {
+            "floor": cpu["floor"], "broker": cpu["broker"],
+            "sum": total(cpu, ("floor", "broker")),
+            "by_process": {r: cpu[f"floor-{r}"] for r in pids}}
+        run["cpu_ms_per_command_at_last_reply"] = {
+            "sum": total(ms_per(before, at_reply, run["replies"]), ("floor", "broker"))}
+        run["expected_deliveries"] = expected
+        run["processes"] = stopped
+        run["own_counts_per_command"] = _own_counts(stopped, run["replies"])
+        return run
+
+    out["end_to_end"] = one(commands, args.window, None)
+    for todo, rate in zip(paced, args.paced, strict=True):
+        if time.monotonic() > deadline:
+            break
+        out["paced"].append({"rate": rate, **one(todo, _paced_bound(args, rate), rate)})
+    return out
+
+
+def routes_consumers(routes: dict[str, list[str]]) -> list[str]:
+    """The handler queues (consumer names) some event type reaches, in a stable order."""
+    return sorted({c for consumers in routes.values() for c in consumers})
+
+
+def _store_rows(db: Path) -> tuple[int, int]:
+    """The floor store's inbox and outbox row counts."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        inbox = int(conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
+        outbox = int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return inbox, outbox
+    finally:
+        conn.close()
+
+
+def _floor_drained(db: Path, inbox: int, deadline: float, alive: Callable[[], bool],
+                   limit: float = 120.0) -> float | None:
+    """Wait until the floor's store holds ``inbox`` rows and no outbox row; the seconds.
+
+    Every delivery, commands' and handlers', leaves one inbox row, and an outbox row
+    goes once the broker confirmed its event: so the floor is then done with what it
+    answered. None if that is not seen within ``limit`` or by ``deadline``, or a floor
+    process is gone (``alive``).
+    """
+    began = time.monotonic()
+    end = min(deadline, began + limit)
+    while time.monotonic() < end and alive():
+        rows, pending = _store_rows(db)
+        if rows >= inbox and pending == 0:
+            return round(time.monotonic() - began, 2)
+        time.sleep(0.1)
+    return None
+
+
+def per_command(before: dict[str, int] | None, after: dict[str, int] | None,
+                count: int) -> dict[str, float] | None:
+    """The broker's message counts between two readings, per command (None: unread)."""
+    if before is None or after is None:
+        return None
+    return {k: round((after[k] - before[k]) / max(1, count), 3) for k in after}
+
+
+def _own_counts(stopped: dict[str, Any], count: int) -> dict[str, float] | None:
+    """The floor's counters per command, in the management API's terms.
+
+    The benchmark's own publish of each command counts as a publish, as the broker
+    counts it.
+    """
+    roles = [r.get("counters") for r in stopped.values()]
+    if any(c is None for c in roles):
+        return None
+    n = max(1, count)
+    summed = {k: sum(int(c[k]) for c in roles if c) for k in
+              ("publishes", "deliveries", "acks", "confirms")}
+    return {"publish": round((summed["publishes"] + count) / n, 3),
+            "deliver": round(summed["deliveries"] / n, 3),
+            "ack": round(summed["acks"] / n, 3),
+            "confirm": round(summed["confirms"] / n, 3)}
 
 
 def _threads(url: str, topology: Topology) -> dict[str, dict[str, float]]:
@@ -335,6 +497,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="a running broker (default: $STAYBOOK_BROKER__URL, else a private one)")
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--skip-raw", action="store_true", help="skip the raw quorum-queue run")
+    p.add_argument("--skip-floor", action="store_true",
+                   help="skip the floor (bench.floor: the bare pipeline, same work)")
+    p.add_argument("--management-url", default=None,
+                   help="the broker's management API, e.g. http://guest:guest@host:15672, "
+                        "for the message counts (a private broker's is used by default)")
     p.add_argument("--nodes", type=positive, default=None,
                    help="scale-out: run 1..N nodes on a private PostgreSQL, one after the "
                         "other, and print commands/s and CPU per command for each")

@@ -20,7 +20,9 @@ def test_the_benchmark_gets_a_reply_for_every_command(
     rc = throughput.main(["--amqp-url", amqp_url, "--apartments", "10", "--hot", "2",
                           "--commands", "300", "--window", "64", "--timeout", "90",
                           "--paced", "200", "--paced-seconds", "2",
-                          "--json-out", str(out), *(["--split"] if split else [])])
+                          "--json-out", str(out),
+                          # The floor runs beside the split node only: the smoke stays short.
+                          *(["--split"] if split else ["--skip-floor"])])
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert report["setup_error"] is None and report["error"] is None, report
@@ -37,6 +39,42 @@ def test_the_benchmark_gets_a_reply_for_every_command(
     assert report["node_exit_code"] == 0
     assert rc == 0
     _assert_ceiling_and_paced(report, printed, split)
+    if split:
+        _assert_floor(report, printed)
+    else:
+        assert report["floor"] is None and report["against_floor"] == []
+
+
+def _assert_floor(report: dict[str, Any], printed: str) -> None:
+    """The floor answered every command as Staybook did, and did the work it planned."""
+    floor = report["floor"]
+    runs = [floor["end_to_end"], *floor["paced"]]
+    assert [r["commands"] for r in runs] == [300, 400]
+    for run in runs:
+        assert run["replies"] == run["commands"] and run["missing"] == 0
+        assert run["unexpected"] == 0 and run["status"]["error"] == 0
+        assert run["drained_s"] is not None
+        assert {p["exit_code"] for p in run["processes"].values()} == {0}
+        n = run["commands"]
+        own = run["own_counts_per_command"]
+        # Every command and every handler delivery once, each acked; each published
+        # event confirmed (nothing nacked or returned).
+        assert own["deliver"] == round(run["expected_deliveries"] / n, 3)
+        assert own["ack"] == own["deliver"]
+        counters = [p["counters"] for p in run["processes"].values()]
+        assert sum(c["nacks"] + c["returns"] for c in counters) == 0
+        assert own["confirm"] > 1.0
+    # The same decisions as Staybook's: the plan is the rules'.
+    assert floor["end_to_end"]["by_type"] == report["end_to_end"]["by_type"]
+    counts = report["message_counts"]
+    assert counts["source"] == "own counters" and counts["staybook"] is None
+    assert [r["name"] for r in report["against_floor"]] == [
+        "CPU ms/cmd saturation, total", "CPU ms/cmd saturation, processes",
+        "CPU ms/cmd saturation, broker", "cmd/s saturation", "reply p99 ms paced 200/s",
+        "CPU ms/cmd paced 200/s, total"]
+    for label in ("floor at saturation", "floor paced 200/s", "Staybook against the floor",
+                  "messages per command at saturation (own counters)"):
+        assert label in printed
 
 
 def _assert_ceiling_and_paced(report: dict[str, Any], printed: str, split: bool) -> None:

@@ -280,3 +280,115 @@ def test_the_fence_bench_measures_each_kind_of_commit(tmp_path: Path) -> None:
     assert list(figures) == ["events", "no-op, unfenced", "no-op, fenced",
                              "mixed (append + fenced no-op)"]
     assert all(wall > 0 and cpu >= 0 for wall, cpu in figures.values())
+
+
+# --- the floor: its plan, its files, Staybook beside it ------------------------------
+def _floor_run(n: int, rate: float, p99: float, procs: float, broker: float,
+               **extra: Any) -> dict[str, Any]:
+    return {"commands": n, "replies": n, "missing": 0, "unexpected": 0, "returned": 0,
+            "completed_in_time": True, "rate_per_s": rate, "latency_ms": _lat(p99 / 4, p99),
+            "status": {"ok": n - 10, "rejected": 10, "error": 0},
+            "cpu_ms_per_command": {"floor": procs, "broker": broker, "sum": procs + broker,
+                                   "by_process": {"commands": procs, "events": 0.0}},
+            **extra}
+
+
+STAYBOOK_COUNTS = {"publish": 3.45, "deliver": 2.72, "ack": 2.71, "confirm": 1.44}
+FLOOR_COUNTS = {"publish": 3.49, "deliver": 2.65, "ack": 2.65, "confirm": 1.49}
+
+
+def _with_floor(r: dict[str, Any], floor_counts: dict[str, float] | None = FLOOR_COUNTS,
+                staybook_counts: dict[str, float] | None = STAYBOOK_COUNTS) -> dict[str, Any]:
+    """``r`` (Staybook: 3 + 1 ms/cmd, 1500/s; paced 150/s: p99 12 ms, 5 ms/cmd) with a floor
+    of 1 + 1 ms/cmd at 3000/s, and at 150/s p99 6 ms and 1 + 1 ms/cmd."""
+    r["end_to_end"]["messages_per_command"] = staybook_counts
+    r["floor"] = {"prefix": "benchX-floor",
+                  "end_to_end": _floor_run(1000, 3000.0, 20.0, 1.0, 1.0,
+                                           messages_per_command=floor_counts,
+                                           own_counts_per_command=FLOOR_COUNTS),
+                  "paced": [{"rate": rate, **_floor_run(int(rate * 15), rate, 6.0, 1.0, 1.0)}
+                            for rate in (150, 500)]}
+    return r
+
+
+def test_staybook_beside_the_floor_with_the_targets() -> None:
+    rows = {r["name"]: r for r in report.against_floor(_with_floor(_report()))}
+    assert {n: (r["staybook"], r["floor"], r["ratio"], r["met"]) for n, r in rows.items()} == {
+        "CPU ms/cmd saturation, total": (4.0, 2.0, 2.0, True),
+        "CPU ms/cmd saturation, processes": (3.0, 1.0, 3.0, True),
+        "CPU ms/cmd saturation, broker": (1.0, 1.0, 1.0, True),
+        "cmd/s saturation": (1500.0, 3000.0, 0.5, False),
+        "reply p99 ms paced 150/s": (12.0, 6.0, 2.0, True),
+        "CPU ms/cmd paced 150/s, total": (5.0, 2.0, 2.5, False)}
+    assert rows["cmd/s saturation"]["target"] == ">= 75%"
+    assert report.against_floor(_report()) == []  # no floor run, no rows
+
+
+def test_messages_per_command_agree_within_ten_percent_or_not() -> None:
+    counts = report.message_counts(_with_floor(_report()))
+    assert counts is not None
+    assert counts["source"] == "management API" and counts["agree"] is True
+    assert counts["difference"] == {"publish": -0.011, "deliver": 0.026, "ack": 0.023,
+                                    "confirm": -0.034}
+    one_confirm = {**FLOOR_COUNTS, "confirm": 1.0}
+    counts = report.message_counts(_with_floor(_report(), floor_counts=one_confirm))
+    assert counts is not None and counts["agree"] is False
+    # No management API: the floor's own counters, Staybook's unknown, no verdict.
+    counts = report.message_counts(_with_floor(_report(), None, None))
+    assert counts == {"source": "own counters", "staybook": None, "floor": FLOOR_COUNTS,
+                      "difference": None, "agree": None}
+
+
+def test_the_table_shows_the_floor_its_ratios_and_the_counts() -> None:
+    r = _with_floor(_report())
+    r["against_ceiling"] = report.against_ceiling(r)
+    r["against_floor"] = report.against_floor(r)
+    r["message_counts"] = report.message_counts(r)
+    lines = report.render(r).splitlines()
+    for name in ("floor at saturation", "floor paced 150/s", "floor paced 500/s"):
+        assert sum(line.strip().startswith(name) for line in lines) == 1, name
+    total = next(line for line in lines if "CPU ms/cmd saturation, total" in line)
+    assert total.split()[-6:] == ["4.00", "2.00", "2.00", "<=", "2x", "✓"]
+    apart = next(line for line in lines if line.strip().startswith("apart"))
+    assert apart.split()[1:5] == ["-1%", "+3%", "+2%", "-3%"] and apart.endswith("yes")
+    assert report.exit_code(r, skip_raw=False) == 0
+    r["floor"]["paced"][0]["missing"] = 1
+    assert report.exit_code(r, skip_raw=False) == 1  # the floor must answer every command
+
+
+def test_the_plan_decides_as_the_apartments_would_and_counts_the_deliveries() -> None:
+    from bench.floorplan import FOLLOW_ONS, Step, deliveries, fanout, plan
+
+    routes = fanout()
+    assert sorted(routes["ReservationAccepted"]) == ["notifier", "payment", "reservations"]
+    assert "CommandRejected" not in routes and "NotificationSent" not in routes
+    accepted = {"m": Step("ok", "", ("ReservationAccepted", "DatesBooked"), ())}
+    # 3 + 1 for the acceptance and the dates, payment's charge to the reservation
+    # process, whose confirmation goes to the notifier: 6.
+    assert FOLLOW_ONS["payment"] == {"ReservationAccepted": "PaymentSucceeded"}
+    assert deliveries(accepted, routes) == 6
+    today = date(2030, 1, 7)
+    commands = build_workload(apartments=3, hot=1, commands=60, seed=1, today=today)
+    steps = plan(commands, today)
+    assert list(steps) == [c.message_id for c in commands]
+    adds = [steps[c.message_id] for c in commands if c.type == "AddApartment"]
+    assert adds == [Step("ok", "", ("ApartmentAdded",), ())] * 3
+    refused = [s for s in steps.values() if s.status == "rejected"]
+    assert refused and all(s.reason for s in refused)
+    assert any(s.published[:2] == ("ReservationAccepted", "DatesBooked")
+               for s in steps.values())
+
+
+def test_the_floor_reads_its_plan_and_slices_payloads(tmp_path: Path) -> None:
+    from bench.floor import payload_of, read_plan
+    from bench.floorplan import Step, write_plan
+
+    write_plan({"a": Step("ok", "", ("X", "Y"), ("Z",)),
+                "b": Step("rejected", "not_pending", (), ("CommandRejected",))},
+               tmp_path / "plan.tsv")
+    assert read_plan(tmp_path / "plan.tsv") == {
+        "a": (b"ok", b"null", [b"X", b"Y"], [b"Z"]),
+        "b": (b"rejected", b'"not_pending"', [], [b"CommandRejected"])}
+    [c] = build_workload(apartments=1, hot=0, commands=1, seed=1, today=date(2030, 1, 7))
+    assert payload_of(c.body).startswith(b'{"owner_id":"owner-00000"')
+    assert payload_of(c.body).endswith(b"}")
