@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,9 +86,32 @@ def private_broker(state_dir: Path, deadline: float, *,
     except BrokerUnavailable as exc:  # the report shows the end of the node's log too
         raise SetupFailed("\n".join([str(exc), *getattr(exc, "__notes__", ())])) from exc
     try:
-        yield rabbit
+        with unwound_by_sigterm():
+            yield rabbit
     finally:
         rabbit.stop()
+
+
+@contextlib.contextmanager
+def unwound_by_sigterm() -> Iterator[None]:
+    """Within it, a SIGTERM (a ``timeout``, a ``kill``) unwinds like an exit.
+
+    Python's default for SIGTERM ends the process at once, skipping ``finally``: a
+    benchmark stopped that way left its private broker running. On the main thread
+    only (where Python runs signal handlers); the old handler comes back on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @dataclass

@@ -392,3 +392,22 @@ def test_the_floor_reads_its_plan_and_slices_payloads(tmp_path: Path) -> None:
     [c] = build_workload(apartments=1, hot=0, commands=1, seed=1, today=date(2030, 1, 7))
     assert payload_of(c.body).startswith(b'{"owner_id":"owner-00000"')
     assert payload_of(c.body).endswith(b"}")
+
+
+def test_a_sigterm_unwinds_a_benchmark_so_its_broker_is_stopped() -> None:
+    import signal
+
+    from bench.procs import unwound_by_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    stopped: list[str] = []
+    with pytest.raises(SystemExit) as exc:
+        try:
+            with unwound_by_sigterm():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+        finally:
+            stopped.append("broker")
+    assert exc.value.code == 128 + signal.SIGTERM
+    assert stopped == ["broker"]
+    assert signal.getsignal(signal.SIGTERM) is before
