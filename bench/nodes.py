@@ -24,7 +24,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -101,13 +101,16 @@ def run_nodes(url: str, broker_name: str, commands: Sequence[Command], *, max_no
             try:
                 with _cluster(url, prefix, db_url, workdir, n, deadline) as nodes:
                     meter = Meter({"nodes": [p.proc.pid for p in nodes],
-                                   "broker": broker_pids, "database": database})
+                                   "broker": broker_pids, "database": database,
+                                   **{f"node-{i}": [p.proc.pid]
+                                      for i, p in enumerate(nodes, 1)}})
                     before = meter.read()
                     e2e = run_end_to_end(url, topo, commands, window, deadline)
                     after = meter.read()
             finally:
                 delete_prefix(url, topo)
             cpu = ms_per(before, after, int(e2e["replies"]))
+            by_node = {k: cpu.pop(k) for k in [k for k in cpu if k.startswith("node-")]}
             rows.append({
                 "nodes": n, "commands": e2e["commands"], "replies": e2e["replies"],
                 "rate_per_s": e2e["rate_per_s"], "latency_ms": e2e["latency_ms"],
@@ -115,6 +118,7 @@ def run_nodes(url: str, broker_name: str, commands: Sequence[Command], *, max_no
                 "cpu_ms_per_command": {
                     **cpu, "nodes+broker": total(cpu, ("nodes", "broker")),
                     "total": total(cpu, ("nodes", "broker", "database"))},
+                "node_share": node_shares(by_node),
             })
     base = rows[0]["cpu_ms_per_command"]["nodes+broker"] if rows else None
     for r in rows:
@@ -148,3 +152,15 @@ def main_nodes(args: argparse.Namespace) -> int:
     complete = len(rows) == args.nodes and all(
         r["replies"] == r["commands"] and r["status"].get("error", 0) == 0 for r in rows)
     return 0 if complete else 1
+
+
+def node_shares(by_node: Mapping[str, float | None]) -> dict[str, float] | None:
+    """Each node's share of the nodes' CPU, 0..1 (None when a node's is not visible).
+
+    With the partitions spread evenly, each of N nodes should take about 1/N: a node
+    far above that is the one that limits the scale-out.
+    """
+    if not by_node or any(v is None for v in by_node.values()):
+        return None
+    spent = sum(v for v in by_node.values() if v is not None)
+    return {k: round((v or 0.0) / spent, 3) if spent else 0.0 for k, v in by_node.items()}

@@ -344,7 +344,7 @@ def render_nodes(rows: Sequence[dict[str, Any]]) -> str:
     """The scale-out table."""
     head = (f"{'nodes':>5}  {'cmd/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  "
             f"{'CPU ms/cmd: nodes':>17}  {'broker':>7}  {'nodes+broker':>12}  "
-            f"{'postgres':>8}  {'ratio to 1':>10}")
+            f"{'postgres':>8}  {'ratio to 1':>10}  share of the nodes' CPU, by node")
     lines = ["Scale-out on one machine (PostgreSQL, one broker; CPU from /proc)", head]
     for r in rows:
         c = r["cpu_ms_per_command"]
@@ -352,5 +352,6 @@ def render_nodes(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"{r['nodes']:>5}  {r['rate_per_s'] or 0:>8.1f}  "
                      f"{lat['p50'] or 0:>8.1f}  {lat['p99'] or 0:>8.1f}  "
                      f"{c['nodes']:>17.3f}  {c['broker']:>7.3f}  {c['nodes+broker']:>12.3f}  "
-                     f"{c['database']:>8.3f}  {r['cpu_ratio_to_1_node'] or 0:>10.2f}")
+                     f"{c['database']:>8.3f}  {r['cpu_ratio_to_1_node'] or 0:>10.2f}  "
+                     + " ".join(f"{v:.0%}" for v in (r.get("node_share") or {}).values()))
     return "\n".join(lines)

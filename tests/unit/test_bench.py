@@ -411,3 +411,17 @@ def test_a_sigterm_unwinds_a_benchmark_so_its_broker_is_stopped() -> None:
     assert exc.value.code == 128 + signal.SIGTERM
     assert stopped == ["broker"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_scale_out_table_shows_each_nodes_share() -> None:
+    from bench.nodes import node_shares
+
+    shares = node_shares({"node-1": 0.6, "node-2": 0.3, "node-3": 0.3})
+    assert shares == {"node-1": 0.5, "node-2": 0.25, "node-3": 0.25}
+    assert node_shares({"node-1": 0.6, "node-2": None}) is None  # not visible: no share
+    row = {"nodes": 3, "rate_per_s": 500.0, "latency_ms": {"p50": 1.0, "p99": 2.0},
+           "cpu_ms_per_command": {"nodes": 1.2, "broker": 0.5, "nodes+broker": 1.7,
+                                  "database": 0.3},
+           "cpu_ratio_to_1_node": 1.2, "node_share": shares}
+    line = report.render_nodes([row]).splitlines()[-1]
+    assert line.endswith("1.20  50% 25% 25%"), line
