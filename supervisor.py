@@ -1250,14 +1250,16 @@ class DynamicSupervisor(ThreadService):
             self.sweep_once(time.monotonic())
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop sweeping and stop every child; their pending work is dropped."""
+        """Stop sweeping and stop every child, within ``timeout`` in all; their pending
+        work is dropped."""
         self._alive = False
+        deadline = time.monotonic() + timeout
         stopped = super().stop(timeout)
         with self._lock:
             children = list(self._children.values())
             self._children.clear()
             self._busy.clear()
-        self._stop_all(children, timeout)
+        self._stop_all(children, max(0.0, deadline - time.monotonic()))
         return stopped
 
     def is_alive(self) -> bool:

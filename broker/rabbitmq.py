@@ -290,6 +290,7 @@ class ConsumerHub(ReconnectingService):
         self._dl_channel: BlockingChannel | None = None
         self._pending: deque[Callable[[], None]] = deque()
         self._wake_scheduled = False
+        self._acking: set[RabbitConsumer] = set()  # acks to flush at the round's end
 
     # --- from any thread -------------------------------------------------------------
     def subscribe(self, queue: str, on_delivery: OnDelivery, *, prefetch: int, name: str,
@@ -359,6 +360,7 @@ class ConsumerHub(ReconnectingService):
             with self._lock:
                 self._conn, self._dl_channel = conn, dl
                 self._pending.clear()
+                self._acking.clear()
                 self._wake_scheduled = False
             self.connected.set()
             while not self.stopping():
@@ -423,13 +425,16 @@ class ConsumerHub(ReconnectingService):
                 # That queue's channel is gone (the broker closed it): its deliveries
                 # come again on the next one. The connection and the others are fine.
                 log.debug("%s: settling on a closed channel (%r)", self.name, exc)
-        with self._lock:
-            subs = list(self._subs)
-        for sub in subs:
+        acking = self._acking
+        while acking:
             try:
-                sub.flush_acks()
+                acking.pop().flush_acks()
             except pika.exceptions.AMQPChannelError as exc:
                 log.debug("%s: acking on a closed channel (%r)", self.name, exc)
+
+    def acked(self, sub: RabbitConsumer) -> None:
+        """``sub`` marked an ack: flush it at the end of this round (hub's thread only)."""
+        self._acking.add(sub)
 
     def publish_confirmed(self, out: Outgoing) -> None:
         """Publish ``out`` (mandatory) and wait for its confirm; on the hub's thread only.
@@ -673,6 +678,7 @@ class RabbitConsumer:
         self._outstanding -= 1
         self.acked += 1
         self._to_ack.add(tag)
+        self._hub.acked(self)
 
     def nack(self, tag: int) -> None:
         """Give the delivery ``tag`` back to the queue, now."""
